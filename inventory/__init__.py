@@ -1,0 +1,1 @@
+"""The inventory service: the catalogue, prices and stock, moved only by reservations."""

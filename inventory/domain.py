@@ -1,0 +1,169 @@
+"""Inventory's rules: what a valid product, stock movement and reservation are."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mesh.money import Money, parse_money
+
+SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_NAME = 200
+MAX_REASON = 200
+MAX_RESERVATION_ID = 128
+MAX_LINES = 100
+MAX_QUANTITY = 1_000_000
+MAX_STOCK = 10**12
+
+
+class ReservationState(enum.IntEnum):
+    RESERVED = 1
+    COMMITTED = 2
+    RELEASED = 3
+
+
+@dataclass(frozen=True)
+class Product:
+    sku: str
+    name: str
+    price: Money
+    available: int
+    reserved: int = 0
+    sold: int = 0
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Line:
+    sku: str
+    quantity: int
+    unit_price: Money | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    reservation_id: str
+    lines: tuple[Line, ...]
+    state: ReservationState
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+    def same_request(self, lines: Sequence[Line]) -> bool:
+        """Whether `lines` asks for what this reservation holds (order of lines aside)."""
+        return sorted((l.sku, l.quantity) for l in self.lines) == sorted((l.sku, l.quantity) for l in lines)
+
+
+class ProductNotFound(NotFound):
+    def __init__(self, sku: str):
+        super().__init__(f"product {sku!r} not found")
+        self.sku = sku
+
+
+class ProductExists(AlreadyExists):
+    def __init__(self, sku: str):
+        super().__init__(f"product {sku!r} already exists")
+
+
+class OutOfStock(FailedPrecondition):
+    def __init__(self, sku: str, wanted: int, available: int):
+        super().__init__(
+            f"not enough stock for SKU {sku!r}: {wanted} wanted, {available} available",
+            subject=f"sku/{sku}",
+            kind="STOCK",
+        )
+        self.sku = sku
+
+
+class StockWouldGoNegative(FailedPrecondition):
+    def __init__(self, sku: str, delta: int, available: int):
+        super().__init__(
+            f"cannot remove {-delta} units of SKU {sku!r}: only {available} available",
+            subject=f"sku/{sku}",
+            kind="STOCK",
+        )
+
+
+class ReservationNotFound(NotFound):
+    def __init__(self, reservation_id: str):
+        super().__init__(f"reservation {reservation_id!r} not found")
+
+
+class ReservationConflict(AlreadyExists):
+    def __init__(self, reservation_id: str):
+        super().__init__(f"reservation {reservation_id!r} already exists with other lines")
+
+
+class ReservationReleased(FailedPrecondition):
+    def __init__(self, reservation_id: str):
+        super().__init__(
+            f"reservation {reservation_id!r} was released and cannot be committed",
+            subject=f"reservation/{reservation_id}",
+            kind="RESERVATION_STATE",
+        )
+
+
+def check_sku(field: str, sku: str) -> str:
+    if not sku:
+        raise InvalidArgument(field, "is required")
+    if not SKU.match(sku):
+        raise InvalidArgument(field, "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return sku
+
+
+def new_product(sku: str, name: str, currency_code: str, minor_units: int, available: int, *, has_price: bool) -> Product:
+    check_sku("product.sku", sku)
+    name = name.strip()
+    if not name:
+        raise InvalidArgument("product.name", "is required")
+    if len(name) > MAX_NAME:
+        raise InvalidArgument("product.name", f"must be at most {MAX_NAME} characters")
+    if not has_price:
+        raise InvalidArgument("product.price", "is required")
+    price = parse_money("product.price", currency_code, minor_units)
+    if not 0 <= available <= MAX_STOCK:
+        raise InvalidArgument("product.available", f"must be from 0 to {MAX_STOCK}")
+    return Product(sku=sku, name=name, price=price, available=available)
+
+
+def check_adjustment(sku: str, delta: int, reason: str) -> tuple[str, int, str]:
+    check_sku("sku", sku)
+    if delta == 0:
+        raise InvalidArgument("delta", "must not be zero")
+    if abs(delta) > MAX_STOCK:
+        raise InvalidArgument("delta", f"must be between -{MAX_STOCK} and {MAX_STOCK}")
+    reason = reason.strip()
+    if not reason:
+        raise InvalidArgument("reason", "is required")
+    if len(reason) > MAX_REASON:
+        raise InvalidArgument("reason", f"must be at most {MAX_REASON} characters")
+    return sku, delta, reason
+
+
+def check_reservation_id(reservation_id: str) -> str:
+    if not reservation_id:
+        raise InvalidArgument("reservation_id", "is required")
+    if len(reservation_id) > MAX_RESERVATION_ID:
+        raise InvalidArgument("reservation_id", f"must be at most {MAX_RESERVATION_ID} characters")
+    return reservation_id
+
+
+def check_lines(lines: Sequence[Line]) -> tuple[Line, ...]:
+    """Valid lines sorted by SKU: locking rows in one order everywhere avoids deadlocks."""
+    if not lines:
+        raise InvalidArgument("lines", "must have at least one line")
+    if len(lines) > MAX_LINES:
+        raise InvalidArgument("lines", f"must have at most {MAX_LINES} lines")
+    seen: set[str] = set()
+    for i, line in enumerate(lines):
+        check_sku(f"lines[{i}].sku", line.sku)
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            raise InvalidArgument(f"lines[{i}].quantity", f"must be from 1 to {MAX_QUANTITY}")
+        if line.sku in seen:
+            raise InvalidArgument(f"lines[{i}].sku", f"SKU {line.sku!r} appears in more than one line")
+        seen.add(line.sku)
+    return tuple(sorted(lines, key=lambda l: l.sku))

@@ -1,0 +1,234 @@
+"""Inventory's tables and the transaction object the use cases work through.
+
+Stock moves only by single conditional UPDATEs (`... WHERE available >= :qty`),
+so two buyers can never both take the last unit, on SQLite or PostgreSQL alike;
+CHECK constraints back that up in the schema itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from inventory.domain import Line, Product, Reservation, ReservationState
+from mesh.clock import now
+from mesh.db import Database
+from mesh.money import Money
+
+metadata = MetaData()
+
+products = Table(
+    "products",
+    metadata,
+    Column("sku", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("currency_code", String(3), nullable=False),
+    Column("price_minor", BigInteger, nullable=False),
+    Column("available", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False, default=0),
+    Column("sold", BigInteger, nullable=False, default=0),
+    Column("create_time", DateTime, nullable=False),
+    Column("update_time", DateTime, nullable=False),
+    CheckConstraint("available >= 0", name="available_not_negative"),
+    CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+    CheckConstraint("sold >= 0", name="sold_not_negative"),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("reservation_id", String(128), primary_key=True),
+    Column("state", SmallInteger, nullable=False),
+    Column("create_time", DateTime, nullable=False),
+    Column("update_time", DateTime, nullable=False),
+)
+
+reservation_lines = Table(
+    "reservation_lines",
+    metadata,
+    Column("reservation_id", String(128), ForeignKey("reservations.reservation_id"), primary_key=True),
+    Column("sku", String(64), ForeignKey("products.sku"), primary_key=True),
+    Column("quantity", BigInteger, nullable=False),
+    Column("currency_code", String(3), nullable=False),
+    Column("unit_price_minor", BigInteger, nullable=False),
+)
+
+stock_movements = Table(
+    "stock_movements",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sku", String(64), ForeignKey("products.sku"), nullable=False, index=True),
+    Column("delta", BigInteger, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("create_time", DateTime, nullable=False),
+)
+
+# Where reserved units go when a reservation leaves RESERVED or COMMITTED.
+_FROM_COLUMN = {ReservationState.RESERVED: "reserved", ReservationState.COMMITTED: "sold"}
+
+
+def _product(row: object) -> Product:
+    return Product(
+        sku=row.sku,  # type: ignore[attr-defined]
+        name=row.name,  # type: ignore[attr-defined]
+        price=Money(row.currency_code, row.price_minor),  # type: ignore[attr-defined]
+        available=row.available,  # type: ignore[attr-defined]
+        reserved=row.reserved,  # type: ignore[attr-defined]
+        sold=row.sold,  # type: ignore[attr-defined]
+        create_time=row.create_time,  # type: ignore[attr-defined]
+        update_time=row.update_time,  # type: ignore[attr-defined]
+    )
+
+
+class InventoryTx:
+    """One open transaction; every method is one statement or two."""
+
+    def __init__(self, conn: AsyncConnection):
+        self.conn = conn
+
+    async def get_product(self, sku: str) -> Product | None:
+        row = (await self.conn.execute(select(products).where(products.c.sku == sku))).first()
+        return None if row is None else _product(row)
+
+    async def insert_product(self, product: Product) -> Product:
+        """Raises IntegrityError when the SKU is taken."""
+        at = now()
+        await self.conn.execute(
+            insert(products).values(
+                sku=product.sku,
+                name=product.name,
+                currency_code=product.price.currency_code,
+                price_minor=product.price.minor_units,
+                available=product.available,
+                reserved=0,
+                sold=0,
+                create_time=at,
+                update_time=at,
+            )
+        )
+        return Product(product.sku, product.name, product.price, product.available, 0, 0, at, at)
+
+    async def list_products(self, after_sku: str | None, limit: int) -> list[Product]:
+        query = select(products).order_by(products.c.sku).limit(limit)
+        if after_sku is not None:
+            query = query.where(products.c.sku > after_sku)
+        return [_product(row) for row in await self.conn.execute(query)]
+
+    async def add_available(self, sku: str, delta: int) -> bool:
+        """available += delta unless that would make it negative."""
+        result = await self.conn.execute(
+            update(products)
+            .where(products.c.sku == sku, products.c.available + delta >= 0)
+            .values(available=products.c.available + delta, update_time=now())
+        )
+        return result.rowcount == 1
+
+    async def record_movement(self, sku: str, delta: int, reason: str) -> None:
+        await self.conn.execute(insert(stock_movements).values(sku=sku, delta=delta, reason=reason, create_time=now()))
+
+    async def hold(self, sku: str, quantity: int) -> Money | None:
+        """Moves `quantity` from available to reserved if there is that much; its price, else None."""
+        result = await self.conn.execute(
+            update(products)
+            .where(products.c.sku == sku, products.c.available >= quantity)
+            .values(
+                available=products.c.available - quantity,
+                reserved=products.c.reserved + quantity,
+                update_time=now(),
+            )
+            .returning(products.c.currency_code, products.c.price_minor)
+        )
+        row = result.first()
+        return None if row is None else Money(row.currency_code, row.price_minor)
+
+    async def move_units(self, sku: str, quantity: int, source: str, target: str) -> None:
+        columns = products.c
+        await self.conn.execute(
+            update(products)
+            .where(columns.sku == sku)
+            .values({source: columns[source] - quantity, target: columns[target] + quantity, "update_time": now()})
+        )
+
+    async def get_reservation(self, reservation_id: str) -> Reservation | None:
+        head = (
+            await self.conn.execute(select(reservations).where(reservations.c.reservation_id == reservation_id))
+        ).first()
+        if head is None:
+            return None
+        rows = await self.conn.execute(
+            select(reservation_lines)
+            .where(reservation_lines.c.reservation_id == reservation_id)
+            .order_by(reservation_lines.c.sku)
+        )
+        lines = tuple(Line(r.sku, r.quantity, Money(r.currency_code, r.unit_price_minor)) for r in rows)
+        return Reservation(reservation_id, lines, ReservationState(head.state), head.create_time, head.update_time)
+
+    async def insert_reservation(self, reservation_id: str, lines: Sequence[Line]) -> Reservation:
+        at = now()
+        await self.conn.execute(
+            insert(reservations).values(
+                reservation_id=reservation_id, state=ReservationState.RESERVED, create_time=at, update_time=at
+            )
+        )
+        await self.conn.execute(
+            insert(reservation_lines),
+            [
+                {
+                    "reservation_id": reservation_id,
+                    "sku": line.sku,
+                    "quantity": line.quantity,
+                    "currency_code": line.unit_price.currency_code,  # type: ignore[union-attr]
+                    "unit_price_minor": line.unit_price.minor_units,  # type: ignore[union-attr]
+                }
+                for line in lines
+            ],
+        )
+        return Reservation(reservation_id, tuple(lines), ReservationState.RESERVED, at, at)
+
+    async def set_state(self, reservation: Reservation, state: ReservationState) -> Reservation:
+        """Moves the reservation's units to match `state` and records the new state."""
+        at = now()
+        result = await self.conn.execute(
+            update(reservations)
+            .where(reservations.c.reservation_id == reservation.reservation_id, reservations.c.state == reservation.state)
+            .values(state=state, update_time=at)
+        )
+        if result.rowcount != 1:  # only possible across processes sharing one database
+            raise RuntimeError(f"reservation {reservation.reservation_id} changed underneath")
+        source = _FROM_COLUMN[reservation.state]
+        target = "sold" if state is ReservationState.COMMITTED else "available"
+        for line in reservation.lines:
+            await self.move_units(line.sku, line.quantity, source, target)
+        return Reservation(reservation.reservation_id, reservation.lines, state, reservation.create_time, at)
+
+
+class InventoryStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[InventoryTx]:
+        async with self.db.read() as conn:
+            yield InventoryTx(conn)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[InventoryTx]:
+        async with self.db.write() as conn:
+            yield InventoryTx(conn)

@@ -1,0 +1,49 @@
+"""Errors a caller can act on, as plain exceptions with no gRPC in them.
+
+Services subclass these for their own rules (`OutOfStock(FailedPrecondition)`);
+`mesh.status` is the one table that turns them into gRPC status codes.
+"""
+
+from __future__ import annotations
+
+
+class ShopError(Exception):
+    """Base of every expected error; `str(error)` is the message the caller sees."""
+
+
+class InvalidArgument(ShopError):
+    """A request field is missing, malformed or out of range."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class NotFound(ShopError):
+    """The named resource does not exist."""
+
+
+class AlreadyExists(ShopError):
+    """The resource or idempotency key exists with other content."""
+
+
+class FailedPrecondition(ShopError):
+    """The request is well formed but the system's state does not allow it."""
+
+    def __init__(self, message: str, *, subject: str = "", kind: str = ""):
+        super().__init__(message)
+        self.subject = subject
+        self.kind = kind
+
+
+class Unavailable(ShopError):
+    """A service this one depends on could not be reached; retrying may help."""
+
+
+class DeadlineExceeded(ShopError):
+    """The caller's deadline ran out while waiting on a service this one depends on."""
+
+
+class UpstreamFailed(ShopError):
+    """A service this one depends on failed in a way that is not the caller's fault."""

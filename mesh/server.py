@@ -1,0 +1,133 @@
+"""Server bootstrap shared by every service: health, reflection, errors, shutdown.
+
+A service describes itself as an `App` (its servicers and what to close);
+`create_server` builds the grpc.aio server from it, `serve` runs it until
+SIGTERM/SIGINT and shuts down gracefully:
+
+1. health goes NOT_SERVING for every service name (probes and balancers see it),
+2. `shutdown_drain` seconds pass so they can act on it,
+3. the server stops taking new calls; in-flight ones get `shutdown_grace` seconds,
+4. the app closes (database, channels) and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh import logs
+from mesh.settings import Settings, SettingsError
+from mesh.status import ErrorInterceptor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One gRPC service a process serves: its full name, registrar and servicer."""
+
+    name: str
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+@dataclass
+class App:
+    bindings: Sequence[Binding]
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Set when shutdown starts, so long-lived streams can end cleanly.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        for close in reversed(self.closers):
+            try:
+                await close()
+            except Exception:
+                logger.exception("error while closing")
+
+
+@dataclass
+class Running:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    app: App
+
+
+async def create_server(settings: Settings, app: App) -> Running:
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for binding in app.bindings:
+        binding.add_to_server(binding.servicer, server)
+    names = [b.name for b in app.bindings]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(settings.bind_address)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.bind_address}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Running(server, port, health_servicer, app)
+
+
+async def shutdown(running: Running, settings: Settings) -> None:
+    logger.info("shutting down: health NOT_SERVING, draining %.1fs", settings.shutdown_drain)
+    await running.health.enter_graceful_shutdown()
+    running.app.stopping.set()
+    if settings.shutdown_drain:
+        await asyncio.sleep(settings.shutdown_drain)
+    await running.server.stop(settings.shutdown_grace)
+    await running.app.close()
+    logger.info("stopped")
+
+
+async def serve(settings: Settings, build: Callable[[Settings], Awaitable[App]]) -> None:
+    app = await build(settings)
+    try:
+        running = await create_server(settings, app)
+    except Exception:
+        await app.close()
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info("%s serving on %s:%d (instance %s)", settings.service, settings.host, running.port, settings.instance_id)
+    await stop.wait()
+    await shutdown(running, settings)
+
+
+def main(service: str, build: Callable[[Settings], Awaitable[App]]) -> None:
+    """Entry point of `python -m <service>`: settings, logging, serve, exit code."""
+    try:
+        settings = Settings.from_env(service)
+    except SettingsError as error:
+        print(f"{service}: bad setting: {error}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(service, settings.instance_id, settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings, build))
+    except OSError as error:
+        logger.error("cannot start: %s", error)
+        sys.exit(1)

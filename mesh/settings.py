@@ -1,0 +1,144 @@
+"""One typed, frozen settings object per process, read once from the environment.
+
+Every variable is named `SHOPMESH_*`; a malformed value stops the process at
+start with a message naming the variable, the value and what was expected.
+Tests pass a plain dict instead of `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("inventory", "order", "notification")
+DEFAULT_PORTS = {"inventory": 50051, "order": 50052, "notification": 50053}
+LOG_FORMATS = ("text", "json")
+DISCOVERY_KINDS = ("static",)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]):
+        self._env = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def str(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
+        value = self.str(name, default)
+        value = value.upper() if upper else value.lower()
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def int(self, name: str, default: int, *, low: int, high: int) -> int:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer; got {raw!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be from {low} to {high}; got {value}")
+        return value
+
+    def seconds(self, name: str, default: float, *, high: float = 3600.0) -> float:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number of seconds; got {raw!r}") from None
+        if not 0 <= value <= high:
+            raise SettingsError(f"{name} must be from 0 to {high:g} seconds; got {raw}")
+        return value
+
+    def address(self, name: str, default: str) -> str:
+        value = self.str(name, default)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{name} must be host:port; got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one service process needs to know; see README "Settings" for every variable."""
+
+    service: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    discovery: str = "static"
+    # Static discovery: where each service listens, `host:port`.
+    addresses: Mapping[str, str] = field(default_factory=dict)
+    instance_id: str = ""
+    log_level: str = "INFO"
+    log_format: str = "text"
+    # Deadline for a downstream call when the caller sent none.
+    call_timeout: float = 5.0
+    # On SIGTERM: health NOT_SERVING for `shutdown_drain` seconds, then at most
+    # `shutdown_grace` seconds for in-flight calls to finish.
+    shutdown_drain: float = 0.0
+    shutdown_grace: float = 10.0
+    # How often a stream looks for rows other instances wrote.
+    stream_poll_interval: float = 1.0
+    # How often the order service retries undelivered outbox events.
+    outbox_interval: float = 2.0
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
+        if service not in SERVICES:
+            raise SettingsError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
+        env = _Reader(os.environ if environ is None else environ)
+        prefix = f"SHOPMESH_{service.upper()}_"
+        host = env.str("SHOPMESH_HOST", "127.0.0.1")
+        ports = {
+            name: env.int(f"SHOPMESH_{name.upper()}_PORT", DEFAULT_PORTS[name], low=0, high=65535)
+            for name in SERVICES
+        }
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
+        addresses = {
+            name: env.address(f"SHOPMESH_{name.upper()}_ADDR", f"{connect_host}:{ports[name]}")
+            for name in SERVICES
+        }
+        data_dir = Path(env.str("SHOPMESH_DATA_DIR", "data"))
+        database_url = env.str(f"{prefix}DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / service}.db")
+        if "://" not in database_url:
+            raise SettingsError(f"{prefix}DATABASE_URL must be a SQLAlchemy URL; got {database_url!r}")
+        return cls(
+            service=service,
+            host=host,
+            port=ports[service],
+            data_dir=data_dir,
+            database_url=database_url,
+            discovery=env.choice("SHOPMESH_DISCOVERY", "static", DISCOVERY_KINDS),
+            addresses=addresses,
+            instance_id=env.str("SHOPMESH_INSTANCE_ID", f"{service}-{socket.gethostname()}-{os.getpid()}"),
+            log_level=env.choice("SHOPMESH_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            log_format=env.choice("SHOPMESH_LOG_FORMAT", "text", LOG_FORMATS),
+            call_timeout=env.seconds("SHOPMESH_CALL_TIMEOUT_SECONDS", 5.0, high=300),
+            shutdown_drain=env.seconds("SHOPMESH_SHUTDOWN_DRAIN_SECONDS", 0.0, high=300),
+            shutdown_grace=env.seconds("SHOPMESH_SHUTDOWN_GRACE_SECONDS", 10.0, high=300),
+            stream_poll_interval=env.seconds("SHOPMESH_STREAM_POLL_SECONDS", 1.0, high=60),
+            outbox_interval=env.seconds("SHOPMESH_OUTBOX_INTERVAL_SECONDS", 2.0, high=300),
+        )
+
+    @property
+    def bind_address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"

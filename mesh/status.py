@@ -1,0 +1,176 @@
+"""The one table between shop errors and gRPC status codes, both ways.
+
+Servers: `ErrorInterceptor` turns a `ShopError` raised anywhere below a servicer
+into its status code with the error's message and a `google.rpc.Status` in the
+`grpc-status-details-bin` trailer (BadRequest / PreconditionFailure details),
+and any other exception into INTERNAL without leaking its text.
+Clients: `error_from_rpc` turns an upstream's status back into a `ShopError`,
+so a service can let its own callers see why an upstream said no.
+It also records each call's deadline so downstream calls can inherit it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from mesh import errors
+
+logger = logging.getLogger(__name__)
+
+STATUS_CODES: dict[type[errors.ShopError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.UpstreamFailed: grpc.StatusCode.INTERNAL,
+}
+
+# An upstream's status as seen by the service that called it. UNAVAILABLE and
+# DEADLINE_EXCEEDED keep their meaning; codes that are the caller's mistake pass
+# through; anything else is the upstream's failure, not our caller's.
+_FROM_CODES: dict[grpc.StatusCode, type[errors.ShopError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+}
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("shopmesh_deadline", default=None)
+
+
+def status_code(error: errors.ShopError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def _details(error: errors.ShopError, code: grpc.StatusCode) -> bytes:
+    status = status_pb2.Status(code=code.value[0], message=str(error))
+    detail: Any = None
+    if isinstance(error, errors.InvalidArgument):
+        detail = error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.problem)]
+        )
+    elif isinstance(error, errors.FailedPrecondition) and error.subject:
+        detail = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=error.kind, subject=error.subject, description=str(error)
+                )
+            ]
+        )
+    if detail is not None:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return status.SerializeToString()
+
+
+def error_from_rpc(upstream: str, error: grpc.RpcError) -> errors.ShopError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    message = (error.details() if hasattr(error, "details") else None) or str(code)
+    cls = _FROM_CODES.get(code)
+    if cls is errors.InvalidArgument:
+        field, _, problem = message.partition(": ")
+        return errors.InvalidArgument(field, problem) if problem else errors.InvalidArgument("request", message)
+    if cls in (errors.Unavailable, errors.DeadlineExceeded):
+        return cls(f"{upstream} did not answer: {message}")  # type: ignore[misc]
+    if cls is errors.FailedPrecondition:
+        kind, subject = _precondition_violation(error)
+        return errors.FailedPrecondition(message, subject=subject, kind=kind)
+    if cls is not None:
+        return cls(message)
+    return errors.UpstreamFailed(f"{upstream} failed: {code.name}")
+
+
+def _precondition_violation(error: grpc.RpcError) -> tuple[str, str]:
+    for key, value in (error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for packed in status.details:
+                failure = error_details_pb2.PreconditionFailure()
+                if packed.Unpack(failure) and failure.violations:
+                    return failure.violations[0].type, failure.violations[0].subject
+    return "", ""
+
+
+def remaining(default: float) -> float:
+    """Seconds a downstream call may take: the caller's remaining time, else `default`."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return default
+    return max(deadline - time.monotonic(), 0.001)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    if isinstance(error, errors.ShopError):
+        code = status_code(error)
+        if code is grpc.StatusCode.INTERNAL:
+            logger.warning("%s failed upstream: %s", method, error)
+        await context.abort(code, str(error), trailing_metadata=(("grpc-status-details-bin", _details(error, code)),))
+    logger.exception("%s failed unexpectedly", method, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+def _enter(context: grpc.aio.ServicerContext) -> None:
+    left = context.time_remaining()
+    _deadline.set(None if left is None else time.monotonic() + left)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler: sets the deadline for downstream calls, maps errors."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                _enter(context)
+                try:
+                    return await inner(request, context)
+                except Exception as error:
+                    if isinstance(error, grpc.aio.AbortError):
+                        raise
+                    await _abort(context, error, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                _enter(context)
+                try:
+                    async for response in inner_stream(request, context):
+                        yield response
+                except Exception as error:
+                    if isinstance(error, grpc.aio.AbortError):
+                        raise
+                    await _abort(context, error, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
