@@ -1,0 +1,209 @@
+"""The local mesh in one command: every service as its own process, logs in one terminal.
+
+    python -m mesh.launcher [--data-dir data] [--inventory-port 50051] ...
+
+Starts inventory, notification and order (in that order) with static discovery
+and SQLite files under the data folder, waits until each reports SERVING on
+gRPC health, adds a few demo products, prints how to call the mesh, and on
+Ctrl-C (or SIGTERM) stops the services gracefully, order first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from generated.shop.common.v1 import money_pb2
+from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from mesh.settings import DEFAULT_PORTS
+
+START_ORDER = ("inventory", "notification", "order")
+COLORS = {"inventory": "\033[36m", "notification": "\033[35m", "order": "\033[33m", "mesh": "\033[32m"}
+DEMO_PRODUCTS = (
+    ("coffee-mug", "Coffee mug, 350 ml", 1299, 100),
+    ("tea-kettle", "Stovetop tea kettle", 3450, 25),
+    ("espresso-beans", "Espresso beans, 1 kg", 2400, 200),
+    ("french-press", "French press, 8 cup", 2999, 40),
+    ("last-one", "Collector's edition grinder (only one)", 15000, 1),
+)
+
+
+@dataclass
+class Child:
+    service: str
+    port: int
+    process: asyncio.subprocess.Process
+
+
+class Launcher:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.children: list[Child] = []
+        self.color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        self.ports = {name: getattr(args, f"{name}_port") for name in START_ORDER}
+
+    def say(self, who: str, line: str) -> None:
+        tag = f"{who:<12}|"
+        if self.color:
+            tag = f"{COLORS.get(who, '')}{tag}\033[0m"
+        print(f"{tag} {line}", flush=True)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            SHOPMESH_DATA_DIR=str(self.args.data_dir),
+            SHOPMESH_HOST=self.args.host,
+            SHOPMESH_DISCOVERY="static",
+            PYTHONUNBUFFERED="1",
+        )
+        for name, port in self.ports.items():
+            env[f"SHOPMESH_{name.upper()}_PORT"] = str(port)
+        return env
+
+    async def _pipe(self, child: Child) -> None:
+        assert child.process.stdout is not None
+        async for raw in child.process.stdout:
+            self.say(child.service, raw.decode(errors="replace").rstrip())
+
+    async def start(self) -> None:
+        Path(self.args.data_dir).mkdir(parents=True, exist_ok=True)
+        env = self.env()
+        for service in START_ORDER:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", service,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops them in order
+            )
+            child = Child(service, self.ports[service], process)
+            self.children.append(child)
+            asyncio.create_task(self._pipe(child))
+        for child in self.children:
+            await self.wait_serving(child)
+
+    async def wait_serving(self, child: Child, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with grpc.aio.insecure_channel(self.address(child.port)) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if child.process.returncode is not None:
+                    raise RuntimeError(f"{child.service} exited with code {child.process.returncode} while starting")
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if loop.time() > deadline:
+                    raise RuntimeError(f"{child.service} did not become SERVING within {timeout:.0f}s")
+                await asyncio.sleep(0.1)
+
+    def address(self, port: int) -> str:
+        host = "127.0.0.1" if self.args.host in ("0.0.0.0", "::") else self.args.host
+        return f"{host}:{port}"
+
+    async def seed(self) -> None:
+        async with grpc.aio.insecure_channel(self.address(self.ports["inventory"])) as channel:
+            stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+            added = 0
+            for sku, name, cents, stock in DEMO_PRODUCTS:
+                product = inventory_pb2.Product(
+                    sku=sku, name=name, price=money_pb2.Money(currency_code="USD", minor_units=cents), available=stock
+                )
+                try:
+                    await stub.CreateProduct(inventory_pb2.CreateProductRequest(product=product), timeout=5)
+                    added += 1
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+                        raise
+        self.say("mesh", f"demo products: {added} added, {len(DEMO_PRODUCTS) - added} already there")
+
+    def banner(self) -> None:
+        inv, order, note = (self.address(self.ports[s]) for s in ("inventory", "order", "notification"))
+        lines = [
+            "shopmesh is up:",
+            f"  inventory     {inv}",
+            f"  order         {order}",
+            f"  notification  {note}",
+            f"  data          {Path(self.args.data_dir).resolve()}",
+            "try:",
+            f"  grpcurl -plaintext {order} list",
+            f"  grpcurl -plaintext -d '{{\"user_id\":\"alice\",\"request_id\":\"r-1\","
+            f"\"lines\":[{{\"sku\":\"coffee-mug\",\"quantity\":2}}]}}' {order} shop.order.v1.OrderService/CreateOrder",
+            "Ctrl-C stops every service.",
+        ]
+        for line in lines:
+            self.say("mesh", line)
+
+    async def stop(self) -> int:
+        """SIGTERM each service, order first; the worst exit code."""
+        worst = 0
+        for child in sorted(self.children, key=lambda c: START_ORDER.index(c.service), reverse=True):
+            if child.process.returncode is None:
+                child.process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(child.process.wait(), self.args.stop_timeout)
+                except TimeoutError:
+                    self.say("mesh", f"{child.service} did not stop in {self.args.stop_timeout:.0f}s; killing it")
+                    child.process.kill()
+                    await child.process.wait()
+            code = child.process.returncode or 0
+            self.say("mesh", f"{child.service} exited with code {code}")
+            worst = max(worst, abs(code))
+        return worst
+
+    async def run(self) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            if not self.args.no_seed:
+                await self.seed()
+        except (RuntimeError, grpc.aio.AioRpcError, OSError) as error:
+            self.say("mesh", f"could not start the mesh: {error}")
+            await self.stop()
+            return 1
+        self.banner()
+        exits = [asyncio.ensure_future(c.process.wait()) for c in self.children]
+        stopped = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([stopped, *exits], return_when=asyncio.FIRST_COMPLETED)
+        crashed = stopped not in done
+        if crashed:
+            dead = [c.service for c in self.children if c.process.returncode is not None]
+            self.say("mesh", f"{', '.join(dead)} exited unexpectedly; stopping the mesh")
+        else:
+            self.say("mesh", "stopping")
+        code = await self.stop()
+        return 1 if crashed else code
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m mesh.launcher", description="Run the shopmesh services locally.")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SHOPMESH_DATA_DIR", "data")))
+    parser.add_argument("--host", default=os.environ.get("SHOPMESH_HOST", "127.0.0.1"))
+    for name in START_ORDER:
+        default = int(os.environ.get(f"SHOPMESH_{name.upper()}_PORT", DEFAULT_PORTS[name]))
+        parser.add_argument(f"--{name}-port", type=int, default=default)
+    parser.add_argument("--no-seed", action="store_true", help="do not add the demo products")
+    parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds a service gets to stop")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(asyncio.run(Launcher(parse_args(argv)).run()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The notification service: one message per event, listed and streamed live per user."""

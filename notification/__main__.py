@@ -1,0 +1,7 @@
+"""`python -m notification`: serve the notification service with settings from the environment."""
+
+from mesh.server import main
+from notification.app import build
+
+if __name__ == "__main__":
+    main("notification", build)

@@ -1,0 +1,52 @@
+"""The gRPC edge of notification: proto -> arguments -> handler -> proto."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from mesh.protoconv import timestamp
+from notification import domain, handlers
+from notification.domain import Notification
+from notification.handlers import Wakeups
+from notification.store import NotificationStore
+
+
+def notification_pb(n: Notification) -> notification_pb2.Notification:
+    return notification_pb2.Notification(
+        notification_id=n.notification_id,
+        event_id=n.event_id,
+        user_id=n.user_id,
+        kind=n.kind,
+        subject=n.subject,
+        body=n.body,
+        create_time=timestamp(n.create_time),
+    )
+
+
+class NotificationApi(notification_pb2_grpc.NotificationServiceServicer):
+    def __init__(self, store: NotificationStore, wakeups: Wakeups, stopping: asyncio.Event, poll_interval: float):
+        self._store = store
+        self._wakeups = wakeups
+        self._stopping = stopping
+        self._poll_interval = poll_interval
+
+    async def SendNotification(self, request: notification_pb2.SendNotificationRequest, context: grpc.aio.ServicerContext) -> notification_pb2.Notification:
+        wanted = domain.new_notification(request.event_id, request.user_id, request.kind, request.subject, request.body)
+        return notification_pb(await handlers.send_notification(self._store, self._wakeups, wanted))
+
+    async def ListNotifications(self, request: notification_pb2.ListNotificationsRequest, context: grpc.aio.ServicerContext) -> notification_pb2.ListNotificationsResponse:
+        page, token = await handlers.list_notifications(self._store, request.user_id, request.page_size, request.page_token)
+        return notification_pb2.ListNotificationsResponse(
+            notifications=[notification_pb(n) for n in page], next_page_token=token
+        )
+
+    async def StreamNotifications(self, request: notification_pb2.StreamNotificationsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[notification_pb2.Notification]:
+        stream = handlers.stream_notifications(
+            self._store, self._wakeups, request.user_id, self._stopping, self._poll_interval
+        )
+        async for notification in stream:
+            yield notification_pb(notification)

@@ -1,0 +1,22 @@
+"""Notification's composition root."""
+
+from __future__ import annotations
+
+from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from mesh.db import Database
+from mesh.server import App, Binding
+from mesh.settings import Settings
+from notification.api import NotificationApi
+from notification.handlers import Wakeups
+from notification.store import NotificationStore, metadata
+
+SERVICE_NAME = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
+
+
+async def build(settings: Settings) -> App:
+    db = Database.connect(settings.database_url)
+    await db.create_schema(metadata)
+    app = App(bindings=[], closers=[db.close])
+    api = NotificationApi(NotificationStore(db), Wakeups(), app.stopping, settings.stream_poll_interval)
+    app.bindings = [Binding(SERVICE_NAME, notification_pb2_grpc.add_NotificationServiceServicer_to_server, api)]
+    return app

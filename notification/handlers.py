@@ -1,0 +1,110 @@
+"""Notification's use cases: send once per event, list, and follow a user live."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from sqlalchemy.exc import IntegrityError
+
+from mesh import paging
+from notification import domain
+from notification.domain import Notification
+from notification.store import NotificationStore
+
+logger = logging.getLogger(__name__)
+
+STREAM_BATCH = 100
+
+
+class Wakeups:
+    """Wakes this process's streams when it stores a notification.
+
+    Streams also poll the database, so a notification stored by another
+    instance reaches them too; this only makes local ones arrive at once.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Event]] = {}
+
+    def notify(self, user_id: str) -> None:
+        for event in self._waiting.get(user_id, ()):
+            event.set()
+
+    def subscribe(self, user_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiting.setdefault(user_id, set()).add(event)
+        return event
+
+    def unsubscribe(self, user_id: str, event: asyncio.Event) -> None:
+        waiting = self._waiting.get(user_id)
+        if waiting is not None:
+            waiting.discard(event)
+            if not waiting:
+                del self._waiting[user_id]
+
+
+async def send_notification(store: NotificationStore, wakeups: Wakeups, wanted: Notification) -> Notification:
+    """Stores and delivers the notification; the same event again returns the first one."""
+    async with store.read() as tx:
+        existing = await tx.by_event(wanted.event_id)
+    if existing is None:
+        try:
+            async with store.write() as tx:
+                stored = await tx.insert(wanted, str(uuid.uuid4()))
+        except IntegrityError:  # a concurrent delivery of the same event won
+            async with store.read() as tx:
+                existing = await tx.by_event(wanted.event_id)
+        else:
+            logger.info("notified user %s: %s (%s)", stored.user_id, stored.subject, stored.event_id)
+            wakeups.notify(stored.user_id)
+            return stored
+    assert existing is not None
+    if not existing.same_event(wanted):
+        raise domain.EventConflict(wanted.event_id)
+    return existing
+
+
+async def list_notifications(
+    store: NotificationStore, user_id: str, page_size: int, page_token: str
+) -> tuple[list[Notification], str]:
+    domain.check_user_id(user_id)
+    limit = paging.page_size(page_size)
+    position = paging.decode_token(page_token, before=int)
+    async with store.read() as tx:
+        found = await tx.for_user(user_id, before=position["before"] if position else None, limit=limit + 1)
+    page = found[:limit]
+    token = paging.encode_token({"before": page[-1].sequence}) if len(found) > limit else ""
+    return page, token
+
+
+async def stream_notifications(
+    store: NotificationStore,
+    wakeups: Wakeups,
+    user_id: str,
+    stopping: asyncio.Event,
+    poll_interval: float,
+) -> AsyncIterator[Notification]:
+    """Every notification for `user_id` stored after the call starts, until `stopping`."""
+    domain.check_user_id(user_id)
+    wake = wakeups.subscribe(user_id)
+    try:
+        async with store.read() as tx:
+            last = await tx.last_sequence(user_id)
+        while not stopping.is_set():
+            wake.clear()
+            async with store.read() as tx:
+                fresh = await tx.for_user(user_id, after=last, limit=STREAM_BATCH)
+            for notification in fresh:
+                last = notification.sequence
+                yield notification
+            if len(fresh) == STREAM_BATCH:
+                continue
+            waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping.wait())]
+            _, pending = await asyncio.wait(waits, timeout=poll_interval, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+    finally:
+        wakeups.unsubscribe(user_id, wake)

@@ -1,0 +1,118 @@
+"""Notification's table: the event id is unique, so an event is stored once however often it arrives."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mesh.clock import now
+from mesh.db import Database
+from notification.domain import Notification
+
+metadata = MetaData()
+
+notifications = Table(
+    "notifications",
+    metadata,
+    # The sequence orders a user's notifications and lets streams resume after it.
+    Column("sequence", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("notification_id", String(36), nullable=False, unique=True),
+    Column("event_id", String(200), nullable=False, unique=True),
+    Column("user_id", String(128), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("create_time", DateTime, nullable=False),
+    Index("notifications_by_user", "user_id", "sequence"),
+)
+
+
+def _notification(row: object) -> Notification:
+    r = row
+    return Notification(
+        event_id=r.event_id,  # type: ignore[attr-defined]
+        user_id=r.user_id,  # type: ignore[attr-defined]
+        kind=r.kind,  # type: ignore[attr-defined]
+        subject=r.subject,  # type: ignore[attr-defined]
+        body=r.body,  # type: ignore[attr-defined]
+        notification_id=r.notification_id,  # type: ignore[attr-defined]
+        create_time=r.create_time,  # type: ignore[attr-defined]
+        sequence=r.sequence,  # type: ignore[attr-defined]
+    )
+
+
+class NotificationTx:
+    def __init__(self, conn: AsyncConnection):
+        self.conn = conn
+
+    async def by_event(self, event_id: str) -> Notification | None:
+        row = (await self.conn.execute(select(notifications).where(notifications.c.event_id == event_id))).first()
+        return None if row is None else _notification(row)
+
+    async def insert(self, notification: Notification, notification_id: str) -> Notification:
+        """Raises IntegrityError when the event id is taken."""
+        at = now()
+        result = await self.conn.execute(
+            insert(notifications)
+            .values(
+                notification_id=notification_id,
+                event_id=notification.event_id,
+                user_id=notification.user_id,
+                kind=notification.kind,
+                subject=notification.subject,
+                body=notification.body,
+                create_time=at,
+            )
+            .returning(notifications.c.sequence)
+        )
+        sequence = result.scalar_one()
+        return Notification(
+            notification.event_id,
+            notification.user_id,
+            notification.kind,
+            notification.subject,
+            notification.body,
+            notification_id,
+            at,
+            sequence,
+        )
+
+    async def for_user(
+        self, user_id: str, *, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> list[Notification]:
+        """Newest first, or oldest first when reading forward from `after`."""
+        query = select(notifications).where(notifications.c.user_id == user_id).limit(limit)
+        if after is not None:
+            query = query.where(notifications.c.sequence > after).order_by(notifications.c.sequence)
+        else:
+            query = query.order_by(notifications.c.sequence.desc())
+            if before is not None:
+                query = query.where(notifications.c.sequence < before)
+        return [_notification(row) for row in await self.conn.execute(query)]
+
+    async def last_sequence(self, user_id: str) -> int:
+        query = (
+            select(notifications.c.sequence)
+            .where(notifications.c.user_id == user_id)
+            .order_by(notifications.c.sequence.desc())
+            .limit(1)
+        )
+        return (await self.conn.execute(query)).scalar() or 0
+
+
+class NotificationStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[NotificationTx]:
+        async with self.db.read() as conn:
+            yield NotificationTx(conn)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[NotificationTx]:
+        async with self.db.write() as conn:
+            yield NotificationTx(conn)

@@ -1,0 +1,1 @@
+"""The order service: places orders against inventory's stock and prices, tells the user."""

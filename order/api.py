@@ -1,0 +1,59 @@
+"""The gRPC edge of order: proto -> arguments -> handler -> proto."""
+
+from __future__ import annotations
+
+import grpc
+
+from generated.shop.order.v1 import order_pb2, order_pb2_grpc
+from mesh.protoconv import money_pb, timestamp
+from order import domain, handlers
+from order.domain import Order
+from order.handlers import Inventory, Outbox
+from order.store import OrderStore
+
+
+def order_pb(order: Order) -> order_pb2.Order:
+    return order_pb2.Order(
+        order_id=order.order_id,
+        user_id=order.user_id,
+        lines=[
+            order_pb2.OrderLine(
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_price=money_pb(line.unit_price),
+                line_total=money_pb(line.total),
+            )
+            for line in order.lines
+        ],
+        total=money_pb(order.total),
+        status=int(order.status),
+        request_id=order.request_id,
+        create_time=timestamp(order.create_time),
+        update_time=timestamp(order.update_time),
+    )
+
+
+class OrderApi(order_pb2_grpc.OrderServiceServicer):
+    def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox):
+        self._store = store
+        self._inventory = inventory
+        self._outbox = outbox
+
+    async def CreateOrder(self, request: order_pb2.CreateOrderRequest, context: grpc.aio.ServicerContext) -> order_pb2.Order:
+        wanted = domain.check_request(
+            request.request_id, request.user_id, [(line.sku, line.quantity) for line in request.lines]
+        )
+        return order_pb(await handlers.create_order(self._store, self._inventory, self._outbox, wanted))
+
+    async def GetOrder(self, request: order_pb2.GetOrderRequest, context: grpc.aio.ServicerContext) -> order_pb2.Order:
+        return order_pb(await handlers.get_order(self._store, request.order_id))
+
+    async def ListOrders(self, request: order_pb2.ListOrdersRequest, context: grpc.aio.ServicerContext) -> order_pb2.ListOrdersResponse:
+        page, token = await handlers.list_orders(self._store, request.user_id, request.page_size, request.page_token)
+        return order_pb2.ListOrdersResponse(orders=[order_pb(o) for o in page], next_page_token=token)
+
+    async def CancelOrder(self, request: order_pb2.CancelOrderRequest, context: grpc.aio.ServicerContext) -> order_pb2.Order:
+        order = await handlers.cancel_order(
+            self._store, self._inventory, self._outbox, request.order_id, request.reason
+        )
+        return order_pb(order)

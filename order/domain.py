@@ -1,0 +1,192 @@
+"""Order's rules: what a valid order request is, how it is priced, what its events say."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mesh.money import Money
+
+MAX_REQUEST_ID = 128
+MAX_USER_ID = 128
+MAX_LINES = 100
+MAX_QUANTITY = 1_000_000
+MAX_REASON = 200
+SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class OrderStatus(enum.IntEnum):
+    CONFIRMED = 1
+    CANCELLED = 2
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    sku: str
+    quantity: int
+    unit_price: Money
+
+    @property
+    def total(self) -> Money:
+        return self.unit_price * self.quantity
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """A validated CreateOrder: who wants how many of what, under which idempotency key."""
+
+    request_id: str
+    user_id: str
+    lines: tuple[tuple[str, int], ...]  # (sku, quantity), in the client's order
+
+    @property
+    def fingerprint(self) -> str:
+        """Same for two requests that ask for the same order, whatever the order of lines."""
+        body = json.dumps({"user_id": self.user_id, "lines": sorted(self.lines)}, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    @property
+    def reservation_id(self) -> str:
+        # Derived from the idempotency key, so concurrent retries share one reservation.
+        return f"order:{self.request_id}"
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    user_id: str
+    lines: tuple[OrderLine, ...]
+    total: Money
+    status: OrderStatus
+    request_id: str
+    reservation_id: str
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    sequence: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the user is told about; its id makes delivery idempotent."""
+
+    event_id: str
+    user_id: str
+    kind: str
+    subject: str
+    body: str
+
+
+class OrderNotFound(NotFound):
+    def __init__(self, order_id: str):
+        super().__init__(f"order {order_id!r} not found")
+
+
+class RequestIdReused(AlreadyExists):
+    def __init__(self, request_id: str):
+        super().__init__(f"request_id {request_id!r} was already used for a different order")
+
+
+class RequestIdSpent(FailedPrecondition):
+    def __init__(self, request_id: str):
+        super().__init__(
+            f"request_id {request_id!r} belongs to an attempt that failed and was rolled back; "
+            "send the order again with a new request_id",
+            subject=f"request_id/{request_id}",
+            kind="IDEMPOTENCY_KEY",
+        )
+
+
+class MixedCurrencies(FailedPrecondition):
+    def __init__(self, currencies: Sequence[str]):
+        super().__init__(
+            f"an order must be in one currency; its products are priced in {', '.join(sorted(currencies))}",
+            subject="lines",
+            kind="CURRENCY",
+        )
+
+
+def _text(field: str, value: str, limit: int) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"must be at most {limit} characters")
+    return value
+
+
+def check_user_id(user_id: str) -> str:
+    return _text("user_id", user_id, MAX_USER_ID)
+
+
+def check_order_id(order_id: str) -> str:
+    return _text("order_id", order_id, 64)
+
+
+def check_request(request_id: str, user_id: str, lines: Sequence[tuple[str, int]]) -> OrderRequest:
+    _text("request_id", request_id, MAX_REQUEST_ID)
+    check_user_id(user_id)
+    if not lines:
+        raise InvalidArgument("lines", "must have at least one line")
+    if len(lines) > MAX_LINES:
+        raise InvalidArgument("lines", f"must have at most {MAX_LINES} lines")
+    seen: set[str] = set()
+    for i, (sku, quantity) in enumerate(lines):
+        if not sku:
+            raise InvalidArgument(f"lines[{i}].sku", "is required")
+        if not SKU.match(sku):
+            raise InvalidArgument(f"lines[{i}].sku", "must be 1-64 letters, digits, '.', '_' or '-'")
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise InvalidArgument(f"lines[{i}].quantity", f"must be from 1 to {MAX_QUANTITY}")
+        if sku in seen:
+            raise InvalidArgument(f"lines[{i}].sku", f"SKU {sku!r} appears in more than one line")
+        seen.add(sku)
+    return OrderRequest(request_id, user_id, tuple(lines))
+
+
+def price(request: OrderRequest, unit_prices: Mapping[str, Money]) -> tuple[tuple[OrderLine, ...], Money]:
+    """The order's lines and total from inventory's prices; never from the client."""
+    currencies = {unit_prices[sku].currency_code for sku, _ in request.lines}
+    if len(currencies) != 1:
+        raise MixedCurrencies(sorted(currencies))
+    lines = tuple(OrderLine(sku, quantity, unit_prices[sku]) for sku, quantity in request.lines)
+    total = Money(currencies.pop(), 0)
+    for line in lines:
+        total = total + line.total
+    return lines, total
+
+
+def check_reason(reason: str) -> str:
+    if len(reason) > MAX_REASON:
+        raise InvalidArgument("reason", f"must be at most {MAX_REASON} characters")
+    return reason.strip()
+
+
+def _items(order: Order) -> str:
+    count = sum(line.quantity for line in order.lines)
+    return f"{count} item{'s' if count != 1 else ''}"
+
+
+def created_event(order: Order) -> Event:
+    return Event(
+        event_id=f"order.created:{order.order_id}",
+        user_id=order.user_id,
+        kind="order.created",
+        subject=f"Order {order.order_id} confirmed",
+        body=f"{_items(order)}, total {order.total}.",
+    )
+
+
+def cancelled_event(order: Order, reason: str) -> Event:
+    because = f" Reason: {reason}." if reason else ""
+    return Event(
+        event_id=f"order.cancelled:{order.order_id}",
+        user_id=order.user_id,
+        kind="order.cancelled",
+        subject=f"Order {order.order_id} cancelled",
+        body=f"{_items(order)}, {order.total} will be refunded.{because}",
+    )

@@ -1,0 +1,134 @@
+"""Order's use cases: place, read, list and cancel orders."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Protocol
+
+from sqlalchemy.exc import IntegrityError
+
+from mesh import paging
+from mesh.errors import AlreadyExists, ShopError
+from order import domain
+from order.domain import Order, OrderRequest, OrderStatus
+from order.store import OrderStore
+from order.upstreams import Held, HeldState
+
+logger = logging.getLogger(__name__)
+
+
+class Inventory(Protocol):
+    async def reserve(self, reservation_id: str, lines: tuple[tuple[str, int], ...]) -> Held: ...
+    async def commit(self, reservation_id: str) -> None: ...
+    async def release(self, reservation_id: str) -> None: ...
+
+
+class Outbox(Protocol):
+    def kick(self) -> None: ...
+
+
+async def _replay(store: OrderStore, request: OrderRequest) -> Order | None:
+    async with store.read() as tx:
+        found = await tx.by_request(request.request_id)
+    if found is None:
+        return None
+    order, fingerprint = found
+    if fingerprint != request.fingerprint:
+        raise domain.RequestIdReused(request.request_id)
+    return order
+
+
+async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, request: OrderRequest) -> Order:
+    """Reserve, price, store with its event, commit; idempotent on request_id."""
+    if (order := await _replay(store, request)) is not None:
+        return order
+    try:
+        held = await inventory.reserve(request.reservation_id, request.lines)
+    except AlreadyExists:  # inventory holds this key's reservation for other lines
+        raise domain.RequestIdReused(request.request_id) from None
+    if held.state is HeldState.RELEASED:
+        raise domain.RequestIdSpent(request.request_id)
+    # Once stock is held, storing the order (or else releasing the stock) and
+    # committing must run to the end even if the caller hangs up mid-way.
+    order = await asyncio.shield(_store_or_release(store, inventory, request, held))
+    outbox.kick()
+    try:
+        await asyncio.shield(inventory.commit(request.reservation_id))
+    except ShopError as error:
+        # The order stands and its stock stays held, never sold twice.
+        logger.warning("order %s stored but its reservation is not committed yet: %s", order.order_id, error)
+    return order
+
+
+async def _store_or_release(store: OrderStore, inventory: Inventory, request: OrderRequest, held: Held) -> Order:
+    try:
+        lines, total = domain.price(request, held.unit_prices)
+        order = Order(
+            order_id=str(uuid.uuid4()),
+            user_id=request.user_id,
+            lines=lines,
+            total=total,
+            status=OrderStatus.CONFIRMED,
+            request_id=request.request_id,
+            reservation_id=request.reservation_id,
+        )
+        async with store.write() as tx:
+            order = await tx.insert(order, request.fingerprint)
+            await tx.add_event(domain.created_event(order))
+        return order
+    except IntegrityError:
+        # A concurrent call with this request_id stored its order first; that
+        # call owns the shared reservation, so there is nothing to release.
+        if (order := await _replay(store, request)) is not None:
+            return order
+        raise
+    except BaseException:
+        await _release_quietly(inventory, request.reservation_id)
+        raise
+
+
+async def _release_quietly(inventory: Inventory, reservation_id: str) -> None:
+    try:
+        await inventory.release(reservation_id)
+    except Exception as error:  # the original failure matters more to the caller
+        logger.error("could not release reservation %s: %s", reservation_id, error)
+
+
+async def get_order(store: OrderStore, order_id: str) -> Order:
+    domain.check_order_id(order_id)
+    async with store.read() as tx:
+        order = await tx.get(order_id)
+    if order is None:
+        raise domain.OrderNotFound(order_id)
+    return order
+
+
+async def list_orders(store: OrderStore, user_id: str, page_size: int, page_token: str) -> tuple[list[Order], str]:
+    domain.check_user_id(user_id)
+    limit = paging.page_size(page_size)
+    position = paging.decode_token(page_token, before=int)
+    async with store.read() as tx:
+        found = await tx.for_user(user_id, position["before"] if position else None, limit + 1)
+    page = found[:limit]
+    token = paging.encode_token({"before": page[-1].sequence}) if len(found) > limit else ""
+    return page, token
+
+
+async def cancel_order(store: OrderStore, inventory: Inventory, outbox: Outbox, order_id: str, reason: str) -> Order:
+    """Returns the stock first, then records the cancellation; safe to repeat."""
+    reason = domain.check_reason(reason)
+    order = await get_order(store, order_id)
+    if order.status is OrderStatus.CANCELLED:
+        return order
+    await inventory.release(order.reservation_id)
+    async with store.write() as tx:
+        cancelled = await tx.cancel(order, reason)
+        if cancelled is None:  # a concurrent cancel got there first
+            current = await tx.get(order_id)
+            assert current is not None
+            return current
+        await tx.add_event(domain.cancelled_event(cancelled, reason))
+    outbox.kick()
+    return cancelled

@@ -1,0 +1,228 @@
+"""Order's tables: orders, their lines, and the outbox of events for the user.
+
+An order and the event that announces it are written in one transaction, so an
+accepted order is always announced (at least once; notification dedupes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mesh.clock import now
+from mesh.db import Database
+from mesh.money import Money
+from order.domain import Event, Order, OrderLine, OrderStatus
+
+metadata = MetaData()
+_SEQUENCE = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("sequence", _SEQUENCE, primary_key=True, autoincrement=True),
+    Column("order_id", String(36), nullable=False, unique=True),
+    Column("request_id", String(128), nullable=False, unique=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("currency_code", String(3), nullable=False),
+    Column("total_minor", BigInteger, nullable=False),
+    Column("reservation_id", String(160), nullable=False),
+    Column("cancel_reason", String(200), nullable=False, default=""),
+    Column("create_time", DateTime, nullable=False),
+    Column("update_time", DateTime, nullable=False),
+    Index("orders_by_user", "user_id", "sequence"),
+)
+
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("order_id", String(36), ForeignKey("orders.order_id"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("sku", String(64), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("currency_code", String(3), nullable=False),
+    Column("unit_price_minor", BigInteger, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("sequence", _SEQUENCE, primary_key=True, autoincrement=True),
+    Column("event_id", String(200), nullable=False, unique=True),
+    Column("user_id", String(128), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("create_time", DateTime, nullable=False),
+    Column("delivered_time", DateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", String(500), nullable=False, default=""),
+    Index("outbox_pending", "delivered_time", "sequence"),
+)
+
+
+class OrderTx:
+    def __init__(self, conn: AsyncConnection):
+        self.conn = conn
+
+    async def _load(self, rows: Sequence[object]) -> list[Order]:
+        if not rows:
+            return []
+        ids = [r.order_id for r in rows]  # type: ignore[attr-defined]
+        lines: dict[str, list[OrderLine]] = {i: [] for i in ids}
+        query = select(order_lines).where(order_lines.c.order_id.in_(ids)).order_by(order_lines.c.position)
+        for line in await self.conn.execute(query):
+            lines[line.order_id].append(
+                OrderLine(line.sku, line.quantity, Money(line.currency_code, line.unit_price_minor))
+            )
+        return [
+            Order(
+                order_id=r.order_id,  # type: ignore[attr-defined]
+                user_id=r.user_id,  # type: ignore[attr-defined]
+                lines=tuple(lines[r.order_id]),  # type: ignore[attr-defined]
+                total=Money(r.currency_code, r.total_minor),  # type: ignore[attr-defined]
+                status=OrderStatus(r.status),  # type: ignore[attr-defined]
+                request_id=r.request_id,  # type: ignore[attr-defined]
+                reservation_id=r.reservation_id,  # type: ignore[attr-defined]
+                create_time=r.create_time,  # type: ignore[attr-defined]
+                update_time=r.update_time,  # type: ignore[attr-defined]
+                sequence=r.sequence,  # type: ignore[attr-defined]
+            )
+            for r in rows
+        ]
+
+    async def get(self, order_id: str) -> Order | None:
+        rows = (await self.conn.execute(select(orders).where(orders.c.order_id == order_id))).all()
+        found = await self._load(rows)
+        return found[0] if found else None
+
+    async def by_request(self, request_id: str) -> tuple[Order, str] | None:
+        """The order made under `request_id` and the fingerprint of the request that made it."""
+        rows = (await self.conn.execute(select(orders).where(orders.c.request_id == request_id))).all()
+        found = await self._load(rows)
+        return (found[0], rows[0].fingerprint) if found else None
+
+    async def for_user(self, user_id: str, before: int | None, limit: int) -> list[Order]:
+        query = select(orders).where(orders.c.user_id == user_id).order_by(orders.c.sequence.desc()).limit(limit)
+        if before is not None:
+            query = query.where(orders.c.sequence < before)
+        return await self._load((await self.conn.execute(query)).all())
+
+    async def insert(self, order: Order, fingerprint: str) -> Order:
+        """Raises IntegrityError when the request id is taken."""
+        at = now()
+        result = await self.conn.execute(
+            insert(orders)
+            .values(
+                order_id=order.order_id,
+                request_id=order.request_id,
+                fingerprint=fingerprint,
+                user_id=order.user_id,
+                status=order.status,
+                currency_code=order.total.currency_code,
+                total_minor=order.total.minor_units,
+                reservation_id=order.reservation_id,
+                cancel_reason="",
+                create_time=at,
+                update_time=at,
+            )
+            .returning(orders.c.sequence)
+        )
+        sequence = result.scalar_one()
+        await self.conn.execute(
+            insert(order_lines),
+            [
+                {
+                    "order_id": order.order_id,
+                    "position": i,
+                    "sku": line.sku,
+                    "quantity": line.quantity,
+                    "currency_code": line.unit_price.currency_code,
+                    "unit_price_minor": line.unit_price.minor_units,
+                }
+                for i, line in enumerate(order.lines)
+            ],
+        )
+        return Order(**{**order.__dict__, "create_time": at, "update_time": at, "sequence": sequence})
+
+    async def cancel(self, order: Order, reason: str) -> Order | None:
+        """The cancelled order, or None if it was no longer CONFIRMED."""
+        at = now()
+        result = await self.conn.execute(
+            update(orders)
+            .where(orders.c.order_id == order.order_id, orders.c.status == OrderStatus.CONFIRMED)
+            .values(status=OrderStatus.CANCELLED, cancel_reason=reason, update_time=at)
+        )
+        if result.rowcount != 1:
+            return None
+        return Order(**{**order.__dict__, "status": OrderStatus.CANCELLED, "update_time": at})
+
+    async def add_event(self, event: Event) -> None:
+        await self.conn.execute(
+            insert(outbox).values(
+                event_id=event.event_id,
+                user_id=event.user_id,
+                kind=event.kind,
+                subject=event.subject,
+                body=event.body,
+                create_time=now(),
+                attempts=0,
+                last_error="",
+            )
+        )
+
+    async def pending_events(self, limit: int) -> list[Event]:
+        query = (
+            select(outbox.c.event_id, outbox.c.user_id, outbox.c.kind, outbox.c.subject, outbox.c.body)
+            .where(outbox.c.delivered_time.is_(None))
+            .order_by(outbox.c.sequence)
+            .limit(limit)
+        )
+        return [Event(*row) for row in await self.conn.execute(query)]
+
+    async def mark_delivered(self, event_ids: Sequence[str]) -> None:
+        await self.conn.execute(
+            update(outbox).where(outbox.c.event_id.in_(event_ids)).values(delivered_time=now())
+        )
+
+    async def record_failure(self, event_ids: Sequence[str], error: str) -> None:
+        await self.conn.execute(
+            update(outbox)
+            .where(outbox.c.event_id.in_(event_ids))
+            .values(attempts=outbox.c.attempts + 1, last_error=error[:500])
+        )
+
+
+class OrderStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[OrderTx]:
+        async with self.db.read() as conn:
+            yield OrderTx(conn)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[OrderTx]:
+        async with self.db.write() as conn:
+            yield OrderTx(conn)

@@ -1,0 +1,86 @@
+"""Order's clients of inventory and notification: domain values in, domain errors out.
+
+Each call's deadline is what is left of the caller's (mesh.status.remaining).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from mesh.money import Money
+from mesh.status import error_from_rpc, remaining
+from order.domain import Event
+
+
+class HeldState(enum.IntEnum):
+    RESERVED = 1
+    COMMITTED = 2
+    RELEASED = 3
+
+
+@dataclass(frozen=True)
+class Held:
+    """What inventory holds for an order: the state and each SKU's unit price."""
+
+    state: HeldState
+    unit_prices: dict[str, Money]
+
+
+class InventoryClient:
+    def __init__(self, channel: grpc.aio.Channel, default_timeout: float):
+        self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        self._timeout = default_timeout
+
+    async def reserve(self, reservation_id: str, lines: Sequence[tuple[str, int]]) -> Held:
+        request = inventory_pb2.ReserveStockRequest(
+            reservation_id=reservation_id,
+            lines=[inventory_pb2.ReservationLine(sku=sku, quantity=quantity) for sku, quantity in lines],
+        )
+        try:
+            reply = await self._stub.ReserveStock(request, timeout=remaining(self._timeout))
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc("inventory", error) from None
+        return Held(
+            HeldState(reply.state),
+            {line.sku: Money(line.unit_price.currency_code, line.unit_price.minor_units) for line in reply.lines},
+        )
+
+    async def commit(self, reservation_id: str) -> None:
+        try:
+            await self._stub.CommitReservation(
+                inventory_pb2.CommitReservationRequest(reservation_id=reservation_id),
+                timeout=remaining(self._timeout),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc("inventory", error) from None
+
+    async def release(self, reservation_id: str) -> None:
+        try:
+            await self._stub.ReleaseReservation(
+                inventory_pb2.ReleaseReservationRequest(reservation_id=reservation_id),
+                timeout=remaining(self._timeout),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc("inventory", error) from None
+
+
+class NotificationClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float):
+        self._stub = notification_pb2_grpc.NotificationServiceStub(channel)
+        self._timeout = timeout
+
+    async def send(self, event: Event) -> None:
+        request = notification_pb2.SendNotificationRequest(
+            event_id=event.event_id, user_id=event.user_id, kind=event.kind, subject=event.subject, body=event.body
+        )
+        try:
+            # The outbox relay calls this outside any request, so its own timeout applies.
+            await self._stub.SendNotification(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc("notification", error) from None
