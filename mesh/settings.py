@@ -69,7 +69,7 @@ class _Reader:
     def address(self, name: str, default: str) -> str:
         value = self.str(name, default)
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise SettingsError(f"{name} must be host:port; got {value!r}")
         return value
 

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.harness import Launcher
+
+
+@pytest.fixture(scope="session")
+def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    """One mesh started by the Quickstart's launcher, shared by the e2e tests."""
+    mesh = Launcher(tmp_path_factory.mktemp("mesh"))
+    mesh.start()
+    yield mesh
+    if mesh.process and mesh.process.poll() is None:
+        mesh.interrupt()
