@@ -39,7 +39,7 @@ def test_an_order_placed_with_grpcurl_reads_back_and_is_announced_on_the_stream(
 ) -> None:
     user = f"grpcurl-{uuid.uuid4().hex[:8]}"
     watcher = subprocess.Popen(
-        [grpcurl, "-plaintext", "-max-time", "15", "-d", json.dumps({"user_id": user}),
+        [grpcurl, "-plaintext", "-max-time", "6", "-d", json.dumps({"user_id": user}),
          launcher.address("notification"), "shop.notification.v1.NotificationService/StreamNotifications"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

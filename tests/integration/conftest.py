@@ -1,0 +1,43 @@
+"""Real servers in this process on port 0, each with its own real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+import inventory.app
+import notification.app
+import order.app
+from mesh.server import Running, create_server
+from mesh.settings import Settings
+
+BUILDERS = {"inventory": inventory.app.build, "notification": notification.app.build, "order": order.app.build}
+
+Start = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start(tmp_path: Path) -> AsyncIterator[Start]:
+    """`await start("inventory", SHOPMESH_X="y")` serves a service; all stop at the end."""
+    running: list[Running] = []
+
+    async def _start(service: str, **env: str) -> Running:
+        settings = Settings.from_env(
+            service, {"SHOPMESH_DATA_DIR": str(tmp_path), f"SHOPMESH_{service.upper()}_PORT": "0", **env}
+        )
+        app = await BUILDERS[service](settings)
+        served = await create_server(settings, app)
+        running.append(served)
+        return served
+
+    yield _start
+    for served in reversed(running):
+        await served.server.stop(0)
+        await served.app.close()
+
+
+def channel(served: Running) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(f"127.0.0.1:{served.port}")

@@ -1,0 +1,193 @@
+"""Inventory over real gRPC and real SQLite: validation, paging, reservations, stock arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from generated.shop.common.v1 import money_pb2
+from generated.shop.inventory.v1 import inventory_pb2 as pb
+from generated.shop.inventory.v1 import inventory_pb2_grpc
+from google.rpc import error_details_pb2, status_pb2
+from tests.integration.conftest import Start, channel
+
+
+@pytest.fixture
+async def stub(start: Start):
+    served = await start("inventory")
+    async with channel(served) as ch:
+        yield inventory_pb2_grpc.InventoryServiceStub(ch)
+
+
+def product(sku: str = "mug", available: int = 10, cents: int = 1299, currency: str = "USD") -> pb.Product:
+    return pb.Product(sku=sku, name="Mug", price=money_pb2.Money(currency_code=currency, minor_units=cents), available=available)
+
+
+async def create(stub, **kwargs) -> pb.Product:
+    return await stub.CreateProduct(pb.CreateProductRequest(product=product(**kwargs)))
+
+
+def details(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    for key, value in error.trailing_metadata():
+        if key == "grpc-status-details-bin":
+            return status_pb2.Status.FromString(value)
+    raise AssertionError("no google.rpc.Status in the trailers")
+
+
+async def test_a_created_product_reads_back_with_its_stock(stub) -> None:
+    created = await create(stub, available=7)
+    got = await stub.GetProduct(pb.GetProductRequest(sku="mug"))
+    assert got == created
+    assert (got.available, got.reserved, got.sold, got.price.minor_units) == (7, 0, 0, 1299)
+    assert got.create_time.seconds > 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda p: p.ClearField("sku"), "product.sku"),
+        (lambda p: setattr(p, "sku", "has space"), "product.sku"),
+        (lambda p: setattr(p, "name", "  "), "product.name"),
+        (lambda p: p.ClearField("price"), "product.price"),
+        (lambda p: setattr(p.price, "currency_code", "usd"), "product.price.currency_code"),
+        (lambda p: setattr(p.price, "minor_units", -1), "product.price.minor_units"),
+        (lambda p: setattr(p, "available", -5), "product.available"),
+    ],
+)
+async def test_a_bad_product_is_invalid_argument_naming_the_field(stub, mutate, field: str) -> None:
+    bad = product()
+    mutate(bad)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateProduct(pb.CreateProductRequest(product=bad))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(f"{field}:")
+    violation = error_details_pb2.BadRequest()
+    assert details(caught.value).details[0].Unpack(violation)
+    assert violation.field_violations[0].field == field
+
+
+async def test_a_duplicate_sku_is_already_exists(stub) -> None:
+    await create(stub)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create(stub)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_an_unknown_sku_is_not_found(stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetProduct(pb.GetProductRequest(sku="nope"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "'nope'" in caught.value.details()
+
+
+async def test_products_page_through_in_sku_order_without_gaps(stub) -> None:
+    skus = [f"p{i:02d}" for i in range(7)]
+    for sku in reversed(skus):
+        await create(stub, sku=sku)
+    seen, token = [], ""
+    while True:
+        page = await stub.ListProducts(pb.ListProductsRequest(page_size=3, page_token=token))
+        seen += [p.sku for p in page.products]
+        assert len(page.products) <= 3
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == skus
+
+
+@pytest.mark.parametrize(("size", "token", "field"), [(-1, "", "page_size"), (0, "garbage!", "page_token"), (0, "eyJ4IjoxfQ==", "page_token")])
+async def test_bad_paging_is_invalid_argument(stub, size: int, token: str, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListProducts(pb.ListProductsRequest(page_size=size, page_token=token))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field)
+
+
+async def test_a_reservation_takes_every_line_or_none(stub) -> None:
+    await create(stub, sku="a", available=5)
+    await create(stub, sku="b", available=1)
+    lines = [pb.ReservationLine(sku="a", quantity=2), pb.ReservationLine(sku="b", quantity=2)]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="r1", lines=lines))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'b'" in caught.value.details() and "1 available" in caught.value.details()
+    failure = error_details_pb2.PreconditionFailure()
+    assert details(caught.value).details[0].Unpack(failure) and failure.violations[0].subject == "sku/b"
+    a = await stub.GetProduct(pb.GetProductRequest(sku="a"))
+    assert (a.available, a.reserved) == (5, 0)
+
+
+async def test_reserving_an_unknown_sku_is_not_found(stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="r", lines=[pb.ReservationLine(sku="ghost", quantity=1)]))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_repeated_reservation_id_replays_and_a_different_one_conflicts(stub) -> None:
+    await create(stub, available=5)
+    request = pb.ReserveStockRequest(reservation_id="r1", lines=[pb.ReservationLine(sku="mug", quantity=2)])
+    first = await stub.ReserveStock(request)
+    again = await stub.ReserveStock(request)
+    assert again == first
+    assert first.lines[0].unit_price.minor_units == 1299
+    assert (await stub.GetProduct(pb.GetProductRequest(sku="mug"))).available == 3
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="r1", lines=[pb.ReservationLine(sku="mug", quantity=1)]))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_commit_sells_and_release_returns_units(stub) -> None:
+    await create(stub, available=10)
+    for rid, quantity in (("keep", 3), ("drop", 2), ("refund", 1)):
+        await stub.ReserveStock(pb.ReserveStockRequest(reservation_id=rid, lines=[pb.ReservationLine(sku="mug", quantity=quantity)]))
+    committed = await stub.CommitReservation(pb.CommitReservationRequest(reservation_id="keep"))
+    assert committed.state == pb.Reservation.COMMITTED
+    assert (await stub.CommitReservation(pb.CommitReservationRequest(reservation_id="keep"))).state == pb.Reservation.COMMITTED
+    released = await stub.ReleaseReservation(pb.ReleaseReservationRequest(reservation_id="drop"))
+    assert released.state == pb.Reservation.RELEASED
+    await stub.CommitReservation(pb.CommitReservationRequest(reservation_id="refund"))
+    await stub.ReleaseReservation(pb.ReleaseReservationRequest(reservation_id="refund"))
+    await stub.ReleaseReservation(pb.ReleaseReservationRequest(reservation_id="refund"))  # idempotent
+    mug = await stub.GetProduct(pb.GetProductRequest(sku="mug"))
+    assert (mug.available, mug.reserved, mug.sold) == (7, 0, 3)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CommitReservation(pb.CommitReservationRequest(reservation_id="drop"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CommitReservation(pb.CommitReservationRequest(reservation_id="never"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_adjust_stock_restocks_and_refuses_to_go_negative(stub) -> None:
+    await create(stub, available=2)
+    restocked = await stub.AdjustStock(pb.AdjustStockRequest(sku="mug", delta=5, reason="restock"))
+    assert restocked.available == 7
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.AdjustStock(pb.AdjustStockRequest(sku="mug", delta=-8, reason="damaged"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    for bad, field in ((pb.AdjustStockRequest(sku="mug", delta=0, reason="x"), "delta"),
+                       (pb.AdjustStockRequest(sku="mug", delta=1), "reason")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.AdjustStock(bad)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and caught.value.details().startswith(field)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.AdjustStock(pb.AdjustStockRequest(sku="ghost", delta=1, reason="x"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_fifty_buyers_for_the_last_unit_one_wins(stub) -> None:
+    await create(stub, available=1)
+
+    async def buy(i: int) -> bool:
+        try:
+            await stub.ReserveStock(pb.ReserveStockRequest(reservation_id=f"r{i}", lines=[pb.ReservationLine(sku="mug", quantity=1)]))
+            return True
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            return False
+
+    assert sum(await asyncio.gather(*(buy(i) for i in range(50)))) == 1
+    mug = await stub.GetProduct(pb.GetProductRequest(sku="mug"))
+    assert (mug.available, mug.reserved) == (0, 1)

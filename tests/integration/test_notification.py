@@ -1,0 +1,113 @@
+"""Notification over real gRPC and SQLite: once per event, newest first, live streams."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from generated.shop.notification.v1 import notification_pb2 as pb
+from generated.shop.notification.v1 import notification_pb2_grpc
+from tests.integration.conftest import Start, channel
+
+
+@pytest.fixture
+async def served(start: Start):
+    return await start("notification", SHOPMESH_STREAM_POLL_SECONDS="0.2")
+
+
+@pytest.fixture
+async def stub(served):
+    async with channel(served) as ch:
+        yield notification_pb2_grpc.NotificationServiceStub(ch)
+
+
+def send(event_id: str, user: str = "alice", subject: str = "Hello") -> pb.SendNotificationRequest:
+    return pb.SendNotificationRequest(event_id=event_id, user_id=user, kind="order.created", subject=subject, body="b")
+
+
+async def test_an_event_sent_twice_or_concurrently_is_stored_once(stub) -> None:
+    results = await asyncio.gather(*(stub.SendNotification(send("e1")) for _ in range(10)))
+    assert len({r.notification_id for r in results}) == 1
+    listed = await stub.ListNotifications(pb.ListNotificationsRequest(user_id="alice"))
+    assert [n.event_id for n in listed.notifications] == ["e1"]
+
+
+async def test_an_event_resent_with_other_content_is_already_exists(stub) -> None:
+    await stub.SendNotification(send("e1"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SendNotification(send("e1", subject="Different"))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.SendNotificationRequest(user_id="u", kind="k", subject="s"), "event_id"),
+        (pb.SendNotificationRequest(event_id="e", kind="k", subject="s"), "user_id"),
+        (pb.SendNotificationRequest(event_id="e", user_id="u", kind="Not A Kind", subject="s"), "kind"),
+        (pb.SendNotificationRequest(event_id="e", user_id="u", kind="k", subject=""), "subject"),
+        (pb.SendNotificationRequest(event_id="e", user_id="u", kind="k", subject="s", body="x" * 5000), "body"),
+    ],
+)
+async def test_a_bad_notification_names_its_field(stub, request_, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SendNotification(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field)
+
+
+async def test_a_users_notifications_page_newest_first_and_only_theirs(stub) -> None:
+    for i in range(5):
+        await stub.SendNotification(send(f"a{i}"))
+    await stub.SendNotification(send("b0", user="bob"))
+    seen, token = [], ""
+    while True:
+        page = await stub.ListNotifications(pb.ListNotificationsRequest(user_id="alice", page_size=2, page_token=token))
+        seen += [n.event_id for n in page.notifications]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ["a4", "a3", "a2", "a1", "a0"]
+
+
+async def test_a_stream_delivers_new_notifications_live_and_only_the_users(stub) -> None:
+    await stub.SendNotification(send("before"))
+    stream = stub.StreamNotifications(pb.StreamNotificationsRequest(user_id="alice"))
+    received: list[str] = []
+
+    async def read() -> None:
+        async for n in stream:
+            received.append(n.event_id)
+            if len(received) == 2:
+                return
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.3)
+    await stub.SendNotification(send("other", user="bob"))
+    await stub.SendNotification(send("live-1"))
+    await stub.SendNotification(send("live-2"))
+    await asyncio.wait_for(reader, 5)
+    stream.cancel()
+    assert received == ["live-1", "live-2"]
+
+
+async def test_a_stream_sees_what_another_instance_stored(start: Start, served, stub) -> None:
+    # A second instance on the same database, as when several run side by side.
+    other = await start("notification", SHOPMESH_NOTIFICATION_DATABASE_URL=str(served.app.bindings[0].servicer._store.db.engine.url))
+    stream = stub.StreamNotifications(pb.StreamNotificationsRequest(user_id="alice"))
+    first = asyncio.create_task(stream.read())
+    await asyncio.sleep(0.3)
+    async with channel(other) as ch:
+        await notification_pb2_grpc.NotificationServiceStub(ch).SendNotification(send("via-other"))
+    got = await asyncio.wait_for(first, 5)
+    stream.cancel()
+    assert got.event_id == "via-other"
+
+
+async def test_a_stream_for_no_user_is_invalid_argument(stub) -> None:
+    stream = stub.StreamNotifications(pb.StreamNotificationsRequest())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

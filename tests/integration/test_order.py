@@ -1,0 +1,193 @@
+"""Order with real inventory and notification servers: pricing, errors, outages, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from generated.shop.common.v1 import money_pb2
+from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from generated.shop.order.v1 import order_pb2 as pb
+from generated.shop.order.v1 import order_pb2_grpc
+from tests.conftest import free_port
+from tests.integration.conftest import Start, channel
+
+
+class Shop:
+    def __init__(self, inventory, orders, notifications, channels):
+        self.inventory, self.orders, self.notifications, self.channels = inventory, orders, notifications, channels
+
+    async def product(self, sku: str) -> inventory_pb2.Product:
+        return await self.inventory.GetProduct(inventory_pb2.GetProductRequest(sku=sku))
+
+    async def notes(self, user: str) -> list[str]:
+        reply = await self.notifications.ListNotifications(notification_pb2.ListNotificationsRequest(user_id=user))
+        return [n.event_id for n in reply.notifications]
+
+
+async def open_shop(start: Start, notification_port: int | None = None, **order_env: str) -> Shop:
+    inv = await start("inventory")
+    note = await start("notification", **({"SHOPMESH_NOTIFICATION_PORT": str(notification_port)} if notification_port else {}))
+    env = {"SHOPMESH_INVENTORY_ADDR": f"127.0.0.1:{inv.port}", "SHOPMESH_NOTIFICATION_ADDR": f"127.0.0.1:{note.port}", **order_env}
+    orders = await start("order", **env)
+    channels = [channel(inv), channel(orders), channel(note)]
+    shop = Shop(
+        inventory_pb2_grpc.InventoryServiceStub(channels[0]),
+        order_pb2_grpc.OrderServiceStub(channels[1]),
+        notification_pb2_grpc.NotificationServiceStub(channels[2]),
+        channels,
+    )
+    for sku, cents, currency, stock in (("mug", 1299, "USD", 10), ("pot", 3450, "USD", 3), ("tee", 900, "EUR", 5)):
+        product = inventory_pb2.Product(sku=sku, name=sku, price=money_pb2.Money(currency_code=currency, minor_units=cents), available=stock)
+        await shop.inventory.CreateProduct(inventory_pb2.CreateProductRequest(product=product))
+    return shop
+
+
+def order_request(request_id: str = "r1", user: str = "alice", **lines: int) -> pb.CreateOrderRequest:
+    return pb.CreateOrderRequest(
+        request_id=request_id, user_id=user, lines=[pb.OrderLine(sku=s, quantity=q) for s, q in (lines or {"mug": 2}).items()]
+    )
+
+
+async def eventually(check, timeout: float = 10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(0.1)
+
+
+async def test_an_order_is_priced_by_inventory_not_the_client(start: Start) -> None:
+    shop = await open_shop(start)
+    request = order_request(mug=2, pot=1)
+    request.lines[0].unit_price.CopyFrom(money_pb2.Money(currency_code="USD", minor_units=1))  # ignored
+    order = await shop.orders.CreateOrder(request)
+    assert [(l.sku, l.unit_price.minor_units, l.line_total.minor_units) for l in order.lines] == [("mug", 1299, 2598), ("pot", 3450, 3450)]
+    assert (order.total.currency_code, order.total.minor_units) == ("USD", 6048)
+    assert order.status == pb.Order.CONFIRMED
+    assert await shop.orders.GetOrder(pb.GetOrderRequest(order_id=order.order_id)) == order
+    mug = await shop.product("mug")
+    assert (mug.available, mug.reserved, mug.sold) == (8, 0, 2)
+    assert await eventually(lambda: shop.notes("alice")) == [f"order.created:{order.order_id}"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.CreateOrderRequest(user_id="u", lines=[pb.OrderLine(sku="mug", quantity=1)]), "request_id"),
+        (pb.CreateOrderRequest(request_id="r", lines=[pb.OrderLine(sku="mug", quantity=1)]), "user_id"),
+        (pb.CreateOrderRequest(request_id="r", user_id="u"), "lines"),
+        (pb.CreateOrderRequest(request_id="r", user_id="u", lines=[pb.OrderLine(quantity=1)]), "lines[0].sku"),
+        (pb.CreateOrderRequest(request_id="r", user_id="u", lines=[pb.OrderLine(sku="mug", quantity=-3)]), "lines[0].quantity"),
+        (pb.CreateOrderRequest(request_id="r", user_id="u", lines=[pb.OrderLine(sku="mug", quantity=1), pb.OrderLine(sku="mug", quantity=1)]), "lines[1].sku"),
+        (pb.CreateOrderRequest(request_id="r" * 129, user_id="u", lines=[pb.OrderLine(sku="mug", quantity=1)]), "request_id"),
+    ],
+)
+async def test_a_bad_order_names_its_field(start: Start, request_, field: str) -> None:
+    shop = await open_shop(start)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.orders.CreateOrder(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field + ":")
+
+
+async def test_not_enough_stock_names_the_sku_and_takes_nothing(start: Start) -> None:
+    shop = await open_shop(start)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.orders.CreateOrder(order_request(mug=1, pot=4))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'pot'" in caught.value.details()
+    assert (await shop.product("mug")).available == 10
+
+
+async def test_an_unknown_sku_or_order_is_not_found(start: Start) -> None:
+    shop = await open_shop(start)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.orders.CreateOrder(order_request(ghost=1))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND and "'ghost'" in caught.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.orders.GetOrder(pb.GetOrderRequest(order_id="no-such-order"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_mixed_currencies_are_refused_and_the_stock_released(start: Start) -> None:
+    shop = await open_shop(start)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.orders.CreateOrder(order_request(mug=1, tee=1))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "EUR" in caught.value.details() and "USD" in caught.value.details()
+    assert [(p.available, p.reserved) for p in [await shop.product("mug"), await shop.product("tee")]] == [(10, 0), (5, 0)]
+
+
+async def test_an_order_stands_while_notification_is_down_and_is_announced_when_it_returns(start: Start) -> None:
+    port = free_port()
+    inv = await start("inventory")
+    orders = await start(
+        "order",
+        SHOPMESH_INVENTORY_ADDR=f"127.0.0.1:{inv.port}",
+        SHOPMESH_NOTIFICATION_ADDR=f"127.0.0.1:{port}",
+        SHOPMESH_OUTBOX_INTERVAL_SECONDS="0.2",
+        SHOPMESH_CALL_TIMEOUT_SECONDS="1",
+    )
+    inventory = inventory_pb2_grpc.InventoryServiceStub(channel(inv))
+    product = inventory_pb2.Product(sku="mug", name="Mug", price=money_pb2.Money(currency_code="USD", minor_units=100), available=10)
+    await inventory.CreateProduct(inventory_pb2.CreateProductRequest(product=product))
+    stub = order_pb2_grpc.OrderServiceStub(channel(orders))
+    placed = [await stub.CreateOrder(order_request(f"r{i}")) for i in range(3)]
+    assert all(o.status == pb.Order.CONFIRMED for o in placed)
+
+    note = await start("notification", SHOPMESH_NOTIFICATION_PORT=str(port))
+    notifications = notification_pb2_grpc.NotificationServiceStub(channel(note))
+
+    async def delivered() -> list[str]:
+        reply = await notifications.ListNotifications(notification_pb2.ListNotificationsRequest(user_id="alice"))
+        return sorted(n.event_id for n in reply.notifications) if len(reply.notifications) == 3 else []
+
+    assert await eventually(delivered, 15) == sorted(f"order.created:{o.order_id}" for o in placed)
+
+
+async def test_inventory_down_is_unavailable_naming_it_not_internal(start: Start) -> None:
+    note = await start("notification")
+    orders = await start(
+        "order",
+        SHOPMESH_INVENTORY_ADDR=f"127.0.0.1:{free_port()}",
+        SHOPMESH_NOTIFICATION_ADDR=f"127.0.0.1:{note.port}",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await order_pb2_grpc.OrderServiceStub(channel(orders)).CreateOrder(order_request())
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "inventory" in caught.value.details()
+
+
+async def test_cancel_returns_stock_once_and_announces_it(start: Start) -> None:
+    shop = await open_shop(start)
+    order = await shop.orders.CreateOrder(order_request(mug=3))
+    for _ in range(2):
+        cancelled = await shop.orders.CancelOrder(pb.CancelOrderRequest(order_id=order.order_id, reason="too slow"))
+        assert cancelled.status == pb.Order.CANCELLED
+    mug = await shop.product("mug")
+    assert (mug.available, mug.reserved, mug.sold) == (10, 0, 0)
+    expected = sorted([f"order.created:{order.order_id}", f"order.cancelled:{order.order_id}"])
+    assert await eventually(lambda: _sorted_if(shop.notes("alice"), 2)) == expected
+
+
+async def _sorted_if(notes, count: int) -> list[str]:
+    found = await notes
+    return sorted(found) if len(found) >= count else []
+
+
+async def test_a_users_orders_page_newest_first(start: Start) -> None:
+    shop = await open_shop(start)
+    ids = [(await shop.orders.CreateOrder(order_request(f"r{i}", mug=1))).order_id for i in range(5)]
+    await shop.orders.CreateOrder(order_request("bob-1", user="bob", mug=1))
+    seen, token = [], ""
+    while True:
+        page = await shop.orders.ListOrders(pb.ListOrdersRequest(user_id="alice", page_size=2, page_token=token))
+        seen += [o.order_id for o in page.orders]
+        if not (token := page.next_page_token):
+            break
+    assert seen == ids[::-1]

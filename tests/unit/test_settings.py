@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mesh.settings import Settings, SettingsError
+
+
+def test_defaults_give_the_local_mesh() -> None:
+    s = Settings.from_env("order", {})
+    assert (s.host, s.port, s.discovery, s.log_format) == ("127.0.0.1", 50052, "static", "text")
+    assert s.addresses == {"inventory": "127.0.0.1:50051", "order": "127.0.0.1:50052", "notification": "127.0.0.1:50053"}
+    assert s.database_url == f"sqlite+aiosqlite:///{Path('data') / 'order'}.db"
+
+
+def test_every_value_can_be_overridden() -> None:
+    s = Settings.from_env(
+        "inventory",
+        {
+            "SHOPMESH_HOST": "0.0.0.0",
+            "SHOPMESH_INVENTORY_PORT": "6000",
+            "SHOPMESH_ORDER_ADDR": "orders.internal:7000",
+            "SHOPMESH_DATA_DIR": "/var/lib/shop",
+            "SHOPMESH_LOG_LEVEL": "debug",
+            "SHOPMESH_LOG_FORMAT": "JSON",
+            "SHOPMESH_CALL_TIMEOUT_SECONDS": "2.5",
+        },
+    )
+    assert (s.port, s.bind_address, s.log_level, s.log_format, s.call_timeout) == (6000, "0.0.0.0:6000", "DEBUG", "json", 2.5)
+    assert s.addresses["inventory"] == "127.0.0.1:6000"  # a wildcard bind is reached via loopback
+    assert s.addresses["order"] == "orders.internal:7000"
+    assert s.database_url == "sqlite+aiosqlite:////var/lib/shop/inventory.db"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("SHOPMESH_ORDER_PORT", "eighty", "must be an integer"),
+        ("SHOPMESH_ORDER_PORT", "70000", "from 0 to 65535"),
+        ("SHOPMESH_INVENTORY_ADDR", "nohost", "host:port"),
+        ("SHOPMESH_LOG_FORMAT", "xml", "one of text, json"),
+        ("SHOPMESH_SHUTDOWN_GRACE_SECONDS", "-1", "from 0 to"),
+        ("SHOPMESH_DISCOVERY", "zookeeper", "one of static"),
+        ("SHOPMESH_ORDER_DATABASE_URL", "orders.db", "SQLAlchemy URL"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_variable(name: str, value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env("order", {name: value})
+    assert name in str(caught.value) and says in str(caught.value)
+
+
+def test_an_unknown_service_is_refused() -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_env("payments", {})

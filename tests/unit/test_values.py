@@ -1,0 +1,42 @@
+"""Money and paging: the shared value rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh import paging
+from mesh.errors import InvalidArgument
+from mesh.money import Money, parse_money
+
+
+def test_money_adds_and_multiplies_exactly_in_minor_units() -> None:
+    assert Money("USD", 1999) * 3 + Money("USD", 3) == Money("USD", 6000)
+    assert str(Money("USD", 6000)) == "USD 60.00"
+
+
+def test_money_refuses_to_add_currencies() -> None:
+    with pytest.raises(ValueError, match="EUR"):
+        Money("USD", 1) + Money("EUR", 1)
+
+
+@pytest.mark.parametrize(("code", "units", "field"), [("usd", 1, "price.currency_code"), ("USD", -1, "price.minor_units")])
+def test_bad_money_names_the_field(code: str, units: int, field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_money("price", code, units)
+    assert caught.value.field == field
+
+
+def test_page_size_defaults_and_caps() -> None:
+    assert (paging.page_size(0), paging.page_size(10), paging.page_size(10**6)) == (50, 10, 1000)
+    with pytest.raises(InvalidArgument):
+        paging.page_size(-1)
+
+
+def test_a_token_round_trips_and_a_foreign_one_is_refused() -> None:
+    token = paging.encode_token({"after": "sku-9"})
+    assert paging.decode_token(token, after=str) == {"after": "sku-9"}
+    assert paging.decode_token("", after=str) is None
+    for bad in ("!!!", paging.encode_token({"after": 3}), paging.encode_token({"before": "x"}), "bnVsbA=="):
+        with pytest.raises(InvalidArgument) as caught:
+            paging.decode_token(bad, after=str)
+        assert caught.value.field == "page_token"
