@@ -21,6 +21,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    bindparam,
     insert,
     select,
     update,
@@ -80,6 +81,15 @@ stock_movements = Table(
     Column("create_time", DateTime, nullable=False),
 )
 
+# Hot statements built once, so each call skips building and cache-keying them.
+_PRODUCT_BY_SKU = select(products).where(products.c.sku == bindparam("sku"))
+_RESERVATION_BY_ID = select(reservations).where(reservations.c.reservation_id == bindparam("rid"))
+_LINES_BY_RESERVATION = (
+    select(reservation_lines)
+    .where(reservation_lines.c.reservation_id == bindparam("rid"))
+    .order_by(reservation_lines.c.sku)
+)
+
 # Where reserved units go when a reservation leaves RESERVED or COMMITTED.
 _FROM_COLUMN = {ReservationState.RESERVED: "reserved", ReservationState.COMMITTED: "sold"}
 
@@ -104,7 +114,7 @@ class InventoryTx:
         self.conn = conn
 
     async def get_product(self, sku: str) -> Product | None:
-        row = (await self.conn.execute(select(products).where(products.c.sku == sku))).first()
+        row = (await self.conn.execute(_PRODUCT_BY_SKU, {"sku": sku})).first()
         return None if row is None else _product(row)
 
     async def insert_product(self, product: Product) -> Product:
@@ -167,16 +177,10 @@ class InventoryTx:
         )
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
-        head = (
-            await self.conn.execute(select(reservations).where(reservations.c.reservation_id == reservation_id))
-        ).first()
+        head = (await self.conn.execute(_RESERVATION_BY_ID, {"rid": reservation_id})).first()
         if head is None:
             return None
-        rows = await self.conn.execute(
-            select(reservation_lines)
-            .where(reservation_lines.c.reservation_id == reservation_id)
-            .order_by(reservation_lines.c.sku)
-        )
+        rows = await self.conn.execute(_LINES_BY_RESERVATION, {"rid": reservation_id})
         lines = tuple(Line(r.sku, r.quantity, Money(r.currency_code, r.unit_price_minor)) for r in rows)
         return Reservation(reservation_id, lines, ReservationState(head.state), head.create_time, head.update_time)
 

@@ -1,12 +1,27 @@
-"""The database engine every service uses: SQLAlchemy 2 async, portable SQL.
+"""The database every service uses: SQLAlchemy 2 Core, async, portable SQL.
 
-SQLite is the embedded default. For it this module sets WAL (readers never wait
-for the writer), a busy timeout (another process's writer is waited for, not
-failed), and makes write transactions `BEGIN IMMEDIATE` behind one in-process
-lock, so a write never has to upgrade a read lock mid-transaction: that upgrade
-is what raises "database is locked" under load, and no busy timeout helps it.
-Services only ever see `read()` and `write()`; on PostgreSQL the same calls are
-ordinary transactions and the lock is not used.
+Services only ever call `read()` and `write()`, each one transaction, and run
+the same SQLAlchemy Core statements whatever is underneath.
+
+PostgreSQL (coming): both are ordinary async transactions on the async engine.
+
+SQLite (the embedded default) gets WAL (readers never wait for the writer), a
+busy timeout (another process's writer is waited for, not failed) and write
+transactions that start with `BEGIN IMMEDIATE`: a deferred BEGIN that reads and
+then writes must upgrade its lock mid-transaction, which fails with "database
+is locked" whatever the busy timeout. On top of that, measured (BENCHMARKS.md):
+every statement through aiosqlite costs several thread hand-offs, which made
+one GetProduct cost ~1.8 ms of CPU and one order ~2.5 ms per write transaction.
+So SQLite transactions run inline on the event loop thread through a plain
+sqlite3 connection whenever they cannot wait:
+
+- a read never waits in WAL mode, so every read runs inline;
+- a write runs inline only if `BEGIN IMMEDIATE` gets the write lock at once
+  (busy timeout 0 on that connection); when another process holds it, the
+  write goes to aiosqlite's thread, which waits there without blocking the loop.
+
+Inline transactions never yield to the loop, so they cannot interleave; the
+stores keep to that by never awaiting anything but the database inside one.
 """
 
 from __future__ import annotations
@@ -14,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy.engine import Result, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 logger = logging.getLogger(__name__)
@@ -28,10 +44,10 @@ _WRITE = "shopmesh_write"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def _sqlite_setup(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _sqlite_setup(engine: Engine, *, begin_hook: bool = True) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event, not the driver, decide how to BEGIN.
+        # Autocommit at the driver: transactions are begun explicitly below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -42,44 +58,145 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        write = connection.get_execution_options().get(_WRITE, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    if begin_hook:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            write = connection.get_execution_options().get(_WRITE, False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class InlineConnection:
+    """A sync connection behind the async `execute` the stores call; never yields to the loop."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Result[Any]:
+        return self._conn.execute(statement, parameters)
+
+    async def exec_driver_sql(self, statement: str) -> Result[Any]:
+        return self._conn.exec_driver_sql(statement)
+
+
+class _Inline:
+    """One long-lived sqlite3 connection used only from the event loop thread."""
+
+    def __init__(self, engine: Engine, begin: str, busy_timeout_ms: int | None = None):
+        self._engine = engine
+        self._begin = begin
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: Connection | None = None
+        self.busy = False
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+            if self._busy_timeout_ms is not None:
+                self._driver.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        return self._conn
+
+    @property
+    def _driver(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn.connection.driver_connection  # type: ignore[return-value]
+
+    def try_begin(self) -> bool:
+        """Begins a transaction; False if the database is locked by someone else."""
+        self._connection()
+        try:
+            self._driver.execute(self._begin)  # directly: SQLAlchemy's begin costs more than a read
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                return False
+            raise
+        self.busy = True
+        return True
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[InlineConnection]:
+        """The body of a transaction `try_begin` opened; commits or rolls back."""
+        assert self._conn is not None
+        try:
+            yield InlineConnection(self._conn)
+        except BaseException:
+            self._conn.rollback()
+            if self._driver.in_transaction:
+                self._driver.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.commit()
+            if self._driver.in_transaction:  # nothing ran, so SQLAlchemy had nothing to end
+                self._driver.execute("COMMIT")
+        finally:
+            self.busy = False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._engine.dispose()
 
 
 class Database:
     """One service's database: `async with db.write() as conn:` is one transaction."""
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, inline_engine: Engine | None = None):
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._reader = self._writer = None
+        if inline_engine is not None:
+            self._reader = _Inline(inline_engine, "BEGIN")
+            self._writer = _Inline(inline_engine, "BEGIN IMMEDIATE", busy_timeout_ms=0)
 
     @classmethod
     def connect(cls, url: str) -> Database:
         parsed = make_url(url)
-        kwargs: dict[str, Any] = {}
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        engine = create_async_engine(parsed, **kwargs)
-        if parsed.get_backend_name() == "sqlite":
-            _sqlite_setup(engine)
-        return cls(engine)
+        if parsed.get_backend_name() != "sqlite":
+            return cls(create_async_engine(parsed, pool_pre_ping=True))
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        # Transactions always end in COMMIT or ROLLBACK here, so the pool's
+        # extra rollback on every check-in would only cost a thread hop.
+        engine = create_async_engine(parsed, connect_args=connect_args, pool_reset_on_return=None)
+        _sqlite_setup(engine.sync_engine)
+        inline = None
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            inline = create_engine(parsed.set(drivername="sqlite"), connect_args=connect_args)
+            _sqlite_setup(inline, begin_hook=False)
+        return cls(engine, inline)
 
     async def create_schema(self, metadata: MetaData) -> None:
-        async with self.write() as conn:
+        async with self._async_write() as conn:
             await conn.run_sync(metadata.create_all)
 
     @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncIterator[AsyncConnection | InlineConnection]:
+        if self._reader is not None and not self._reader.busy and self._reader.try_begin():
+            with self._reader.transaction() as conn:
+                yield conn
+            return
         async with self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self) -> AsyncIterator[AsyncConnection | InlineConnection]:
+        writer = self._writer
+        if (
+            writer is not None
+            and not writer.busy
+            and not self._write_lock.locked()  # type: ignore[union-attr]
+            and writer.try_begin()
+        ):
+            with writer.transaction() as conn:
+                yield conn
+            return
+        async with self._async_write() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _async_write(self) -> AsyncIterator[AsyncConnection]:
         async with self._write_lock or contextlib.nullcontext():
             async with self.engine.connect() as conn:
                 await conn.execution_options(**{_WRITE: True})
@@ -88,3 +205,6 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        for inline in (self._reader, self._writer):
+            if inline is not None:
+                inline.close()

@@ -131,46 +131,55 @@ def _enter(context: grpc.aio.ServicerContext) -> None:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every handler: sets the deadline for downstream calls, maps errors."""
+    """Wraps every handler: sets the deadline for downstream calls, maps errors.
+
+    A method's wrapped handler is built once and reused for every call.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
-        if handler.unary_unary:
-            inner = handler.unary_unary
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:  # unknown method: let gRPC answer UNIMPLEMENTED
+                return handler
+            wrapped = self._wrapped[method] = _wrap(handler, method)
+        return wrapped
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                _enter(context)
-                try:
-                    return await inner(request, context)
-                except Exception as error:
-                    if isinstance(error, grpc.aio.AbortError):
-                        raise
-                    await _abort(context, error, method)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        inner = handler.unary_unary
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                _enter(context)
-                try:
-                    async for response in inner_stream(request, context):
-                        yield response
-                except Exception as error:
-                    if isinstance(error, grpc.aio.AbortError):
-                        raise
-                    await _abort(context, error, method)
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            _enter(context)
+            try:
+                return await inner(request, context)
+            except Exception as error:
+                if isinstance(error, grpc.aio.AbortError):
+                    raise
+                await _abort(context, error, method)
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        inner_stream = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            _enter(context)
+            try:
+                async for response in inner_stream(request, context):
+                    yield response
+            except Exception as error:
+                if isinstance(error, grpc.aio.AbortError):
+                    raise
+                await _abort(context, error, method)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
+    return handler
