@@ -90,6 +90,24 @@ _LINES_BY_RESERVATION = (
     .order_by(reservation_lines.c.sku)
 )
 
+_HOLD = (
+    update(products)
+    .where(products.c.sku == bindparam("b_sku"), products.c.available >= bindparam("qty"))
+    .values(
+        available=products.c.available - bindparam("qty"),
+        reserved=products.c.reserved + bindparam("qty"),
+        update_time=bindparam("at"),
+    )
+    .returning(products.c.currency_code, products.c.price_minor)
+)
+_INSERT_RESERVATION = insert(reservations)
+_INSERT_LINES = insert(reservation_lines)
+_SET_STATE = (
+    update(reservations)
+    .where(reservations.c.reservation_id == bindparam("rid"), reservations.c.state == bindparam("from_state"))
+    .values(state=bindparam("to_state"), update_time=bindparam("at"))
+)
+
 # Where reserved units go when a reservation leaves RESERVED or COMMITTED.
 _FROM_COLUMN = {ReservationState.RESERVED: "reserved", ReservationState.COMMITTED: "sold"}
 
@@ -155,16 +173,7 @@ class InventoryTx:
 
     async def hold(self, sku: str, quantity: int) -> Money | None:
         """Moves `quantity` from available to reserved if there is that much; its price, else None."""
-        result = await self.conn.execute(
-            update(products)
-            .where(products.c.sku == sku, products.c.available >= quantity)
-            .values(
-                available=products.c.available - quantity,
-                reserved=products.c.reserved + quantity,
-                update_time=now(),
-            )
-            .returning(products.c.currency_code, products.c.price_minor)
-        )
+        result = await self.conn.execute(_HOLD, {"b_sku": sku, "qty": quantity, "at": now()})
         row = result.first()
         return None if row is None else Money(row.currency_code, row.price_minor)
 
@@ -187,12 +196,11 @@ class InventoryTx:
     async def insert_reservation(self, reservation_id: str, lines: Sequence[Line]) -> Reservation:
         at = now()
         await self.conn.execute(
-            insert(reservations).values(
-                reservation_id=reservation_id, state=ReservationState.RESERVED, create_time=at, update_time=at
-            )
+            _INSERT_RESERVATION,
+            {"reservation_id": reservation_id, "state": ReservationState.RESERVED, "create_time": at, "update_time": at},
         )
         await self.conn.execute(
-            insert(reservation_lines),
+            _INSERT_LINES,
             [
                 {
                     "reservation_id": reservation_id,
@@ -210,9 +218,8 @@ class InventoryTx:
         """Moves the reservation's units to match `state` and records the new state."""
         at = now()
         result = await self.conn.execute(
-            update(reservations)
-            .where(reservations.c.reservation_id == reservation.reservation_id, reservations.c.state == reservation.state)
-            .values(state=state, update_time=at)
+            _SET_STATE,
+            {"rid": reservation.reservation_id, "from_state": reservation.state, "to_state": state, "at": at},
         )
         if result.rowcount != 1:  # only possible across processes sharing one database
             raise RuntimeError(f"reservation {reservation.reservation_id} changed underneath")

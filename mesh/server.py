@@ -26,7 +26,9 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh import logs
 from mesh.settings import Settings, SettingsError
-from mesh.status import ErrorInterceptor
+from google.protobuf import descriptor_pool
+
+from mesh.status import Guarded
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,6 @@ class Running:
 
 async def create_server(settings: Settings, app: App) -> Running:
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -79,7 +80,8 @@ async def create_server(settings: Settings, app: App) -> Running:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for binding in app.bindings:
-        binding.add_to_server(binding.servicer, server)
+        service = descriptor_pool.Default().FindServiceByName(binding.name)
+        binding.add_to_server(Guarded(binding.servicer, service), server)
     names = [b.name for b in app.bindings]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(settings.bind_address)

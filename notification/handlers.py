@@ -48,23 +48,18 @@ class Wakeups:
 
 async def send_notification(store: NotificationStore, wakeups: Wakeups, wanted: Notification) -> Notification:
     """Stores and delivers the notification; the same event again returns the first one."""
-    async with store.read() as tx:
-        existing = await tx.by_event(wanted.event_id)
-    if existing is None:
-        try:
-            async with store.write() as tx:
-                stored = await tx.insert(wanted, str(uuid.uuid4()))
-        except IntegrityError:  # a concurrent delivery of the same event won
-            async with store.read() as tx:
-                existing = await tx.by_event(wanted.event_id)
-        else:
-            logger.info("notified user %s: %s (%s)", stored.user_id, stored.subject, stored.event_id)
-            wakeups.notify(stored.user_id)
-            return stored
-    assert existing is not None
-    if not existing.same_event(wanted):
-        raise domain.EventConflict(wanted.event_id)
-    return existing
+    try:
+        async with store.write() as tx:
+            stored = await tx.insert(wanted, str(uuid.uuid4()))
+    except IntegrityError:  # this event was stored before, or concurrently
+        async with store.read() as tx:
+            existing = await tx.by_event(wanted.event_id)
+        if existing is None or not existing.same_event(wanted):
+            raise domain.EventConflict(wanted.event_id) from None
+        return existing
+    logger.info("notified user %s: %s (%s)", stored.user_id, stored.subject, stored.event_id)
+    wakeups.notify(stored.user_id)
+    return stored
 
 
 async def list_notifications(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy import BigInteger, bindparam, Column, DateTime, Index, Integer, MetaData, String, Table, Text, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mesh.clock import now
@@ -30,6 +30,10 @@ notifications = Table(
 )
 
 
+_BY_EVENT = select(notifications).where(notifications.c.event_id == bindparam("event_id"))
+_INSERT = insert(notifications).returning(notifications.c.sequence)
+
+
 def _notification(row: object) -> Notification:
     r = row
     return Notification(
@@ -49,24 +53,23 @@ class NotificationTx:
         self.conn = conn
 
     async def by_event(self, event_id: str) -> Notification | None:
-        row = (await self.conn.execute(select(notifications).where(notifications.c.event_id == event_id))).first()
+        row = (await self.conn.execute(_BY_EVENT, {"event_id": event_id})).first()
         return None if row is None else _notification(row)
 
     async def insert(self, notification: Notification, notification_id: str) -> Notification:
         """Raises IntegrityError when the event id is taken."""
         at = now()
         result = await self.conn.execute(
-            insert(notifications)
-            .values(
-                notification_id=notification_id,
-                event_id=notification.event_id,
-                user_id=notification.user_id,
-                kind=notification.kind,
-                subject=notification.subject,
-                body=notification.body,
-                create_time=at,
-            )
-            .returning(notifications.c.sequence)
+            _INSERT,
+            {
+                "notification_id": notification_id,
+                "event_id": notification.event_id,
+                "user_id": notification.user_id,
+                "kind": notification.kind,
+                "subject": notification.subject,
+                "body": notification.body,
+                "create_time": at,
+            },
         )
         sequence = result.scalar_one()
         return Notification(

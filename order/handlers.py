@@ -41,14 +41,20 @@ async def _replay(store: OrderStore, request: OrderRequest) -> Order | None:
 
 
 async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, request: OrderRequest) -> Order:
-    """Reserve, price, store with its event, commit; idempotent on request_id."""
-    if (order := await _replay(store, request)) is not None:
-        return order
+    """Reserve, price, store with its event, commit; idempotent on request_id.
+
+    A repeated request finds its reservation already held (inventory replays
+    it) and its order already stored (the insert conflicts and the stored one
+    is returned), so new orders pay for no lookup up front.
+    """
     try:
         held = await inventory.reserve(request.reservation_id, request.lines)
     except AlreadyExists:  # inventory holds this key's reservation for other lines
         raise domain.RequestIdReused(request.request_id) from None
     if held.state is HeldState.RELEASED:
+        # Either the order was stored and later cancelled, or its attempt failed.
+        if (order := await _replay(store, request)) is not None:
+            return order
         raise domain.RequestIdSpent(request.request_id)
     # Once stock is held, storing the order (or else releasing the stock) and
     # committing must run to the end even if the caller hangs up mid-way.
@@ -83,6 +89,7 @@ async def _store_or_release(store: OrderStore, inventory: Inventory, request: Or
         # call owns the shared reservation, so there is nothing to release.
         if (order := await _replay(store, request)) is not None:
             return order
+        await _release_quietly(inventory, request.reservation_id)
         raise
     except BaseException:
         await _release_quietly(inventory, request.reservation_id)

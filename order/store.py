@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     insert,
     select,
     update,
@@ -81,6 +82,18 @@ outbox = Table(
 )
 
 
+_LINES_OF = (
+    select(order_lines)
+    .where(order_lines.c.order_id.in_(bindparam("ids", expanding=True)))
+    .order_by(order_lines.c.position)
+)
+_BY_ID = select(orders).where(orders.c.order_id == bindparam("order_id"))
+_BY_REQUEST = select(orders).where(orders.c.request_id == bindparam("request_id"))
+_INSERT_ORDER = insert(orders).returning(orders.c.sequence)
+_INSERT_LINES = insert(order_lines)
+_INSERT_EVENT = insert(outbox)
+
+
 class OrderTx:
     def __init__(self, conn: AsyncConnection):
         self.conn = conn
@@ -90,8 +103,7 @@ class OrderTx:
             return []
         ids = [r.order_id for r in rows]  # type: ignore[attr-defined]
         lines: dict[str, list[OrderLine]] = {i: [] for i in ids}
-        query = select(order_lines).where(order_lines.c.order_id.in_(ids)).order_by(order_lines.c.position)
-        for line in await self.conn.execute(query):
+        for line in await self.conn.execute(_LINES_OF, {"ids": ids}):
             lines[line.order_id].append(
                 OrderLine(line.sku, line.quantity, Money(line.currency_code, line.unit_price_minor))
             )
@@ -112,13 +124,13 @@ class OrderTx:
         ]
 
     async def get(self, order_id: str) -> Order | None:
-        rows = (await self.conn.execute(select(orders).where(orders.c.order_id == order_id))).all()
+        rows = (await self.conn.execute(_BY_ID, {"order_id": order_id})).all()
         found = await self._load(rows)
         return found[0] if found else None
 
     async def by_request(self, request_id: str) -> tuple[Order, str] | None:
         """The order made under `request_id` and the fingerprint of the request that made it."""
-        rows = (await self.conn.execute(select(orders).where(orders.c.request_id == request_id))).all()
+        rows = (await self.conn.execute(_BY_REQUEST, {"request_id": request_id})).all()
         found = await self._load(rows)
         return (found[0], rows[0].fingerprint) if found else None
 
@@ -132,25 +144,24 @@ class OrderTx:
         """Raises IntegrityError when the request id is taken."""
         at = now()
         result = await self.conn.execute(
-            insert(orders)
-            .values(
-                order_id=order.order_id,
-                request_id=order.request_id,
-                fingerprint=fingerprint,
-                user_id=order.user_id,
-                status=order.status,
-                currency_code=order.total.currency_code,
-                total_minor=order.total.minor_units,
-                reservation_id=order.reservation_id,
-                cancel_reason="",
-                create_time=at,
-                update_time=at,
-            )
-            .returning(orders.c.sequence)
+            _INSERT_ORDER,
+            {
+                "order_id": order.order_id,
+                "request_id": order.request_id,
+                "fingerprint": fingerprint,
+                "user_id": order.user_id,
+                "status": order.status,
+                "currency_code": order.total.currency_code,
+                "total_minor": order.total.minor_units,
+                "reservation_id": order.reservation_id,
+                "cancel_reason": "",
+                "create_time": at,
+                "update_time": at,
+            },
         )
         sequence = result.scalar_one()
         await self.conn.execute(
-            insert(order_lines),
+            _INSERT_LINES,
             [
                 {
                     "order_id": order.order_id,
@@ -179,16 +190,17 @@ class OrderTx:
 
     async def add_event(self, event: Event) -> None:
         await self.conn.execute(
-            insert(outbox).values(
-                event_id=event.event_id,
-                user_id=event.user_id,
-                kind=event.kind,
-                subject=event.subject,
-                body=event.body,
-                create_time=now(),
-                attempts=0,
-                last_error="",
-            )
+            _INSERT_EVENT,
+            {
+                "event_id": event.event_id,
+                "user_id": event.user_id,
+                "kind": event.kind,
+                "subject": event.subject,
+                "body": event.body,
+                "create_time": now(),
+                "attempts": 0,
+                "last_error": "",
+            },
         )
 
     async def pending_events(self, limit: int) -> list[Event]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from mesh.errors import AlreadyExists, Unavailable
 from mesh.money import Money
@@ -42,6 +43,8 @@ class FakeTx:
     async def insert(self, order, fingerprint):
         if self.store.broken:
             raise OSError("disk full")
+        if order.request_id in self.store.orders:  # the unique constraint on request_id
+            raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed: orders.request_id"))
         self.store.orders[order.request_id] = (order, fingerprint)
         return order
 
@@ -99,14 +102,20 @@ async def test_a_request_id_whose_attempt_was_rolled_back_is_refused() -> None:
         await handlers.create_order(FakeStore(), FakeInventory(HeldState.RELEASED), FakeOutbox(), REQUEST)
 
 
-async def test_a_repeated_request_replays_without_touching_inventory() -> None:
+async def test_a_repeated_request_returns_the_stored_order_and_stores_nothing_new() -> None:
     store = FakeStore()
     first = await handlers.create_order(store, FakeInventory(), FakeOutbox(), REQUEST)
-    inventory = FakeInventory()
-    assert await handlers.create_order(store, inventory, FakeOutbox(), REQUEST) == first
-    assert inventory.calls == []
+    again = await handlers.create_order(store, FakeInventory(), FakeOutbox(), REQUEST)
+    assert again == first
+    assert len(store.orders) == 1 and len(store.events) == 1
     with pytest.raises(domain.RequestIdReused):
-        await handlers.create_order(store, inventory, FakeOutbox(), domain.check_request("r1", "alice", [("mug", 3)]))
+        await handlers.create_order(store, FakeInventory(), FakeOutbox(), domain.check_request("r1", "alice", [("mug", 3)]))
+
+
+async def test_a_request_whose_order_was_cancelled_returns_that_order() -> None:
+    store = FakeStore()
+    first = await handlers.create_order(store, FakeInventory(), FakeOutbox(), REQUEST)
+    assert await handlers.create_order(store, FakeInventory(HeldState.RELEASED), FakeOutbox(), REQUEST) == first
 
 
 async def test_a_reservation_conflict_is_reported_as_a_reused_request_id() -> None:

@@ -69,29 +69,55 @@ def test_an_upstream_field_error_keeps_its_field() -> None:
 class FakeContext:
     def __init__(self, left: float | None):
         self.left = left
+        self.aborted: tuple | None = None
 
     def time_remaining(self) -> float | None:
         return self.left
 
+    async def abort(self, code, details, trailing_metadata=()):
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
 
-async def test_a_downstream_call_gets_what_is_left_of_the_callers_deadline() -> None:
-    seen: list[float] = []
 
-    async def handler(request, context):
+class FailingServicer:
+    def __init__(self, error: Exception):
+        self.error = error
+
+    async def GetProduct(self, request, context):
+        raise self.error
+
+
+async def test_a_shop_error_aborts_with_its_code_and_a_bug_with_a_bland_internal() -> None:
+    context = FakeContext(None)
+    with pytest.raises(grpc.aio.AbortError):
+        await status.Guarded(FailingServicer(errors.NotFound("no mug")), inventory_service()).GetProduct("r", context)
+    assert context.aborted == (grpc.StatusCode.NOT_FOUND, "no mug")
+    context = FakeContext(None)
+    with pytest.raises(grpc.aio.AbortError):
+        await status.Guarded(FailingServicer(KeyError("secret")), inventory_service()).GetProduct("r", context)
+    assert context.aborted[0] == grpc.StatusCode.INTERNAL and "secret" not in context.aborted[1]
+
+
+class SleepyServicer:
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    async def GetProduct(self, request, context):
         await asyncio.sleep(0.05)
-        seen.append(status.remaining(default=30.0))
+        self.seen.append(status.remaining(default=30.0))
         return request
 
-    interceptor = status.ErrorInterceptor()
 
-    async def continuation(details):
-        return grpc.unary_unary_rpc_method_handler(handler)
+def inventory_service():
+    from generated.shop.inventory.v1 import inventory_pb2
 
-    class Details:
-        method = "/shop.test.v1.Test/Call"
+    return inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 
-    wrapped = await interceptor.intercept_service(continuation, Details())
-    await wrapped.unary_unary("req", FakeContext(2.0))
-    await wrapped.unary_unary("req", FakeContext(None))
-    assert 1.9 < seen[0] < 1.96
-    assert seen[1] == 30.0
+
+async def test_a_downstream_call_gets_what_is_left_of_the_callers_deadline() -> None:
+    servicer = SleepyServicer()
+    guarded = status.Guarded(servicer, inventory_service())
+    await guarded.GetProduct("req", FakeContext(2.0))
+    await guarded.GetProduct("req", FakeContext(None))
+    assert 1.9 < servicer.seen[0] < 1.96
+    assert servicer.seen[1] == 30.0
