@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from mesh import validate
 from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mesh.money import Money, parse_money
 
-SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_NAME = 200
 MAX_REASON = 200
 MAX_RESERVATION_ID = 128
@@ -107,21 +106,12 @@ class ReservationReleased(FailedPrecondition):
         )
 
 
-def check_sku(field: str, sku: str) -> str:
-    if not sku:
-        raise InvalidArgument(field, "is required")
-    if not SKU.match(sku):
-        raise InvalidArgument(field, "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return sku
+check_sku = validate.sku
 
 
 def new_product(sku: str, name: str, currency_code: str, minor_units: int, available: int, *, has_price: bool) -> Product:
     check_sku("product.sku", sku)
-    name = name.strip()
-    if not name:
-        raise InvalidArgument("product.name", "is required")
-    if len(name) > MAX_NAME:
-        raise InvalidArgument("product.name", f"must be at most {MAX_NAME} characters")
+    name = validate.text("product.name", name, MAX_NAME).strip()
     if not has_price:
         raise InvalidArgument("product.price", "is required")
     price = parse_money("product.price", currency_code, minor_units)
@@ -136,20 +126,11 @@ def check_adjustment(sku: str, delta: int, reason: str) -> tuple[str, int, str]:
         raise InvalidArgument("delta", "must not be zero")
     if abs(delta) > MAX_STOCK:
         raise InvalidArgument("delta", f"must be between -{MAX_STOCK} and {MAX_STOCK}")
-    reason = reason.strip()
-    if not reason:
-        raise InvalidArgument("reason", "is required")
-    if len(reason) > MAX_REASON:
-        raise InvalidArgument("reason", f"must be at most {MAX_REASON} characters")
-    return sku, delta, reason
+    return sku, delta, validate.text("reason", reason, MAX_REASON).strip()
 
 
 def check_reservation_id(reservation_id: str) -> str:
-    if not reservation_id:
-        raise InvalidArgument("reservation_id", "is required")
-    if len(reservation_id) > MAX_RESERVATION_ID:
-        raise InvalidArgument("reservation_id", f"must be at most {MAX_RESERVATION_ID} characters")
-    return reservation_id
+    return validate.text("reservation_id", reservation_id, MAX_RESERVATION_ID)
 
 
 def check_lines(lines: Sequence[Line]) -> tuple[Line, ...]:
@@ -160,9 +141,8 @@ def check_lines(lines: Sequence[Line]) -> tuple[Line, ...]:
         raise InvalidArgument("lines", f"must have at most {MAX_LINES} lines")
     seen: set[str] = set()
     for i, line in enumerate(lines):
-        check_sku(f"lines[{i}].sku", line.sku)
-        if not 1 <= line.quantity <= MAX_QUANTITY:
-            raise InvalidArgument(f"lines[{i}].quantity", f"must be from 1 to {MAX_QUANTITY}")
+        validate.sku(f"lines[{i}].sku", line.sku)
+        validate.quantity(f"lines[{i}].quantity", line.quantity, MAX_QUANTITY)
         if line.sku in seen:
             raise InvalidArgument(f"lines[{i}].sku", f"SKU {line.sku!r} appears in more than one line")
         seen.add(line.sku)

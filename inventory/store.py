@@ -7,8 +7,7 @@ CHECK constraints back that up in the schema itself.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -30,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory.domain import Line, Product, Reservation, ReservationState
 from mesh.clock import now
-from mesh.db import Database
+from mesh.db import Store
 from mesh.money import Money
 
 metadata = MetaData()
@@ -230,16 +229,5 @@ class InventoryTx:
         return Reservation(reservation.reservation_id, reservation.lines, state, reservation.create_time, at)
 
 
-class InventoryStore:
-    def __init__(self, db: Database):
-        self.db = db
-
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[InventoryTx]:
-        async with self.db.read() as conn:
-            yield InventoryTx(conn)
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[InventoryTx]:
-        async with self.db.write() as conn:
-            yield InventoryTx(conn)
+class InventoryStore(Store[InventoryTx]):
+    tx = InventoryTx

@@ -30,9 +30,9 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Result, make_url
@@ -208,3 +208,28 @@ class Database:
         for inline in (self._reader, self._writer):
             if inline is not None:
                 inline.close()
+
+
+Tx = TypeVar("Tx")
+
+
+class Store(Generic[Tx]):
+    """A service's store: `async with store.write() as tx:` gives its transaction object.
+
+    Subclasses name their transaction class; it is built around the open connection.
+    """
+
+    tx: Callable[[AsyncConnection | InlineConnection], Tx]
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        async with self.db.read() as conn:
+            yield self.tx(conn)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        async with self.db.write() as conn:
+            yield self.tx(conn)

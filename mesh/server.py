@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh import logs
 from mesh.settings import Settings, SettingsError
-from google.protobuf import descriptor_pool
-
 from mesh.status import Guarded
 
 logger = logging.getLogger(__name__)

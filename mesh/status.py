@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.descriptor import ServiceDescriptor
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from mesh import errors
 

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from mesh import validate
 from mesh.errors import AlreadyExists, InvalidArgument
 
 MAX_EVENT_ID = 200
@@ -41,28 +42,16 @@ class EventConflict(AlreadyExists):
         super().__init__(f"event {event_id!r} was already notified with other content")
 
 
-def check_user_id(user_id: str, field: str = "user_id") -> str:
-    if not user_id:
-        raise InvalidArgument(field, "is required")
-    if len(user_id) > MAX_USER_ID:
-        raise InvalidArgument(field, f"must be at most {MAX_USER_ID} characters")
-    return user_id
-
-
-def _bounded(field: str, value: str, limit: int, *, required: bool = True) -> str:
-    if required and not value.strip():
-        raise InvalidArgument(field, "is required")
-    if len(value) > limit:
-        raise InvalidArgument(field, f"must be at most {limit} characters")
-    return value
+def check_user_id(user_id: str) -> str:
+    return validate.text("user_id", user_id, MAX_USER_ID)
 
 
 def new_notification(event_id: str, user_id: str, kind: str, subject: str, body: str) -> Notification:
-    _bounded("event_id", event_id, MAX_EVENT_ID)
+    validate.text("event_id", event_id, MAX_EVENT_ID)
     check_user_id(user_id)
-    _bounded("kind", kind, MAX_KIND)
+    validate.text("kind", kind, MAX_KIND)
     if not KIND.match(kind):
         raise InvalidArgument("kind", "must be lowercase words joined by '.', '_' or '-', e.g. order.created")
-    _bounded("subject", subject, MAX_SUBJECT)
-    _bounded("body", body, MAX_BODY, required=False)
+    validate.text("subject", subject, MAX_SUBJECT)
+    validate.text("body", body, MAX_BODY, required=False)
     return Notification(event_id, user_id, kind, subject, body)

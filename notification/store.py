@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
-from sqlalchemy import BigInteger, bindparam, Column, DateTime, Index, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    insert,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mesh.clock import now
-from mesh.db import Database
+from mesh.db import Store
 from notification.domain import Notification
 
 metadata = MetaData()
@@ -106,16 +116,5 @@ class NotificationTx:
         return (await self.conn.execute(query)).scalar() or 0
 
 
-class NotificationStore:
-    def __init__(self, db: Database):
-        self.db = db
-
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[NotificationTx]:
-        async with self.db.read() as conn:
-            yield NotificationTx(conn)
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[NotificationTx]:
-        async with self.db.write() as conn:
-            yield NotificationTx(conn)
+class NotificationStore(Store[NotificationTx]):
+    tx = NotificationTx

@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from mesh import validate
 from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mesh.money import Money
 
@@ -18,7 +18,6 @@ MAX_USER_ID = 128
 MAX_LINES = 100
 MAX_QUANTITY = 1_000_000
 MAX_REASON = 200
-SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class OrderStatus(enum.IntEnum):
@@ -111,24 +110,16 @@ class MixedCurrencies(FailedPrecondition):
         )
 
 
-def _text(field: str, value: str, limit: int) -> str:
-    if not value:
-        raise InvalidArgument(field, "is required")
-    if len(value) > limit:
-        raise InvalidArgument(field, f"must be at most {limit} characters")
-    return value
-
-
 def check_user_id(user_id: str) -> str:
-    return _text("user_id", user_id, MAX_USER_ID)
+    return validate.text("user_id", user_id, MAX_USER_ID)
 
 
 def check_order_id(order_id: str) -> str:
-    return _text("order_id", order_id, 64)
+    return validate.text("order_id", order_id, 64)
 
 
 def check_request(request_id: str, user_id: str, lines: Sequence[tuple[str, int]]) -> OrderRequest:
-    _text("request_id", request_id, MAX_REQUEST_ID)
+    validate.text("request_id", request_id, MAX_REQUEST_ID)
     check_user_id(user_id)
     if not lines:
         raise InvalidArgument("lines", "must have at least one line")
@@ -136,12 +127,8 @@ def check_request(request_id: str, user_id: str, lines: Sequence[tuple[str, int]
         raise InvalidArgument("lines", f"must have at most {MAX_LINES} lines")
     seen: set[str] = set()
     for i, (sku, quantity) in enumerate(lines):
-        if not sku:
-            raise InvalidArgument(f"lines[{i}].sku", "is required")
-        if not SKU.match(sku):
-            raise InvalidArgument(f"lines[{i}].sku", "must be 1-64 letters, digits, '.', '_' or '-'")
-        if not 1 <= quantity <= MAX_QUANTITY:
-            raise InvalidArgument(f"lines[{i}].quantity", f"must be from 1 to {MAX_QUANTITY}")
+        validate.sku(f"lines[{i}].sku", sku)
+        validate.quantity(f"lines[{i}].quantity", quantity, MAX_QUANTITY)
         if sku in seen:
             raise InvalidArgument(f"lines[{i}].sku", f"SKU {sku!r} appears in more than one line")
         seen.add(sku)
@@ -161,9 +148,7 @@ def price(request: OrderRequest, unit_prices: Mapping[str, Money]) -> tuple[tupl
 
 
 def check_reason(reason: str) -> str:
-    if len(reason) > MAX_REASON:
-        raise InvalidArgument("reason", f"must be at most {MAX_REASON} characters")
-    return reason.strip()
+    return validate.text("reason", reason, MAX_REASON, required=False).strip()
 
 
 def _items(order: Order) -> str:

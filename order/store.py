@@ -6,8 +6,7 @@ accepted order is always announced (at least once; notification dedupes).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -29,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mesh.clock import now
-from mesh.db import Database
+from mesh.db import Store
 from mesh.money import Money
 from order.domain import Event, Order, OrderLine, OrderStatus
 
@@ -225,16 +224,5 @@ class OrderTx:
         )
 
 
-class OrderStore:
-    def __init__(self, db: Database):
-        self.db = db
-
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[OrderTx]:
-        async with self.db.read() as conn:
-            yield OrderTx(conn)
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[OrderTx]:
-        async with self.db.write() as conn:
-            yield OrderTx(conn)
+class OrderStore(Store[OrderTx]):
+    tx = OrderTx

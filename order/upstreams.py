@@ -6,8 +6,9 @@ Each call's deadline is what is left of the caller's (mesh.status.remaining).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -16,6 +17,8 @@ from generated.shop.notification.v1 import notification_pb2, notification_pb2_gr
 from mesh.money import Money
 from mesh.status import error_from_rpc, remaining
 from order.domain import Event
+
+T = TypeVar("T")
 
 
 class HeldState(enum.IntEnum):
@@ -32,6 +35,14 @@ class Held:
     unit_prices: dict[str, Money]
 
 
+async def _call(upstream: str, call: Awaitable[T]) -> T:
+    """Awaits an upstream call; its failure comes out as the matching ShopError."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(upstream, error) from None
+
+
 class InventoryClient:
     def __init__(self, channel: grpc.aio.Channel, default_timeout: float):
         self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
@@ -42,32 +53,19 @@ class InventoryClient:
             reservation_id=reservation_id,
             lines=[inventory_pb2.ReservationLine(sku=sku, quantity=quantity) for sku, quantity in lines],
         )
-        try:
-            reply = await self._stub.ReserveStock(request, timeout=remaining(self._timeout))
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc("inventory", error) from None
+        reply = await _call("inventory", self._stub.ReserveStock(request, timeout=remaining(self._timeout)))
         return Held(
             HeldState(reply.state),
             {line.sku: Money(line.unit_price.currency_code, line.unit_price.minor_units) for line in reply.lines},
         )
 
     async def commit(self, reservation_id: str) -> None:
-        try:
-            await self._stub.CommitReservation(
-                inventory_pb2.CommitReservationRequest(reservation_id=reservation_id),
-                timeout=remaining(self._timeout),
-            )
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc("inventory", error) from None
+        request = inventory_pb2.CommitReservationRequest(reservation_id=reservation_id)
+        await _call("inventory", self._stub.CommitReservation(request, timeout=remaining(self._timeout)))
 
     async def release(self, reservation_id: str) -> None:
-        try:
-            await self._stub.ReleaseReservation(
-                inventory_pb2.ReleaseReservationRequest(reservation_id=reservation_id),
-                timeout=remaining(self._timeout),
-            )
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc("inventory", error) from None
+        request = inventory_pb2.ReleaseReservationRequest(reservation_id=reservation_id)
+        await _call("inventory", self._stub.ReleaseReservation(request, timeout=remaining(self._timeout)))
 
 
 class NotificationClient:
@@ -79,8 +77,5 @@ class NotificationClient:
         request = notification_pb2.SendNotificationRequest(
             event_id=event.event_id, user_id=event.user_id, kind=event.kind, subject=event.subject, body=event.body
         )
-        try:
-            # The outbox relay calls this outside any request, so its own timeout applies.
-            await self._stub.SendNotification(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc("notification", error) from None
+        # The outbox relay calls this outside any request, so its own timeout applies.
+        await _call("notification", self._stub.SendNotification(request, timeout=self._timeout))

@@ -156,7 +156,7 @@ def main() -> None:
         processes["echo"] = start([sys.executable, __file__, "--serve-echo", str(ports["echo"])], env, work / "echo.log")
         for name in ("inventory", "notification", "order"):
             processes[name] = start([sys.executable, "-m", name], env, work / f"{name}.log")
-        for name, port in ports.items():
+        for port in ports.values():
             wait_port(f"127.0.0.1:{port}")
         with grpc.insecure_channel(f"127.0.0.1:{ports['inventory']}") as channel:
             product = inventory_pb2.Product(

@@ -6,11 +6,11 @@ import asyncio
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2 as pb
 from generated.shop.inventory.v1 import inventory_pb2_grpc
-from google.rpc import error_details_pb2, status_pb2
 from tests.integration.conftest import Start, channel
 
 
