@@ -52,7 +52,7 @@ def _protoc(out: Path) -> None:
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
         f"--plugin=protoc-gen-mypy_grpc={mypy_grpc}",
-        f"--mypy_grpc_out={out}",
+        f"--mypy_grpc_out=quiet:{out}",
         *files,
     ]
     if protoc.main(args) != 0:

@@ -31,8 +31,9 @@ want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "setup: installing shopmesh[$EXTRA] into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-  # compat mode: a plain path entry, so new packages in the checkout import at once.
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRA]" --config-settings editable_mode=compat >&2
+  # Editable: code changes apply at once; a new package means a pyproject.toml
+  # change, which re-runs this install.
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRA]" >&2
   echo "$want" >"$stamp"
 fi
 
