@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVICES = ("inventory", "order", "notification")
-DEFAULT_PORTS = {"inventory": 50051, "order": 50052, "notification": 50053}
+SERVICES = ("inventory", "order", "notification", "gateway")
+DEFAULT_PORTS = {"inventory": 50051, "order": 50052, "notification": 50053, "gateway": 8080}
 LOG_FORMATS = ("text", "json")
 DISCOVERY_KINDS = ("static",)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -99,6 +99,11 @@ class Settings:
     stream_poll_interval: float = 1.0
     # How often the order service retries undelivered outbox events.
     outbox_interval: float = 2.0
+    # Gateway: largest request body, and the deadline of a call (default and the
+    # most a client may ask for with a `grpc-timeout` header).
+    http_max_body: int = 1024 * 1024
+    http_timeout: float = 10.0
+    http_max_timeout: float = 60.0
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -136,6 +141,9 @@ class Settings:
             shutdown_grace=env.seconds("SHOPMESH_SHUTDOWN_GRACE_SECONDS", 10.0, high=300),
             stream_poll_interval=env.seconds("SHOPMESH_STREAM_POLL_SECONDS", 1.0, high=60),
             outbox_interval=env.seconds("SHOPMESH_OUTBOX_INTERVAL_SECONDS", 2.0, high=300),
+            http_max_body=env.int("SHOPMESH_HTTP_MAX_BODY_BYTES", 1024 * 1024, low=1, high=1024**3),
+            http_timeout=env.seconds("SHOPMESH_HTTP_TIMEOUT_SECONDS", 10.0, high=3600),
+            http_max_timeout=env.seconds("SHOPMESH_HTTP_MAX_TIMEOUT_SECONDS", 60.0, high=3600),
         )
 
     @property

@@ -1,0 +1,165 @@
+"""The gateway's request handling and composition root.
+
+HTTP request -> route (from the contracts) -> request message -> gRPC call on
+the upstream's long-lived channel -> JSON, or an error through the one table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FileDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway import errors
+from gateway.http import Request, Response
+from gateway.routes import Route, Router, routes_from
+from gateway.transcode import BadRequest, build_request, to_dict, to_json
+from generated.shop.inventory.v1 import inventory_pb2
+from generated.shop.notification.v1 import notification_pb2
+from generated.shop.order.v1 import order_pb2
+from mesh.channels import Upstreams
+from mesh.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CONTRACTS: tuple[FileDescriptor, ...] = (inventory_pb2.DESCRIPTOR, order_pb2.DESCRIPTOR, notification_pb2.DESCRIPTOR)
+# Request headers passed to the upstream as gRPC metadata.
+FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate", "authorization")
+_GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def _json(status: int, value: object) -> Response:
+    return Response(status, json.dumps(value).encode())
+
+
+def _bad(message: str, status: int = 400) -> Response:
+    code = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}.get(status, grpc.StatusCode.UNKNOWN)
+    return Response(status, errors.body(code, message))
+
+
+@dataclass
+class Call:
+    """One route's gRPC method, bound to its upstream's channel once."""
+
+    route: Route
+    unary: grpc.aio.UnaryUnaryMultiCallable | None
+    stream: grpc.aio.UnaryStreamMultiCallable | None
+    request_class: type
+
+
+class Gateway:
+    def __init__(self, settings: Settings, upstreams: Upstreams, files: Iterable[FileDescriptor] = CONTRACTS):
+        self._settings = settings
+        self._upstreams = upstreams
+        self.router = Router(routes_from(files))
+        self._calls: dict[int, Call] = {}
+        for route in self.router.routes:
+            self._calls[id(route)] = self._bind(route)
+
+    def _bind(self, route: Route) -> Call:
+        request_class = message_factory.GetMessageClass(route.method.input_type)
+        response_class = message_factory.GetMessageClass(route.method.output_type)
+        channel = self._upstreams.channel(route.service)
+        kwargs = {"request_serializer": request_class.SerializeToString, "response_deserializer": response_class.FromString}
+        if route.streaming:
+            return Call(route, None, channel.unary_stream(route.rpc, **kwargs), request_class)
+        return Call(route, channel.unary_unary(route.rpc, **kwargs), None, request_class)
+
+    def _timeout(self, request: Request) -> float:
+        wanted = request.headers.get("grpc-timeout")
+        if not wanted:
+            return self._settings.http_timeout
+        found = _GRPC_TIMEOUT.match(wanted)
+        if found is None:
+            raise BadRequest(f"grpc-timeout header {wanted!r} is not a gRPC timeout such as 500m or 2S")
+        return min(int(found.group(1)) * _UNITS[found.group(2)], self._settings.http_max_timeout)
+
+    async def handle(self, request: Request) -> Response:
+        if request.path == "/healthz":
+            return _json(200, {"status": "ok"})
+        if request.path == "/readyz":
+            return await self._ready()
+        route, path_values, allowed = self.router.match(request.method, request.path)
+        if route is None:
+            if allowed:
+                response = _bad(f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}", 405)
+                response.headers.append(("allow", ", ".join(allowed)))
+                return response
+            return _bad(f"no route for {request.path}", 404)
+        call = self._calls[id(route)]
+        if request.body and route.body:
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type != "application/json":
+                return _bad(f"content-type must be application/json, not {content_type or 'missing'!r}", 415)
+        try:
+            message = build_request(
+                call.request_class,
+                body_field=route.body,
+                body=request.body,
+                path=path_values,
+                query=parse_qs(request.query, keep_blank_values=True) if request.query else {},
+            )
+            timeout = self._timeout(request)
+        except BadRequest as error:
+            return _bad(str(error))
+        metadata = tuple((h, request.headers[h]) for h in FORWARDED_HEADERS if h in request.headers)
+        if call.stream is not None:
+            return await self._stream(call, message, metadata)
+        rpc = call.unary(message, timeout=timeout, metadata=metadata)  # type: ignore[misc]
+        try:
+            reply = await rpc
+        except grpc.aio.AioRpcError as error:
+            status, body = errors.from_rpc_error(error, route.service)
+            return Response(status, body)
+        headers = [(f"grpc-metadata-{k}", str(v)) for k, v in (await rpc.initial_metadata() or ()) if not k.endswith("-bin")]
+        return Response(200, to_json(reply), headers=headers)
+
+    async def _stream(self, call: Call, message: object, metadata: tuple) -> Response:
+        """Server streaming as Server-Sent Events: one `data:` line of JSON per message.
+
+        A stream has no deadline: it lasts until the client or the server ends it.
+        """
+        rpc = call.stream(message, metadata=metadata)  # type: ignore[misc]
+        try:
+            await rpc.initial_metadata()  # surfaces an immediate error (bad user id) as a status
+        except grpc.aio.AioRpcError as error:
+            status, body = errors.from_rpc_error(error, call.route.service)
+            return Response(status, body)
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b": stream open\n\n"
+            try:
+                async for item in rpc:
+                    yield b"data: " + json.dumps(to_dict(item)).encode() + b"\n\n"
+            except grpc.aio.AioRpcError as error:
+                _, body = errors.from_rpc_error(error, call.route.service)
+                yield b"event: error\ndata: " + body + b"\n\n"
+            finally:
+                rpc.cancel()  # the browser went away: stop the upstream stream too
+
+        return Response(200, content_type="text/event-stream", stream=events())
+
+    async def _ready(self) -> Response:
+        services = sorted({route.service for route in self.router.routes})
+
+        async def check(service: str) -> tuple[str, str]:
+            stub = health_pb2_grpc.HealthStub(self._upstreams.channel(service))
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                return service, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as error:
+                return service, error.code().name
+
+        results = dict(await asyncio.gather(*(check(s) for s in services)))
+        ready = all(status == "SERVING" for status in results.values())
+        return _json(200 if ready else 503, {"ready": ready, "upstreams": results})

@@ -1,0 +1,61 @@
+"""The one table from gRPC status to HTTP status (grpc-gateway's), and the error body.
+
+Bodies are shaped like google.rpc.Status: `{"code", "message", "details"}`,
+with the upstream's details (BadRequest, PreconditionFailure, ...) passed on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
+
+
+def body(code: grpc.StatusCode, message: str, details: list[dict[str, Any]] | None = None) -> bytes:
+    return json.dumps({"code": code.value[0], "message": message, "details": details or []}).encode()
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> tuple[int, bytes]:
+    code = error.code()
+    details: list[dict[str, Any]] = []
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            details = [json_format.MessageToDict(d) for d in status.details]
+    message = error.details() or code.name
+    if code is grpc.StatusCode.UNAVAILABLE and not details and "did not answer" not in message:
+        # gRPC's own transport text ("failed to connect to all addresses; ...") is for logs.
+        message = f"the {upstream} service is unavailable; try again"
+    elif code is grpc.StatusCode.DEADLINE_EXCEEDED and "did not answer" not in message:
+        message = f"the {upstream} service did not answer within the deadline"
+    return HTTP_STATUS.get(code, 500), body(code, message, details)

@@ -1,0 +1,212 @@
+"""A small HTTP/1.1 server on asyncio and httptools: keep-alive, limits, streaming.
+
+It parses (httptools, the parser uvicorn uses), enforces the body limit before
+reading a body it will refuse, hands each request to an async handler one at a
+time per connection, and cancels the handler when the client goes away, which
+cancels its gRPC call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+import httptools
+
+from gateway.errors import REASONS
+
+logger = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 32 * 1024
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    # A streaming response writes each chunk as it comes (Server-Sent Events).
+    stream: AsyncIterator[bytes] | None = None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_date_cache = (0, "")
+
+
+def _date() -> str:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+def _error(status: int, message: str) -> Response:
+    import json
+
+    code = {400: 3, 404: 5, 405: 12, 413: 8, 415: 3, 431: 8}.get(status, 2)
+    return Response(status, json.dumps({"code": code, "message": message, "details": []}).encode())
+
+
+class HttpProtocol(asyncio.Protocol):
+    def __init__(self, handler: Handler, max_body: int):
+        self._handler = handler
+        self._max_body = max_body
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._queue: asyncio.Queue[Request | Response | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._refused: Response | None = None
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._worker = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._queue.put_nowait(_error(400, "protocol upgrades are not supported"))
+            self._queue.put_nowait(None)
+        except httptools.HttpParserError as error:
+            self._queue.put_nowait(_error(400, f"malformed HTTP request: {error}"))
+            self._queue.put_nowait(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._worker is not None:
+            self._worker.cancel()  # cancels the handler and with it its gRPC call
+
+    # --- httptools callbacks ---
+
+    def on_message_begin(self) -> None:
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._refused = _error(431, f"request headers exceed {MAX_HEADER_BYTES} bytes")
+            return
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get("content-length")
+        if self._refused is None and length is not None and length.isdigit() and int(length) > self._max_body:
+            # Refused before the body arrives; the connection closes after the answer.
+            self._refused = _error(413, f"request body of {length} bytes exceeds the limit of {self._max_body}")
+            self._queue.put_nowait(self._refused)
+            self._queue.put_nowait(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused is not None:
+            return
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            self._refused = _error(413, f"request body exceeds the limit of {self._max_body} bytes")
+            self._queue.put_nowait(self._refused)
+            self._queue.put_nowait(None)
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused is not None:
+            if self._refused.status != 413:  # a 413 was already queued at the headers
+                self._queue.put_nowait(self._refused)
+            return
+        parsed = httptools.parse_url(self._url)
+        request = Request(
+            method=self._parser.get_method().decode(),
+            path=parsed.path.decode("latin-1"),
+            query=(parsed.query or b"").decode("latin-1"),
+            headers=self._headers,
+            body=b"".join(self._body),
+        )
+        if not self._parser.should_keep_alive():
+            request.headers["connection"] = "close"
+        self._queue.put_nowait(request)
+
+    # --- serving, one request at a time per connection ---
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is None or self._transport is None:
+                    break
+                if isinstance(item, Response):
+                    await self._write(item, keep_alive=False)
+                    break
+                try:
+                    response = await self._handler(item)
+                except Exception:
+                    logger.exception("%s %s failed", item.method, item.path)
+                    response = _error(500, "internal error; see the gateway log")
+                keep_alive = item.headers.get("connection", "").lower() != "close" and response.stream is None
+                await self._write(response, keep_alive)
+                if not keep_alive:
+                    break
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if self._transport is not None:
+                self._transport.close()
+
+    async def _write(self, response: Response, keep_alive: bool) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        head = [
+            f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
+            f"date: {_date()}",
+            "server: shopmesh-gateway",
+            f"content-type: {response.content_type}",
+        ]
+        head += [f"{name}: {value}" for name, value in response.headers]
+        if response.stream is None:
+            head.append(f"content-length: {len(response.body)}")
+            head.append("connection: keep-alive" if keep_alive else "connection: close")
+            transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
+            return
+        head += ["cache-control: no-cache", "transfer-encoding: chunked", "connection: close"]
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        async for chunk in response.stream:
+            if self._transport is None:
+                return
+            transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if self._transport is not None:
+            transport.write(b"0\r\n\r\n")
+
+
+async def serve_http(handler: Handler, host: str, port: int, max_body: int) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: HttpProtocol(handler, max_body), host, port, reuse_address=True)
