@@ -2,10 +2,11 @@
 
     python -m mesh.launcher [--data-dir data] [--inventory-port 50051] ...
 
-Starts inventory, notification and order (in that order) with static discovery
-and SQLite files under the data folder, waits until each reports SERVING on
-gRPC health, adds a few demo products, prints how to call the mesh, and on
-Ctrl-C (or SIGTERM) stops the services gracefully, order first.
+Starts inventory, notification, order and the REST gateway (in that order)
+with static discovery and SQLite files under the data folder, waits until each
+reports SERVING on gRPC health (the gateway: /healthz), adds a few demo
+products, prints how to call the mesh, and on Ctrl-C (or SIGTERM) stops
+everything gracefully, gateway first.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.settings import DEFAULT_PORTS
 
-START_ORDER = ("inventory", "notification", "order")
-COLORS = {"inventory": "\033[36m", "notification": "\033[35m", "order": "\033[33m", "mesh": "\033[32m"}
+START_ORDER = ("inventory", "notification", "order", "gateway")
+COLORS = {
+    "inventory": "\033[36m",
+    "notification": "\033[35m",
+    "order": "\033[33m",
+    "gateway": "\033[34m",
+    "mesh": "\033[32m",
+}
 DEMO_PRODUCTS = (
     ("coffee-mug", "Coffee mug, 350 ml", 1299, 100),
     ("tea-kettle", "Stovetop tea kettle", 3450, 25),
@@ -91,6 +98,8 @@ class Launcher:
             await self.wait_serving(child)
 
     async def wait_serving(self, child: Child, timeout: float = 30.0) -> None:
+        if child.service == "gateway":
+            return await self.wait_http(child, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with grpc.aio.insecure_channel(self.address(child.port)) as channel:
@@ -107,6 +116,26 @@ class Launcher:
                 if loop.time() > deadline:
                     raise RuntimeError(f"{child.service} did not become SERVING within {timeout:.0f}s")
                 await asyncio.sleep(0.1)
+
+    async def wait_http(self, child: Child, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        host, port = self.address(child.port).rsplit(":", 1)
+        while True:
+            if child.process.returncode is not None:
+                raise RuntimeError(f"{child.service} exited with code {child.process.returncode} while starting")
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"GET /healthz HTTP/1.1\r\nhost: launcher\r\nconnection: close\r\n\r\n")
+                status = await asyncio.wait_for(reader.readline(), 2)
+                writer.close()
+                if b" 200 " in status:
+                    return
+            except (OSError, TimeoutError):
+                pass
+            if loop.time() > deadline:
+                raise RuntimeError(f"{child.service} did not answer /healthz within {timeout:.0f}s")
+            await asyncio.sleep(0.1)
 
     def address(self, port: int) -> str:
         host = "127.0.0.1" if self.args.host in ("0.0.0.0", "::") else self.args.host
@@ -129,9 +158,10 @@ class Launcher:
         self.say("mesh", f"demo products: {added} added, {len(DEMO_PRODUCTS) - added} already there")
 
     def banner(self) -> None:
-        inv, order, note = (self.address(self.ports[s]) for s in ("inventory", "order", "notification"))
+        inv, order, note, gw = (self.address(self.ports[s]) for s in ("inventory", "order", "notification", "gateway"))
         lines = [
             "shopmesh is up:",
+            f"  gateway       http://{gw}/",
             f"  inventory     {inv}",
             f"  order         {order}",
             f"  notification  {note}",
@@ -140,6 +170,7 @@ class Launcher:
             f"  grpcurl -plaintext {order} list",
             f"  grpcurl -plaintext -d '{{\"user_id\":\"alice\",\"request_id\":\"r-1\","
             f"\"lines\":[{{\"sku\":\"coffee-mug\",\"quantity\":2}}]}}' {order} shop.order.v1.OrderService/CreateOrder",
+            f"  curl http://{gw}/v1/products/coffee-mug",
             "Ctrl-C stops every service.",
         ]
         for line in lines:

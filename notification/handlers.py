@@ -85,6 +85,7 @@ async def stream_notifications(
     """Every notification for `user_id` stored after the call starts, until `stopping`."""
     domain.check_user_id(user_id)
     wake = wakeups.subscribe(user_id)
+    logger.info("stream opened for user %s", user_id)
     try:
         async with store.read() as tx:
             last = await tx.last_sequence(user_id)
@@ -103,3 +104,4 @@ async def stream_notifications(
                 task.cancel()
     finally:
         wakeups.unsubscribe(user_id, wake)
+        logger.info("stream closed for user %s", user_id)

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import ROOT, free_port
 
-SERVICES = ("inventory", "notification", "order")
+SERVICES = ("inventory", "notification", "order", "gateway")
 
 
 def wait_serving(address: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:

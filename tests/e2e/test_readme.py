@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.conftest import ROOT, TOOLS_BIN, free_port, tool
 from tests.e2e.harness import Launcher
 
-DEFAULT_PORTS = {"50051": "inventory", "50052": "order", "50053": "notification"}
+DEFAULT_PORTS = {"50051": "inventory", "50052": "order", "50053": "notification", "8080": "gateway"}
 
 
 def readme_blocks() -> list[str]:
@@ -40,7 +40,7 @@ def test_the_readme_grpcurl_examples_run_against_the_mesh(launcher: Launcher) ->
 
 
 def test_the_quickstart_command_sets_up_runs_and_stops_the_mesh(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("inventory", "order", "notification")}
+    ports = {name: free_port() for name in ("inventory", "order", "notification", "gateway")}
     args = [str(ROOT / "scripts" / "run-mesh.sh"), "--data-dir", str(tmp_path / "data")]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]

@@ -10,7 +10,12 @@ from mesh.settings import Settings, SettingsError
 def test_defaults_give_the_local_mesh() -> None:
     s = Settings.from_env("order", {})
     assert (s.host, s.port, s.discovery, s.log_format) == ("127.0.0.1", 50052, "static", "text")
-    assert s.addresses == {"inventory": "127.0.0.1:50051", "order": "127.0.0.1:50052", "notification": "127.0.0.1:50053"}
+    assert s.addresses == {
+        "inventory": "127.0.0.1:50051",
+        "order": "127.0.0.1:50052",
+        "notification": "127.0.0.1:50053",
+        "gateway": "127.0.0.1:8080",
+    }
     assert s.database_url == f"sqlite+aiosqlite:///{Path('data') / 'order'}.db"
 
 

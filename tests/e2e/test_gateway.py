@@ -1,0 +1,182 @@
+"""The REST gateway through real processes: every route, every error row, SSE, limits, disconnects."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import Launcher
+
+
+class Http:
+    def __init__(self, launcher: Launcher):
+        host, port = launcher.address("gateway").split(":")
+        self.host, self.port = host, int(port)
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+             raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        hdrs = {"content-type": "application/json"} if data is not None else {}
+        hdrs.update(headers or {})
+        conn.request(method, path, body=data, headers=hdrs)
+        response = conn.getresponse()
+        text = response.read()
+        conn.close()
+        parsed = json.loads(text) if text and response.getheader("content-type", "").startswith("application/json") else text
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, parsed
+
+
+@pytest.fixture(scope="module")
+def api(launcher: Launcher) -> Http:
+    return Http(launcher)
+
+
+def new_product(api: Http, stock: int = 10) -> str:
+    sku = f"gw-{uuid.uuid4().hex[:10]}"
+    status, _, body = api.call("POST", "/v1/products", {
+        "sku": sku, "name": "Gateway mug", "price": {"currencyCode": "USD", "minorUnits": "750"}, "available": stock})
+    assert status == 200, body
+    return sku
+
+
+def test_products_create_get_list_and_adjust(api: Http) -> None:
+    sku = new_product(api, stock=4)
+    status, _, product = api.call("GET", f"/v1/products/{sku}")
+    assert status == 200
+    assert product["sku"] == sku and product["available"] == "4" and product["price"]["minorUnits"] == "750"
+    assert product["reserved"] == "0"  # zero values are spelled out, as grpc-gateway does
+    status, _, page = api.call("GET", "/v1/products?pageSize=1")
+    assert status == 200 and len(page["products"]) == 1 and page["nextPageToken"]
+    status, _, page2 = api.call("GET", f"/v1/products?page_size=1&page_token={page['nextPageToken']}")
+    assert status == 200 and page2["products"][0]["sku"] != page["products"][0]["sku"]
+    status, _, adjusted = api.call("POST", f"/v1/products/{sku}:adjustStock", {"delta": "6", "reason": "restock"})
+    assert status == 200 and adjusted["available"] == "10"
+
+
+def test_an_order_through_the_gateway_reads_back_lists_and_cancels(api: Http) -> None:
+    sku = new_product(api)
+    user = f"web-{uuid.uuid4().hex[:8]}"
+    status, headers, order = api.call(
+        "POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": user, "lines": [{"sku": sku, "quantity": 2}]},
+        headers={"x-request-id": "req-123"},
+    )
+    assert status == 200, order
+    assert order["status"] == "CONFIRMED" and order["total"] == {"currencyCode": "USD", "minorUnits": "1500"}
+    assert headers["content-type"] == "application/json"
+    assert api.call("GET", f"/v1/orders/{order['orderId']}")[2] == order
+    status, _, listed = api.call("GET", f"/v1/users/{user}/orders")
+    assert status == 200 and [o["orderId"] for o in listed["orders"]] == [order["orderId"]]
+    status, _, cancelled = api.call("POST", f"/v1/orders/{order['orderId']}:cancel", {"reason": "test"})
+    assert status == 200 and cancelled["status"] == "CANCELLED"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        notes = api.call("GET", f"/v1/users/{user}/notifications")[2]["notifications"]
+        if len(notes) == 2:
+            break
+        time.sleep(0.2)
+    assert sorted(n["kind"] for n in notes) == ["order.cancelled", "order.created"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "says"),
+    [
+        ("GET", "/v1/products/no-such-sku", None, 404, "not found"),
+        ("GET", "/v1/products/bad%20sku", None, 400, "sku"),
+        ("POST", "/v1/orders", {"userId": "u", "lines": [{"sku": "coffee-mug", "quantity": 1}]}, 400, "request_id"),
+        ("POST", "/v1/orders", {"requestId": "x", "userId": "u", "lines": [{"sku": "last-one", "quantity": 99}]}, 400,
+         "last-one"),
+        ("POST", "/v1/orders", {"requestId": "x", "userId": "u", "nope": 1}, 400, "nope"),
+        ("POST", "/v1/orders", {"requestId": 5}, 400, "requestId"),
+        ("GET", "/v1/products?pageSize=abc", None, 400, "page_size"),
+        ("GET", "/v1/products?color=red", None, 400, "color"),
+        ("GET", "/v1/nowhere", None, 404, "no route"),
+    ],
+)
+def test_errors_have_the_mapped_status_and_a_body_naming_the_problem(api: Http, method, path, body, status, says) -> None:
+    got, headers, error = api.call(method, path, body)
+    assert got == status, error
+    assert headers["content-type"] == "application/json"
+    assert set(error) == {"code", "message", "details"}
+    assert says.lower() in json.dumps(error).lower()
+
+
+def test_a_reused_request_id_is_409(api: Http) -> None:
+    sku = new_product(api)
+    request_id = str(uuid.uuid4())
+    assert api.call("POST", "/v1/orders", {"requestId": request_id, "userId": "u", "lines": [{"sku": sku, "quantity": 1}]})[0] == 200
+    status, _, error = api.call("POST", "/v1/orders", {"requestId": request_id, "userId": "u", "lines": [{"sku": sku, "quantity": 2}]})
+    assert status == 409 and error["code"] == 6
+
+
+def test_wrong_method_is_405_with_allow(api: Http) -> None:
+    status, headers, error = api.call("DELETE", "/v1/products/coffee-mug")
+    assert status == 405 and headers["allow"] == "GET" and "DELETE" in error["message"]
+
+
+def test_wrong_content_type_is_415(api: Http) -> None:
+    status, _, error = api.call("POST", "/v1/orders", raw=b"a=b", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert status == 415 and "application/json" in error["message"]
+
+
+def test_malformed_and_absurdly_deep_json_are_400(api: Http) -> None:
+    assert api.call("POST", "/v1/orders", raw=b'{"requestId": ')[0] == 400
+    status, _, error = api.call("POST", "/v1/orders", raw=b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "deeper" in error["message"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_sent(launcher: Launcher) -> None:
+    host, port = launcher.address("gateway").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/orders HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                     b"content-length: 50000000\r\n\r\n")
+        answer = sock.recv(4096)  # no body was sent: the answer comes from the headers alone
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"exceeds the limit" in answer
+
+
+def test_health_and_readiness(api: Http) -> None:
+    assert api.call("GET", "/healthz") == (200, api.call("GET", "/healthz")[1], {"status": "ok"})
+    status, _, ready = api.call("GET", "/readyz")
+    assert status == 200 and ready == {"ready": True, "upstreams": {"inventory": "SERVING", "notification": "SERVING", "order": "SERVING"}}
+
+
+def test_notifications_arrive_live_as_server_sent_events(api: Http, launcher: Launcher) -> None:
+    user = f"sse-{uuid.uuid4().hex[:8]}"
+    host, port = launcher.address("gateway").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(f"GET /v1/users/{user}/notifications:stream HTTP/1.1\r\nhost: t\r\naccept: text/event-stream\r\n\r\n".encode())
+        head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head
+        sku = new_product(api)
+        status, _, order = api.call("POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": user,
+                                                            "lines": [{"sku": sku, "quantity": 1}]})
+        assert status == 200
+        received = b""
+        deadline = time.monotonic() + 10
+        while b"data: " not in received and time.monotonic() < deadline:
+            received += sock.recv(65536)
+    event = json.loads(received.split(b"data: ", 1)[1].split(b"\n", 1)[0])
+    assert event["eventId"] == f"order.created:{order['orderId']}" and event["userId"] == user
+
+
+def test_closing_the_event_stream_cancels_the_upstream_stream(launcher: Launcher) -> None:
+    user = f"gone-{uuid.uuid4().hex[:8]}"
+    host, port = launcher.address("gateway").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(f"GET /v1/users/{user}/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        deadline = time.monotonic() + 10
+        while f"stream opened for user {user}" not in launcher.output():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    deadline = time.monotonic() + 10  # the browser tab closed: the notification service must notice
+    while f"stream closed for user {user}" not in launcher.output():
+        assert time.monotonic() < deadline, "the upstream stream outlived its HTTP client"
+        time.sleep(0.1)
