@@ -19,7 +19,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import errors
+from gateway import errors, openapi
 from gateway.http import Request, Response
 from gateway.routes import Route, Router, routes_from
 from gateway.transcode import BadRequest, build_request, to_dict, to_json
@@ -62,6 +62,7 @@ class Gateway:
         self._settings = settings
         self._upstreams = upstreams
         self.router = Router(routes_from(files))
+        self._openapi = json.dumps(openapi.document(self.router.routes)).encode()
         self._calls: dict[int, Call] = {}
         for route in self.router.routes:
             self._calls[id(route)] = self._bind(route)
@@ -89,6 +90,8 @@ class Gateway:
             return _json(200, {"status": "ok"})
         if request.path == "/readyz":
             return await self._ready()
+        if request.path == "/openapi.json" and request.method in ("GET", "HEAD"):
+            return Response(200, self._openapi)
         route, path_values, allowed = self.router.match(request.method, request.path)
         if route is None:
             if allowed:
@@ -112,6 +115,8 @@ class Gateway:
             timeout = self._timeout(request)
         except BadRequest as error:
             return _bad(str(error))
+        except (ValueError, TypeError, OverflowError) as error:  # json_format's less usual complaints
+            return _bad(f"request: {error}")
         metadata = tuple((h, request.headers[h]) for h in FORWARDED_HEADERS if h in request.headers)
         if call.stream is not None:
             return await self._stream(call, message, metadata)

@@ -29,6 +29,12 @@ class Template:
     regex: re.Pattern[str]
     variables: tuple[tuple[str, bool], ...]  # (field path, spans several segments)
     literal_segments: int
+    verb: str = ""
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        """A custom verb, then more literal segments, make a template more specific."""
+        return (1 if self.verb else 0, self.literal_segments)
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self.regex.match(path)
@@ -105,7 +111,7 @@ def compile_template(template: str) -> Template:
         parts.append(sub)
         literals += segment not in ("*", "**")
     regex = "/" + "/".join(parts) + (":" + re.escape(verb) if verb else "")
-    return Template(template, re.compile(f"^{regex}$"), tuple(variables), literals)
+    return Template(template, re.compile(f"^{regex}$"), tuple(variables), literals, verb)
 
 
 @dataclass(frozen=True)
@@ -172,8 +178,8 @@ def routes_from(files: Iterable[FileDescriptor]) -> list[Route]:
                             path_fields=frozenset(name for name, _ in template.variables),
                         )
                     )
-    # Most literal segments first, so /v1/products:search beats /v1/products/{sku}.
-    return sorted(found, key=lambda r: (-r.template.literal_segments, -len(r.template.source)))
+    # Most specific first, so /v1/orders/{id}:cancel is tried before /v1/orders/{id}.
+    return sorted(found, key=lambda r: (r.template.specificity, len(r.template.source)), reverse=True)
 
 
 @dataclass
@@ -181,13 +187,21 @@ class Router:
     routes: list[Route]
 
     def match(self, http_method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
-        """The route and its path variables; else None and the methods that path allows."""
+        """The route and its path variables; else None and the methods that path allows.
+
+        `Allow` names the methods of the most specific template the path fits:
+        /v1/orders/1:cancel is the cancel resource, even though GET
+        /v1/orders/{order_id} would also take "1:cancel" as an id.
+        """
         allowed: list[str] = []
+        best: tuple[int, int] | None = None
         for route in self.routes:
             values = route.template.match(path)
             if values is None:
                 continue
             if route.http_method == http_method:
                 return route, values, []
-            allowed.append(route.http_method)
+            if best is None or route.template.specificity == best:
+                best = route.template.specificity
+                allowed.append(route.http_method)
         return None, {}, sorted(set(allowed))

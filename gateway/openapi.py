@@ -1,0 +1,167 @@
+"""An OpenAPI 3 document generated from the same descriptors the routes come from.
+
+Schemas follow the proto3 JSON mapping the gateway speaks: lowerCamelCase
+properties, 64-bit integers as decimal strings, enums by name, Timestamps as
+RFC 3339 strings; every operation documents its error body (google.rpc.Status).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.api import field_behavior_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from gateway.routes import Route
+
+_INT64 = {"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"}
+_UINT64 = {"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}
+_T = FieldDescriptor
+SCALARS: dict[int, dict[str, Any]] = {
+    _T.TYPE_STRING: {"type": "string"},
+    _T.TYPE_BOOL: {"type": "boolean"},
+    _T.TYPE_BYTES: {"type": "string", "format": "byte"},
+    _T.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    _T.TYPE_FLOAT: {"type": "number", "format": "float"},
+    _T.TYPE_INT32: {"type": "integer", "format": "int32"},
+    _T.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    _T.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
+    _T.TYPE_UINT32: {"type": "integer", "format": "int32", "minimum": 0},
+    _T.TYPE_FIXED32: {"type": "integer", "format": "int32", "minimum": 0},
+    _T.TYPE_INT64: _INT64,
+    _T.TYPE_SINT64: _INT64,
+    _T.TYPE_SFIXED64: _INT64,
+    _T.TYPE_UINT64: _UINT64,
+    _T.TYPE_FIXED64: _UINT64,
+}
+WELL_KNOWN = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"},
+    "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}, "additionalProperties": True},
+}
+STATUS_SCHEMA = {
+    "type": "object",
+    "description": "google.rpc.Status: the gRPC status code, a message naming the problem, and details.",
+    "properties": {
+        "code": {"type": "integer", "format": "int32"},
+        "message": {"type": "string"},
+        "details": {"type": "array", "items": {"$ref": "#/components/schemas/google.protobuf.Any"}},
+    },
+    "required": ["code", "message", "details"],
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {
+            "google.rpc.Status": STATUS_SCHEMA,
+            "google.protobuf.Any": WELL_KNOWN["google.protobuf.Any"],
+        }
+
+    def field(self, field: FieldDescriptor) -> dict[str, Any]:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value = field.message_type.fields_by_name["value"]
+            return {"type": "object", "additionalProperties": self.single(value)}
+        single = self.single(field)
+        return {"type": "array", "items": single} if field.is_repeated else single
+
+    def single(self, field: FieldDescriptor) -> dict[str, Any]:
+        if field.type == _T.TYPE_ENUM:
+            return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
+        if field.type == _T.TYPE_MESSAGE:
+            name = field.message_type.full_name
+            if name in WELL_KNOWN:
+                return dict(WELL_KNOWN[name])
+            self.message(field.message_type)
+            return _ref(name)
+        return dict(SCALARS[field.type])
+
+    def message(self, descriptor: Descriptor, *, skip: frozenset[str] = frozenset()) -> str:
+        name = descriptor.full_name if not skip else f"{descriptor.full_name}Body"
+        if name in self.schemas:
+            return name
+        self.schemas[name] = {}  # placeholder: messages may refer to themselves
+        properties = {}
+        for field in descriptor.fields:
+            if field.name in skip:
+                continue
+            schema = self.field(field)
+            behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+            if field_behavior_pb2.OUTPUT_ONLY in behaviors:
+                schema = {**schema, "readOnly": True} if "$ref" not in schema else {"allOf": [schema], "readOnly": True}
+            properties[field.json_name] = schema
+        self.schemas[name] = {"type": "object", "properties": properties, "additionalProperties": False}
+        return name
+
+
+def _query_parameters(builder: _Builder, route: Route) -> list[dict[str, Any]]:
+    params = []
+    for field in route.method.input_type.fields:
+        if field.name in route.path_fields or field.type == _T.TYPE_MESSAGE:
+            continue
+        schema = builder.field(field)
+        params.append({"name": field.json_name, "in": "query", "required": False, "schema": schema,
+                       **({"explode": True} if field.is_repeated else {})})
+    return params
+
+
+def document(routes: list[Route], *, title: str = "shopmesh", version: str = "1") -> dict[str, Any]:
+    builder = _Builder()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in sorted(routes, key=lambda r: r.template.source):
+        method = route.method
+        operation: dict[str, Any] = {
+            "operationId": f"{method.containing_service.name}_{method.name}"
+            + ("" if route.template.source == _primary(routes, route) else f"_{route.http_method.lower()}"),
+            "tags": [method.containing_service.name],
+            "summary": f"{method.containing_service.full_name}.{method.name}",
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+                for name, _ in route.template.variables
+            ],
+            "responses": {
+                "default": {
+                    "description": "An error, as google.rpc.Status",
+                    "content": {"application/json": {"schema": _ref("google.rpc.Status")}},
+                }
+            },
+        }
+        if route.body == "*":
+            body_name = builder.message(method.input_type, skip=route.path_fields)
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body_name)}}}
+        elif route.body:
+            field = method.input_type.fields_by_name[route.body]
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": builder.field(field)}}}
+            operation["parameters"] += [p for p in _query_parameters(builder, route) if p["name"] != field.json_name]
+        else:
+            operation["parameters"] += _query_parameters(builder, route)
+        if route.streaming:
+            item = builder.message(method.output_type)
+            operation["responses"]["200"] = {
+                "description": f"Server-Sent Events; each `data:` line is one {item} as JSON.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        else:
+            operation["responses"]["200"] = {
+                "description": "OK",
+                "content": {"application/json": {"schema": _ref(builder.message(method.output_type))}},
+            }
+        paths.setdefault(route.template.source, {})[route.http_method.lower()] = operation
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": title, "version": version,
+                 "description": "Generated by the shopmesh gateway from the google.api.http rules of its contracts."},
+        "paths": paths,
+        "components": {"schemas": builder.schemas},
+    }
+
+
+def _primary(routes: list[Route], route: Route) -> str:
+    for other in routes:
+        if other.method is route.method:
+            return other.template.source
+    return route.template.source
