@@ -20,7 +20,9 @@ def test_the_document_validates_and_covers_every_annotated_rpc(launcher: Launche
     assert {"OrderService_CreateOrder", "OrderService_CancelOrder", "InventoryService_GetProduct",
             "NotificationService_StreamNotifications"} <= operations
     order = document["components"]["schemas"]["shop.order.v1.Order"]["properties"]
-    assert order["createTime"] == {"type": "string", "format": "date-time", "readOnly": True}
+    assert order["createTime"] == {"type": "string", "format": "date-time"}
+    product = document["components"]["schemas"]["shop.inventory.v1.Product"]["properties"]
+    assert product["createTime"] == {"type": "string", "format": "date-time", "readOnly": True}  # OUTPUT_ONLY
     assert order["total"] == {"$ref": "#/components/schemas/shop.common.v1.Money"}
     money = document["components"]["schemas"]["shop.common.v1.Money"]["properties"]
     assert money["minorUnits"]["type"] == "string" and money["minorUnits"]["format"] == "int64"
