@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import grpc
@@ -36,6 +37,22 @@ CONTRACTS: tuple[FileDescriptor, ...] = (inventory_pb2.DESCRIPTOR, order_pb2.DES
 FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate", "authorization")
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+STATIC = Path(__file__).parent / "static"
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
+
+def _pages() -> dict[str, Response]:
+    """The shop page and the API docs, served from the package: no CDN, nothing fetched elsewhere."""
+    pages = {}
+    for file in sorted(STATIC.iterdir()):
+        response = Response(200, file.read_bytes(), CONTENT_TYPES.get(file.suffix, "application/octet-stream"),
+                            headers=[("cache-control", "no-cache")])
+        pages[f"/static/{file.name}"] = response
+    pages["/"] = pages["/static/index.html"]
+    pages["/docs"] = pages["/static/docs.html"]
+    return pages
 
 
 def _json(status: int, value: object) -> Response:
@@ -63,6 +80,7 @@ class Gateway:
         self._upstreams = upstreams
         self.router = Router(routes_from(files))
         self._openapi = json.dumps(openapi.document(self.router.routes)).encode()
+        self._pages = _pages()
         self._calls: dict[int, Call] = {}
         for route in self.router.routes:
             self._calls[id(route)] = self._bind(route)
@@ -90,8 +108,11 @@ class Gateway:
             return _json(200, {"status": "ok"})
         if request.path == "/readyz":
             return await self._ready()
-        if request.path == "/openapi.json" and request.method in ("GET", "HEAD"):
-            return Response(200, self._openapi)
+        if request.method == "GET":
+            if request.path == "/openapi.json":
+                return Response(200, self._openapi)
+            if request.path in self._pages:
+                return self._pages[request.path]
         route, path_values, allowed = self.router.match(request.method, request.path)
         if route is None:
             if allowed:
