@@ -131,6 +131,14 @@ def _enter(context: grpc.aio.ServicerContext) -> None:
     _deadline.set(None if left is None else time.monotonic() + left)
 
 
+async def _echo_request_id(context: grpc.aio.ServicerContext) -> None:
+    """Returns the caller's x-request-id in the reply's headers, to tie logs and replies together."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            await context.send_initial_metadata((("x-request-id", value),))
+            return
+
+
 class Guarded:
     """A servicer whose every RPC method sets the deadline and maps errors.
 
@@ -154,6 +162,7 @@ class Guarded:
 def _guard_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _enter(context)
+        await _echo_request_id(context)
         try:
             return await inner(request, context)
         except Exception as error:

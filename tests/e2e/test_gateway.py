@@ -180,3 +180,21 @@ def test_closing_the_event_stream_cancels_the_upstream_stream(launcher: Launcher
     while f"stream closed for user {user}" not in launcher.output():
         assert time.monotonic() < deadline, "the upstream stream outlived its HTTP client"
         time.sleep(0.1)
+
+
+def test_the_request_id_travels_to_the_service_and_back(api: Http) -> None:
+    status, headers, _ = api.call("GET", "/v1/products/coffee-mug", headers={"x-request-id": "trace-me-42"})
+    assert status == 200
+    assert headers["grpc-metadata-x-request-id"] == "trace-me-42"
+
+
+def test_a_client_deadline_is_honoured_and_a_bad_one_refused(api: Http) -> None:
+    sku = new_product(api)
+    # An order takes three hops and several transactions: far more than one millisecond.
+    status, _, error = api.call(
+        "POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": "hasty", "lines": [{"sku": sku, "quantity": 1}]},
+        headers={"grpc-timeout": "1m"},
+    )
+    assert status == 504 and error["code"] == 4, error
+    status, _, error = api.call("GET", "/v1/products/coffee-mug", headers={"grpc-timeout": "soon"})
+    assert status == 400 and "grpc-timeout" in error["message"]

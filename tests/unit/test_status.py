@@ -73,6 +73,9 @@ class FakeContext:
     def time_remaining(self) -> float | None:
         return self.left
 
+    def invocation_metadata(self):
+        return ()
+
     async def abort(self, code, details, trailing_metadata=()):
         self.aborted = (code, details)
         raise grpc.aio.AbortError()
