@@ -20,11 +20,7 @@ def readme_blocks() -> list[str]:
     return re.findall(r"<!-- readme-test -->\n```sh\n(.*?)```", text, re.S)
 
 
-def test_the_readme_grpcurl_examples_run_against_the_mesh(launcher: Launcher) -> None:
-    tool("grpcurl")
-    blocks = readme_blocks()
-    assert blocks, "README lost its tested grpcurl block"
-    script = blocks[0]
+def run_block(script: str, launcher: Launcher) -> str:
     for port, service in DEFAULT_PORTS.items():  # the launcher under test runs on free ports
         script = script.replace(f"localhost:{port}", launcher.address(service))
     env = dict(os.environ, PATH=f"{TOOLS_BIN}:{os.environ['PATH']}")
@@ -32,11 +28,26 @@ def test_the_readme_grpcurl_examples_run_against_the_mesh(launcher: Launcher) ->
         ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = result.stdout
+    return result.stdout
+
+
+def test_the_readme_grpcurl_examples_run_against_the_mesh(launcher: Launcher) -> None:
+    tool("grpcurl")
+    blocks = readme_blocks()
+    assert len(blocks) == 2, "README lost a tested block"
+    out = run_block(blocks[0], launcher)
     assert "shop.order.v1.OrderService" in out
     assert '"status": "CONFIRMED"' in out
     assert '"kind": "order.created"' in out
     assert '"status": "SERVING"' in out
+
+
+def test_the_readme_curl_examples_run_against_the_gateway(launcher: Launcher) -> None:
+    out = run_block(readme_blocks()[1], launcher)
+    assert '"sku": "coffee-mug"' in out
+    assert '"status": "CONFIRMED"' in out and '"requestId": "readme-http-1"' in out
+    assert "HTTP/1.1 404 Not Found" in out and '"code": 5' in out
+    assert '"ready": true' in out
 
 
 def test_the_quickstart_command_sets_up_runs_and_stops_the_mesh(tmp_path: Path) -> None:
