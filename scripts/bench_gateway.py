@@ -1,0 +1,206 @@
+"""Gateway benchmark: GET /v1/products/{sku} through our gateway vs FastAPI + uvicorn, and gRPC alone.
+
+    .venv/bin/python scripts/bench_gateway.py [--duration 10] [--connections 32] [--repeat 3]
+
+In one run, against one inventory process with SQLite:
+- our gateway (`python -m gateway`), driven by wrk;
+- a FastAPI + uvicorn app doing the same JSON -> gRPC call (the seed article's
+  stack; installed into the venv for the benchmark only, with uvicorn's
+  `standard` extra so it runs on uvloop + httptools, its fastest setup);
+- the gRPC call alone, driven by ghz, for scale.
+It prints requests/s, p50/p99 and each front process's CPU microseconds per
+request (user+system from /proc), median of interleaved rounds.
+Needs wrk (Debian: apt-get install wrk) and ghz (scripts/install-tools.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+from generated.shop.common.v1 import money_pb2  # noqa: E402
+from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc  # noqa: E402
+from scripts.bench_grpc import cpu_seconds, free_port, ghz_path, wait_port  # noqa: E402
+
+FASTAPI_APP = '''
+"""The seed article's stack doing what the gateway does for one route: JSON -> gRPC -> JSON."""
+import os
+
+import grpc
+from fastapi import FastAPI, HTTPException
+from google.protobuf import json_format
+
+from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+
+app = FastAPI()
+channel = None
+stub = None
+
+
+@app.on_event("startup")
+async def connect():
+    global channel, stub
+    channel = grpc.aio.insecure_channel(os.environ["INVENTORY_ADDR"])
+    stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+
+
+@app.get("/v1/products/{sku}")
+async def get_product(sku: str):
+    try:
+        product = await stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=10)
+    except grpc.aio.AioRpcError as error:
+        raise HTTPException(status_code=404 if error.code() == grpc.StatusCode.NOT_FOUND else 500,
+                            detail=error.details())
+    return json_format.MessageToDict(product, always_print_fields_with_no_presence=True)
+'''
+
+
+def ensure_fastapi() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print("installing fastapi and uvicorn[standard] for the benchmark only ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "fastapi", "uvicorn[standard]"], check=True)
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def _ms(text: str) -> float:
+    value = float(re.match(r"[\d.]+", text).group())
+    return value / 1000 if text.endswith("us") else value * 1000 if text.endswith("s") and not text.endswith("ms") else value
+
+
+def run_wrk(url: str, pid: int, args: argparse.Namespace) -> dict:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk not found (Debian: apt-get install wrk)")
+    subprocess.run([wrk, "-t1", f"-c{args.connections}", "-d2s", url], capture_output=True, check=True)  # warm-up
+    before = cpu_seconds(pid)
+    out = subprocess.run([wrk, "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": _ms(re.search(r"^\s+50%\s+([\d.]+\w+)", out, re.M).group(1)),
+        "p99": _ms(re.search(r"^\s+99%\s+([\d.]+\w+)", out, re.M).group(1)),
+        "errors": (int(errors.group(1)) if errors else 0, socket_errors.group(1) if socket_errors else ""),
+        "cpu_us": 1e6 * cpu / max(requests, 1),
+    }
+
+
+def run_ghz_direct(address: str, args: argparse.Namespace) -> dict:
+    import google.api
+    import grpc_tools
+
+    googleapis = Path(google.api.__path__[0]).parent.parent
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    out = subprocess.run(
+        [ghz_path(), "--insecure", "--proto", str(ROOT / "protos/shop/inventory/v1/inventory.proto"),
+         "--import-paths", f"{ROOT / 'protos'},{googleapis},{well_known}",
+         "--call", "shop.inventory.v1.InventoryService.GetProduct", "-d", '{"sku":"bench"}',
+         "-c", str(args.connections), "-z", f"{args.duration}s", "--duration-stop", "wait", "-O", "json", address],
+        capture_output=True, text=True, check=True).stdout
+    report = json.loads(out)
+    latencies = {d["percentage"]: d["latency"] / 1e6 for d in report["latencyDistribution"]}
+    return {"rps": report["rps"], "p50": latencies[50], "p99": latencies[99],
+            "errors": {k: v for k, v in report["statusCodeDistribution"].items() if k != "OK"}, "cpu_us": float("nan")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    ensure_fastapi()
+    work = Path(tempfile.mkdtemp(prefix="shopmesh-gwbench-"))
+    ports = {name: free_port() for name in ("inventory", "gateway", "fastapi")}
+    env = dict(os.environ, SHOPMESH_DATA_DIR=str(work), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
+               SHOPMESH_INVENTORY_PORT=str(ports["inventory"]), SHOPMESH_GATEWAY_PORT=str(ports["gateway"]),
+               INVENTORY_ADDR=f"127.0.0.1:{ports['inventory']}", PYTHONPATH=str(ROOT))
+    (work / "fastapi_app.py").write_text(FASTAPI_APP)
+    processes: dict[str, subprocess.Popen] = {}
+    logs = {}
+    try:
+        def start(name: str, command: list[str], cwd: Path = ROOT) -> None:
+            logs[name] = open(work / f"{name}.log", "wb")  # noqa: SIM115
+            processes[name] = subprocess.Popen(command, cwd=cwd, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
+
+        start("inventory", [sys.executable, "-m", "inventory"])
+        wait_port(f"127.0.0.1:{ports['inventory']}")
+        with grpc.insecure_channel(f"127.0.0.1:{ports['inventory']}") as channel:
+            product = inventory_pb2.Product(sku="bench", name="Bench",
+                                            price=money_pb2.Money(currency_code="USD", minor_units=100), available=10)
+            inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(
+                inventory_pb2.CreateProductRequest(product=product))
+        start("gateway", [sys.executable, "-m", "gateway"])
+        start("fastapi", [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1",
+                          "--port", str(ports["fastapi"]), "--log-level", "warning", "--no-access-log"], cwd=work)
+        urls = {name: f"http://127.0.0.1:{ports[name]}/v1/products/bench" for name in ("gateway", "fastapi")}
+        for url in urls.values():
+            wait_http(url)
+        rounds: dict[str, list[dict]] = {"gateway": [], "fastapi": [], "grpc": []}
+        for round_ in range(args.repeat):
+            for name in ("gateway", "fastapi"):
+                print(f"round {round_ + 1}: {name} ...", file=sys.stderr, flush=True)
+                rounds[name].append(run_wrk(urls[name], processes[name].pid, args))
+            print(f"round {round_ + 1}: gRPC alone ...", file=sys.stderr, flush=True)
+            rounds["grpc"].append(run_ghz_direct(f"127.0.0.1:{ports['inventory']}", args))
+        median = {name: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for name, runs in rounds.items()}
+        g, f = median["gateway"], median["fastapi"]
+        print(f"\nGET /v1/products/{{sku}}: wrk -t1 -c{args.connections} -d{args.duration}s (ghz -c{args.connections} "
+              f"for gRPC alone) on {os.cpu_count()} cores; median of {args.repeat} interleaved rounds\n")
+        print("| front | requests/s | p50 ms | p99 ms | errors | front process CPU µs/request |")
+        print("|---|---:|---:|---:|---|---:|")
+        labels = {"gateway": "shopmesh gateway (asyncio + httptools)", "fastapi": "FastAPI + uvicorn[standard]",
+                  "grpc": "gRPC GetProduct alone (ghz, no HTTP)"}
+        for name, label in labels.items():
+            r = median[name]
+            cpu = "n/a" if r["cpu_us"] != r["cpu_us"] else f"{r['cpu_us']:.0f}"
+            errors = r["errors"] if r["errors"] not in ((0, ""), {}) else "none"
+            print(f"| {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {errors} | {cpu} |")
+        print(f"\ngateway vs FastAPI: {g['rps'] / f['rps']:.2f}x requests/s (target >= 1.5x), "
+              f"{100 * g['cpu_us'] / f['cpu_us']:.0f}% of its CPU per request (target <= 50%)")
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
