@@ -198,3 +198,37 @@ def test_a_client_deadline_is_honoured_and_a_bad_one_refused(api: Http) -> None:
     assert status == 504 and error["code"] == 4, error
     status, _, error = api.call("GET", "/v1/products/coffee-mug", headers={"grpc-timeout": "soon"})
     assert status == 400 and "grpc-timeout" in error["message"]
+
+
+def test_an_upstream_that_is_down_is_503_naming_it_and_not_ready(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    port, dead = free_port(), free_port()
+    env = dict(os.environ, SHOPMESH_GATEWAY_PORT=str(port), SHOPMESH_INVENTORY_ADDR=f"127.0.0.1:{dead}",
+               SHOPMESH_ORDER_ADDR=f"127.0.0.1:{dead}", SHOPMESH_NOTIFICATION_ADDR=f"127.0.0.1:{dead}")
+    process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        api = Http.__new__(Http)
+        api.host, api.port = "127.0.0.1", port
+        assert api.call("GET", "/healthz")[0] == 200  # the gateway itself is up
+        status, _, error = api.call("GET", "/v1/products/coffee-mug")
+        assert status == 503 and error["code"] == 14 and "inventory" in error["message"]
+        status, _, ready = api.call("GET", "/readyz")
+        assert status == 503 and ready["ready"] is False and ready["upstreams"]["inventory"] == "UNAVAILABLE"
+    finally:
+        process.terminate()
+        assert process.wait(20) == 0
