@@ -232,3 +232,21 @@ def test_an_upstream_that_is_down_is_503_naming_it_and_not_ready(tmp_path) -> No
     finally:
         process.terminate()
         assert process.wait(20) == 0
+
+
+def test_reservations_and_notifications_are_routes_too(api: Http) -> None:
+    sku = new_product(api, stock=5)
+    rid = f"http-{uuid.uuid4().hex[:8]}"
+    status, _, held = api.call("POST", "/v1/reservations", {"reservationId": rid, "lines": [{"sku": sku, "quantity": 2}]})
+    assert status == 200 and held["state"] == "RESERVED" and held["lines"][0]["unitPrice"]["minorUnits"] == "750"
+    assert api.call("POST", f"/v1/reservations/{rid}:commit", {})[2]["state"] == "COMMITTED"
+    assert api.call("POST", f"/v1/reservations/{rid}:release", {})[2]["state"] == "RELEASED"
+    assert api.call("GET", f"/v1/products/{sku}")[2]["available"] == "5"
+
+    user = f"direct-{uuid.uuid4().hex[:8]}"
+    event = {"eventId": f"test:{user}", "userId": user, "kind": "test.ping", "subject": "Hello", "body": "from HTTP"}
+    first = api.call("POST", "/v1/notifications", event)
+    again = api.call("POST", "/v1/notifications", event)
+    assert first[0] == again[0] == 200 and first[2] == again[2]
+    status, _, listed = api.call("GET", f"/v1/users/{user}/notifications")
+    assert [n["eventId"] for n in listed["notifications"]] == [event["eventId"]]
