@@ -250,3 +250,45 @@ def test_reservations_and_notifications_are_routes_too(api: Http) -> None:
     assert first[0] == again[0] == 200 and first[2] == again[2]
     status, _, listed = api.call("GET", f"/v1/users/{user}/notifications")
     assert [n["eventId"] for n in listed["notifications"]] == [event["eventId"]]
+
+
+def _exchange(launcher: Launcher, payload: bytes, expect_responses: int) -> bytes:
+    host, port = launcher.address("gateway").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(payload)
+        received = b""
+        deadline = time.monotonic() + 10
+        while received.count(b"HTTP/1.1 ") < expect_responses and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+            time.sleep(0.05)
+        return received
+
+
+def test_pipelined_requests_are_answered_in_order(launcher: Launcher) -> None:
+    payload = (b"GET /v1/products/coffee-mug HTTP/1.1\r\nhost: t\r\n\r\n"
+               b"GET /v1/products/no-such HTTP/1.1\r\nhost: t\r\n\r\n"
+               b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+    answer = _exchange(launcher, payload, 3)
+    import re
+
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"404", b"200"]
+
+
+def test_a_chunked_request_body_is_read(launcher: Launcher) -> None:
+    body = json.dumps({"eventId": f"chunked:{uuid.uuid4().hex}", "userId": "chunky", "kind": "test.ping",
+                       "subject": "Chunked"}).encode()
+    half = len(body) // 2
+    chunks = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, body[:half], len(body) - half, body[half:])
+    payload = (b"POST /v1/notifications HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+               b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n" + chunks)
+    answer = _exchange(launcher, payload, 1)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"subject": "Chunked"' in answer
+
+
+def test_garbage_and_oversized_headers_get_a_4xx_not_a_hang(launcher: Launcher) -> None:
+    assert _exchange(launcher, b"NOT HTTP AT ALL\r\n\r\n", 1).startswith(b"HTTP/1.1 400 ")
+    huge = b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * 40_000 + b"\r\n\r\n"
+    assert _exchange(launcher, huge, 1).startswith(b"HTTP/1.1 431 ")

@@ -84,5 +84,5 @@ def test_ctrl_c_stops_the_launchers_every_service_with_exit_zero(tmp_path: Path)
     mesh.start()
     assert mesh.interrupt() == 0
     out = mesh.output()
-    for service in NAMES:
+    for service in [*NAMES, "gateway"]:
         assert f"{service} exited with code 0" in out
