@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the real gRPC command-line tools the tests and benchmarks drive
-# (grpcurl, grpc-health-probe, ghz) into .tools/bin with `go install`.
+# Installs the real tools the tests and benchmarks drive into .tools/bin:
+# grpcurl, grpc-health-probe and ghz with `go install`, and a Consul agent
+# built from Consul's published Go module (see build_consul below).
 # Cached: a tool already present at the pinned version is not rebuilt.
 set -euo pipefail
 
@@ -28,4 +29,37 @@ for entry in "${TOOLS[@]}"; do
   GOBIN="$BIN" CGO_ENABLED=0 go install "$spec"
   echo "$spec" >"$stamp"
 done
+# Consul: no registry ships the agent, so it is built from its Go module.
+# v1.14.11 is pinned on purpose: it is the last release under the MPL whose
+# nested modules the Go module proxy serves. Later 1.16 patches and 1.17+ are
+# BUSL-licensed, and 1.15+ need consul/envoyextensions and consul/troubleshoot,
+# which the proxy refuses here (403 "This module version is not available").
+# `go install` refuses Consul's go.mod because it replaces its nested modules
+# (api, sdk, proto-public) with local folders that the module zip leaves out, so
+# the build copies the module source, drops those replaces in favour of the
+# published versions it already requires, and builds it as the main module.
+CONSUL_VERSION="v1.14.11"
+build_consul() {
+  local stamp="$BIN/.consul.version"
+  if [[ -x "$BIN/consul" && -f "$stamp" && "$(cat "$stamp")" == "$CONSUL_VERSION" ]]; then
+    return
+  fi
+  echo "install-tools: building consul $CONSUL_VERSION from its Go module (a few minutes)" >&2
+  local dir src
+  dir="$(go mod download -json "github.com/hashicorp/consul@$CONSUL_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  src="$(mktemp -d)"
+  cp -r "$dir/." "$src"
+  chmod -R u+w "$src"
+  (
+    cd "$src"
+    for nested in api sdk proto-public; do
+      go mod edit -dropreplace="github.com/hashicorp/consul/$nested"
+    done
+    GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$BIN/consul" .
+  )
+  rm -rf "$src"
+  echo "$CONSUL_VERSION" >"$stamp"
+}
+build_consul
+
 echo "$BIN"
