@@ -20,6 +20,7 @@ logger = logging.getLogger("gateway")
 async def serve(settings: Settings) -> None:
     discovery = create_discovery(settings)
     upstreams = Upstreams(discovery)
+    await upstreams.watch("inventory", "order", "notification")
     gateway = Gateway(settings, upstreams)
     server = await serve_http(gateway.handle, settings.host, settings.port, settings.http_max_body)
     logger.info("gateway serving http://%s:%d (%d routes)", settings.host, settings.port, len(gateway.router.routes))

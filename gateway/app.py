@@ -28,6 +28,7 @@ from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
 from generated.shop.order.v1 import order_pb2
 from mesh.channels import Upstreams
+from mesh.errors import Unavailable
 from mesh.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -81,14 +82,17 @@ class Gateway:
         self.router = Router(routes_from(files))
         self._openapi = json.dumps(openapi.document(self.router.routes)).encode()
         self._pages = _pages()
-        self._calls: dict[int, Call] = {}
-        for route in self.router.routes:
-            self._calls[id(route)] = self._bind(route)
+        self._request_classes = {
+            id(route): message_factory.GetMessageClass(route.method.input_type) for route in self.router.routes
+        }
 
-    def _bind(self, route: Route) -> Call:
-        request_class = message_factory.GetMessageClass(route.method.input_type)
+    def _call(self, route: Route) -> Call:
+        """The route's gRPC method on its upstream's current channel (rebuilt when instances change)."""
+        return self._upstreams.bound(route.service, id(route), lambda channel: self._bind(route, channel))
+
+    def _bind(self, route: Route, channel: grpc.aio.Channel) -> Call:
+        request_class = self._request_classes[id(route)]
         response_class = message_factory.GetMessageClass(route.method.output_type)
-        channel = self._upstreams.channel(route.service)
         kwargs = {"request_serializer": request_class.SerializeToString, "response_deserializer": response_class.FromString}
         if route.streaming:
             return Call(route, None, channel.unary_stream(route.rpc, **kwargs), request_class)
@@ -120,7 +124,10 @@ class Gateway:
                 response.headers.append(("allow", ", ".join(allowed)))
                 return response
             return _bad(f"no route for {request.path}", 404)
-        call = self._calls[id(route)]
+        try:
+            call = self._call(route)
+        except Unavailable as error:
+            return Response(503, errors.body(grpc.StatusCode.UNAVAILABLE, str(error)))
         if request.body and route.body:
             content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type != "application/json":
@@ -179,12 +186,14 @@ class Gateway:
         services = sorted({route.service for route in self.router.routes})
 
         async def check(service: str) -> tuple[str, str]:
-            stub = health_pb2_grpc.HealthStub(self._upstreams.channel(service))
             try:
+                stub = self._upstreams.bound(service, "health", health_pb2_grpc.HealthStub)
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
                 return service, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.aio.AioRpcError as error:
                 return service, error.code().name
+            except Unavailable:
+                return service, "UNAVAILABLE"
 
         results = dict(await asyncio.gather(*(check(s) for s in services)))
         ready = all(status == "SERVING" for status in results.values())

@@ -6,13 +6,14 @@ from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory.api import InventoryApi
 from inventory.store import InventoryStore, metadata
 from mesh.db import Database
+from mesh.discovery import Discovery
 from mesh.server import App, Binding
 from mesh.settings import Settings
 
 SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
     await db.create_schema(metadata)
     api = InventoryApi(InventoryStore(db))

@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh import logs
+from mesh.discovery import Discovery, create_discovery
 from mesh.settings import Settings, SettingsError
 from mesh.status import Guarded
 
@@ -66,6 +67,7 @@ class Running:
     port: int
     health: health.aio.HealthServicer
     app: App
+    discovery: Discovery | None = None
 
 
 async def create_server(settings: Settings, app: App) -> Running:
@@ -93,23 +95,35 @@ async def create_server(settings: Settings, app: App) -> Running:
 
 
 async def shutdown(running: Running, settings: Settings) -> None:
-    logger.info("shutting down: health NOT_SERVING, draining %.1fs", settings.shutdown_drain)
+    drain = settings.shutdown_drain
+    if settings.discovery == "consul":
+        # Long enough for Consul's gRPC check to see NOT_SERVING and for clients to drop us.
+        drain = max(drain, settings.consul_check_interval * 2 + 1)
+    logger.info("shutting down: health NOT_SERVING, draining %.1fs", drain)
     await running.health.enter_graceful_shutdown()
     running.app.stopping.set()
-    if settings.shutdown_drain:
-        await asyncio.sleep(settings.shutdown_drain)
+    if drain:
+        await asyncio.sleep(drain)
+    if running.discovery is not None:
+        await running.discovery.deregister()
     await running.server.stop(settings.shutdown_grace)
     await running.app.close()
+    if running.discovery is not None:
+        await running.discovery.close()
     logger.info("stopped")
 
 
-async def serve(settings: Settings, build: Callable[[Settings], Awaitable[App]]) -> None:
-    app = await build(settings)
+async def serve(settings: Settings, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
+    discovery = create_discovery(settings)
+    app = await build(settings, discovery)
     try:
         running = await create_server(settings, app)
     except Exception:
         await app.close()
+        await discovery.close()
         raise
+    running.discovery = discovery
+    await discovery.register(settings.service, app.bindings[0].name, running.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -119,7 +133,7 @@ async def serve(settings: Settings, build: Callable[[Settings], Awaitable[App]])
     await shutdown(running, settings)
 
 
-def main(service: str, build: Callable[[Settings], Awaitable[App]]) -> None:
+def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
     """Entry point of `python -m <service>`: settings, logging, serve, exit code."""
     try:
         settings = Settings.from_env(service)

@@ -16,7 +16,7 @@ from pathlib import Path
 SERVICES = ("inventory", "order", "notification", "gateway")
 DEFAULT_PORTS = {"inventory": 50051, "order": 50052, "notification": 50053, "gateway": 8080}
 LOG_FORMATS = ("text", "json")
-DISCOVERY_KINDS = ("static",)
+DISCOVERY_KINDS = ("static", "consul")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -104,6 +104,14 @@ class Settings:
     http_max_body: int = 1024 * 1024
     http_timeout: float = 10.0
     http_max_timeout: float = 60.0
+    # Consul discovery: the agent's HTTP address, the host this process is
+    # reached at, and its gRPC check's timing.
+    consul_addr: str = "127.0.0.1:8500"
+    advertise_host: str = "127.0.0.1"
+    consul_check_interval: float = 1.0
+    consul_deregister_after: float = 60.0
+    consul_wait_seconds: float = 10.0
+    version: str = "0.1.0"
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +152,11 @@ class Settings:
             http_max_body=env.int("SHOPMESH_HTTP_MAX_BODY_BYTES", 1024 * 1024, low=1, high=1024**3),
             http_timeout=env.seconds("SHOPMESH_HTTP_TIMEOUT_SECONDS", 10.0, high=3600),
             http_max_timeout=env.seconds("SHOPMESH_HTTP_MAX_TIMEOUT_SECONDS", 60.0, high=3600),
+            consul_addr=env.str("SHOPMESH_CONSUL_ADDR", env.str("CONSUL_HTTP_ADDR", "127.0.0.1:8500")),
+            advertise_host=env.str("SHOPMESH_ADVERTISE_HOST", connect_host),
+            consul_check_interval=env.seconds("SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS", 1.0, high=60),
+            consul_deregister_after=env.seconds("SHOPMESH_CONSUL_DEREGISTER_AFTER_SECONDS", 60.0, high=3600),
+            consul_wait_seconds=env.seconds("SHOPMESH_CONSUL_WAIT_SECONDS", 10.0, high=300),
         )
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from mesh.db import Database
+from mesh.discovery import Discovery
 from mesh.server import App, Binding
 from mesh.settings import Settings
 from notification.api import NotificationApi
@@ -13,7 +14,7 @@ from notification.store import NotificationStore, metadata
 SERVICE_NAME = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
     await db.create_schema(metadata)
     app = App(bindings=[], closers=[db.close])

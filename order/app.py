@@ -7,7 +7,7 @@ import asyncio
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from mesh.channels import Upstreams
 from mesh.db import Database
-from mesh.discovery import create_discovery
+from mesh.discovery import Discovery
 from mesh.server import App, Binding
 from mesh.settings import Settings
 from order.api import OrderApi
@@ -18,18 +18,18 @@ from order.upstreams import InventoryClient, NotificationClient
 SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
     await db.create_schema(metadata)
-    discovery = create_discovery(settings)
     upstreams = Upstreams(discovery)
+    await upstreams.watch("inventory", "notification")
     store = OrderStore(db)
-    inventory = InventoryClient(upstreams.channel("inventory"), settings.call_timeout)
-    notifier = NotificationClient(upstreams.channel("notification"), settings.call_timeout)
+    inventory = InventoryClient(upstreams, settings.call_timeout)
+    notifier = NotificationClient(upstreams, settings.call_timeout)
     relay = OutboxRelay(store, notifier, settings.outbox_interval)
     app = App(
         bindings=[Binding(SERVICE_NAME, order_pb2_grpc.add_OrderServiceServicer_to_server, OrderApi(store, inventory, relay))],
-        closers=[db.close, discovery.close, upstreams.close],
+        closers=[db.close, upstreams.close],
     )
     app.background.append(asyncio.create_task(relay.run(), name="outbox-relay"))
     relay.kick()  # deliver what a previous run left behind

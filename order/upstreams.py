@@ -14,6 +14,7 @@ import grpc
 
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from mesh.channels import Upstreams
 from mesh.money import Money
 from mesh.status import error_from_rpc, remaining
 from order.domain import Event
@@ -44,9 +45,14 @@ async def _call(upstream: str, call: Awaitable[T]) -> T:
 
 
 class InventoryClient:
-    def __init__(self, channel: grpc.aio.Channel, default_timeout: float):
-        self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+    def __init__(self, upstreams: Upstreams, default_timeout: float):
+        self._upstreams = upstreams
         self._timeout = default_timeout
+
+    @property
+    def _stub(self) -> inventory_pb2_grpc.InventoryServiceStub:
+        # The stub of the current channel: it changes when the instances do.
+        return self._upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
 
     async def reserve(self, reservation_id: str, lines: Sequence[tuple[str, int]]) -> Held:
         request = inventory_pb2.ReserveStockRequest(
@@ -69,9 +75,13 @@ class InventoryClient:
 
 
 class NotificationClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float):
-        self._stub = notification_pb2_grpc.NotificationServiceStub(channel)
+    def __init__(self, upstreams: Upstreams, timeout: float):
+        self._upstreams = upstreams
         self._timeout = timeout
+
+    @property
+    def _stub(self) -> notification_pb2_grpc.NotificationServiceStub:
+        return self._upstreams.bound("notification", "stub", notification_pb2_grpc.NotificationServiceStub)
 
     async def send(self, event: Event) -> None:
         request = notification_pb2.SendNotificationRequest(

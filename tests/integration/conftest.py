@@ -11,6 +11,7 @@ import pytest
 import inventory.app
 import notification.app
 import order.app
+from mesh.discovery import create_discovery
 from mesh.server import Running, create_server
 from mesh.settings import Settings
 
@@ -28,7 +29,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
         settings = Settings.from_env(
             service, {"SHOPMESH_DATA_DIR": str(tmp_path), f"SHOPMESH_{service.upper()}_PORT": "0", **env}
         )
-        app = await BUILDERS[service](settings)
+        app = await BUILDERS[service](settings, create_discovery(settings))
         served = await create_server(settings, app)
         running.append(served)
         return served
