@@ -1,0 +1,243 @@
+"""Discovery through a real Consul agent (built by scripts/install-tools.sh) and real service processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from generated.shop.common.v1 import money_pb2
+from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from generated.shop.order.v1 import order_pb2, order_pb2_grpc
+from tests.conftest import ROOT, free_port, tool
+from tests.e2e.harness import wait_serving
+
+
+class Agent:
+    """`consul agent -dev` on free loopback ports."""
+
+    def __init__(self, workdir: Path):
+        self.binary = tool("consul")
+        self.workdir = workdir
+        self.http_port = free_port()
+        self.ports = [free_port() for _ in range(3)]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        serf_lan, serf_wan, server = self.ports
+        self.process = subprocess.Popen(
+            [self.binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+             "-http-port", str(self.http_port), "-grpc-port", "-1", "-dns-port", "-1",
+             "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan), "-server-port", str(server),
+             "-log-level", "warn"],
+            stdout=open(self.workdir / "consul.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/v1/status/leader").strip('"'):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("consul agent did not elect itself")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as reply:
+            body = reply.read()
+        return json.loads(body) if body.startswith((b"[", b"{")) else body.decode()
+
+    def passing(self, service: str) -> list[dict]:
+        return self.get(f"/v1/health/service/{service}?passing=true")
+
+    def wait_passing(self, service: str, count: int, timeout: float = 30) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.passing(service)
+            if len(found) == count:
+                return found
+            time.sleep(0.2)
+        raise AssertionError(f"{service}: {len(self.passing(service))} passing, wanted {count}")
+
+
+class Services:
+    """Service processes using Consul discovery, several instances per service allowed."""
+
+    def __init__(self, workdir: Path, agent: Agent):
+        self.workdir = workdir
+        self.agent = agent
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.ports: dict[str, int] = {}
+
+    def start(self, name: str, service: str) -> subprocess.Popen:
+        port = self.ports.get(name) or free_port()
+        self.ports[name] = port
+        env = dict(os.environ, SHOPMESH_DISCOVERY="consul", SHOPMESH_CONSUL_ADDR=self.agent.address,
+                   SHOPMESH_DATA_DIR=str(self.workdir), SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS="1",
+                   SHOPMESH_INSTANCE_ID=name, PYTHONUNBUFFERED="1")
+        env[f"SHOPMESH_{service.upper()}_PORT"] = str(port)
+        process = subprocess.Popen([sys.executable, "-m", service], cwd=ROOT, env=env,
+                                   stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        self.processes[name] = process
+        wait_serving(f"127.0.0.1:{port}", process=process)
+        return process
+
+    def cpu(self, name: str) -> float:
+        fields = Path(f"/proc/{self.processes[name].pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[tuple[Agent, Services]]:
+    agent = Agent(tmp_path)
+    agent.start()
+    services = Services(tmp_path, agent)
+    try:
+        services.start("inventory-a", "inventory")
+        services.start("inventory-b", "inventory")
+        services.start("notification-1", "notification")
+        services.start("order-1", "order")
+        yield agent, services
+    finally:
+        services.stop_all()
+        agent.stop()
+
+
+def new_product(services: Services, stock: int) -> str:
+    sku = f"c-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(f"127.0.0.1:{services.ports['inventory-a']}") as channel:
+        product = inventory_pb2.Product(sku=sku, name="Consul mug", available=stock,
+                                        price=money_pb2.Money(currency_code="USD", minor_units=100))
+        inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(product=product))
+    return sku
+
+
+def stock(services: Services, sku: str, name: str = "inventory-a") -> inventory_pb2.Product:
+    with grpc.insecure_channel(f"127.0.0.1:{services.ports[name]}") as channel:
+        return inventory_pb2_grpc.InventoryServiceStub(channel).GetProduct(inventory_pb2.GetProductRequest(sku=sku))
+
+
+async def place_orders(services: Services, sku: str, seconds: float, event=None, concurrency: int = 8):
+    """Orders for `seconds`; (acknowledged orders, failures by code). `event(t)` runs once midway."""
+    acknowledged: list[order_pb2.Order] = []
+    failures: Counter[grpc.StatusCode] = Counter()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{services.ports['order-1']}") as channel:
+        stub = order_pb2_grpc.OrderServiceStub(channel)
+        end = time.monotonic() + seconds
+
+        async def buyer() -> None:
+            while time.monotonic() < end:
+                request = order_pb2.CreateOrderRequest(request_id=str(uuid.uuid4()), user_id="consul",
+                                                       lines=[order_pb2.OrderLine(sku=sku, quantity=1)])
+                try:
+                    acknowledged.append(await stub.CreateOrder(request, timeout=20))
+                except grpc.aio.AioRpcError as error:
+                    failures[error.code()] += 1
+
+        tasks = [asyncio.create_task(buyer()) for _ in range(concurrency)]
+        if event is not None:
+            await asyncio.sleep(seconds / 3)
+            await asyncio.to_thread(event)
+        await asyncio.gather(*tasks)
+    return acknowledged, failures
+
+
+def test_every_service_shows_up_passing_with_a_grpc_check(mesh) -> None:
+    agent, services = mesh
+    for service, count in (("inventory", 2), ("notification", 1), ("order", 1)):
+        entries = agent.wait_passing(service, count)
+        for entry in entries:
+            checks = [c for c in entry["Checks"] if c["ServiceID"]]
+            assert [c["Type"] for c in checks] == ["grpc"]
+            assert entry["Service"]["Meta"]["protocol"] == "grpc" and entry["Service"]["Meta"]["version"]
+    assert {e["Service"]["ID"] for e in agent.passing("inventory")} == {"inventory-a", "inventory-b"}
+
+
+async def test_two_inventory_instances_both_take_calls_under_load(mesh) -> None:
+    agent, services = mesh
+    sku = new_product(services, 100_000)
+    before = {name: services.cpu(name) for name in ("inventory-a", "inventory-b")}
+    acknowledged, failures = await place_orders(services, sku, 6)
+    used = {name: services.cpu(name) - before[name] for name in before}
+    print(f"orders {len(acknowledged)}, failures {dict(failures)}, inventory CPU seconds {used}")
+    assert acknowledged and not failures
+    assert min(used.values()) > 0.25 * max(used.values()), used  # both share the work
+
+
+async def test_sigterm_of_one_inventory_under_load_fails_no_call_and_it_leaves(mesh) -> None:
+    agent, services = mesh
+    sku = new_product(services, 100_000)
+    acknowledged, failures = await place_orders(
+        services, sku, 9, event=lambda: services.processes["inventory-b"].send_signal(signal.SIGTERM))
+    print(f"orders {len(acknowledged)}, failures {dict(failures)}")
+    assert acknowledged and not failures
+    assert services.processes["inventory-b"].wait(30) == 0
+    assert {e["Service"]["ID"] for e in agent.get("/v1/health/service/inventory")} == {"inventory-a"}
+    product = stock(services, sku)
+    assert product.sold + product.reserved == len(acknowledged)
+
+
+async def test_kill_9_of_one_inventory_loses_no_order_and_a_restart_rejoins(mesh) -> None:
+    agent, services = mesh
+    sku = new_product(services, 100_000)
+    acknowledged, failures = await place_orders(
+        services, sku, 12, event=lambda: services.processes["inventory-b"].kill())
+    print(f"orders {len(acknowledged)}, failures {dict(failures)}")
+    assert len(acknowledged) > 20
+    # Only calls caught inside the dying instance may fail, and only as retryable errors.
+    assert set(failures) <= {grpc.StatusCode.UNAVAILABLE} and sum(failures.values()) <= 8
+    agent.wait_passing("inventory", 1)
+    product = stock(services, sku)
+    assert product.available + product.reserved + product.sold == 100_000
+    assert product.sold + product.reserved >= len(acknowledged)  # every acknowledged order holds its unit
+    assert product.sold + product.reserved <= len(acknowledged) + sum(failures.values())  # nothing twice
+
+    services.start("inventory-b", "inventory")
+    agent.wait_passing("inventory", 2)
+    time.sleep(2)  # the order service's blocking query sees the new set
+    before = services.cpu("inventory-b")
+    acknowledged, failures = await place_orders(services, sku, 5)
+    assert acknowledged and not failures
+    assert services.cpu("inventory-b") - before > 0.2, "the restarted instance receives no calls"
+
+
+async def test_calls_continue_while_consul_is_down_and_services_register_again(mesh) -> None:
+    agent, services = mesh
+    sku = new_product(services, 100_000)
+    agent.stop()
+    acknowledged, failures = await place_orders(services, sku, 5)
+    assert acknowledged and not failures
+    agent.start()  # a -dev agent starts empty: every service must put itself back
+    for service, count in (("inventory", 2), ("notification", 1), ("order", 1)):
+        agent.wait_passing(service, count, timeout=30)
+    acknowledged, failures = await place_orders(services, sku, 3)
+    assert acknowledged and not failures
+    logs = (services.workdir / "order-1.log").read_text()
+    assert logs.count("Consul unreachable (watching inventory)") == 1  # once per outage, not per call
