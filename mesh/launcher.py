@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Child:
     service: str
     port: int
     process: asyncio.subprocess.Process
+    name: str = ""
 
 
 class Launcher:
@@ -68,36 +70,96 @@ class Launcher:
         env.update(
             SHOPMESH_DATA_DIR=str(self.args.data_dir),
             SHOPMESH_HOST=self.args.host,
-            SHOPMESH_DISCOVERY="static",
+            SHOPMESH_DISCOVERY="consul" if self.args.consul else "static",
             PYTHONUNBUFFERED="1",
         )
+        if self.args.consul:
+            env["SHOPMESH_CONSUL_ADDR"] = self.consul_addr
         for name, port in self.ports.items():
             env[f"SHOPMESH_{name.upper()}_PORT"] = str(port)
         return env
 
+    @property
+    def consul_addr(self) -> str:
+        return f"127.0.0.1:{self.args.consul_port}" if self.args.consul == "dev" else self.args.consul
+
     async def _pipe(self, child: Child) -> None:
         assert child.process.stdout is not None
         async for raw in child.process.stdout:
-            self.say(child.service, raw.decode(errors="replace").rstrip())
+            self.say(child.name or child.service, raw.decode(errors="replace").rstrip())
+
+    def instances(self) -> list[tuple[str, str, int]]:
+        """(service, instance name, port) for every process to start, in start order.
+
+        Extra instances (--instances inventory=2, Consul only) listen 100 ports above the first.
+        """
+        counts = dict(self.args.instances)
+        found = []
+        for service in START_ORDER:
+            count = counts.get(service, 1)
+            for i in range(count):
+                name = service if count == 1 else f"{service}-{i + 1}"
+                found.append((service, name, self.ports[service] + 100 * i))
+        return found
 
     async def start(self) -> None:
         Path(self.args.data_dir).mkdir(parents=True, exist_ok=True)
+        if self.args.consul == "dev":
+            await self.start_consul()
         env = self.env()
-        for service in START_ORDER:
+        for service, name, port in self.instances():
+            child_env = {**env, f"SHOPMESH_{service.upper()}_PORT": str(port)}
+            if name != service:
+                child_env["SHOPMESH_INSTANCE_ID"] = name
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", service,
-                env=env,
+                env=child_env,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the launcher only; it stops them in order
             )
-            child = Child(service, self.ports[service], process)
+            child = Child(service, port, process, name)
             self.children.append(child)
             asyncio.create_task(self._pipe(child))
+            if service != "gateway":
+                await self.wait_serving(child)  # registered in Consul before its clients look
         for child in self.children:
             await self.wait_serving(child)
 
+    async def start_consul(self) -> None:
+        """`consul agent -dev` from PATH or .tools/bin, on loopback, for --consul dev."""
+        tools = Path(__file__).resolve().parent.parent / ".tools" / "bin" / "consul"
+        binary = shutil.which("consul") or (str(tools) if tools.exists() else None)
+        if binary is None:
+            raise RuntimeError("--consul dev needs a consul binary: run scripts/install-tools.sh")
+        process = await asyncio.create_subprocess_exec(
+            binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+            "-http-port", str(self.args.consul_port), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+            "-log-level", "warn",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )
+        child = Child("consul", self.args.consul_port, process, "consul")
+        self.children.insert(0, child)
+        asyncio.create_task(self._pipe(child))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while loop.time() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.args.consul_port)
+                writer.write(b"GET /v1/status/leader HTTP/1.1\r\nhost: l\r\nconnection: close\r\n\r\n")
+                answer = await asyncio.wait_for(reader.read(), 2)
+                writer.close()
+                if b'"127.0.0.1:' in answer:
+                    self.say("mesh", f"consul agent -dev at http://{self.consul_addr}/ui")
+                    return
+            except (OSError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError("consul agent -dev did not start")
+
     async def wait_serving(self, child: Child, timeout: float = 30.0) -> None:
+        if child.service == "consul":
+            return None
         if child.service == "gateway":
             return await self.wait_http(child, timeout)
         loop = asyncio.get_running_loop()
@@ -179,9 +241,11 @@ class Launcher:
     async def stop(self) -> int:
         """SIGTERM each service, order first; the worst exit code."""
         worst = 0
-        for child in sorted(self.children, key=lambda c: START_ORDER.index(c.service), reverse=True):
+        order = ("consul", *START_ORDER)
+        for child in sorted(self.children, key=lambda c: order.index(c.service), reverse=True):
             if child.process.returncode is None:
-                child.process.send_signal(signal.SIGTERM)
+                # Consul leaves gracefully (exit 0) on SIGINT; our services stop on SIGTERM.
+                child.process.send_signal(signal.SIGINT if child.service == "consul" else signal.SIGTERM)
                 try:
                     await asyncio.wait_for(child.process.wait(), self.args.stop_timeout)
                 except TimeoutError:
@@ -189,8 +253,9 @@ class Launcher:
                     child.process.kill()
                     await child.process.wait()
             code = child.process.returncode or 0
-            self.say("mesh", f"{child.service} exited with code {code}")
-            worst = max(worst, abs(code))
+            self.say("mesh", f"{child.name or child.service} exited with code {code}")
+            if child.service != "consul":  # a -dev agent exits 1 whenever it stops; not ours to judge
+                worst = max(worst, abs(code))
         return worst
 
     async def run(self) -> int:
@@ -220,6 +285,14 @@ class Launcher:
         return 1 if crashed else code
 
 
+def _instances(value: str) -> tuple[str, int]:
+    service, _, count = value.partition("=")
+    if service not in START_ORDER[:-1] or not count.isdigit() or not 1 <= int(count) <= 9:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE=N with SERVICE one of "
+                                         f"{', '.join(START_ORDER[:-1])} and N from 1 to 9")
+    return service, int(count)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mesh.launcher", description="Run the shopmesh services locally.")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SHOPMESH_DATA_DIR", "data")))
@@ -228,8 +301,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default = int(os.environ.get(f"SHOPMESH_{name.upper()}_PORT", DEFAULT_PORTS[name]))
         parser.add_argument(f"--{name}-port", type=int, default=default)
     parser.add_argument("--no-seed", action="store_true", help="do not add the demo products")
+    parser.add_argument(
+        "--consul", metavar="ADDR|dev", default="",
+        help="discover through Consul at ADDR (host:port), or 'dev' to start consul agent -dev from .tools/bin",
+    )
+    parser.add_argument("--consul-port", type=int, default=8500, help="HTTP port of the agent --consul dev starts")
+    parser.add_argument(
+        "--instances", metavar="SERVICE=N", action="append", default=[], type=_instances,
+        help="run N instances of a gRPC service (needs --consul), e.g. --instances inventory=2",
+    )
     parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds a service gets to stop")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if any(count > 1 for _, count in args.instances) and not args.consul:
+        parser.error("--instances needs --consul: static discovery knows one address per service")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,7 +43,7 @@ class Agent:
         serf_lan, serf_wan, server = self.ports
         self.process = subprocess.Popen(
             [self.binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-             "-http-port", str(self.http_port), "-grpc-port", "-1", "-dns-port", "-1",
+             "-http-port", str(self.http_port), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
              "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan), "-server-port", str(server),
              "-log-level", "warn"],
             stdout=open(self.workdir / "consul.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
@@ -56,7 +56,8 @@ class Agent:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError("consul agent did not elect itself")
+        log = (self.workdir / "consul.log").read_text(errors="replace")[-3000:]
+        raise TimeoutError(f"consul agent did not elect itself:\n{log}")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -241,3 +242,37 @@ async def test_calls_continue_while_consul_is_down_and_services_register_again(m
     assert acknowledged and not failures
     logs = (services.workdir / "order-1.log").read_text()
     assert logs.count("Consul unreachable (watching inventory)") == 1  # once per outage, not per call
+
+
+def test_the_launcher_runs_the_mesh_on_consul_with_two_inventories_in_one_flag(tmp_path: Path) -> None:
+    tool("consul")
+    ports = {name: free_port() for name in ("inventory", "order", "notification", "gateway", "consul")}
+    args = [sys.executable, "-m", "mesh.launcher", "--data-dir", str(tmp_path / "data"), "--consul", "dev",
+            "--consul-port", str(ports["consul"]), "--instances", "inventory=2"]
+    for name in ("inventory", "order", "notification", "gateway"):
+        args += [f"--{name}-port", str(ports[name])]
+    log = tmp_path / "launcher.log"
+    env = dict(os.environ, PATH=f"{ROOT / '.tools' / 'bin'}:{os.environ['PATH']}")
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    try:
+        deadline = time.monotonic() + 90
+        while "shopmesh is up" not in log.read_text(errors="replace"):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['consul']}/v1/health/service/inventory?passing=true",
+                                    timeout=5) as reply:
+            assert sorted(e["Service"]["ID"] for e in json.load(reply)) == ["inventory-1", "inventory-2"]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ports['gateway']}/v1/orders", method="POST",
+            data=json.dumps({"requestId": str(uuid.uuid4()), "userId": "c", "lines": [{"sku": "coffee-mug", "quantity": 1}]}).encode(),
+            headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert json.load(reply)["status"] == "CONFIRMED"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(90) == 0
+        out = log.read_text()
+        for name in ("inventory-1", "inventory-2", "order", "notification", "gateway"):
+            assert f"{name} exited with code 0" in out
+    finally:
+        if process.poll() is None:
+            process.kill()
