@@ -20,6 +20,17 @@ DISCOVERY_KINDS = ("static", "consul")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+WILDCARDS = ("0.0.0.0", "::", "[::]")
+
+
+def _own_address() -> str:
+    """This host's address as others reach it (a container's own IP), for Consul to check."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
@@ -124,7 +135,7 @@ class Settings:
             name: env.int(f"SHOPMESH_{name.upper()}_PORT", DEFAULT_PORTS[name], low=0, high=65535)
             for name in SERVICES
         }
-        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
+        connect_host = "127.0.0.1" if host in WILDCARDS else host
         addresses = {
             name: env.address(f"SHOPMESH_{name.upper()}_ADDR", f"{connect_host}:{ports[name]}")
             for name in SERVICES
@@ -153,7 +164,7 @@ class Settings:
             http_timeout=env.seconds("SHOPMESH_HTTP_TIMEOUT_SECONDS", 10.0, high=3600),
             http_max_timeout=env.seconds("SHOPMESH_HTTP_MAX_TIMEOUT_SECONDS", 60.0, high=3600),
             consul_addr=env.str("SHOPMESH_CONSUL_ADDR", env.str("CONSUL_HTTP_ADDR", "127.0.0.1:8500")),
-            advertise_host=env.str("SHOPMESH_ADVERTISE_HOST", connect_host),
+            advertise_host=env.str("SHOPMESH_ADVERTISE_HOST", _own_address() if host in WILDCARDS else connect_host),
             consul_check_interval=env.seconds("SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS", 1.0, high=60),
             consul_deregister_after=env.seconds("SHOPMESH_CONSUL_DEREGISTER_AFTER_SECONDS", 60.0, high=3600),
             consul_wait_seconds=env.seconds("SHOPMESH_CONSUL_WAIT_SECONDS", 10.0, high=300),
