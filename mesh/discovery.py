@@ -38,6 +38,9 @@ class Discovery(Protocol):
 
     async def deregister(self) -> None: ...
 
+    async def wait_unhealthy(self, timeout: float) -> None:
+        """Returns once the registry sees this instance failing its check (or after `timeout`)."""
+
     async def close(self) -> None: ...
 
 
@@ -64,6 +67,9 @@ class StaticDiscovery:
         return None
 
     async def deregister(self) -> None:
+        return None
+
+    async def wait_unhealthy(self, timeout: float) -> None:
         return None
 
     async def close(self) -> None:
@@ -187,6 +193,27 @@ class ConsulDiscovery:
                 self._recovered("registration")
             except Exception as error:
                 self._trouble("registration", error)
+
+    async def wait_unhealthy(self, timeout: float) -> None:
+        """Polls the agent until our gRPC check is no longer passing, so clients' blocking
+        queries drop us before we deregister and stop taking calls."""
+        if self._registration is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        check_id = f"service:{self._settings.instance_id}"
+        while loop.time() < deadline:
+            try:
+                checks = await asyncio.to_thread(self._consul.agent.checks)
+                status = checks.get(check_id, {}).get("Status")
+                if status not in (None, "passing"):
+                    logger.info("Consul sees %s as %s", self._settings.instance_id, status)
+                    return
+            except Exception as error:
+                self._trouble("shutdown", error)
+                return
+            await asyncio.sleep(0.2)
+        logger.warning("Consul did not mark %s unhealthy within %.1fs", self._settings.instance_id, timeout)
 
     async def deregister(self) -> None:
         if self._keeper is not None:

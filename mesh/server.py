@@ -95,17 +95,19 @@ async def create_server(settings: Settings, app: App) -> Running:
 
 
 async def shutdown(running: Running, settings: Settings) -> None:
-    drain = settings.shutdown_drain
-    if settings.discovery == "consul":
-        # Long enough for Consul's gRPC check to see NOT_SERVING and for clients to drop us.
-        drain = max(drain, settings.consul_check_interval * 2 + 1)
-    logger.info("shutting down: health NOT_SERVING, draining %.1fs", drain)
+    logger.info("shutting down: health NOT_SERVING")
     await running.health.enter_graceful_shutdown()
     running.app.stopping.set()
-    if drain:
-        await asyncio.sleep(drain)
-    if running.discovery is not None:
+    if running.discovery is not None and settings.discovery != "static":
+        # Consul's gRPC check sees NOT_SERVING; then clients' blocking queries drop us (a moment
+        # later), and only then do we leave the catalog and stop taking calls.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await running.discovery.wait_unhealthy(settings.consul_check_interval * 3 + 2)
+        await asyncio.sleep(max(settings.shutdown_drain - (loop.time() - started), 0.5))
         await running.discovery.deregister()
+    elif settings.shutdown_drain:
+        await asyncio.sleep(settings.shutdown_drain)
     await running.server.stop(settings.shutdown_grace)
     await running.app.close()
     if running.discovery is not None:
