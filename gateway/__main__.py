@@ -9,7 +9,7 @@ import sys
 
 from gateway.app import Gateway
 from gateway.http import serve_http
-from mesh import logs
+from mesh import logs, telemetry
 from mesh.channels import Upstreams
 from mesh.discovery import create_discovery
 from mesh.settings import Settings, SettingsError
@@ -44,11 +44,14 @@ def main() -> None:
         print(f"gateway: bad setting: {error}", file=sys.stderr)
         sys.exit(2)
     logs.configure("gateway", settings.instance_id, settings.log_level, settings.log_format)
+    telemetry.setup(settings)
     try:
         asyncio.run(serve(settings))
     except OSError as error:
         logger.error("cannot start: %s", error)
         sys.exit(1)
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

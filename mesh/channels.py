@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from mesh import telemetry
 from mesh.discovery import Discovery
 from mesh.errors import Unavailable
 
@@ -84,7 +85,9 @@ class Upstreams:
             if not addresses:
                 raise Unavailable(f"{service} did not answer: no healthy instance is known")
             channel = grpc.aio.insecure_channel(
-                target(addresses), options=[*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)]
+                target(addresses),
+                options=[*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)],
+                interceptors=telemetry.client_interceptors() or None,
             )
             self._channels[service] = channel
             logger.info("channel to %s at %s", service, ", ".join(addresses))

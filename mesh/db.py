@@ -142,7 +142,10 @@ class Database:
     """One service's database: `async with db.write() as conn:` is one transaction."""
 
     def __init__(self, engine: AsyncEngine, inline_engine: Engine | None = None):
+        from mesh import telemetry
+
         self.engine = engine
+        telemetry.instrument_engines(engine.sync_engine, *([inline_engine] if inline_engine is not None else []))
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._reader = self._writer = None

@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh import logs
+from mesh import logs, telemetry
 from mesh.discovery import Discovery, create_discovery
 from mesh.settings import Settings, SettingsError
 from mesh.status import Guarded
@@ -72,6 +72,7 @@ class Running:
 
 async def create_server(settings: Settings, app: App) -> Running:
     server = grpc.aio.server(
+        interceptors=telemetry.server_interceptors(),
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -143,8 +144,11 @@ def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -
         print(f"{service}: bad setting: {error}", file=sys.stderr)
         sys.exit(2)
     logs.configure(service, settings.instance_id, settings.log_level, settings.log_format)
+    telemetry.setup(settings)
     try:
         asyncio.run(serve(settings, build))
     except OSError as error:
         logger.error("cannot start: %s", error)
         sys.exit(1)
+    finally:
+        telemetry.shutdown()

@@ -18,6 +18,7 @@ DEFAULT_PORTS = {"inventory": 50051, "order": 50052, "notification": 50053, "gat
 LOG_FORMATS = ("text", "json")
 DISCOVERY_KINDS = ("static", "consul")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TRACE_EXPORTERS = ("none", "console", "otlp", "file")
 
 
 WILDCARDS = ("0.0.0.0", "::", "[::]")
@@ -123,6 +124,10 @@ class Settings:
     consul_deregister_after: float = 60.0
     consul_wait_seconds: float = 10.0
     version: str = "0.1.0"
+    # Tracing: none (free), console, otlp (to a collector) or file (JSON lines).
+    trace_exporter: str = "none"
+    otlp_endpoint: str = "127.0.0.1:4317"
+    trace_file: str = "traces-{instance}.jsonl"
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -168,6 +173,9 @@ class Settings:
             consul_check_interval=env.seconds("SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS", 1.0, high=60),
             consul_deregister_after=env.seconds("SHOPMESH_CONSUL_DEREGISTER_AFTER_SECONDS", 60.0, high=3600),
             consul_wait_seconds=env.seconds("SHOPMESH_CONSUL_WAIT_SECONDS", 10.0, high=300),
+            trace_exporter=env.choice("SHOPMESH_TRACE_EXPORTER", "none", TRACE_EXPORTERS),
+            otlp_endpoint=env.str("SHOPMESH_OTLP_ENDPOINT", "127.0.0.1:4317"),
+            trace_file=env.str("SHOPMESH_TRACE_FILE", "traces-{instance}.jsonl"),
         )
 
     @property

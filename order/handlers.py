@@ -26,7 +26,7 @@ class Inventory(Protocol):
 
 
 class Outbox(Protocol):
-    def kick(self) -> None: ...
+    def kick(self, event_id: str | None = None) -> None: ...
 
 
 async def _replay(store: OrderStore, request: OrderRequest) -> Order | None:
@@ -59,7 +59,7 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
     # Once stock is held, storing the order (or else releasing the stock) and
     # committing must run to the end even if the caller hangs up mid-way.
     order = await asyncio.shield(_store_or_release(store, inventory, request, held))
-    outbox.kick()
+    outbox.kick(domain.created_event(order).event_id)
     try:
         await asyncio.shield(inventory.commit(request.reservation_id))
     except ShopError as error:
@@ -137,5 +137,5 @@ async def cancel_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
             assert current is not None
             return current
         await tx.add_event(domain.cancelled_event(cancelled, reason))
-    outbox.kick()
+    outbox.kick(domain.cancelled_event(cancelled, reason).event_id)
     return cancelled

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
+from mesh import telemetry
 from mesh.errors import ShopError
 from order.domain import Event
 from order.store import OrderStore
@@ -18,6 +19,7 @@ from order.store import OrderStore
 logger = logging.getLogger(__name__)
 
 BATCH = 64
+MAX_REMEMBERED = 10_000
 
 
 class Notifier(Protocol):
@@ -31,9 +33,30 @@ class OutboxRelay:
         self._interval = interval
         self._wake = asyncio.Event()
         self._failing = False
+        # The trace each event was written in, so its delivery joins that trace.
+        self._contexts: dict[str, Any] = {}
 
-    def kick(self) -> None:
+    def kick(self, event_id: str | None = None) -> None:
+        """Deliver now; `event_id` was just written by the current request."""
+        if event_id is not None and telemetry.enabled():
+            from opentelemetry import context
+
+            if len(self._contexts) > MAX_REMEMBERED:
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[event_id] = context.get_current()
         self._wake.set()
+
+    async def _send(self, event: Event) -> None:
+        remembered = self._contexts.pop(event.event_id, None)
+        if remembered is None:
+            return await self._notifier.send(event)
+        from opentelemetry import context
+
+        token = context.attach(remembered)
+        try:
+            return await self._notifier.send(event)
+        finally:
+            context.detach(token)
 
     async def run(self) -> None:
         while True:
@@ -54,7 +77,7 @@ class OutboxRelay:
             events = await tx.pending_events(BATCH)
         if not events:
             return 0
-        results = await asyncio.gather(*(self._notifier.send(e) for e in events), return_exceptions=True)
+        results = await asyncio.gather(*(self._send(e) for e in events), return_exceptions=True)
         delivered = [e.event_id for e, r in zip(events, results, strict=True) if r is None]
         failed = [(e.event_id, r) for e, r in zip(events, results, strict=True) if r is not None]
         async with self._store.write() as tx:

@@ -92,6 +92,7 @@ class Launcher:
     ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in SERVICES})
     process: subprocess.Popen | None = None
     log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
@@ -103,7 +104,8 @@ class Launcher:
         for service, port in self.ports.items():
             args += [f"--{service}-port", str(port)]
         self.process = subprocess.Popen(
-            args, cwd=ROOT, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT  # noqa: SIM115
+            args, cwd=ROOT, env={**os.environ, **self.env},
+            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         deadline = time.monotonic() + timeout
         while "shopmesh is up" not in self.output():

@@ -68,7 +68,7 @@ class FakeStore:
 class FakeOutbox:
     kicks = 0
 
-    def kick(self) -> None:
+    def kick(self, event_id: str | None = None) -> None:
         self.kicks += 1
 
 
