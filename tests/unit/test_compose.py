@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def known_variables() -> set[str]:
         for suffix in ("PORT", "ADDR", "DATABASE_URL"):
             names.add(f"SHOPMESH_{service.upper()}_{suffix}")
     return names
+
+
+def test_the_file_is_valid_by_the_compose_specification() -> None:
+    from compose_spec import PyCompose
+
+    # PyYAML resolves the merge keys (<<: *service) exactly as docker compose does.
+    compose = PyCompose.from_json(json.dumps(COMPOSE))
+    assert len(compose) == 5 and compose.name == "shopmesh"
+    broken = {**COMPOSE, "services": {**SERVICES, "gateway": {**SERVICES["gateway"], "ports": ["eighty:80"]}}}
+    with pytest.raises(ValueError, match="port"):
+        PyCompose.from_json(json.dumps(broken))
 
 
 def test_the_topology_is_consul_three_services_and_the_gateway() -> None:
