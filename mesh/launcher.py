@@ -16,6 +16,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,9 +133,12 @@ class Launcher:
         binary = shutil.which("consul") or (str(tools) if tools.exists() else None)
         if binary is None:
             raise RuntimeError("--consul dev needs a consul binary: run scripts/install-tools.sh")
+        # Its internal ports are free ones, so this agent never collides with another.
+        server, serf_lan, serf_wan = (_free_port() for _ in range(3))
         process = await asyncio.create_subprocess_exec(
             binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
             "-http-port", str(self.args.consul_port), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+            "-server-port", str(server), "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan),
             "-log-level", "warn",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
@@ -162,6 +166,31 @@ class Launcher:
             return None
         if child.service == "gateway":
             return await self.wait_http(child, timeout)
+        await self.wait_grpc(child, timeout)
+        if self.args.consul:
+            await self.wait_passing(child, timeout)
+
+    async def wait_passing(self, child: Child, timeout: float) -> None:
+        """Up means discoverable: the instance passes its check in Consul."""
+        host, port = self.consul_addr.rsplit(":", 1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wanted = f'"Port":{child.port},'.encode()
+        while loop.time() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(f"GET /v1/health/service/{child.service}?passing=true HTTP/1.1\r\n"
+                             f"host: launcher\r\nconnection: close\r\n\r\n".encode())
+                answer = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                if wanted in answer.replace(b" ", b""):
+                    return
+            except (OSError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{child.name} did not pass its Consul check within {timeout:.0f}s")
+
+    async def wait_grpc(self, child: Child, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with grpc.aio.insecure_channel(self.address(child.port)) as channel:
@@ -283,6 +312,12 @@ class Launcher:
             self.say("mesh", "stopping")
         code = await self.stop()
         return 1 if crashed else code
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _instances(value: str) -> tuple[str, int]:

@@ -274,5 +274,9 @@ def test_the_launcher_runs_the_mesh_on_consul_with_two_inventories_in_one_flag(t
         for name in ("inventory-1", "inventory-2", "order", "notification", "gateway"):
             assert f"{name} exited with code 0" in out
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # a failed assertion: stop it the way users do, so no child lingers
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(90)
+            except subprocess.TimeoutExpired:
+                process.kill()

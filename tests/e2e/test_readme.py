@@ -68,5 +68,9 @@ def test_the_quickstart_command_sets_up_runs_and_stops_the_mesh(tmp_path: Path) 
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # stop it the way users do, so none of its children linger
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
