@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import grpc  # noqa: E402
 
 from generated.shop.common.v1 import money_pb2  # noqa: E402
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc  # noqa: E402
-from scripts.bench_grpc import cpu_seconds, free_port, ghz_path, wait_port  # noqa: E402
+from scripts.bench_grpc import cpu_seconds, free_port, ghz_path, stop_all, wait_port  # noqa: E402
 
 FASTAPI_APP = '''
 """The seed article's stack doing what the gateway does for one route: JSON -> gRPC -> JSON."""
@@ -192,13 +191,7 @@ def main() -> None:
         print(f"\ngateway vs FastAPI: {g['rps'] / f['rps']:.2f}x requests/s (target >= 1.5x), "
               f"{100 * g['cpu_us'] / f['cpu_us']:.0f}% of its CPU per request (target <= 50%)")
     finally:
-        for process in processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes.values())
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -118,6 +118,17 @@ def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argpar
     }
 
 
+def stop_all(processes) -> None:
+    """SIGTERM every process, then wait for each (killing what will not stop)."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
@@ -195,13 +206,7 @@ def main() -> None:
         print("\nCreateOrder's CPU is order + inventory + notification. CPU is user+system time of the server")
         print("processes from /proc over the measured run, divided by the successful calls.")
     finally:
-        for process in processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes.values())
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -14,11 +14,11 @@ TOOLS_BIN = ROOT / ".tools" / "bin"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def tool(name: str) -> str:
+def tool(name: str, install: str = "run scripts/install-tools.sh") -> str:
     """Path of a real tool; in CI a missing tool fails the test instead of skipping it."""
     found = shutil.which(name) or (str(TOOLS_BIN / name) if (TOOLS_BIN / name).exists() else None)
     if found is None:
-        message = f"{name} not installed; run scripts/install-tools.sh"
+        message = f"{name} not installed; {install}"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, ROOT
+from tests.conftest import ROOT, tool
 from tests.e2e.harness import Launcher
 
 ARTIFACTS = ROOT / "test-artifacts"
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        message = f"{name} not installed (Debian: apt-get install chromium chromium-driver)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return tool(name, install="Debian: apt-get install chromium chromium-driver")
 
 
 @pytest.fixture
