@@ -36,9 +36,7 @@ async def list_products(store: InventoryStore, page_size: int, page_token: str) 
     position = paging.decode_token(page_token, after=str)
     async with store.read() as tx:
         found = await tx.list_products(position["after"] if position else None, limit + 1)
-    page = found[:limit]
-    token = paging.encode_token({"after": page[-1].sku}) if len(found) > limit else ""
-    return page, token
+    return paging.page(found, limit, lambda product: {"after": product.sku})
 
 
 async def adjust_stock(store: InventoryStore, sku: str, delta: int, reason: str) -> Product:

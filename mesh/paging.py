@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from mesh.errors import InvalidArgument
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -42,3 +45,9 @@ def decode_token(token: str, **fields: type) -> dict[str, Any] | None:
     ):
         raise InvalidArgument("page_token", "is not a token from a previous response of this RPC")
     return position
+
+
+def page(found: Sequence[T], limit: int, position: Callable[[T], dict[str, Any]]) -> tuple[list[T], str]:
+    """A page from `limit + 1` rows read, and the token of the next page ("" for the last)."""
+    items = list(found[:limit])
+    return items, encode_token(position(items[-1])) if len(found) > limit else ""

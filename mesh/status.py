@@ -153,8 +153,8 @@ class Guarded:
             if inner is None:
                 continue
             full_name = f"/{service.full_name}/{method.name}"
-            if method.client_streaming:
-                raise NotImplementedError(f"{full_name}: client streaming is not supported")
+            if method.client_streaming:  # no contract has one; refuse at start rather than serve it unguarded
+                raise TypeError(f"{full_name}: Guarded wraps unary and server-streaming methods only")
             wrap = _guard_stream if method.server_streaming else _guard_unary
             setattr(self, method.name, wrap(inner, full_name))
 

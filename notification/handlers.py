@@ -70,9 +70,7 @@ async def list_notifications(
     position = paging.decode_token(page_token, before=int)
     async with store.read() as tx:
         found = await tx.for_user(user_id, before=position["before"] if position else None, limit=limit + 1)
-    page = found[:limit]
-    token = paging.encode_token({"before": page[-1].sequence}) if len(found) > limit else ""
-    return page, token
+    return paging.page(found, limit, lambda notification: {"before": notification.sequence})
 
 
 async def stream_notifications(

@@ -118,9 +118,7 @@ async def list_orders(store: OrderStore, user_id: str, page_size: int, page_toke
     position = paging.decode_token(page_token, before=int)
     async with store.read() as tx:
         found = await tx.for_user(user_id, position["before"] if position else None, limit + 1)
-    page = found[:limit]
-    token = paging.encode_token({"before": page[-1].sequence}) if len(found) > limit else ""
-    return page, token
+    return paging.page(found, limit, lambda order: {"before": order.sequence})
 
 
 async def cancel_order(store: OrderStore, inventory: Inventory, outbox: Outbox, order_id: str, reason: str) -> Order:
