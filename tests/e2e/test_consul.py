@@ -177,7 +177,11 @@ def test_every_service_shows_up_passing_with_a_grpc_check(mesh) -> None:
         for entry in entries:
             checks = [c for c in entry["Checks"] if c["ServiceID"]]
             assert [c["Type"] for c in checks] == ["grpc"]
+            assert (checks[0]["Interval"], checks[0]["Timeout"]) == ("1s", "1s")
+            port = entry["Service"]["Port"]
+            assert f":{port}/shop.{service}.v1." in checks[0]["Output"]  # checked on its own gRPC service name
             assert entry["Service"]["Meta"]["protocol"] == "grpc" and entry["Service"]["Meta"]["version"]
+            assert "grpc" in entry["Service"]["Tags"] and entry["Service"]["ID"] in services.processes
     assert {e["Service"]["ID"] for e in agent.passing("inventory")} == {"inventory-a", "inventory-b"}
 
 
@@ -201,6 +205,9 @@ async def test_sigterm_of_one_inventory_under_load_fails_no_call_and_it_leaves(m
     assert acknowledged and not failures
     assert services.processes["inventory-b"].wait(30) == 0
     assert {e["Service"]["ID"] for e in agent.get("/v1/health/service/inventory")} == {"inventory-a"}
+    log = (services.workdir / "inventory-b.log").read_text()
+    seen, gone = log.index("Consul sees inventory-b as critical"), log.index("deregistered inventory-b")
+    assert log.index("health NOT_SERVING") < seen < gone  # NOT_SERVING, Consul sees it, then it leaves
     product = stock(services, sku)
     assert product.sold + product.reserved == len(acknowledged)
 
@@ -215,6 +222,9 @@ async def test_kill_9_of_one_inventory_loses_no_order_and_a_restart_rejoins(mesh
     # Only calls caught inside the dying instance may fail, and only as retryable errors.
     assert set(failures) <= {grpc.StatusCode.UNAVAILABLE} and sum(failures.values()) <= 8
     agent.wait_passing("inventory", 1)
+    # The order service dropped the dead instance from its set (it was told within the run).
+    survivor = f"inventory instances: 127.0.0.1:{services.ports['inventory-a']}\n"
+    assert survivor in (services.workdir / "order-1.log").read_text()
     product = stock(services, sku)
     assert product.available + product.reserved + product.sold == 100_000
     assert product.sold + product.reserved >= len(acknowledged)  # every acknowledged order holds its unit

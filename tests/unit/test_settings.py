@@ -59,3 +59,10 @@ def test_a_bad_value_is_refused_naming_the_variable(name: str, value: str, says:
 def test_an_unknown_service_is_refused() -> None:
     with pytest.raises(SettingsError):
         Settings.from_env("payments", {})
+
+
+def test_the_consul_address_comes_from_consul_http_addr_unless_ours_is_set() -> None:
+    assert Settings.from_env("order", {"CONSUL_HTTP_ADDR": "consul.local:8500"}).consul_addr == "consul.local:8500"
+    env = {"CONSUL_HTTP_ADDR": "consul.local:8500", "SHOPMESH_CONSUL_ADDR": "10.0.0.5:8500"}
+    assert Settings.from_env("order", env).consul_addr == "10.0.0.5:8500"
+    assert Settings.from_env("order", {"SHOPMESH_DISCOVERY": "consul"}).discovery == "consul"
