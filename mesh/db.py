@@ -38,6 +38,8 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Result, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from mesh import telemetry
+
 logger = logging.getLogger(__name__)
 
 _WRITE = "shopmesh_write"
@@ -142,8 +144,6 @@ class Database:
     """One service's database: `async with db.write() as conn:` is one transaction."""
 
     def __init__(self, engine: AsyncEngine, inline_engine: Engine | None = None):
-        from mesh import telemetry
-
         self.engine = engine
         telemetry.instrument_engines(engine.sync_engine, *([inline_engine] if inline_engine is not None else []))
         self.is_sqlite = engine.dialect.name == "sqlite"

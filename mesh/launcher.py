@@ -122,10 +122,7 @@ class Launcher:
             child = Child(service, port, process, name)
             self.children.append(child)
             asyncio.create_task(self._pipe(child))
-            if service != "gateway":
-                await self.wait_serving(child)  # registered in Consul before its clients look
-        for child in self.children:
-            await self.wait_serving(child)
+            await self.wait_serving(child)  # serving (and in Consul) before its clients start
 
     async def start_consul(self) -> None:
         """`consul agent -dev` from PATH or .tools/bin, on loopback, for --consul dev."""
