@@ -8,10 +8,10 @@ import signal
 import sys
 
 from gateway.app import Gateway
-from gateway.http import serve_http
-from mesh import logs, telemetry
+from mesh import logs, metrics, telemetry
 from mesh.channels import Upstreams
 from mesh.discovery import create_discovery
+from mesh.http import serve_http
 from mesh.settings import Settings, SettingsError
 
 logger = logging.getLogger("gateway")
@@ -22,7 +22,7 @@ async def serve(settings: Settings) -> None:
     upstreams = Upstreams(discovery)
     await upstreams.watch("inventory", "order", "notification")
     gateway = Gateway(settings, upstreams)
-    server = await serve_http(gateway.handle, settings.host, settings.port, settings.http_max_body)
+    server = await serve_http(gateway.handle, settings.host, settings.port, settings.http_max_body, "shopmesh-gateway")
     logger.info("gateway serving http://%s:%d (%d routes)", settings.host, settings.port, len(gateway.router.routes))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,6 +45,7 @@ def main() -> None:
         sys.exit(2)
     logs.configure("gateway", settings.instance_id, settings.log_level, settings.log_format)
     telemetry.setup(settings)
+    metrics.setup(settings.metrics)
     try:
         asyncio.run(serve(settings))
     except OSError as error:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,16 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import errors, openapi
-from gateway.http import Request, Response
 from gateway.routes import Route, Router, routes_from
 from gateway.transcode import BadRequest, build_request, to_dict, to_json
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
 from generated.shop.order.v1 import order_pb2
-from mesh import telemetry
+from mesh import logs, metrics, telemetry
 from mesh.channels import Upstreams
 from mesh.errors import Unavailable
+from mesh.http import Request, Response
+from mesh.metrics import HTTP_IN_FLIGHT, HTTP_REQUESTS, HTTP_SECONDS
 from mesh.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,9 @@ FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate", "authorization
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
+
+# The metric label of requests that matched no route (their paths are unbounded).
+UNMATCHED = "unmatched"
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -109,24 +114,44 @@ class Gateway:
         return min(int(found.group(1)) * _UNITS[found.group(2)], self._settings.http_max_timeout)
 
     async def handle(self, request: Request) -> Response:
+        if not metrics.enabled():
+            return (await self._dispatch(request))[1]
+        started = time.perf_counter()
+        HTTP_IN_FLIGHT.inc()
+        try:
+            label, response = await self._dispatch(request)
+        finally:
+            HTTP_IN_FLIGHT.dec()
+        # By route template, never the raw path: one series per route, however many products.
+        HTTP_SECONDS.labels(label, request.method).observe(time.perf_counter() - started)
+        HTTP_REQUESTS.labels(label, request.method, str(response.status)).inc()
+        return response
+
+    async def _dispatch(self, request: Request) -> tuple[str, Response]:
+        """The request's metric label (its route template, or its fixed path) and its response."""
         if request.path == "/healthz":
-            return _json(200, {"status": "ok"})
+            return request.path, _json(200, {"status": "ok"})
         if request.path == "/readyz":
-            return await self._ready()
+            return request.path, await self._ready()
         if request.method == "GET":
+            if request.path == "/metrics" and metrics.enabled():
+                return request.path, await metrics.exposition()
             if request.path == "/openapi.json":
-                return Response(200, self._openapi)
+                return request.path, Response(200, self._openapi)
             if request.path in self._pages:
-                return self._pages[request.path]
+                return request.path, self._pages[request.path]
         route, path_values, allowed = self.router.match(request.method, request.path)
         if route is None:
             if allowed:
                 response = _bad(f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}", 405)
                 response.headers.append(("allow", ", ".join(allowed)))
-                return response
-            return _bad(f"no route for {request.path}", 404)
+                return UNMATCHED, response
+            return UNMATCHED, _bad(f"no route for {request.path}", 404)
+        logs.rpc_method.set(route.rpc)
+        if "x-request-id" in request.headers:
+            logs.request_id.set(request.headers["x-request-id"])
         if not telemetry.enabled():
-            return await self._serve(request, route, path_values)
+            return route.template.source, await self._serve(request, route, path_values)
         from opentelemetry import propagate, trace
 
         tracer = trace.get_tracer("shopmesh.gateway")
@@ -142,8 +167,11 @@ class Gateway:
             if response.status >= 500:
                 span.set_status(trace.StatusCode.ERROR)
             # From an error (or any reply) to its trace, without reading logs.
-            response.headers.append(("x-trace-id", format(span.get_span_context().trace_id, "032x")))
-            return response
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            response.headers.append(("x-trace-id", trace_id))
+            if response.status >= 400 and response.stream is None:
+                response.body = errors.with_request_info(response.body, trace_id)
+            return route.template.source, response
 
     async def _serve(self, request: Request, route: Route, path_values: dict[str, str]) -> Response:
         try:

@@ -33,14 +33,6 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DATA_LOSS: 500,
 }
 
-REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
-    429: "Too Many Requests", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
-    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
-}
-
-
 def body(code: grpc.StatusCode, message: str, details: list[dict[str, Any]] | None = None) -> bytes:
     return json.dumps({"code": code.value[0], "message": message, "details": details or []}).encode()
 
@@ -59,3 +51,19 @@ def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> tuple[int, byt
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED and "did not answer" not in message:
         message = f"the {upstream} service did not answer within the deadline"
     return HTTP_STATUS.get(code, 500), body(code, message, details)
+
+
+def with_request_info(body: bytes, trace_id: str) -> bytes:
+    """The error body with a `google.rpc.RequestInfo` detail naming the request's trace.
+
+    A user holding an error can look its trace up; the body stays a valid
+    `google.rpc.Status` in proto3 JSON.
+    """
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(status, dict) or not isinstance(status.get("details"), list):
+        return body
+    status["details"].append({"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": trace_id})
+    return json.dumps(status).encode()

@@ -52,6 +52,10 @@ class Reservation:
     create_time: datetime | None = None
     update_time: datetime | None = None
 
+    @property
+    def units(self) -> int:
+        return sum(line.quantity for line in self.lines)
+
     def same_request(self, lines: Sequence[Line]) -> bool:
         """Whether `lines` asks for what this reservation holds (order of lines aside)."""
         return sorted((l.sku, l.quantity) for l in self.lines) == sorted((l.sku, l.quantity) for l in lines)

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 
 from inventory import domain
 from inventory.domain import Line, Product, Reservation, ReservationState
 from inventory.store import InventoryStore
 from mesh import paging
+
+# Business metrics (see mesh/metrics.py for the RPC ones). Replays count nothing.
+UNITS = Counter("shop_inventory_units_total", "Units moved by reservations: reserved, then sold or released.",
+                ("movement",))
+OPEN_RESERVATIONS = Gauge("shop_inventory_open_reservations", "Reservations held now, neither committed nor released "
+                          "(read from the database at each scrape: the same for every instance).")
+RESERVED_UNITS = Gauge("shop_inventory_reserved_units", "Units held by open reservations (from the database).")
+for _movement in ("reserved", "sold", "released"):
+    UNITS.labels(_movement)
+
+
+async def refresh_gauges(store: InventoryStore) -> None:
+    async with store.read() as tx:
+        count, units = await tx.open_reservations()
+    OPEN_RESERVATIONS.set(count)
+    RESERVED_UNITS.set(units)
 
 
 async def create_product(store: InventoryStore, product: Product) -> Product:
@@ -70,7 +87,9 @@ async def reserve_stock(store: InventoryStore, reservation_id: str, lines: Seque
                     raise domain.ProductNotFound(line.sku)
                 raise domain.OutOfStock(line.sku, line.quantity, product.available)
             priced.append(Line(line.sku, line.quantity, price))
-        return await tx.insert_reservation(reservation_id, priced)
+        reservation = await tx.insert_reservation(reservation_id, priced)
+    UNITS.labels("reserved").inc(reservation.units)
+    return reservation
 
 
 async def commit_reservation(store: InventoryStore, reservation_id: str) -> Reservation:
@@ -83,7 +102,9 @@ async def commit_reservation(store: InventoryStore, reservation_id: str) -> Rese
             raise domain.ReservationReleased(reservation_id)
         if reservation.state is ReservationState.COMMITTED:
             return reservation
-        return await tx.set_state(reservation, ReservationState.COMMITTED)
+        committed = await tx.set_state(reservation, ReservationState.COMMITTED)
+    UNITS.labels("sold").inc(committed.units)
+    return committed
 
 
 async def release_reservation(store: InventoryStore, reservation_id: str) -> Reservation:
@@ -94,4 +115,6 @@ async def release_reservation(store: InventoryStore, reservation_id: str) -> Res
             raise domain.ReservationNotFound(reservation_id)
         if reservation.state is ReservationState.RELEASED:
             return reservation
-        return await tx.set_state(reservation, ReservationState.RELEASED)
+        released = await tx.set_state(reservation, ReservationState.RELEASED)
+    UNITS.labels("released").inc(released.units)
+    return released

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    func,
     insert,
     select,
     update,
@@ -212,6 +213,15 @@ class InventoryTx:
             ],
         )
         return Reservation(reservation_id, tuple(lines), ReservationState.RESERVED, at, at)
+
+    async def open_reservations(self) -> tuple[int, int]:
+        """Reservations held now (neither committed nor released) and the units they hold."""
+        row = (await self.conn.execute(
+            select(func.count(func.distinct(reservations.c.reservation_id)), func.coalesce(func.sum(reservation_lines.c.quantity), 0))
+            .select_from(reservations.join(reservation_lines))
+            .where(reservations.c.state == ReservationState.RESERVED)
+        )).one()
+        return int(row[0]), int(row[1])
 
     async def set_state(self, reservation: Reservation, state: ReservationState) -> Reservation:
         """Moves the reservation's units to match `state` and records the new state."""

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from mesh import telemetry
+from mesh import metrics, telemetry
 from mesh.discovery import Discovery
 from mesh.errors import Unavailable
 
@@ -87,7 +87,7 @@ class Upstreams:
             channel = grpc.aio.insecure_channel(
                 target(addresses),
                 options=[*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)],
-                interceptors=telemetry.client_interceptors() or None,
+                interceptors=[*metrics.client_interceptors(), *telemetry.client_interceptors()] or None,
             )
             self._channels[service] = channel
             logger.info("channel to %s at %s", service, ", ".join(addresses))

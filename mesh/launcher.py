@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from mesh.settings import DEFAULT_PORTS
+from mesh.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 
 START_ORDER = ("inventory", "notification", "order", "gateway")
 COLORS = {
@@ -59,6 +59,7 @@ class Launcher:
         self.children: list[Child] = []
         self.color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         self.ports = {name: getattr(args, f"{name}_port") for name in START_ORDER}
+        self.metrics_ports = {name: getattr(args, f"{name}_metrics_port") for name in DEFAULT_METRICS_PORTS}
 
     def say(self, who: str, line: str) -> None:
         tag = f"{who:<12}|"
@@ -78,6 +79,8 @@ class Launcher:
             env["SHOPMESH_CONSUL_ADDR"] = self.consul_addr
         for name, port in self.ports.items():
             env[f"SHOPMESH_{name.upper()}_PORT"] = str(port)
+        for name, port in self.metrics_ports.items():
+            env[f"SHOPMESH_{name.upper()}_METRICS_PORT"] = str(port)
         return env
 
     @property
@@ -92,7 +95,8 @@ class Launcher:
     def instances(self) -> list[tuple[str, str, int]]:
         """(service, instance name, port) for every process to start, in start order.
 
-        Extra instances (--instances inventory=2, Consul only) listen 100 ports above the first.
+        Extra instances (--instances inventory=2, Consul only) listen 100 ports above the first
+        (their /metrics too).
         """
         counts = dict(self.args.instances)
         found = []
@@ -110,6 +114,9 @@ class Launcher:
         env = self.env()
         for service, name, port in self.instances():
             child_env = {**env, f"SHOPMESH_{service.upper()}_PORT": str(port)}
+            if service in self.metrics_ports:
+                extra = port - self.ports[service]
+                child_env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service] + extra)
             if name != service:
                 child_env["SHOPMESH_INSTANCE_ID"] = name
             process = await asyncio.create_subprocess_exec(
@@ -253,6 +260,7 @@ class Launcher:
             f"  inventory     {inv}",
             f"  order         {order}",
             f"  notification  {note}",
+            f"  metrics       {'  '.join(self.metrics_urls())}",
             f"  data          {Path(self.args.data_dir).resolve()}",
             "try:",
             f"  grpcurl -plaintext {order} list",
@@ -263,6 +271,13 @@ class Launcher:
         ]
         for line in lines:
             self.say("mesh", line)
+
+    def metrics_urls(self) -> list[str]:
+        """Every process's Prometheus page: the gateway's own, and each gRPC instance's metrics port."""
+        host = self.address(0).rsplit(":", 1)[0]
+        urls = [f"http://{host}:{port - self.ports[service] + self.metrics_ports[service]}/metrics"
+                for service, _, port in self.instances() if service in self.metrics_ports]
+        return [*urls, f"http://{self.address(self.ports['gateway'])}/metrics"]
 
     async def stop(self) -> int:
         """SIGTERM each service, order first; the worst exit code."""
@@ -332,6 +347,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in START_ORDER:
         default = int(os.environ.get(f"SHOPMESH_{name.upper()}_PORT", DEFAULT_PORTS[name]))
         parser.add_argument(f"--{name}-port", type=int, default=default)
+    for name, metrics_port in DEFAULT_METRICS_PORTS.items():
+        default = int(os.environ.get(f"SHOPMESH_{name.upper()}_METRICS_PORT", metrics_port))
+        parser.add_argument(f"--{name}-metrics-port", type=int, default=default, help=f"{name}'s /metrics port")
     parser.add_argument("--no-seed", action="store_true", help="do not add the demo products")
     parser.add_argument(
         "--consul", metavar="ADDR|dev", default="",

@@ -1,13 +1,46 @@
-"""Process-wide logging: readable text by default, one JSON object a line when set."""
+"""Process-wide logging: readable text by default, one JSON object a line when set.
+
+Every line carries the process's service and instance; a line written while an
+RPC or HTTP request is being served also carries that request's trace id, span
+id (when tracing is on), RPC method and x-request-id, so a user can go from a
+log line to its trace and back.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
 
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+from mesh import telemetry
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "context"}
+CONTEXT_FIELDS = ("trace_id", "span_id", "rpc_method", "request_id")
+
+# Set by whatever serves a request (the gRPC guard, the gateway) for the lines logged while serving it.
+rpc_method: contextvars.ContextVar[str | None] = contextvars.ContextVar("shopmesh_rpc_method", default=None)
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("shopmesh_request_id", default=None)
+
+
+class RequestContext(logging.Filter):
+    """Adds the current request's trace id, span id, RPC method and request id to a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if telemetry.enabled() and not hasattr(record, "trace_id"):
+            trace_id, span_id = telemetry.current_ids()
+            if trace_id:
+                record.trace_id, record.span_id = trace_id, span_id
+        method = rpc_method.get()
+        if method is not None and not hasattr(record, "rpc_method"):
+            record.rpc_method = method
+        rid = request_id.get()
+        if rid is not None and not hasattr(record, "request_id"):
+            record.request_id = rid
+        parts = [f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS if hasattr(record, name)]
+        record.context = f" [{' '.join(parts)}]" if parts else ""
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,10 +65,12 @@ class JsonFormatter(logging.Formatter):
 
 def configure(service: str, instance: str, level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestContext())
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service, instance))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s%(context)s",
+                                               "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

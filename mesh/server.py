@@ -25,8 +25,9 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh import logs, telemetry
+from mesh import logs, metrics, telemetry
 from mesh.discovery import Discovery, create_discovery
+from mesh.http import serve_http
 from mesh.settings import Settings, SettingsError
 from mesh.status import Guarded
 
@@ -49,6 +50,8 @@ class App:
     # Set when shutdown starts, so long-lived streams can end cleanly.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Brings gauges read from the database up to date before each /metrics scrape.
+    gauges: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
         for task in self.background:
@@ -119,9 +122,15 @@ async def shutdown(running: Running, settings: Settings) -> None:
 async def serve(settings: Settings, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
     discovery = create_discovery(settings)
     app = await build(settings, discovery)
+    metrics_server = None
     try:
+        if settings.metrics:
+            metrics_server = await serve_http(metrics.endpoint(app.gauges), settings.host, settings.metrics_port,
+                                              1024, f"shopmesh-{settings.service}")
         running = await create_server(settings, app)
     except Exception:
+        if metrics_server is not None:
+            metrics_server.close()
         await app.close()
         await discovery.close()
         raise
@@ -132,8 +141,13 @@ async def serve(settings: Settings, build: Callable[[Settings, Discovery], Await
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     logger.info("%s serving on %s:%d (instance %s)", settings.service, settings.host, running.port, settings.instance_id)
+    if metrics_server is not None:
+        port = metrics_server.sockets[0].getsockname()[1]
+        logger.info("metrics at http://%s:%d/metrics", settings.advertise_host, port)
     await stop.wait()
     await shutdown(running, settings)
+    if metrics_server is not None:
+        metrics_server.close()
 
 
 def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
@@ -145,6 +159,7 @@ def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -
         sys.exit(2)
     logs.configure(service, settings.instance_id, settings.log_level, settings.log_format)
     telemetry.setup(settings)
+    metrics.setup(settings.metrics)
     try:
         asyncio.run(serve(settings, build))
     except OSError as error:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 SERVICES = ("inventory", "order", "notification", "gateway")
 DEFAULT_PORTS = {"inventory": 50051, "order": 50052, "notification": 50053, "gateway": 8080}
+# Each gRPC service serves Prometheus' /metrics on its own HTTP port; the gateway on its own port.
+DEFAULT_METRICS_PORTS = {"inventory": 9101, "order": 9102, "notification": 9103}
 LOG_FORMATS = ("text", "json")
 DISCOVERY_KINDS = ("static", "consul")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -128,6 +130,9 @@ class Settings:
     trace_exporter: str = "none"
     otlp_endpoint: str = "127.0.0.1:4317"
     trace_file: str = "traces-{instance}.jsonl"
+    # Prometheus metrics: recorded and served at /metrics when on.
+    metrics: bool = True
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -176,6 +181,9 @@ class Settings:
             trace_exporter=env.choice("SHOPMESH_TRACE_EXPORTER", "none", TRACE_EXPORTERS),
             otlp_endpoint=env.str("SHOPMESH_OTLP_ENDPOINT", "127.0.0.1:4317"),
             trace_file=env.str("SHOPMESH_TRACE_FILE", "traces-{instance}.jsonl"),
+            metrics=env.choice("SHOPMESH_METRICS", "on", ("on", "off")) == "on",
+            metrics_port=env.int(f"{prefix}METRICS_PORT", DEFAULT_METRICS_PORTS.get(service, ports[service]),
+                                 low=0, high=65535),
         )
 
     @property

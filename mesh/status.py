@@ -11,6 +11,7 @@ It also records each call's deadline so downstream calls can inherit it.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
@@ -22,7 +23,8 @@ from google.protobuf import any_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2
 
-from mesh import errors
+from mesh import errors, logs, metrics
+from mesh.metrics import MethodMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -126,25 +128,60 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
-def _enter(context: grpc.aio.ServicerContext) -> None:
+def _code_of(error: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    if isinstance(error, errors.ShopError):
+        return status_code(error)
+    if isinstance(error, grpc.aio.AbortError):
+        code = context.code()
+        return code if isinstance(code, grpc.StatusCode) else _BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+# The caller's doing: worth a line, not a warning.
+_CALLER_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def _enter(context: grpc.aio.ServicerContext, method: str) -> None:
     left = context.time_remaining()
     _deadline.set(None if left is None else time.monotonic() + left)
+    logs.rpc_method.set(method)
 
 
 async def _echo_request_id(context: grpc.aio.ServicerContext) -> None:
     """Returns the caller's x-request-id in the reply's headers, to tie logs and replies together."""
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
+            logs.request_id.set(value)
             await context.send_initial_metadata((("x-request-id", value),))
             return
 
 
+def _finished(method: str, code: grpc.StatusCode, started: float, metrics: MethodMetrics | None) -> None:
+    """One log line per RPC (OK ones at DEBUG) and its metrics."""
+    if metrics is not None:
+        metrics.done(code, started)
+    level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO if code in _CALLER_CODES else logging.WARNING
+    if logger.isEnabledFor(level):
+        elapsed = (time.perf_counter() - started) * 1000
+        logger.log(level, "%s %s in %.1f ms", method, code.name, elapsed,
+                   extra={"grpc_code": code.name, "duration_ms": round(elapsed, 3)})
+
+
 class Guarded:
-    """A servicer whose every RPC method sets the deadline and maps errors.
+    """A servicer whose every RPC method sets the deadline, maps errors, logs and counts.
 
     Applied once when the server is built, so a call pays for one wrapper
     function, not for gRPC's per-call interceptor chain (measured: about 10%
-    of a GetProduct; see BENCHMARKS.md).
+    of a GetProduct; see BENCHMARKS.md). Metrics are recorded when
+    `mesh.metrics` is enabled.
     """
 
     def __init__(self, servicer: Any, service: ServiceDescriptor):
@@ -155,33 +192,55 @@ class Guarded:
             full_name = f"/{service.full_name}/{method.name}"
             if method.client_streaming:  # no contract has one; refuse at start rather than serve it unguarded
                 raise TypeError(f"{full_name}: Guarded wraps unary and server-streaming methods only")
+            kind = "server_stream" if method.server_streaming else "unary"
+            counted = MethodMetrics(full_name, kind, server=True) if metrics.enabled() else None
             wrap = _guard_stream if method.server_streaming else _guard_unary
-            setattr(self, method.name, wrap(inner, full_name))
+            setattr(self, method.name, wrap(inner, full_name, counted))
 
 
-def _guard_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+def _guard_unary(
+    inner: Callable[..., Awaitable[Any]], method: str, counted: MethodMetrics | None
+) -> Callable[..., Awaitable[Any]]:
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        _enter(context)
-        await _echo_request_id(context)
+        started = time.perf_counter()
+        if counted is not None:
+            counted.started.inc()
+        _enter(context, method)
+        code = grpc.StatusCode.OK
         try:
+            await _echo_request_id(context)
             return await inner(request, context)
-        except Exception as error:
-            if isinstance(error, grpc.aio.AbortError):
+        except BaseException as error:
+            code = _code_of(error, context)
+            if not isinstance(error, Exception) or isinstance(error, grpc.aio.AbortError):
                 raise
             await _abort(context, error, method)
+        finally:
+            _finished(method, code, started, counted)
 
     return unary_unary
 
 
-def _guard_stream(inner: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _guard_stream(
+    inner: Callable[..., AsyncIterator[Any]], method: str, counted: MethodMetrics | None
+) -> Callable[..., AsyncIterator[Any]]:
     async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        _enter(context)
+        started = time.perf_counter()
+        if counted is not None:
+            counted.started.inc()
+        _enter(context, method)
+        code = grpc.StatusCode.OK
         try:
             async for response in inner(request, context):
                 yield response
-        except Exception as error:
-            if isinstance(error, grpc.aio.AbortError):
+                if counted is not None and counted.sent is not None:
+                    counted.sent.inc()
+        except BaseException as error:
+            code = _code_of(error, context)
+            if not isinstance(error, Exception) or isinstance(error, grpc.aio.AbortError):
                 raise
             await _abort(context, error, method)
+        finally:
+            _finished(method, code, started, counted)
 
     return unary_stream

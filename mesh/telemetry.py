@@ -54,6 +54,18 @@ def setup(settings: Settings) -> None:
     logger.info("tracing to %s", settings.trace_exporter)
 
 
+def current_ids() -> tuple[str, str]:
+    """The current span's trace id and span id in hex, or empty strings outside a span."""
+    if not _enabled:
+        return "", ""
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return "", ""
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
 def server_interceptors() -> list[Any]:
     if not _enabled:
         return []

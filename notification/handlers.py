@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 
 from mesh import paging
@@ -17,6 +18,11 @@ from notification.store import NotificationStore
 logger = logging.getLogger(__name__)
 
 STREAM_BATCH = 100
+
+# Business metrics (the RPC ones are in mesh/metrics.py). A repeated event counts nothing.
+# No label by kind: callers choose kinds freely, and a label must not grow without bound.
+SENT = Counter("shop_notifications_sent_total", "Notifications stored and delivered, one per event.")
+STREAMS = Gauge("shop_notification_streams_open", "Live notification streams this instance serves now.")
 
 
 class Wakeups:
@@ -57,6 +63,7 @@ async def send_notification(store: NotificationStore, wakeups: Wakeups, wanted: 
         if existing is None or not existing.same_event(wanted):
             raise domain.EventConflict(wanted.event_id) from None
         return existing
+    SENT.inc()
     logger.info("notified user %s: %s (%s)", stored.user_id, stored.subject, stored.event_id)
     wakeups.notify(stored.user_id)
     return stored
@@ -84,6 +91,7 @@ async def stream_notifications(
     domain.check_user_id(user_id)
     wake = wakeups.subscribe(user_id)
     logger.info("stream opened for user %s", user_id)
+    STREAMS.inc()
     try:
         async with store.read() as tx:
             last = await tx.last_sequence(user_id)
@@ -102,4 +110,5 @@ async def stream_notifications(
                 task.cancel()
     finally:
         wakeups.unsubscribe(user_id, wake)
+        STREAMS.dec()
         logger.info("stream closed for user %s", user_id)

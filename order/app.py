@@ -10,6 +10,7 @@ from mesh.db import Database
 from mesh.discovery import Discovery
 from mesh.server import App, Binding
 from mesh.settings import Settings
+from order import handlers
 from order.api import OrderApi
 from order.outbox import OutboxRelay
 from order.store import OrderStore, metadata
@@ -30,6 +31,7 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     app = App(
         bindings=[Binding(SERVICE_NAME, order_pb2_grpc.add_OrderServiceServicer_to_server, OrderApi(store, inventory, relay))],
         closers=[db.close, upstreams.close],
+        gauges=[lambda: handlers.refresh_gauges(store)],
     )
     app.background.append(asyncio.create_task(relay.run(), name="outbox-relay"))
     relay.kick()  # deliver what a previous run left behind

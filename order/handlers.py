@@ -7,6 +7,7 @@ import logging
 import uuid
 from typing import Protocol
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 
 from mesh import paging
@@ -17,6 +18,19 @@ from order.store import OrderStore
 from order.upstreams import Held, HeldState
 
 logger = logging.getLogger(__name__)
+
+# Business metrics (the RPC ones are in mesh/metrics.py). Replays of a request_id count nothing.
+ORDERS = Counter("shop_orders_total", "Orders by outcome: confirmed when placed, cancelled when cancelled, "
+                 "rejected when placing failed (out of stock, unknown product, upstream down).", ("status",))
+OUTBOX_PENDING = Gauge("shop_order_outbox_pending", "Order events not yet delivered to notification "
+                       "(read from the database at each scrape).")
+for _status in ("confirmed", "cancelled", "rejected"):
+    ORDERS.labels(_status)
+
+
+async def refresh_gauges(store: OrderStore) -> None:
+    async with store.read() as tx:
+        OUTBOX_PENDING.set(await tx.count_pending())
 
 
 class Inventory(Protocol):
@@ -51,6 +65,9 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
         held = await inventory.reserve(request.reservation_id, request.lines)
     except AlreadyExists:  # inventory holds this key's reservation for other lines
         raise domain.RequestIdReused(request.request_id) from None
+    except ShopError:
+        ORDERS.labels("rejected").inc()
+        raise
     if held.state is HeldState.RELEASED:
         # Either the order was stored and later cancelled, or its attempt failed.
         if (order := await _replay(store, request)) is not None:
@@ -83,6 +100,7 @@ async def _store_or_release(store: OrderStore, inventory: Inventory, request: Or
         async with store.write() as tx:
             order = await tx.insert(order, request.fingerprint)
             await tx.add_event(domain.created_event(order))
+        ORDERS.labels("confirmed").inc()
         return order
     except IntegrityError:
         # A concurrent call with this request_id stored its order first; that
@@ -135,5 +153,6 @@ async def cancel_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
             assert current is not None
             return current
         await tx.add_event(domain.cancelled_event(cancelled, reason))
+    ORDERS.labels("cancelled").inc()
     outbox.kick(domain.cancelled_event(cancelled, reason).event_id)
     return cancelled

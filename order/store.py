@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    func,
     insert,
     select,
     update,
@@ -210,6 +211,11 @@ class OrderTx:
             .limit(limit)
         )
         return [Event(*row) for row in await self.conn.execute(query)]
+
+    async def count_pending(self) -> int:
+        """Events written but not yet delivered to notification."""
+        query = select(func.count()).select_from(outbox).where(outbox.c.delivered_time.is_(None))
+        return int((await self.conn.execute(query)).scalar_one())
 
     async def mark_delivered(self, event_ids: Sequence[str]) -> None:
         await self.conn.execute(

@@ -146,6 +146,7 @@ def main() -> None:
     ports = {name: free_port() for name in ("inventory", "gateway", "fastapi")}
     env = dict(os.environ, SHOPMESH_DATA_DIR=str(work), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
                SHOPMESH_INVENTORY_PORT=str(ports["inventory"]), SHOPMESH_GATEWAY_PORT=str(ports["gateway"]),
+               SHOPMESH_INVENTORY_METRICS_PORT=str(free_port()),
                INVENTORY_ADDR=f"127.0.0.1:{ports['inventory']}", PYTHONPATH=str(ROOT))
     (work / "fastapi_app.py").write_text(FASTAPI_APP)
     processes: dict[str, subprocess.Popen] = {}

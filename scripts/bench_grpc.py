@@ -162,6 +162,7 @@ def main() -> None:
     ports = {name: free_port() for name in ("echo", "inventory", "order", "notification")}
     for name in ("inventory", "order", "notification"):
         env[f"SHOPMESH_{name.upper()}_PORT"] = str(ports[name])
+        env[f"SHOPMESH_{name.upper()}_METRICS_PORT"] = str(free_port())
     processes: dict[str, subprocess.Popen] = {}
     try:
         processes["echo"] = start([sys.executable, __file__, "--serve-echo", str(ports["echo"])], env, work / "echo.log")

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.conftest import ROOT, free_port
 
 SERVICES = ("inventory", "notification", "order", "gateway")
+GRPC_SERVICES = SERVICES[:3]
 
 
 def wait_serving(address: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
@@ -40,6 +41,7 @@ class Mesh:
 
     data_dir: Path
     ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in SERVICES})
+    metrics_ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in GRPC_SERVICES})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
@@ -51,6 +53,8 @@ class Mesh:
         env.update(SHOPMESH_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
         for service, port in self.ports.items():
             env[f"SHOPMESH_{service.upper()}_PORT"] = str(port)
+        for service, port in self.metrics_ports.items():
+            env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(port)
         env.update(extra)
         return env
 
@@ -90,6 +94,7 @@ class Launcher:
 
     data_dir: Path
     ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in SERVICES})
+    metrics_ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in GRPC_SERVICES})
     process: subprocess.Popen | None = None
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -103,6 +108,8 @@ class Launcher:
         args = [sys.executable, "-m", "mesh.launcher", "--data-dir", str(self.data_dir)]
         for service, port in self.ports.items():
             args += [f"--{service}-port", str(port)]
+        for service, port in self.metrics_ports.items():
+            args += [f"--{service}-metrics-port", str(port)]
         self.process = subprocess.Popen(
             args, cwd=ROOT, env={**os.environ, **self.env},
             stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115

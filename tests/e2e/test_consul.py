@@ -98,6 +98,7 @@ class Services:
                    SHOPMESH_DATA_DIR=str(self.workdir), SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS="1",
                    SHOPMESH_INSTANCE_ID=name, PYTHONUNBUFFERED="1")
         env[f"SHOPMESH_{service.upper()}_PORT"] = str(port)
+        env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(free_port())
         process = subprocess.Popen([sys.executable, "-m", service], cwd=ROOT, env=env,
                                    stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         self.processes[name] = process
@@ -261,6 +262,8 @@ def test_the_launcher_runs_the_mesh_on_consul_with_two_inventories_in_one_flag(t
             "--consul-port", str(ports["consul"]), "--instances", "inventory=2"]
     for name in ("inventory", "order", "notification", "gateway"):
         args += [f"--{name}-port", str(ports[name])]
+    for name in ("inventory", "order", "notification"):  # the second inventory's is 100 above
+        args += [f"--{name}-metrics-port", str(free_port())]
     log = tmp_path / "launcher.log"
     env = dict(os.environ, PATH=f"{ROOT / '.tools' / 'bin'}:{os.environ['PATH']}")
     process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115

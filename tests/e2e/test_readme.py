@@ -55,6 +55,8 @@ def test_the_quickstart_command_sets_up_runs_and_stops_the_mesh(tmp_path: Path) 
     args = [str(ROOT / "scripts" / "run-mesh.sh"), "--data-dir", str(tmp_path / "data")]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
+    for name in ("inventory", "order", "notification"):
+        args += [f"--{name}-metrics-port", str(free_port())]
     log = tmp_path / "run-mesh.log"
     process = subprocess.Popen(args, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     try:

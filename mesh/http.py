@@ -1,5 +1,6 @@
 """A small HTTP/1.1 server on asyncio and httptools: keep-alive, limits, streaming.
 
+The gateway serves its API with it and every gRPC service its `/metrics`.
 It parses (httptools, the parser uvicorn uses), enforces the body limit before
 reading a body it will refuse, hands each request to an async handler one at a
 time per connection, and cancels the handler when the client goes away, which
@@ -17,11 +18,15 @@ from email.utils import formatdate
 
 import httptools
 
-from gateway.errors import REASONS
-
 logger = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 32 * 1024
+REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
 
 
 @dataclass
@@ -64,8 +69,9 @@ def _error(status: int, message: str) -> Response:
 
 
 class HttpProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, max_body: int):
+    def __init__(self, handler: Handler, max_body: int, server_name: str = "shopmesh"):
         self._handler = handler
+        self._server_header = f"server: {server_name}"
         self._max_body = max_body
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -170,7 +176,7 @@ class HttpProtocol(asyncio.Protocol):
                     response = await self._handler(item)
                 except Exception:
                     logger.exception("%s %s failed", item.method, item.path)
-                    response = _error(500, "internal error; see the gateway log")
+                    response = _error(500, "internal error; see the server log")
                 keep_alive = item.headers.get("connection", "").lower() != "close" and response.stream is None
                 await self._write(response, keep_alive)
                 if not keep_alive:
@@ -188,7 +194,7 @@ class HttpProtocol(asyncio.Protocol):
         head = [
             f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
             f"date: {_date()}",
-            "server: shopmesh-gateway",
+            self._server_header,
             f"content-type: {response.content_type}",
         ]
         head += [f"{name}: {value}" for name, value in response.headers]
@@ -207,6 +213,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(b"0\r\n\r\n")
 
 
-async def serve_http(handler: Handler, host: str, port: int, max_body: int) -> asyncio.Server:
+async def serve_http(handler: Handler, host: str, port: int, max_body: int, server_name: str = "shopmesh") -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: HttpProtocol(handler, max_body), host, port, reuse_address=True)
+    return await loop.create_server(lambda: HttpProtocol(handler, max_body, server_name), host, port,
+                                    reuse_address=True)

@@ -1,0 +1,171 @@
+"""Prometheus metrics for every process, served as text at `/metrics`.
+
+RPC families follow the gRPC Prometheus convention (go-grpc-prometheus: the same
+names, labels and meaning), so existing dashboards and alerts apply:
+
+    grpc_server_started_total / grpc_server_handled_total / grpc_server_handling_seconds
+    grpc_client_started_total / grpc_client_handled_total / grpc_client_handling_seconds
+    labels: grpc_type, grpc_service, grpc_method (+ grpc_code on *_handled_total)
+
+The gateway adds `http_requests_total`, `http_request_duration_seconds` (by route
+template, never the raw path) and `http_requests_in_flight`; each service adds its
+business counters (`shop_*`) next to its handlers. Recording on the RPC path happens
+only when SHOPMESH_METRICS is on (the default); off, no wrapper or interceptor is
+installed at all. prometheus_client also exports `process_cpu_seconds_total` and
+friends, so CPU per request can be read from the same page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+from mesh.http import Request, Response
+
+logger = logging.getLogger(__name__)
+
+# Latency buckets from 0.5 ms (a cached read) to 10 s (a deadline).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_RPC = ("grpc_type", "grpc_service", "grpc_method")
+
+SERVER_STARTED = Counter("grpc_server_started_total", "RPCs started on the server.", _RPC)
+SERVER_HANDLED = Counter("grpc_server_handled_total", "RPCs completed on the server, by status code.",
+                         (*_RPC, "grpc_code"))
+SERVER_SECONDS = Histogram("grpc_server_handling_seconds", "Time from an RPC's start to its status, on the server.",
+                           _RPC, buckets=BUCKETS)
+SERVER_MSG_SENT = Counter("grpc_server_msg_sent_total", "Stream messages sent by the server.", _RPC)
+CLIENT_STARTED = Counter("grpc_client_started_total", "RPCs started by this process as a client.", _RPC)
+CLIENT_HANDLED = Counter("grpc_client_handled_total", "RPCs this process called that completed, by status code.",
+                         (*_RPC, "grpc_code"))
+CLIENT_SECONDS = Histogram("grpc_client_handling_seconds", "Time from an RPC's start to its status, as the client.",
+                           _RPC, buckets=BUCKETS)
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests answered by the gateway.", ("route", "method", "code"))
+HTTP_SECONDS = Histogram("http_request_duration_seconds", "Time to answer an HTTP request (to the first byte "
+                         "of a stream).", ("route", "method"), buckets=BUCKETS)
+HTTP_IN_FLIGHT = Gauge("http_requests_in_flight", "HTTP requests being answered now.")
+
+# The classic text format every Prometheus (2.x and 3.x) and agent parses; our names need nothing newer.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_enabled = False
+
+
+def setup(enabled: bool) -> None:
+    global _enabled
+    _enabled = enabled
+    disable_created_metrics()  # `*_created` series would double the page for what no dashboard here reads
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def _split(full_method: str) -> tuple[str, str]:
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method
+
+
+class MethodMetrics:
+    """One method's series, resolved once: a call pays for no label lookup."""
+
+    def __init__(self, full_method: str, grpc_type: str, *, server: bool):
+        labels = (grpc_type, *_split(full_method))
+        self._labels = labels
+        self._handled_family = SERVER_HANDLED if server else CLIENT_HANDLED
+        self.started = (SERVER_STARTED if server else CLIENT_STARTED).labels(*labels)
+        self.seconds = (SERVER_SECONDS if server else CLIENT_SECONDS).labels(*labels)
+        self.sent = SERVER_MSG_SENT.labels(*labels) if server and grpc_type == "server_stream" else None
+        self._handled: dict[grpc.StatusCode, Any] = {}
+        self.handled(grpc.StatusCode.OK)  # a method with no calls yet shows 0, not nothing
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._handled_family.labels(*self._labels, code.name)
+        return child
+
+    def done(self, code: grpc.StatusCode, started: float) -> None:
+        self.handled(code).inc()
+        self.seconds.observe(time.perf_counter() - started)
+
+
+class _ClientMetrics(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """grpc_client_* for every call on a channel."""
+
+    def __init__(self) -> None:
+        self._methods: dict[tuple[Any, str], MethodMetrics] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def _method(self, method: Any, grpc_type: str) -> MethodMetrics:
+        found = self._methods.get((method, grpc_type))
+        if found is None:
+            name = method.decode() if isinstance(method, bytes) else str(method)
+            found = self._methods[(method, grpc_type)] = MethodMetrics(name, grpc_type, server=False)
+        return found
+
+    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        metrics = self._method(details.method, "unary")
+        metrics.started.inc()
+        started = time.perf_counter()
+        call = await continuation(details, request)
+        try:
+            await call
+        except grpc.aio.AioRpcError as error:
+            metrics.done(error.code(), started)
+        except BaseException:
+            metrics.done(grpc.StatusCode.CANCELLED, started)
+            raise
+        else:
+            metrics.done(grpc.StatusCode.OK, started)
+        return call  # awaiting it again gives the caller the same reply or error
+
+    async def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        metrics = self._method(details.method, "server_stream")
+        metrics.started.inc()
+        started = time.perf_counter()
+        call = await continuation(details, request)
+
+        def finished(done: Any) -> None:
+            async def record() -> None:
+                code = grpc.StatusCode.CANCELLED if done.cancelled() else await done.code()
+                metrics.done(code, started)
+
+            task = asyncio.ensure_future(record())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        call.add_done_callback(finished)
+        return call
+
+
+def client_interceptors() -> list[Any]:
+    return [_ClientMetrics()] if _enabled else []
+
+
+async def exposition(refreshers: Sequence[Callable[[], Awaitable[None]]] = ()) -> Response:
+    """The Prometheus text page, after gauges read from the database are brought up to date."""
+    for refresh in refreshers:
+        try:
+            await refresh()
+        except Exception as error:  # a scrape still answers with what it has
+            logger.warning("could not refresh a gauge: %s", error)
+    return Response(200, generate_latest(REGISTRY), CONTENT_TYPE)
+
+
+def endpoint(refreshers: Sequence[Callable[[], Awaitable[None]]] = ()) -> Callable[[Request], Awaitable[Response]]:
+    """An HTTP handler serving `/metrics` (and `/healthz`, the metrics port is up) and 404 elsewhere."""
+
+    async def handle(request: Request) -> Response:
+        if request.path == "/metrics" and request.method in ("GET", "HEAD"):
+            return await exposition(refreshers)
+        if request.path == "/healthz":
+            return Response(200, b'{"status": "ok"}')
+        return Response(404, b'{"code": 5, "message": "this port serves /metrics only", "details": []}')
+
+    return handle

@@ -1,0 +1,214 @@
+"""Prometheus /metrics on every process: counters move by exactly the calls made, with the right labels."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from generated.shop.common.v1 import money_pb2
+from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from tests.e2e.harness import Launcher, Mesh
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def scrape(url: str) -> dict[Sample, float]:
+    """Every sample on a /metrics page, parsed by Prometheus' own parser."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+        text = reply.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[Sample, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+class Pages:
+    def __init__(self, launcher: Launcher):
+        self.urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in launcher.metrics_ports.items()}
+        self.urls["gateway"] = f"http://{launcher.address('gateway')}/metrics"
+
+    def all(self) -> dict[str, dict[Sample, float]]:
+        return {name: scrape(url) for name, url in self.urls.items()}
+
+
+@pytest.fixture(scope="module")
+def pages(launcher: Launcher) -> Pages:
+    return Pages(launcher)
+
+
+def rpc(method: str, code: str | None = None, kind: str = "unary", service: str = "shop.inventory.v1.InventoryService"
+        ) -> dict[str, str]:
+    labels = {"grpc_type": kind, "grpc_service": service, "grpc_method": method}
+    return labels if code is None else {**labels, "grpc_code": code}
+
+
+def gateway_call(launcher: Launcher, method: str, path: str, body: dict | None = None) -> int:
+    host, port = launcher.address("gateway").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
+                 headers={"content-type": "application/json"} if body is not None else {})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def new_product(launcher: Launcher, stock: int) -> str:
+    sku = f"metrics-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(launcher.address("inventory")) as channel:
+        product = inventory_pb2.Product(sku=sku, name="Metered mug", available=stock,
+                                        price=money_pb2.Money(currency_code="USD", minor_units=500))
+        inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(product=product))
+    return sku
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_server_counters_move_by_exactly_the_calls_made_with_their_status_codes(launcher: Launcher,
+                                                                                 pages: Pages) -> None:
+    sku = new_product(launcher, 5)
+    before = scrape(pages.urls["inventory"])
+    with grpc.insecure_channel(launcher.address("inventory")) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        for _ in range(3):
+            stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku))
+        for bad, code in (("no-such-sku", grpc.StatusCode.NOT_FOUND), ("no-such-sku-2", grpc.StatusCode.NOT_FOUND),
+                          ("NOT A SKU!", grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.GetProduct(inventory_pb2.GetProductRequest(sku=bad))
+            assert failed.value.code() == code
+    after = scrape(pages.urls["inventory"])
+
+    def delta(name: str, labels: dict[str, str]) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("grpc_server_started_total", rpc("GetProduct")) == 6
+    assert delta("grpc_server_handled_total", rpc("GetProduct", "OK")) == 3
+    assert delta("grpc_server_handled_total", rpc("GetProduct", "NOT_FOUND")) == 2
+    assert delta("grpc_server_handled_total", rpc("GetProduct", "INVALID_ARGUMENT")) == 1
+    assert delta("grpc_server_handling_seconds_count", rpc("GetProduct")) == 6
+    assert delta("grpc_server_handling_seconds_bucket", {**rpc("GetProduct"), "le": "+Inf"}) == 6
+    # A method not called yet is already listed at 0, so rate() works from its first call.
+    assert ("grpc_server_handled_total", tuple(sorted(rpc("AdjustStock", "OK").items()))) in after
+    print("inventory: started +6, OK +3, NOT_FOUND +2, INVALID_ARGUMENT +1, histogram count +6")
+
+
+def test_the_gateway_counts_http_by_route_template_and_its_grpc_calls_as_a_client(launcher: Launcher,
+                                                                                   pages: Pages) -> None:
+    sku = new_product(launcher, 5)
+    before = pages.all()
+    assert gateway_call(launcher, "GET", f"/v1/products/{sku}") == 200
+    assert gateway_call(launcher, "GET", f"/v1/products/{sku}") == 200
+    assert gateway_call(launcher, "GET", "/v1/products/missing-product") == 404
+    assert gateway_call(launcher, "GET", "/v1/no/such/route") == 404
+    after = pages.all()
+    route = {"route": "/v1/products/{sku}", "method": "GET"}
+
+    def delta(page: str, name: str, labels: dict[str, str]) -> float:
+        return value(after[page], name, **labels) - value(before[page], name, **labels)
+
+    assert delta("gateway", "http_requests_total", {**route, "code": "200"}) == 2
+    assert delta("gateway", "http_requests_total", {**route, "code": "404"}) == 1
+    assert delta("gateway", "http_requests_total", {"route": "unmatched", "method": "GET", "code": "404"}) == 1
+    assert delta("gateway", "http_request_duration_seconds_count", route) == 3
+    assert not any(name == "http_requests_total" and sku in str(labels) for name, labels in after["gateway"])
+    assert delta("gateway", "grpc_client_handled_total", rpc("GetProduct", "OK")) == 2
+    assert delta("gateway", "grpc_client_handled_total", rpc("GetProduct", "NOT_FOUND")) == 1
+    assert delta("gateway", "grpc_client_handling_seconds_count", rpc("GetProduct")) == 3
+    assert delta("inventory", "grpc_server_handled_total", rpc("GetProduct", "OK")) == 2
+    assert delta("inventory", "grpc_server_handled_total", rpc("GetProduct", "NOT_FOUND")) == 1
+    assert value(after["gateway"], "http_requests_in_flight") >= 0
+    assert value(after["gateway"], "process_cpu_seconds_total") > 0
+    print("gateway: route-template labels, 200 x2, 404 x1, unmatched x1; client and server sides agree")
+
+
+def test_business_counters_follow_orders_reservations_and_notifications(launcher: Launcher, pages: Pages) -> None:
+    sku = new_product(launcher, 3)
+    before = pages.all()
+    user = f"metered-{uuid.uuid4().hex[:6]}"
+    placed = {"requestId": str(uuid.uuid4()), "userId": user, "lines": [{"sku": sku, "quantity": 2}]}
+    assert gateway_call(launcher, "POST", "/v1/orders", placed) == 200
+    assert gateway_call(launcher, "POST", "/v1/orders", placed) == 200  # a replay counts nothing
+    too_many = {"requestId": str(uuid.uuid4()), "userId": user, "lines": [{"sku": sku, "quantity": 2}]}
+    assert gateway_call(launcher, "POST", "/v1/orders", too_many) == 400  # 1 left: out of stock
+    host, port = launcher.address("gateway").split(":")
+    with urllib.request.urlopen(f"http://{host}:{port}/v1/users/{user}/orders", timeout=10) as reply:
+        order_id = json.load(reply)["orders"][0]["orderId"]
+    assert gateway_call(launcher, "POST", f"/v1/orders/{order_id}:cancel", {"reason": "metrics test"}) == 200
+
+    now = pages.all()
+    assert value(now["order"], "shop_orders_total", status="confirmed") - value(
+        before["order"], "shop_orders_total", status="confirmed") == 1
+    assert value(now["order"], "shop_orders_total", status="rejected") - value(
+        before["order"], "shop_orders_total", status="rejected") == 1
+    assert value(now["order"], "shop_orders_total", status="cancelled") - value(
+        before["order"], "shop_orders_total", status="cancelled") == 1
+    assert value(now["order"], "grpc_server_handled_total",
+                 **rpc("CreateOrder", "FAILED_PRECONDITION", service="shop.order.v1.OrderService")) - value(
+        before["order"], "grpc_server_handled_total",
+        **rpc("CreateOrder", "FAILED_PRECONDITION", service="shop.order.v1.OrderService")) == 1
+    for movement, units in (("reserved", 2), ("sold", 2), ("released", 2)):
+        assert value(now["inventory"], "shop_inventory_units_total", movement=movement) - value(
+            before["inventory"], "shop_inventory_units_total", movement=movement) == units, movement
+    assert ("shop_inventory_open_reservations", ()) in now["inventory"]
+    # The order service called ReserveStock as a client: once, for the replay too (inventory replays it).
+    assert value(now["order"], "grpc_client_handled_total", **rpc("ReserveStock", "OK")) - value(
+        before["order"], "grpc_client_handled_total", **rpc("ReserveStock", "OK")) == 2
+    # Created and cancelled: two events, two notifications, and the outbox drains to empty.
+    eventually(lambda: value(scrape(pages.urls["notification"]), "shop_notifications_sent_total")
+               - value(before["notification"], "shop_notifications_sent_total") == 2)
+    eventually(lambda: value(scrape(pages.urls["order"]), "shop_order_outbox_pending") == 0)
+    print("orders confirmed +1, rejected +1, cancelled +1; units reserved/sold/released +2; notifications +2")
+
+
+def test_an_open_stream_is_counted_while_it_lasts(launcher: Launcher, pages: Pages) -> None:
+    host, port = launcher.address("gateway").split(":")
+    base = value(scrape(pages.urls["notification"]), "shop_notification_streams_open")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"GET /v1/users/stream-{uuid.uuid4().hex[:6]}/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n"
+                 .encode())
+    assert b"200 OK" in sock.recv(4096)
+    eventually(lambda: value(scrape(pages.urls["notification"]), "shop_notification_streams_open") == base + 1)
+    sock.close()
+    eventually(lambda: value(scrape(pages.urls["notification"]), "shop_notification_streams_open") == base)
+    server = scrape(pages.urls["notification"])
+    labels = rpc("StreamNotifications", "CANCELLED", kind="server_stream",
+                 service="shop.notification.v1.NotificationService")
+    assert value(server, "grpc_server_handled_total", **labels) >= 1
+
+
+def test_the_launcher_prints_every_metrics_page(launcher: Launcher) -> None:
+    for port in launcher.metrics_ports.values():
+        assert f"http://127.0.0.1:{port}/metrics" in launcher.output()
+    assert f"http://{launcher.address('gateway')}/metrics" in launcher.output()
+
+
+def test_metrics_off_serves_no_page_and_records_nothing(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path)
+    try:
+        mesh.start("inventory", SHOPMESH_METRICS="off")
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{mesh.metrics_ports['inventory']}/metrics", timeout=2)
+    finally:
+        mesh.stop_all()
