@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.harness import Launcher
 
@@ -18,43 +22,93 @@ def spans(folder: Path) -> list[dict]:
     return found
 
 
-def test_an_order_through_the_gateway_is_one_trace_with_correct_parents(tmp_path: Path) -> None:
-    traces = tmp_path / "traces"
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launcher, Path]]:
+    """A mesh that writes its spans to files and logs JSON lines."""
+    root = tmp_path_factory.mktemp("traced")
+    traces = root / "traces"
     traces.mkdir()
-    mesh = Launcher(tmp_path / "mesh", env={"SHOPMESH_TRACE_EXPORTER": "file",
-                                            "SHOPMESH_TRACE_FILE": str(traces / "traces-{instance}.jsonl")})
+    mesh = Launcher(root / "mesh", env={"SHOPMESH_TRACE_EXPORTER": "file", "SHOPMESH_LOG_FORMAT": "json",
+                                        "SHOPMESH_TRACE_FILE": str(traces / "traces-{instance}.jsonl")})
     mesh.start()
+    yield mesh, traces
+    mesh.interrupt()
+
+
+def log_lines(mesh: Launcher) -> list[dict]:
+    """The JSON log lines of every service, as the launcher prints them (`service | {...}`)."""
+    found = []
+    for line in mesh.output().splitlines():
+        _, bar, rest = line.partition("| ")
+        if bar and rest.startswith("{"):
+            found.append(json.loads(rest))
+    return found
+
+
+def test_an_order_through_the_gateway_is_one_trace_with_correct_parents(traced: tuple[Launcher, Path]) -> None:
+    mesh, traces = traced
+    body = json.dumps({"requestId": str(uuid.uuid4()), "userId": "traced",
+                       "lines": [{"sku": "coffee-mug", "quantity": 1}]}).encode()
+    request = urllib.request.Request(f"http://{mesh.address('gateway')}/v1/orders", data=body, method="POST",
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        trace_id = reply.headers["x-trace-id"]
+        assert json.load(reply)["status"] == "CONFIRMED"
+    assert trace_id and len(trace_id) == 32
+
+    def ours() -> list[dict]:
+        return [s for s in spans(traces) if s["context"]["trace_id"] == f"0x{trace_id}"]
+
+    expected = {"POST /v1/orders", "/shop.order.v1.OrderService/CreateOrder",
+                "/shop.inventory.v1.InventoryService/ReserveStock",
+                "/shop.notification.v1.NotificationService/SendNotification"}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        # A span is written when it ends: the relay's delivery ends last.
+        sends = [s for s in ours() if s["name"].endswith("/SendNotification")]
+        if len(sends) >= 2 and expected <= {s["name"] for s in ours()}:
+            break
+        time.sleep(0.2)
+    found = ours()
+    services = {s["resource"]["attributes"]["service.name"] for s in found}
+    assert services == {"shopmesh-gateway", "shopmesh-order", "shopmesh-inventory", "shopmesh-notification"}
+    assert expected <= {s["name"] for s in found}
+    assert any(s["attributes"].get("db.system") == "sqlite" for s in found), "no database spans"
+    ids = {s["context"]["span_id"] for s in found}
+    roots = [s for s in found if s["parent_id"] is None]
+    assert [r["name"] for r in roots] == ["POST /v1/orders"]
+    assert all(s["parent_id"] in ids for s in found if s["parent_id"] is not None)
+    # Log lines written while serving it carry its trace id and their own span id.
+    notified = [e for e in log_lines(mesh) if e["message"].startswith("notified user traced")]
+    assert notified and notified[-1]["trace_id"] == trace_id and notified[-1]["span_id"] in {
+        s["context"]["span_id"][2:] for s in found}
+    assert notified[-1]["service"] == "notification" and notified[-1]["instance"]
+    assert notified[-1]["rpc_method"] == "/shop.notification.v1.NotificationService/SendNotification"
+
+
+def test_an_error_names_its_trace_in_body_header_and_log_line(traced: tuple[Launcher, Path]) -> None:
+    mesh, _ = traced
+    missing = str(uuid.uuid4())
+    request = urllib.request.Request(f"http://{mesh.address('gateway')}/v1/orders/{missing}",
+                                     headers={"x-request-id": "req-trace-1"})
     try:
-        body = json.dumps({"requestId": str(uuid.uuid4()), "userId": "traced",
-                           "lines": [{"sku": "coffee-mug", "quantity": 1}]}).encode()
-        request = urllib.request.Request(f"http://{mesh.address('gateway')}/v1/orders", data=body, method="POST",
-                                         headers={"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            trace_id = reply.headers["x-trace-id"]
-            assert json.load(reply)["status"] == "CONFIRMED"
-        assert trace_id and len(trace_id) == 32
-
-        def ours() -> list[dict]:
-            return [s for s in spans(traces) if s["context"]["trace_id"] == f"0x{trace_id}"]
-
-        expected = {"POST /v1/orders", "/shop.order.v1.OrderService/CreateOrder",
-                    "/shop.inventory.v1.InventoryService/ReserveStock",
-                    "/shop.notification.v1.NotificationService/SendNotification"}
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            # A span is written when it ends: the relay's delivery ends last.
-            sends = [s for s in ours() if s["name"].endswith("/SendNotification")]
-            if len(sends) >= 2 and expected <= {s["name"] for s in ours()}:
-                break
-            time.sleep(0.2)
-        found = ours()
-        services = {s["resource"]["attributes"]["service.name"] for s in found}
-        assert services == {"shopmesh-gateway", "shopmesh-order", "shopmesh-inventory", "shopmesh-notification"}
-        assert expected <= {s["name"] for s in found}
-        assert any(s["attributes"].get("db.system") == "sqlite" for s in found), "no database spans"
-        ids = {s["context"]["span_id"] for s in found}
-        roots = [s for s in found if s["parent_id"] is None]
-        assert [r["name"] for r in roots] == ["POST /v1/orders"]
-        assert all(s["parent_id"] in ids for s in found if s["parent_id"] is not None)
-    finally:
-        mesh.interrupt()
+        urllib.request.urlopen(request, timeout=10)
+        raise AssertionError("expected 404")
+    except urllib.error.HTTPError as error:
+        assert error.code == 404
+        trace_id = error.headers["x-trace-id"]
+        body = json.load(error)
+    assert len(trace_id) == 32
+    assert body["code"] == 5 and missing in body["message"]
+    assert {"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": trace_id} in body["details"]
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [e for e in log_lines(mesh) if e.get("trace_id") == trace_id]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    [line] = lines
+    assert line["service"] == "order" and line["level"] == "INFO"
+    assert line["rpc_method"] == "/shop.order.v1.OrderService/GetOrder" and line["grpc_code"] == "NOT_FOUND"
+    assert len(line["span_id"]) == 16 and line["request_id"] == "req-trace-1" and line["duration_ms"] >= 0
+    print("404 body, x-trace-id and the order's log line share trace", trace_id)

@@ -66,3 +66,15 @@ def test_the_consul_address_comes_from_consul_http_addr_unless_ours_is_set() -> 
     env = {"CONSUL_HTTP_ADDR": "consul.local:8500", "SHOPMESH_CONSUL_ADDR": "10.0.0.5:8500"}
     assert Settings.from_env("order", env).consul_addr == "10.0.0.5:8500"
     assert Settings.from_env("order", {"SHOPMESH_DISCOVERY": "consul"}).discovery == "consul"
+
+
+def test_metrics_are_on_with_a_port_per_grpc_service_and_can_be_turned_off() -> None:
+    assert [Settings.from_env(s, {}).metrics_port for s in ("inventory", "order", "notification")] == [9101, 9102, 9103]
+    assert Settings.from_env("gateway", {"SHOPMESH_GATEWAY_PORT": "8181"}).metrics_port == 8181  # its own port
+    assert Settings.from_env("order", {}).metrics
+    off = Settings.from_env("order", {"SHOPMESH_METRICS": "off", "SHOPMESH_ORDER_METRICS_PORT": "9999"})
+    assert (off.metrics, off.metrics_port) == (False, 9999)
+    with pytest.raises(SettingsError, match="SHOPMESH_METRICS must be one of on, off; got 'maybe'"):
+        Settings.from_env("order", {"SHOPMESH_METRICS": "maybe"})
+    with pytest.raises(SettingsError, match="SHOPMESH_ORDER_METRICS_PORT must be from 0 to 65535"):
+        Settings.from_env("order", {"SHOPMESH_ORDER_METRICS_PORT": "70000"})
