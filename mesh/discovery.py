@@ -44,6 +44,10 @@ class Discovery(Protocol):
     async def close(self) -> None: ...
 
 
+# The Consul service meta key naming an instance's /metrics port.
+METRICS_PORT_META = "metrics_port"
+
+
 class StaticDiscovery:
     """Fixed addresses from settings: the zero-setup local mesh."""
 
@@ -165,7 +169,9 @@ class ConsulDiscovery:
             address=address,
             port=port,
             tags=["grpc", f"v{s.version}"],
-            meta={"version": s.version, "protocol": "grpc", "instance": s.instance_id},
+            meta={"version": s.version, "protocol": "grpc", "instance": s.instance_id,
+                  # Prometheus' consul_sd_configs scrape this port (see deploy/prometheus.yml).
+                  **({METRICS_PORT_META: str(s.metrics_port)} if s.metrics and s.metrics_port else {})},
             check=consul.Check.grpc(
                 f"{address}:{port}/{grpc_service}",
                 f"{s.consul_check_interval:g}s",

@@ -90,6 +90,7 @@ class Services:
         self.agent = agent
         self.processes: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
+        self.metrics_ports: dict[str, int] = {}
 
     def start(self, name: str, service: str) -> subprocess.Popen:
         port = self.ports.get(name) or free_port()
@@ -98,7 +99,8 @@ class Services:
                    SHOPMESH_DATA_DIR=str(self.workdir), SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS="1",
                    SHOPMESH_INSTANCE_ID=name, PYTHONUNBUFFERED="1")
         env[f"SHOPMESH_{service.upper()}_PORT"] = str(port)
-        env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(free_port())
+        self.metrics_ports[name] = free_port()
+        env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
         process = subprocess.Popen([sys.executable, "-m", service], cwd=ROOT, env=env,
                                    stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         self.processes[name] = process
@@ -183,6 +185,12 @@ def test_every_service_shows_up_passing_with_a_grpc_check(mesh) -> None:
             assert f":{port}/shop.{service}.v1." in checks[0]["Output"]  # checked on its own gRPC service name
             assert entry["Service"]["Meta"]["protocol"] == "grpc" and entry["Service"]["Meta"]["version"]
             assert "grpc" in entry["Service"]["Tags"] and entry["Service"]["ID"] in services.processes
+            # What Prometheus' Consul discovery scrapes (deploy/prometheus.yml): the instance's /metrics port.
+            metrics_port = entry["Service"]["Meta"]["metrics_port"]
+            assert metrics_port == str(services.metrics_ports[entry["Service"]["ID"]])
+            with urllib.request.urlopen(f"http://{entry['Service']['Address']}:{metrics_port}/metrics",
+                                        timeout=5) as page:
+                assert b"grpc_server_handled_total" in page.read()
     assert {e["Service"]["ID"] for e in agent.passing("inventory")} == {"inventory-a", "inventory-b"}
 
 

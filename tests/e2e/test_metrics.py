@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -212,3 +213,24 @@ def test_metrics_off_serves_no_page_and_records_nothing(tmp_path: Path) -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{mesh.metrics_ports['inventory']}/metrics", timeout=2)
     finally:
         mesh.stop_all()
+
+
+PROMQL_WORDS = {"histogram_quantile", "label_values"}
+
+
+def test_every_series_the_grafana_dashboard_queries_exists_on_the_live_pages(launcher: Launcher, pages: Pages) -> None:
+    from tests.conftest import ROOT
+
+    assert gateway_call(launcher, "GET", "/v1/products/coffee-mug") == 200  # client series appear with a first call
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "shopmesh.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"]]
+    live = pages.all()
+    names = {name for page in live.values() for name, _ in page}
+    labels = {label for page in live.values() for _, pairs in page for label, _ in pairs}
+    used = {word for expr in exprs for word in re.findall(r"[a-z][a-z0-9_]*_[a-z0-9_]+", expr)} - PROMQL_WORDS
+    metrics_used = used - labels
+    assert len(metrics_used) >= 12, metrics_used
+    missing = sorted(metrics_used - names)
+    assert not missing, f"the dashboard queries series no process exports: {missing}"
+    print(f"{len(exprs)} dashboard queries over {len(metrics_used)} series, all exported")

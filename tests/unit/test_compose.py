@@ -30,7 +30,7 @@ def known_variables() -> set[str]:
     source = (ROOT / "mesh" / "settings.py").read_text()
     names = set(re.findall(r'"(SHOPMESH_[A-Z_]+)"', source))
     for service in DEFAULT_PORTS:
-        for suffix in ("PORT", "ADDR", "DATABASE_URL"):
+        for suffix in ("PORT", "ADDR", "DATABASE_URL", "METRICS_PORT"):
             names.add(f"SHOPMESH_{service.upper()}_{suffix}")
     return names
 
@@ -40,14 +40,15 @@ def test_the_file_is_valid_by_the_compose_specification() -> None:
 
     # PyYAML resolves the merge keys (<<: *service) exactly as docker compose does.
     compose = PyCompose.from_json(json.dumps(COMPOSE))
-    assert len(compose) == 5 and compose.name == "shopmesh"
+    assert len(compose) == 9 and compose.name == "shopmesh"
     broken = {**COMPOSE, "services": {**SERVICES, "gateway": {**SERVICES["gateway"], "ports": ["eighty:80"]}}}
     with pytest.raises(ValueError, match="port"):
         PyCompose.from_json(json.dumps(broken))
 
 
-def test_the_topology_is_consul_three_services_and_the_gateway() -> None:
-    assert set(SERVICES) == {"consul", "inventory", "order", "notification", "gateway"}
+def test_the_topology_is_consul_three_services_the_gateway_and_the_observability_stack() -> None:
+    assert set(SERVICES) == {"consul", "inventory", "order", "notification", "gateway",
+                             "otel-collector", "jaeger", "prometheus", "grafana"}
     assert SERVICES["inventory"]["deploy"]["replicas"] == 2
     assert SERVICES["consul"]["image"].startswith("hashicorp/consul:")
     assert "shop-data" in COMPOSE["volumes"]
@@ -84,3 +85,78 @@ def test_the_dockerfile_ships_every_package_and_the_pinned_probe() -> None:
     assert 'ENTRYPOINT ["python", "-m"]' in dockerfile
     assert Path(ROOT / ".dockerignore").read_text().split()[:2] == [".venv", ".tools"]
 
+
+
+DEPLOY = ROOT / "deploy"
+
+
+def mounted(service: str, target: str) -> Path:
+    """The repository file or folder a compose service mounts at `target` (read-only)."""
+    for volume in SERVICES[service]["volumes"]:
+        source, _, rest = volume.partition(":")
+        if rest.split(":")[0] == target:
+            assert rest.endswith(":ro") and source.startswith("./")
+            path = ROOT / source[2:]
+            assert path.exists(), path
+            return path
+    raise AssertionError(f"{service} mounts nothing at {target}")
+
+
+@pytest.mark.parametrize("name", ["inventory", "order", "notification", "gateway"])
+def test_every_service_sends_spans_to_the_collector_and_serves_metrics(name: str) -> None:
+    settings = Settings.from_env(name, {k: str(v) for k, v in SERVICES[name]["environment"].items()})
+    assert settings.trace_exporter == "otlp" and settings.metrics
+    collector = yaml.safe_load(mounted("otel-collector", "/etc/otelcol/config.yaml").read_text())
+    host, port = settings.otlp_endpoint.split(":")
+    assert host == "otel-collector" and collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] == f"0.0.0.0:{port}"
+    assert SERVICES["otel-collector"]["command"] == ["--config=/etc/otelcol/config.yaml"]
+
+
+def test_the_collector_forwards_traces_to_jaeger_over_otlp() -> None:
+    collector = yaml.safe_load((DEPLOY / "otel-collector.yaml").read_text())
+    pipeline = collector["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"] and set(pipeline["processors"]) <= set(collector["processors"])
+    [exporter] = pipeline["exporters"]
+    assert collector["exporters"][exporter]["endpoint"] == "jaeger:4317"
+    assert SERVICES["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+
+
+def test_prometheus_scrapes_every_instance_through_consul_on_its_registered_metrics_port() -> None:
+    from mesh.discovery import METRICS_PORT_META
+
+    config = yaml.safe_load(mounted("prometheus", "/etc/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    services = jobs["shopmesh-services"]
+    [consul_sd] = services["consul_sd_configs"]
+    assert consul_sd["server"] == "consul:8500" and sorted(consul_sd["services"]) == sorted(GRPC_NAMES)
+    meta_label = f"__meta_consul_service_metadata_{METRICS_PORT_META}"
+    rewrite = next(r for r in services["relabel_configs"] if r.get("target_label") == "__address__")
+    assert rewrite["source_labels"] == ["__meta_consul_service_address", meta_label]
+    assert re.fullmatch(rewrite["regex"], "10.0.0.7;9101") and rewrite["replacement"] == "$1:$2"
+    for name in GRPC_NAMES:  # each service registers the metrics port it listens on
+        env = {k: str(v) for k, v in SERVICES[name]["environment"].items()}
+        assert Settings.from_env(name, env).metrics_port == int(env[f"SHOPMESH_{name.upper()}_METRICS_PORT"])
+    gateway_port = Settings.from_env("gateway", {k: str(v) for k, v in SERVICES["gateway"]["environment"].items()}).port
+    assert jobs["shopmesh-gateway"]["static_configs"][0]["targets"] == [f"gateway:{gateway_port}"]
+
+
+def test_grafana_is_provisioned_with_both_data_sources_and_the_dashboard() -> None:
+    provisioning = mounted("grafana", "/etc/grafana/provisioning")
+    dashboards_dir = mounted("grafana", "/var/lib/grafana/dashboards")
+    sources = yaml.safe_load((provisioning / "datasources" / "datasources.yaml").read_text())["datasources"]
+    by_type = {source["type"]: source for source in sources}
+    assert by_type["prometheus"]["url"] == "http://prometheus:9090" and by_type["jaeger"]["url"] == "http://jaeger:16686"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "dashboards.yaml").read_text())["providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboard = json.loads((dashboards_dir / "shopmesh.json").read_text())
+    uids = {source["uid"] for source in sources}
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert all(p["datasource"]["uid"] in uids for p in panels)
+    titles = " ".join(p["title"] for p in panels).lower()
+    for wanted in ("requests per second", "errors", "latency", "orders", "stock units", "notifications",
+                   "open reservations", "outbox"):
+        assert wanted in titles, wanted
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == "/var/lib/grafana/dashboards/shopmesh.json"
