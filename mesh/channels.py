@@ -87,8 +87,9 @@ class Upstreams:
             channel = grpc.aio.insecure_channel(
                 target(addresses),
                 options=[*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)],
-                interceptors=[*metrics.client_interceptors(), *telemetry.client_interceptors()] or None,
+                interceptors=telemetry.client_interceptors() or None,
             )
+            channel = metrics.metered(channel)
             self._channels[service] = channel
             logger.info("channel to %s at %s", service, ", ".join(addresses))
         return channel

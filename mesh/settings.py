@@ -80,6 +80,16 @@ class _Reader:
             raise SettingsError(f"{name} must be from 0 to {high:g} seconds; got {raw}")
         return value
 
+    def ratio(self, name: str, default: float) -> float:
+        raw = self.raw(name)
+        try:
+            value = default if raw is None else float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number from 0 to 1; got {raw!r}") from None
+        if not 0 <= value <= 1:
+            raise SettingsError(f"{name} must be a number from 0 to 1; got {raw}")
+        return value
+
     def address(self, name: str, default: str) -> str:
         value = self.str(name, default)
         host, sep, port = value.rpartition(":")
@@ -130,6 +140,8 @@ class Settings:
     trace_exporter: str = "none"
     otlp_endpoint: str = "127.0.0.1:4317"
     trace_file: str = "traces-{instance}.jsonl"
+    # Share of new traces recorded (0..1); a call inside a trace follows its parent's choice.
+    trace_sample_ratio: float = 1.0
     # Prometheus metrics: recorded and served at /metrics when on.
     metrics: bool = True
     metrics_port: int = 0
@@ -181,6 +193,7 @@ class Settings:
             trace_exporter=env.choice("SHOPMESH_TRACE_EXPORTER", "none", TRACE_EXPORTERS),
             otlp_endpoint=env.str("SHOPMESH_OTLP_ENDPOINT", "127.0.0.1:4317"),
             trace_file=env.str("SHOPMESH_TRACE_FILE", "traces-{instance}.jsonl"),
+            trace_sample_ratio=env.ratio("SHOPMESH_TRACE_SAMPLE_RATIO", 1.0),
             metrics=env.choice("SHOPMESH_METRICS", "on", ("on", "off")) == "on",
             metrics_port=env.int(f"{prefix}METRICS_PORT", DEFAULT_METRICS_PORTS.get(service, ports[service]),
                                  low=0, high=65535),

@@ -37,7 +37,10 @@ def setup(settings: Settings) -> None:
         "service.version": settings.version,
         "service.instance.id": settings.instance_id,
     })
-    provider = TracerProvider(resource=resource)
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    # The first process of a request decides; every process after it follows (one trace, whole or not at all).
+    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)))
     if settings.trace_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -51,7 +54,7 @@ def setup(settings: Settings) -> None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _enabled = True
-    logger.info("tracing to %s", settings.trace_exporter)
+    logger.info("tracing to %s, sampling %g of new traces", settings.trace_exporter, settings.trace_sample_ratio)
 
 
 def current_ids() -> tuple[str, str]:

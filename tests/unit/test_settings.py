@@ -48,6 +48,8 @@ def test_every_value_can_be_overridden() -> None:
         ("SHOPMESH_SHUTDOWN_GRACE_SECONDS", "-1", "from 0 to"),
         ("SHOPMESH_DISCOVERY", "zookeeper", "one of static"),
         ("SHOPMESH_ORDER_DATABASE_URL", "orders.db", "SQLAlchemy URL"),
+        ("SHOPMESH_TRACE_SAMPLE_RATIO", "1.5", "from 0 to 1"),
+        ("SHOPMESH_TRACE_SAMPLE_RATIO", "half", "from 0 to 1"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(name: str, value: str, says: str) -> None:
