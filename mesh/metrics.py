@@ -17,7 +17,6 @@ friends, so CPU per request can be read from the same page.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -93,98 +92,6 @@ class MethodMetrics:
     def done(self, code: grpc.StatusCode, started: float) -> None:
         self.handled(code).inc()
         self.seconds.observe(time.perf_counter() - started)
-
-
-class _MeteredCall:
-    """A unary call whose outcome is counted when it is awaited; everything else is the call's own."""
-
-    __slots__ = ("_call", "_metrics", "_started", "_counted")
-
-    def __init__(self, call: Any, metrics: MethodMetrics):
-        self._call, self._metrics, self._started, self._counted = call, metrics, time.perf_counter(), False
-        metrics.started.inc()
-
-    def __await__(self) -> Any:
-        try:
-            response = yield from self._call.__await__()
-        except grpc.aio.AioRpcError as error:
-            self._count(error.code())
-            raise
-        except asyncio.CancelledError:
-            self._count(grpc.StatusCode.CANCELLED)
-            raise
-        self._count(grpc.StatusCode.OK)
-        return response
-
-    def _count(self, code: grpc.StatusCode) -> None:
-        if not self._counted:
-            self._counted = True
-            self._metrics.done(code, self._started)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
-
-
-class _MeteredStream(_MeteredCall):
-    """A server-streaming call counted when its stream ends, fails or is cancelled."""
-
-    __slots__ = ()
-
-    def __aiter__(self) -> Any:
-        return self._read()
-
-    async def _read(self) -> Any:
-        try:
-            async for item in self._call:
-                yield item
-        except grpc.aio.AioRpcError as error:
-            self._count(error.code())
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            self._count(grpc.StatusCode.CANCELLED)
-            raise
-        self._count(grpc.StatusCode.OK)
-
-    def cancel(self) -> bool:
-        self._count(grpc.StatusCode.CANCELLED)
-        return bool(self._call.cancel())
-
-
-class _Metered:
-    __slots__ = ("_inner", "_metrics", "_wrap")
-
-    def __init__(self, inner: Any, metrics: MethodMetrics, wrap: type[_MeteredCall]):
-        self._inner, self._metrics, self._wrap = inner, metrics, wrap
-
-    def __call__(self, request: Any, **kwargs: Any) -> Any:
-        return self._wrap(self._inner(request, **kwargs), self._metrics)
-
-
-class MeteredChannel:
-    """A grpc.aio channel whose unary and server-streaming calls count as grpc_client_*.
-
-    Cheaper than a grpc.aio client interceptor (which runs every call through an
-    extra task): the call is the channel's own, wrapped to count its outcome.
-    """
-
-    def __init__(self, channel: grpc.aio.Channel):
-        self._channel = channel
-
-    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        inner = self._channel.unary_unary(method, *args, **kwargs)
-        return _Metered(inner, MethodMetrics(method, "unary", server=False), _MeteredCall)
-
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        inner = self._channel.unary_stream(method, *args, **kwargs)
-        return _Metered(inner, MethodMetrics(method, "server_stream", server=False), _MeteredStream)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._channel, name)
-
-
-def metered(channel: grpc.aio.Channel) -> grpc.aio.Channel:
-    """`channel`, counting its calls when metrics are on."""
-    return MeteredChannel(channel) if _enabled else channel  # type: ignore[return-value]
 
 
 async def exposition(refreshers: Sequence[Callable[[], Awaitable[None]]] = ()) -> Response:

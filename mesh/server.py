@@ -75,7 +75,6 @@ class Running:
 
 async def create_server(settings: Settings, app: App) -> Running:
     server = grpc.aio.server(
-        interceptors=telemetry.server_interceptors(),
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),

@@ -23,7 +23,7 @@ from google.protobuf import any_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2
 
-from mesh import errors, logs, metrics
+from mesh import errors, logs, metrics, telemetry
 from mesh.metrics import MethodMetrics
 
 logger = logging.getLogger(__name__)
@@ -164,8 +164,9 @@ async def _echo_request_id(context: grpc.aio.ServicerContext) -> None:
             return
 
 
-def _finished(method: str, code: grpc.StatusCode, started: float, metrics: MethodMetrics | None) -> None:
-    """One log line per RPC (OK ones at DEBUG) and its metrics."""
+def _finished(method: str, code: grpc.StatusCode, started: float, metrics: MethodMetrics | None,
+              span: telemetry.ServerSpan | None) -> None:
+    """One log line per RPC (OK ones at DEBUG), its metrics and the end of its span."""
     if metrics is not None:
         metrics.done(code, started)
     level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO if code in _CALLER_CODES else logging.WARNING
@@ -173,6 +174,8 @@ def _finished(method: str, code: grpc.StatusCode, started: float, metrics: Metho
         elapsed = (time.perf_counter() - started) * 1000
         logger.log(level, "%s %s in %.1f ms", method, code.name, elapsed,
                    extra={"grpc_code": code.name, "duration_ms": round(elapsed, 3)})
+    if span is not None:
+        span.end(code)
 
 
 class Guarded:
@@ -206,6 +209,7 @@ def _guard_unary(
         if counted is not None:
             counted.started.inc()
         _enter(context, method)
+        span = telemetry.server_span(method, context.invocation_metadata())
         code = grpc.StatusCode.OK
         try:
             await _echo_request_id(context)
@@ -216,7 +220,7 @@ def _guard_unary(
                 raise
             await _abort(context, error, method)
         finally:
-            _finished(method, code, started, counted)
+            _finished(method, code, started, counted, span)
 
     return unary_unary
 
@@ -229,6 +233,7 @@ def _guard_stream(
         if counted is not None:
             counted.started.inc()
         _enter(context, method)
+        span = telemetry.server_span(method, context.invocation_metadata())
         code = grpc.StatusCode.OK
         try:
             async for response in inner(request, context):
@@ -241,6 +246,6 @@ def _guard_stream(
                 raise
             await _abort(context, error, method)
         finally:
-            _finished(method, code, started, counted)
+            _finished(method, code, started, counted, span)
 
     return unary_stream

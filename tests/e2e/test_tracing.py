@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -112,3 +113,34 @@ def test_an_error_names_its_trace_in_body_header_and_log_line(traced: tuple[Laun
     assert line["rpc_method"] == "/shop.order.v1.OrderService/GetOrder" and line["grpc_code"] == "NOT_FOUND"
     assert len(line["span_id"]) == 16 and line["request_id"] == "req-trace-1" and line["duration_ms"] >= 0
     print("404 body, x-trace-id and the order's log line share trace", trace_id)
+
+
+def test_a_notification_stream_is_one_trace_from_the_browser_to_the_notification_service(
+        traced: tuple[Launcher, Path]) -> None:
+    mesh, traces = traced
+    host, port = mesh.address("gateway").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"GET /v1/users/streamer/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    trace_id = next(line.split(b": ")[1].decode() for line in head.split(b"\r\n") if line.startswith(b"x-trace-id"))
+    time.sleep(0.5)
+    sock.close()  # the browser goes away: the stream and its spans end
+    deadline = time.monotonic() + 10
+    names = {"GET /v1/users/{user_id}/notifications:stream", "/shop.notification.v1.NotificationService/StreamNotifications"}
+    while True:
+        found = [s for s in spans(traces) if s["context"]["trace_id"] == f"0x{trace_id}"]
+        kinds = {(s["name"], s["kind"]) for s in found}
+        if sum(name.endswith("StreamNotifications") for name, _ in kinds) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert names <= {name for name, _ in kinds}
+    assert any(s["attributes"].get("db.system") == "sqlite" for s in found)  # the stream's reads
+    assert ("/shop.notification.v1.NotificationService/StreamNotifications", "SpanKind.CLIENT") in kinds
+    assert ("/shop.notification.v1.NotificationService/StreamNotifications", "SpanKind.SERVER") in kinds
+    by_id = {s["context"]["span_id"]: s for s in found}
+    server = next(s for s in found if s["kind"] == "SpanKind.SERVER" and s["name"].endswith("StreamNotifications"))
+    client = by_id[server["parent_id"]]
+    assert client["kind"] == "SpanKind.CLIENT" and by_id[client["parent_id"]]["name"].startswith("GET ")
+    assert server["attributes"]["rpc.grpc.status_code"] == 1  # CANCELLED: the client hung up
