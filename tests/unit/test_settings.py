@@ -80,3 +80,17 @@ def test_metrics_are_on_with_a_port_per_grpc_service_and_can_be_turned_off() -> 
         Settings.from_env("order", {"SHOPMESH_METRICS": "maybe"})
     with pytest.raises(SettingsError, match="SHOPMESH_ORDER_METRICS_PORT must be from 0 to 65535"):
         Settings.from_env("order", {"SHOPMESH_ORDER_METRICS_PORT": "70000"})
+
+
+def test_every_variable_is_documented_in_the_readme() -> None:
+    import re
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    names = set(re.findall(r'"(SHOPMESH_[A-Z_]+)"', (ROOT / "mesh" / "settings.py").read_text()))
+    assert len(names) > 20
+    undocumented = sorted(n for n in names if f"`{n}`" not in readme and n not in readme)
+    assert not undocumented, undocumented
+    for suffix in ("PORT", "ADDR", "METRICS_PORT"):  # the per-service ones, as the table spells them
+        assert f"`SHOPMESH_{{INVENTORY,ORDER,NOTIFICATION}}_{suffix}`" in readme, suffix
