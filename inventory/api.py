@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -42,8 +44,9 @@ def reservation_pb(reservation: Reservation) -> inventory_pb2.Reservation:
 
 
 class InventoryApi(inventory_pb2_grpc.InventoryServiceServicer):
-    def __init__(self, store: InventoryStore):
+    def __init__(self, store: InventoryStore, reservation_ttl: timedelta = handlers.DEFAULT_TTL):
         self._store = store
+        self._ttl = reservation_ttl
 
     async def CreateProduct(self, request: inventory_pb2.CreateProductRequest, context: grpc.aio.ServicerContext) -> inventory_pb2.Product:
         p = request.product
@@ -64,7 +67,7 @@ class InventoryApi(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def ReserveStock(self, request: inventory_pb2.ReserveStockRequest, context: grpc.aio.ServicerContext) -> inventory_pb2.Reservation:
         lines = [Line(line.sku, line.quantity) for line in request.lines]
-        return reservation_pb(await handlers.reserve_stock(self._store, request.reservation_id, lines))
+        return reservation_pb(await handlers.reserve_stock(self._store, request.reservation_id, lines, self._ttl))
 
     async def CommitReservation(self, request: inventory_pb2.CommitReservationRequest, context: grpc.aio.ServicerContext) -> inventory_pb2.Reservation:
         return reservation_pb(await handlers.commit_reservation(self._store, request.reservation_id))

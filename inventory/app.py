@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
+
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory import handlers
 from inventory.api import InventoryApi
@@ -18,8 +21,13 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
     await db.create_schema(metadata)
     store = InventoryStore(db)
-    return App(
-        bindings=[Binding(SERVICE_NAME, inventory_pb2_grpc.add_InventoryServiceServicer_to_server, InventoryApi(store))],
+    api = InventoryApi(store, timedelta(seconds=settings.reservation_ttl))
+    app = App(
+        bindings=[Binding(SERVICE_NAME, inventory_pb2_grpc.add_InventoryServiceServicer_to_server, api)],
         closers=[db.close],
         gauges=[lambda: handlers.refresh_gauges(store)],
     )
+    # Every instance sweeps; the guarded release lets exactly one win per reservation.
+    sweep_every = min(max(settings.reservation_ttl / 4, 0.2), 5.0)
+    app.background.append(asyncio.create_task(handlers.sweep_expired(store, sweep_every, app.stopping), name="expiry"))
+    return app

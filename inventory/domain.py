@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mesh import validate
-from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mesh.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mesh.money import Money, parse_money
 
 MAX_NAME = 200
@@ -51,6 +51,7 @@ class Reservation:
     state: ReservationState
     create_time: datetime | None = None
     update_time: datetime | None = None
+    expire_time: datetime | None = None
 
     @property
     def units(self) -> int:
@@ -108,6 +109,20 @@ class ReservationReleased(FailedPrecondition):
             subject=f"reservation/{reservation_id}",
             kind="RESERVATION_STATE",
         )
+
+
+class ReservationExpired(FailedPrecondition):
+    def __init__(self, reservation_id: str):
+        super().__init__(
+            f"reservation {reservation_id!r} expired before it was committed; its stock is released",
+            subject=f"reservation/{reservation_id}",
+            kind="RESERVATION_EXPIRED",
+        )
+
+
+class ReservationChanged(Aborted):
+    def __init__(self, reservation_id: str):
+        super().__init__(f"reservation {reservation_id!r} changed while this call ran; retry it")
 
 
 check_sku = validate.sku

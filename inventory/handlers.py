@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
+from datetime import timedelta
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
@@ -11,14 +14,18 @@ from inventory import domain
 from inventory.domain import Line, Product, Reservation, ReservationState
 from inventory.store import InventoryStore
 from mesh import paging
+from mesh.clock import now
+
+logger = logging.getLogger(__name__)
+DEFAULT_TTL = timedelta(seconds=60)
 
 # Business metrics (see mesh/metrics.py for the RPC ones). Replays count nothing.
-UNITS = Counter("shop_inventory_units_total", "Units moved by reservations: reserved, then sold or released.",
-                ("movement",))
+UNITS = Counter("shop_inventory_units_total", "Units moved by reservations: reserved, then sold, released, "
+                "or expired (released because nobody committed them in time).", ("movement",))
 OPEN_RESERVATIONS = Gauge("shop_inventory_open_reservations", "Reservations held now, neither committed nor released "
                           "(read from the database at each scrape: the same for every instance).")
 RESERVED_UNITS = Gauge("shop_inventory_reserved_units", "Units held by open reservations (from the database).")
-for _movement in ("reserved", "sold", "released"):
+for _movement in ("reserved", "sold", "released", "expired"):
     UNITS.labels(_movement)
 
 
@@ -68,8 +75,12 @@ async def adjust_stock(store: InventoryStore, sku: str, delta: int, reason: str)
         return await tx.get_product(sku)  # type: ignore[return-value]
 
 
-async def reserve_stock(store: InventoryStore, reservation_id: str, lines: Sequence[Line]) -> Reservation:
-    """All lines or none; a repeated reservation_id with the same lines replays the original."""
+async def reserve_stock(store: InventoryStore, reservation_id: str, lines: Sequence[Line],
+                        ttl: timedelta = DEFAULT_TTL) -> Reservation:
+    """All lines or none; a repeated reservation_id with the same lines replays the original.
+
+    Held for `ttl`: a reservation nobody commits by then is released by `expire_reservations`.
+    """
     domain.check_reservation_id(reservation_id)
     lines = domain.check_lines(lines)
     async with store.write() as tx:
@@ -87,12 +98,13 @@ async def reserve_stock(store: InventoryStore, reservation_id: str, lines: Seque
                     raise domain.ProductNotFound(line.sku)
                 raise domain.OutOfStock(line.sku, line.quantity, product.available)
             priced.append(Line(line.sku, line.quantity, price))
-        reservation = await tx.insert_reservation(reservation_id, priced)
+        reservation = await tx.insert_reservation(reservation_id, priced, ttl)
     UNITS.labels("reserved").inc(reservation.units)
     return reservation
 
 
 async def commit_reservation(store: InventoryStore, reservation_id: str) -> Reservation:
+    """Sells the held units; safe to repeat. An expired reservation cannot be committed."""
     domain.check_reservation_id(reservation_id)
     async with store.write() as tx:
         reservation = await tx.get_reservation(reservation_id)
@@ -102,12 +114,17 @@ async def commit_reservation(store: InventoryStore, reservation_id: str) -> Rese
             raise domain.ReservationReleased(reservation_id)
         if reservation.state is ReservationState.COMMITTED:
             return reservation
+        if reservation.expire_time is not None and reservation.expire_time <= now():
+            raise domain.ReservationExpired(reservation_id)  # the sweeper releases it; never both
         committed = await tx.set_state(reservation, ReservationState.COMMITTED)
+        if committed is None:  # released (or committed) by someone else since we read it
+            raise domain.ReservationChanged(reservation_id)
     UNITS.labels("sold").inc(committed.units)
     return committed
 
 
 async def release_reservation(store: InventoryStore, reservation_id: str) -> Reservation:
+    """Returns the units (also of a committed reservation: a cancelled order); safe to repeat."""
     domain.check_reservation_id(reservation_id)
     async with store.write() as tx:
         reservation = await tx.get_reservation(reservation_id)
@@ -116,5 +133,39 @@ async def release_reservation(store: InventoryStore, reservation_id: str) -> Res
         if reservation.state is ReservationState.RELEASED:
             return reservation
         released = await tx.set_state(reservation, ReservationState.RELEASED)
+        if released is None:
+            raise domain.ReservationChanged(reservation_id)
     UNITS.labels("released").inc(released.units)
     return released
+
+
+async def expire_reservations(store: InventoryStore, limit: int = 100) -> int:
+    """Releases reservations held past their expiry; returns how many. Safe on every instance at once."""
+    async with store.read() as tx:
+        due = await tx.expired(now(), limit)
+    expired = 0
+    for reservation_id in due:
+        async with store.write() as tx:
+            reservation = await tx.get_reservation(reservation_id)
+            if reservation is None or reservation.state is not ReservationState.RESERVED:
+                continue  # committed or released meanwhile
+            released = await tx.set_state(reservation, ReservationState.RELEASED)
+        if released is not None:
+            expired += 1
+            UNITS.labels("expired").inc(released.units)
+            logger.info("reservation %s expired: %d units back in stock", reservation_id, released.units)
+    return expired
+
+
+async def sweep_expired(store: InventoryStore, interval: float, stopping: asyncio.Event) -> None:
+    """The expiry loop every inventory instance runs."""
+    while not stopping.is_set():
+        try:
+            while await expire_reservations(store) == 100:
+                pass
+        except Exception:  # a locked or unreachable database: try again next round
+            logger.exception("expiring reservations failed")
+        try:
+            await asyncio.wait_for(stopping.wait(), interval)
+        except TimeoutError:
+            pass

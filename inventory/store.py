@@ -8,6 +8,7 @@ CHECK constraints back that up in the schema itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     SmallInteger,
@@ -59,6 +61,9 @@ reservations = Table(
     Column("state", SmallInteger, nullable=False),
     Column("create_time", DateTime, nullable=False),
     Column("update_time", DateTime, nullable=False),
+    # A reservation still RESERVED after this is released by the sweeper (null: never).
+    Column("expire_time", DateTime, nullable=True),
+    Index("reservations_by_state_expiry", "state", "expire_time"),
 )
 
 reservation_lines = Table(
@@ -191,13 +196,15 @@ class InventoryTx:
             return None
         rows = await self.conn.execute(_LINES_BY_RESERVATION, {"rid": reservation_id})
         lines = tuple(Line(r.sku, r.quantity, Money(r.currency_code, r.unit_price_minor)) for r in rows)
-        return Reservation(reservation_id, lines, ReservationState(head.state), head.create_time, head.update_time)
+        return Reservation(reservation_id, lines, ReservationState(head.state), head.create_time, head.update_time,
+                           head.expire_time)
 
-    async def insert_reservation(self, reservation_id: str, lines: Sequence[Line]) -> Reservation:
+    async def insert_reservation(self, reservation_id: str, lines: Sequence[Line], ttl: timedelta) -> Reservation:
         at = now()
         await self.conn.execute(
             _INSERT_RESERVATION,
-            {"reservation_id": reservation_id, "state": ReservationState.RESERVED, "create_time": at, "update_time": at},
+            {"reservation_id": reservation_id, "state": ReservationState.RESERVED, "create_time": at,
+             "update_time": at, "expire_time": at + ttl},
         )
         await self.conn.execute(
             _INSERT_LINES,
@@ -212,7 +219,7 @@ class InventoryTx:
                 for line in lines
             ],
         )
-        return Reservation(reservation_id, tuple(lines), ReservationState.RESERVED, at, at)
+        return Reservation(reservation_id, tuple(lines), ReservationState.RESERVED, at, at, at + ttl)
 
     async def open_reservations(self) -> tuple[int, int]:
         """Reservations held now (neither committed nor released) and the units they hold."""
@@ -223,20 +230,35 @@ class InventoryTx:
         )).one()
         return int(row[0]), int(row[1])
 
-    async def set_state(self, reservation: Reservation, state: ReservationState) -> Reservation:
-        """Moves the reservation's units to match `state` and records the new state."""
+    async def expired(self, at: datetime, limit: int) -> list[str]:
+        """Reservations still RESERVED whose expiry has passed, oldest first."""
+        query = (
+            select(reservations.c.reservation_id)
+            .where(reservations.c.state == ReservationState.RESERVED, reservations.c.expire_time <= at)
+            .order_by(reservations.c.expire_time)
+            .limit(limit)
+        )
+        return [row[0] for row in await self.conn.execute(query)]
+
+    async def set_state(self, reservation: Reservation, state: ReservationState) -> Reservation | None:
+        """Moves the reservation's units to match `state` and records the new state.
+
+        Guarded: only if the reservation is still in the state read, so that a
+        commit and an expiry (or two instances) can never both win; None if it was not.
+        """
         at = now()
         result = await self.conn.execute(
             _SET_STATE,
             {"rid": reservation.reservation_id, "from_state": reservation.state, "to_state": state, "at": at},
         )
-        if result.rowcount != 1:  # only possible across processes sharing one database
-            raise RuntimeError(f"reservation {reservation.reservation_id} changed underneath")
+        if result.rowcount != 1:
+            return None
         source = _FROM_COLUMN[reservation.state]
         target = "sold" if state is ReservationState.COMMITTED else "available"
         for line in reservation.lines:
             await self.move_units(line.sku, line.quantity, source, target)
-        return Reservation(reservation.reservation_id, reservation.lines, state, reservation.create_time, at)
+        return Reservation(reservation.reservation_id, reservation.lines, state, reservation.create_time, at,
+                           reservation.expire_time)
 
 
 class InventoryStore(Store[InventoryTx]):

@@ -140,6 +140,21 @@ class _Inline:
         self._engine.dispose()
 
 
+def _add_missing_columns(conn: Connection, metadata: MetaData) -> None:
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                if not column.nullable:
+                    raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name} to existing rows")
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+                logger.info("added column %s.%s", table.name, column.name)
+
+
 class Database:
     """One service's database: `async with db.write() as conn:` is one transaction."""
 
@@ -171,8 +186,14 @@ class Database:
         return cls(engine, inline)
 
     async def create_schema(self, metadata: MetaData) -> None:
+        """Creates missing tables, and adds columns a newer version defined to existing ones.
+
+        Added columns must be nullable (rows written before have no value);
+        anything beyond that wants a real migration tool.
+        """
         async with self._async_write() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_missing_columns, metadata)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection | InlineConnection]:

@@ -37,6 +37,14 @@ class FailedPrecondition(ShopError):
         self.kind = kind
 
 
+class Aborted(ShopError):
+    """A concurrent change got in the way; the same call again will see the new state."""
+
+
+class ResourceExhausted(ShopError):
+    """A limit was reached (too many calls at once); retry later."""
+
+
 class Unavailable(ShopError):
     """A service this one depends on could not be reached; retrying may help."""
 

@@ -123,6 +123,8 @@ class Settings:
     stream_poll_interval: float = 1.0
     # How often the order service retries undelivered outbox events.
     outbox_interval: float = 2.0
+    # Inventory: how long an uncommitted reservation holds its stock before it is released.
+    reservation_ttl: float = 60.0
     # Gateway: largest request body, and the deadline of a call (default and the
     # most a client may ask for with a `grpc-timeout` header).
     http_max_body: int = 1024 * 1024
@@ -182,6 +184,7 @@ class Settings:
             shutdown_grace=env.seconds("SHOPMESH_SHUTDOWN_GRACE_SECONDS", 10.0, high=300),
             stream_poll_interval=env.seconds("SHOPMESH_STREAM_POLL_SECONDS", 1.0, high=60),
             outbox_interval=env.seconds("SHOPMESH_OUTBOX_INTERVAL_SECONDS", 2.0, high=300),
+            reservation_ttl=max(env.seconds("SHOPMESH_RESERVATION_TTL_SECONDS", 60.0, high=86400), 0.1),
             http_max_body=env.int("SHOPMESH_HTTP_MAX_BODY_BYTES", 1024 * 1024, low=1, high=1024**3),
             http_timeout=env.seconds("SHOPMESH_HTTP_TIMEOUT_SECONDS", 10.0, high=3600),
             http_max_timeout=env.seconds("SHOPMESH_HTTP_MAX_TIMEOUT_SECONDS", 60.0, high=3600),

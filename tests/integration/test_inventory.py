@@ -191,3 +191,61 @@ async def test_fifty_buyers_for_the_last_unit_one_wins(stub) -> None:
     assert sum(await asyncio.gather(*(buy(i) for i in range(50)))) == 1
     mug = await stub.GetProduct(pb.GetProductRequest(sku="mug"))
     assert (mug.available, mug.reserved) == (0, 1)
+
+
+async def test_a_reservation_nobody_commits_is_released_after_its_ttl(start: Start) -> None:
+    served = await start("inventory", SHOPMESH_RESERVATION_TTL_SECONDS="0.5")
+    async with channel(served) as ch:
+        stub = inventory_pb2_grpc.InventoryServiceStub(ch)
+        await create(stub, sku="ttl", available=5)
+        await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="r-ttl", lines=[pb.ReservationLine(sku="ttl", quantity=3)]))
+        held = await stub.GetProduct(pb.GetProductRequest(sku="ttl"))
+        assert (held.available, held.reserved) == (2, 3)
+        for _ in range(50):  # the sweeper runs every ttl/4
+            await asyncio.sleep(0.1)
+            now = await stub.GetProduct(pb.GetProductRequest(sku="ttl"))
+            if now.reserved == 0:
+                break
+        assert (now.available, now.reserved, now.sold) == (5, 0, 0)
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await stub.CommitReservation(pb.CommitReservationRequest(reservation_id="r-ttl"))
+        assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "released" in late.value.details()
+
+
+async def test_a_commit_after_the_ttl_is_refused_even_before_the_sweeper_runs(start: Start) -> None:
+    from inventory import handlers
+    from inventory.domain import Line, ReservationExpired
+
+    served = await start("inventory", SHOPMESH_RESERVATION_TTL_SECONDS="3600")
+    store = served.app.bindings[0].servicer._store
+    async with channel(served) as ch:
+        await create(inventory_pb2_grpc.InventoryServiceStub(ch), sku="late", available=4)
+    from datetime import timedelta
+
+    await handlers.reserve_stock(store, "r-late", [Line("late", 2)], timedelta(seconds=-1))  # already expired
+    with pytest.raises(ReservationExpired):
+        await handlers.commit_reservation(store, "r-late")
+    assert await handlers.expire_reservations(store) == 1
+    assert await handlers.expire_reservations(store) == 0  # released once, never twice
+
+
+async def test_a_state_change_from_a_stale_read_loses_to_the_one_that_got_there_first(start: Start) -> None:
+    """The guard that lets a commit and an expiry (on any instance) never both win."""
+    from datetime import timedelta
+
+    from inventory import handlers
+    from inventory.domain import Line, ReservationState
+
+    served = await start("inventory")
+    store = served.app.bindings[0].servicer._store
+    async with channel(served) as ch:
+        stub = inventory_pb2_grpc.InventoryServiceStub(ch)
+        await create(stub, sku="guard", available=10)
+        await handlers.reserve_stock(store, "r-guard", [Line("guard", 4)], timedelta(minutes=5))
+        async with store.read() as tx:
+            stale = await tx.get_reservation("r-guard")  # what the sweeper read, before ...
+        await handlers.commit_reservation(store, "r-guard")  # ... the commit got there first
+        async with store.write() as tx:
+            assert await tx.set_state(stale, ReservationState.RELEASED) is None
+        final = await stub.GetProduct(pb.GetProductRequest(sku="guard"))
+        assert (final.available, final.reserved, final.sold) == (6, 0, 4)
