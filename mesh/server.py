@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh import logs, metrics, telemetry
+from mesh import faults, logs, metrics, telemetry
 from mesh.discovery import Discovery, create_discovery
 from mesh.http import serve_http
 from mesh.settings import Settings, SettingsError
@@ -159,6 +159,7 @@ def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -
     logs.configure(service, settings.instance_id, settings.log_level, settings.log_format)
     telemetry.setup(settings)
     metrics.setup(settings.metrics)
+    faults.configure(settings.faults)
     try:
         asyncio.run(serve(settings, build))
     except OSError as error:

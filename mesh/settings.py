@@ -98,6 +98,16 @@ class _Reader:
         return value
 
 
+def _faults(spec: str) -> str:
+    from mesh.faults import FaultSpecError, parse
+
+    try:
+        parse(spec)
+    except FaultSpecError as error:
+        raise SettingsError(f"SHOPMESH_FAULTS: {error}") from None
+    return spec
+
+
 @dataclass(frozen=True)
 class Settings:
     """What one service process needs to know; see README "Settings" for every variable."""
@@ -144,6 +154,8 @@ class Settings:
     trace_file: str = "traces-{instance}.jsonl"
     # Share of new traces recorded (0..1); a call inside a trace follows its parent's choice.
     trace_sample_ratio: float = 1.0
+    # Test-only fault injection (mesh/faults.py); empty in any real deployment.
+    faults: str = ""
     # Prometheus metrics: recorded and served at /metrics when on.
     metrics: bool = True
     metrics_port: int = 0
@@ -197,6 +209,7 @@ class Settings:
             otlp_endpoint=env.str("SHOPMESH_OTLP_ENDPOINT", "127.0.0.1:4317"),
             trace_file=env.str("SHOPMESH_TRACE_FILE", "traces-{instance}.jsonl"),
             trace_sample_ratio=env.ratio("SHOPMESH_TRACE_SAMPLE_RATIO", 1.0),
+            faults=_faults(env.str("SHOPMESH_FAULTS", "")),
             metrics=env.choice("SHOPMESH_METRICS", "on", ("on", "off")) == "on",
             metrics_port=env.int(f"{prefix}METRICS_PORT", DEFAULT_METRICS_PORTS.get(service, ports[service]),
                                  low=0, high=65535),

@@ -23,7 +23,7 @@ from google.protobuf import any_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2
 
-from mesh import errors, logs, metrics, telemetry
+from mesh import errors, faults, logs, metrics, telemetry
 from mesh.metrics import MethodMetrics
 
 logger = logging.getLogger(__name__)
@@ -201,8 +201,19 @@ class Guarded:
                 raise TypeError(f"{full_name}: Guarded wraps unary and server-streaming methods only")
             kind = "server_stream" if method.server_streaming else "unary"
             counted = MethodMetrics(full_name, kind, server=True) if metrics.enabled() else None
+            fault = faults.get(f"rpc.{method.name}")
+            if fault is not None:  # test-only: the fault runs where the handler would
+                inner = _faulty(inner, fault)
             wrap = _guard_stream if method.server_streaming else _guard_unary
             setattr(self, method.name, wrap(inner, full_name, counted))
+
+
+def _faulty(inner: Callable[..., Any], fault: faults.Fault) -> Callable[..., Any]:
+    async def with_fault(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await fault.trigger()
+        return await inner(request, context)
+
+    return with_fault
 
 
 def _guard_unary(

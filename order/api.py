@@ -8,7 +8,7 @@ from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from mesh.protoconv import money_pb, timestamp
 from order import domain, handlers
 from order.domain import Order
-from order.handlers import Inventory, Outbox
+from order.handlers import Commits, Inventory, Outbox
 from order.store import OrderStore
 
 
@@ -34,16 +34,17 @@ def order_pb(order: Order) -> order_pb2.Order:
 
 
 class OrderApi(order_pb2_grpc.OrderServiceServicer):
-    def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox):
+    def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox, commits: Commits):
         self._store = store
         self._inventory = inventory
         self._outbox = outbox
+        self._commits = commits
 
     async def CreateOrder(self, request: order_pb2.CreateOrderRequest, context: grpc.aio.ServicerContext) -> order_pb2.Order:
         wanted = domain.check_request(
             request.request_id, request.user_id, [(line.sku, line.quantity) for line in request.lines]
         )
-        return order_pb(await handlers.create_order(self._store, self._inventory, self._outbox, wanted))
+        return order_pb(await handlers.create_order(self._store, self._inventory, self._outbox, wanted, self._commits))
 
     async def GetOrder(self, request: order_pb2.GetOrderRequest, context: grpc.aio.ServicerContext) -> order_pb2.Order:
         return order_pb(await handlers.get_order(self._store, request.order_id))

@@ -13,6 +13,7 @@ from mesh.settings import Settings
 from order import handlers
 from order.api import OrderApi
 from order.outbox import OutboxRelay
+from order.recovery import Recovery
 from order.store import OrderStore, metadata
 from order.upstreams import InventoryClient, NotificationClient
 
@@ -28,11 +29,16 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     inventory = InventoryClient(upstreams, settings.call_timeout)
     notifier = NotificationClient(upstreams, settings.call_timeout)
     relay = OutboxRelay(store, notifier, settings.outbox_interval)
+    # Orders in flight on any instance finish within their deadline; older half-done ones are ours to settle.
+    recovery = Recovery(store, inventory, relay, settings.outbox_interval, grace=settings.call_timeout * 2)
+    api = OrderApi(store, inventory, relay, recovery)
     app = App(
-        bindings=[Binding(SERVICE_NAME, order_pb2_grpc.add_OrderServiceServicer_to_server, OrderApi(store, inventory, relay))],
-        closers=[db.close, upstreams.close],
+        bindings=[Binding(SERVICE_NAME, order_pb2_grpc.add_OrderServiceServicer_to_server, api)],
+        closers=[db.close, upstreams.close, recovery.mark_committed],  # run last to first
         gauges=[lambda: handlers.refresh_gauges(store)],
     )
     app.background.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+    app.background.append(asyncio.create_task(recovery.run(), name="recovery"))
+    app.background.append(asyncio.create_task(recovery.run_marks(), name="commit-marks"))
     relay.kick()  # deliver what a previous run left behind
     return app

@@ -10,7 +10,7 @@ from typing import Protocol
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 
-from mesh import paging
+from mesh import faults, paging
 from mesh.errors import AlreadyExists, ShopError
 from order import domain
 from order.domain import Order, OrderRequest, OrderStatus
@@ -43,6 +43,10 @@ class Outbox(Protocol):
     def kick(self, event_id: str | None = None) -> None: ...
 
 
+class Commits(Protocol):
+    def committed(self, order_id: str) -> None: ...
+
+
 async def _replay(store: OrderStore, request: OrderRequest) -> Order | None:
     async with store.read() as tx:
         found = await tx.by_request(request.request_id)
@@ -54,7 +58,8 @@ async def _replay(store: OrderStore, request: OrderRequest) -> Order | None:
     return order
 
 
-async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, request: OrderRequest) -> Order:
+async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, request: OrderRequest,
+                       commits: Commits | None = None) -> Order:
     """Reserve, price, store with its event, commit; idempotent on request_id.
 
     A repeated request finds its reservation already held (inventory replays
@@ -73,15 +78,20 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
         if (order := await _replay(store, request)) is not None:
             return order
         raise domain.RequestIdSpent(request.request_id)
+    await faults.point("order.after_reserve")
     # Once stock is held, storing the order (or else releasing the stock) and
     # committing must run to the end even if the caller hangs up mid-way.
     order = await asyncio.shield(_store_or_release(store, inventory, request, held))
     outbox.kick(domain.created_event(order).event_id)
+    await faults.point("order.after_store")
     try:
         await asyncio.shield(inventory.commit(request.reservation_id))
     except ShopError as error:
-        # The order stands and its stock stays held, never sold twice.
+        # The order stands and its stock stays held; order/recovery.py commits it later.
         logger.warning("order %s stored but its reservation is not committed yet: %s", order.order_id, error)
+    else:
+        if commits is not None:
+            commits.committed(order.order_id)
     return order
 
 

@@ -7,6 +7,7 @@ accepted order is always announced (at least once; notification dedupes).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -51,7 +52,10 @@ orders = Table(
     Column("cancel_reason", String(200), nullable=False, default=""),
     Column("create_time", DateTime, nullable=False),
     Column("update_time", DateTime, nullable=False),
+    # When inventory confirmed the sale (null: not known yet; order/recovery.py finishes it).
+    Column("commit_time", DateTime, nullable=True),
     Index("orders_by_user", "user_id", "sequence"),
+    Index("orders_by_commit", "commit_time", "sequence"),
 )
 
 order_lines = Table(
@@ -187,6 +191,24 @@ class OrderTx:
         if result.rowcount != 1:
             return None
         return Order(**{**order.__dict__, "status": OrderStatus.CANCELLED, "update_time": at})
+
+    async def mark_committed(self, order_ids: Sequence[str]) -> None:
+        await self.conn.execute(
+            update(orders)
+            .where(orders.c.order_id.in_(order_ids), orders.c.commit_time.is_(None))
+            .values(commit_time=now())
+        )
+
+    async def uncommitted(self, created_before: datetime, limit: int) -> list[Order]:
+        """CONFIRMED orders whose sale inventory has not confirmed, oldest first."""
+        query = (
+            select(orders)
+            .where(orders.c.commit_time.is_(None), orders.c.status == OrderStatus.CONFIRMED,
+                   orders.c.create_time < created_before)
+            .order_by(orders.c.sequence)
+            .limit(limit)
+        )
+        return await self._load((await self.conn.execute(query)).all())
 
     async def add_event(self, event: Event) -> None:
         await self.conn.execute(

@@ -1,0 +1,149 @@
+"""Nothing lost when processes die, calls fail or stall: issue 6's tests, through real processes.
+
+Each test prints what it checked. Faults are injected with SHOPMESH_FAULTS (mesh/faults.py),
+which is off unless a test sets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from generated.shop.common.v1 import money_pb2
+from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from generated.shop.order.v1 import order_pb2, order_pb2_grpc
+from tests.e2e.harness import Mesh
+
+FAST = {
+    "SHOPMESH_RESERVATION_TTL_SECONDS": "2",
+    "SHOPMESH_OUTBOX_INTERVAL_SECONDS": "0.3",
+    "SHOPMESH_CALL_TIMEOUT_SECONDS": "1",
+}
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    mesh = Mesh(tmp_path / "mesh")
+    yield mesh
+    mesh.stop_all()
+
+
+def new_product(mesh: Mesh, stock: int) -> str:
+    sku = f"rel-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(mesh.address("inventory")) as channel:
+        product = inventory_pb2.Product(sku=sku, name="Reliable mug", available=stock,
+                                        price=money_pb2.Money(currency_code="USD", minor_units=1000))
+        inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(product=product))
+    return sku
+
+
+def stock(mesh: Mesh, sku: str) -> inventory_pb2.Product:
+    with grpc.insecure_channel(mesh.address("inventory")) as channel:
+        return inventory_pb2_grpc.InventoryServiceStub(channel).GetProduct(inventory_pb2.GetProductRequest(sku=sku),
+                                                                          timeout=5)
+
+
+def all_orders(mesh: Mesh, user: str) -> list[order_pb2.Order]:
+    found, token = [], ""
+    with grpc.insecure_channel(mesh.address("order")) as channel:
+        stub = order_pb2_grpc.OrderServiceStub(channel)
+        while True:
+            page = stub.ListOrders(order_pb2.ListOrdersRequest(user_id=user, page_size=100, page_token=token), timeout=5)
+            found += page.orders
+            token = page.next_page_token
+            if not token:
+                return found
+
+
+def all_notifications(mesh: Mesh, user: str) -> list[notification_pb2.Notification]:
+    found, token = [], ""
+    with grpc.insecure_channel(mesh.address("notification")) as channel:
+        stub = notification_pb2_grpc.NotificationServiceStub(channel)
+        while True:
+            page = stub.ListNotifications(
+                notification_pb2.ListNotificationsRequest(user_id=user, page_size=100, page_token=token), timeout=5)
+            found += page.notifications
+            token = page.next_page_token
+            if not token:
+                return found
+
+
+async def place(address: str, user: str, sku: str, quantities: list[int]) -> dict[str, object]:
+    """Places one order per quantity at once; request_id -> the Order, or the status code it failed with."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = order_pb2_grpc.OrderServiceStub(channel)
+
+        async def one(quantity: int) -> tuple[str, object]:
+            request_id = str(uuid.uuid4())
+            request = order_pb2.CreateOrderRequest(request_id=request_id, user_id=user,
+                                                   lines=[order_pb2.OrderLine(sku=sku, quantity=quantity)])
+            try:
+                return request_id, await stub.CreateOrder(request, timeout=5)
+            except grpc.aio.AioRpcError as error:
+                return request_id, error.code()
+
+        return dict(await asyncio.gather(*(one(q) for q in quantities)))
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def assert_settled(mesh: Mesh, sku: str, initial: int, user: str, acknowledged: dict[str, object]) -> Counter:
+    """The stock invariant, one final state per order, and exactly one notification per event."""
+    wait_for(lambda: stock(mesh, sku).reserved == 0, 30, "every reservation to be committed or released")
+    product = stock(mesh, sku)
+    assert product.available + product.reserved + product.sold == initial
+    orders = all_orders(mesh, user)
+    statuses = Counter(order_pb2.Order.Status.Name(o.status) for o in orders)
+    assert set(statuses) <= {"CONFIRMED", "CANCELLED"}
+    confirmed = [o for o in orders if o.status == order_pb2.Order.CONFIRMED]
+    assert sum(line.quantity for o in confirmed for line in o.lines) == product.sold
+    by_request = {o.request_id: o for o in orders}
+    for request_id, outcome in acknowledged.items():
+        if isinstance(outcome, order_pb2.Order):  # acknowledged to its caller: stored, and sold
+            assert by_request[request_id].status == order_pb2.Order.CONFIRMED
+    expected = {f"order.created:{o.order_id}" for o in orders}
+    expected |= {f"order.cancelled:{o.order_id}" for o in orders if o.status == order_pb2.Order.CANCELLED}
+
+    def notified() -> Counter:
+        return Counter(n.event_id for n in all_notifications(mesh, user))
+
+    wait_for(lambda: set(notified()) == expected, 30, "one notification per order event")
+    assert all(count == 1 for count in notified().values())
+    return statuses
+
+
+def test_kill_9_between_reserve_and_commit_loses_no_stock_and_settles_every_order(mesh: Mesh) -> None:
+    mesh.start("inventory", **FAST)
+    mesh.start("notification", **FAST)
+    sku, initial, user = new_product(mesh, 200), 200, "chaos-kill"
+    outcomes: dict[str, object] = {}
+    for point in ("order.after_reserve", "order.after_store"):
+        # The 4th order to reach the point kills the process, with others in flight around it.
+        process = mesh.start("order", SHOPMESH_FAULTS=f"{point}=kill:4", **FAST)
+        placed = asyncio.run(place(mesh.address("order"), user, sku, [1, 2, 3] * 4))
+        assert process.wait(10) == -9, "the fault hook did not kill the order service"
+        codes = Counter(v if isinstance(v, grpc.StatusCode) else "OK" for v in placed.values())
+        print(f"{point}: killed with 12 orders in flight: {dict(codes)}")
+        assert grpc.StatusCode.UNAVAILABLE in codes  # the calls in flight died with it
+        outcomes.update(placed)
+        held = stock(mesh, sku)
+        print(f"  right after the kill: available {held.available}, reserved {held.reserved}, sold {held.sold}")
+    mesh.start("order", **FAST)  # restarted clean: it settles what the kills left half-done
+    outcomes.update(asyncio.run(place(mesh.address("order"), user, sku, [1, 1, 1])))
+    statuses = assert_settled(mesh, sku, initial, user, outcomes)
+    final = stock(mesh, sku)
+    print(f"settled: available {final.available} + reserved {final.reserved} + sold {final.sold} == {initial}; "
+          f"orders {dict(statuses)}; every acknowledged order CONFIRMED; one notification per event")
