@@ -71,6 +71,17 @@ def _bad(message: str, status: int = 400) -> Response:
     return Response(status, errors.body(code, message))
 
 
+def _idempotency_key(request: Request, message: object) -> None:
+    """`Idempotency-Key: K` (Stripe's header) fills a request's `request_id` field; a different body value is a 400."""
+    key = request.headers.get("idempotency-key")
+    if key is None or "request_id" not in message.DESCRIPTOR.fields_by_name:  # type: ignore[attr-defined]
+        return
+    current = message.request_id  # type: ignore[attr-defined]
+    if current and current != key:
+        raise BadRequest(f"Idempotency-Key header {key!r} differs from requestId {current!r} in the body; send one")
+    message.request_id = key  # type: ignore[attr-defined]
+
+
 @dataclass
 class Call:
     """One route's gRPC method, bound to its upstream's channel once."""
@@ -191,6 +202,7 @@ class Gateway:
                 query=parse_qs(request.query, keep_blank_values=True) if request.query else {},
             )
             timeout = self._timeout(request)
+            _idempotency_key(request, message)
         except BadRequest as error:
             return _bad(str(error))
         except (ValueError, TypeError, OverflowError) as error:  # json_format's less usual complaints

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from mesh import validate
-from mesh.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mesh.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ShopError
 from mesh.money import Money, parse_money
 
 MAX_NAME = 200
@@ -23,6 +25,8 @@ class ReservationState(enum.IntEnum):
     RESERVED = 1
     COMMITTED = 2
     RELEASED = 3
+    # Refused (out of stock, unknown product): kept so the same request gets the same answer.
+    REJECTED = 4
 
 
 @dataclass(frozen=True)
@@ -52,14 +56,37 @@ class Reservation:
     create_time: datetime | None = None
     update_time: datetime | None = None
     expire_time: datetime | None = None
+    # A REJECTED reservation keeps what was asked (its fingerprint) and why it was refused.
+    fingerprint: str = ""
+    failure: ShopError | None = None
 
     @property
     def units(self) -> int:
         return sum(line.quantity for line in self.lines)
 
     def same_request(self, lines: Sequence[Line]) -> bool:
-        """Whether `lines` asks for what this reservation holds (order of lines aside)."""
+        """Whether `lines` asks for what this reservation holds or was refused (order of lines aside)."""
+        if self.state is ReservationState.REJECTED:
+            return self.fingerprint == fingerprint(lines)
         return sorted((l.sku, l.quantity) for l in self.lines) == sorted((l.sku, l.quantity) for l in lines)
+
+
+def fingerprint(lines: Sequence[Line]) -> str:
+    return hashlib.sha256(";".join(f"{l.sku}:{l.quantity}" for l in sorted(lines, key=lambda l: l.sku)).encode()).hexdigest()
+
+
+def failure_record(error: ShopError) -> str:
+    """A refusal as stored, to be raised again word for word."""
+    kind = "not_found" if isinstance(error, NotFound) else "failed_precondition"
+    subject = getattr(error, "subject", "")
+    return json.dumps({"type": kind, "message": str(error), "subject": subject, "kind": getattr(error, "kind", "")})
+
+
+def failure_from_record(record: str) -> ShopError:
+    data = json.loads(record)
+    if data["type"] == "not_found":
+        return NotFound(data["message"])
+    return FailedPrecondition(data["message"], subject=data["subject"], kind=data["kind"])
 
 
 class ProductNotFound(NotFound):

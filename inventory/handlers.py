@@ -15,9 +15,12 @@ from inventory.domain import Line, Product, Reservation, ReservationState
 from inventory.store import InventoryStore
 from mesh import paging
 from mesh.clock import now
+from mesh.errors import ShopError
 
 logger = logging.getLogger(__name__)
 DEFAULT_TTL = timedelta(seconds=60)
+# How long a refused reservation id replays its refusal (Stripe keeps idempotency keys 24 hours).
+REFUSALS_KEPT = timedelta(hours=24)
 
 # Business metrics (see mesh/metrics.py for the RPC ones). Replays count nothing.
 UNITS = Counter("shop_inventory_units_total", "Units moved by reservations: reserved, then sold, released, "
@@ -83,24 +86,44 @@ async def reserve_stock(store: InventoryStore, reservation_id: str, lines: Seque
     """
     domain.check_reservation_id(reservation_id)
     lines = domain.check_lines(lines)
-    async with store.write() as tx:
-        existing = await tx.get_reservation(reservation_id)
-        if existing is not None:
-            if not existing.same_request(lines):
-                raise domain.ReservationConflict(reservation_id)
-            return existing
-        priced = []
-        for line in lines:  # sorted by SKU: every writer takes rows in one order
-            price = await tx.hold(line.sku, line.quantity)
-            if price is None:  # raising rolls back every line held so far
-                product = await tx.get_product(line.sku)
-                if product is None:
-                    raise domain.ProductNotFound(line.sku)
-                raise domain.OutOfStock(line.sku, line.quantity, product.available)
-            priced.append(Line(line.sku, line.quantity, price))
-        reservation = await tx.insert_reservation(reservation_id, priced, ttl)
+    try:
+        async with store.write() as tx:
+            existing = await tx.get_reservation(reservation_id)
+            if existing is not None:
+                if not existing.same_request(lines):
+                    raise domain.ReservationConflict(reservation_id)
+                if existing.failure is not None:
+                    raise existing.failure  # the first answer, word for word
+                return existing
+            priced = []
+            for line in lines:  # sorted by SKU: every writer takes rows in one order
+                price = await tx.hold(line.sku, line.quantity)
+                if price is None:  # raising rolls back every line held so far
+                    product = await tx.get_product(line.sku)
+                    if product is None:
+                        raise _Refused(domain.ProductNotFound(line.sku))
+                    raise _Refused(domain.OutOfStock(line.sku, line.quantity, product.available))
+                priced.append(Line(line.sku, line.quantity, price))
+            reservation = await tx.insert_reservation(reservation_id, priced, ttl)
+    except _Refused as refused:
+        await _remember_refusal(store, reservation_id, lines, refused.error)
+        raise refused.error from None
     UNITS.labels("reserved").inc(reservation.units)
     return reservation
+
+
+class _Refused(Exception):
+    def __init__(self, error: ShopError):
+        self.error = error
+
+
+async def _remember_refusal(store: InventoryStore, reservation_id: str, lines: Sequence[Line], error: ShopError) -> None:
+    """Stores a refusal (after its transaction rolled back) so a repeat gets the same answer, as Stripe's keys do."""
+    try:
+        async with store.write() as tx:
+            await tx.insert_rejection(reservation_id, domain.fingerprint(lines), domain.failure_record(error))
+    except IntegrityError:
+        pass  # a concurrent request with this id stored its outcome first; a repeat replays that one
 
 
 async def commit_reservation(store: InventoryStore, reservation_id: str) -> Reservation:
@@ -139,6 +162,12 @@ async def release_reservation(store: InventoryStore, reservation_id: str) -> Res
     return released
 
 
+async def purge_refusals(store: InventoryStore, kept: timedelta = REFUSALS_KEPT) -> int:
+    """Forgets refusals older than `kept`: after that, the same request id may be tried afresh."""
+    async with store.write() as tx:
+        return await tx.purge_rejections(now() - kept)
+
+
 async def expire_reservations(store: InventoryStore, limit: int = 100) -> int:
     """Releases reservations held past their expiry; returns how many. Safe on every instance at once."""
     async with store.read() as tx:
@@ -163,6 +192,7 @@ async def sweep_expired(store: InventoryStore, interval: float, stopping: asynci
         try:
             while await expire_reservations(store) == 100:
                 pass
+            await purge_refusals(store)
         except Exception:  # a locked or unreachable database: try again next round
             logger.exception("expiring reservations failed")
         try:

@@ -22,7 +22,9 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    Text,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -30,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from inventory.domain import Line, Product, Reservation, ReservationState
+from inventory.domain import Line, Product, Reservation, ReservationState, failure_from_record
 from mesh.clock import now
 from mesh.db import Store
 from mesh.money import Money
@@ -63,6 +65,9 @@ reservations = Table(
     Column("update_time", DateTime, nullable=False),
     # A reservation still RESERVED after this is released by the sweeper (null: never).
     Column("expire_time", DateTime, nullable=True),
+    # REJECTED only: what was asked and why it was refused (replayed to a repeated request).
+    Column("fingerprint", String(64), nullable=True),
+    Column("failure", Text, nullable=True),
     Index("reservations_by_state_expiry", "state", "expire_time"),
 )
 
@@ -196,8 +201,9 @@ class InventoryTx:
             return None
         rows = await self.conn.execute(_LINES_BY_RESERVATION, {"rid": reservation_id})
         lines = tuple(Line(r.sku, r.quantity, Money(r.currency_code, r.unit_price_minor)) for r in rows)
+        failure = failure_from_record(head.failure) if head.failure else None
         return Reservation(reservation_id, lines, ReservationState(head.state), head.create_time, head.update_time,
-                           head.expire_time)
+                           head.expire_time, head.fingerprint or "", failure)
 
     async def insert_reservation(self, reservation_id: str, lines: Sequence[Line], ttl: timedelta) -> Reservation:
         at = now()
@@ -229,6 +235,22 @@ class InventoryTx:
             .where(reservations.c.state == ReservationState.RESERVED)
         )).one()
         return int(row[0]), int(row[1])
+
+    async def insert_rejection(self, reservation_id: str, fingerprint: str, failure: str) -> None:
+        """Raises IntegrityError when the id is taken (a concurrent request recorded its outcome first)."""
+        at = now()
+        await self.conn.execute(
+            _INSERT_RESERVATION,
+            {"reservation_id": reservation_id, "state": ReservationState.REJECTED, "create_time": at,
+             "update_time": at, "expire_time": None, "fingerprint": fingerprint, "failure": failure},
+        )
+
+    async def purge_rejections(self, created_before: datetime) -> int:
+        result = await self.conn.execute(
+            delete(reservations).where(reservations.c.state == ReservationState.REJECTED,
+                                       reservations.c.create_time < created_before)
+        )
+        return int(result.rowcount or 0)
 
     async def expired(self, at: datetime, limit: int) -> list[str]:
         """Reservations still RESERVED whose expiry has passed, oldest first."""

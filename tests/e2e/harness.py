@@ -35,6 +35,21 @@ def wait_serving(address: str, timeout: float = 30.0, process: subprocess.Popen 
     raise TimeoutError(f"nothing SERVING on {address} after {timeout}s")
 
 
+def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"no answer from {url} after {timeout}s")
+
+
 @dataclass
 class Mesh:
     """The three services, each its own process, on free loopback ports."""
@@ -70,7 +85,10 @@ class Mesh:
             stderr=subprocess.STDOUT,
         )
         self.processes[service] = process
-        wait_serving(self.address(service), process=process)
+        if service == "gateway":
+            wait_http(f"http://{self.address(service)}/healthz", process=process)
+        else:
+            wait_serving(self.address(service), process=process)
         return process
 
     def stop(self, service: str, timeout: float = 30.0) -> int:

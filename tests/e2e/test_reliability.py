@@ -147,3 +147,52 @@ def test_kill_9_between_reserve_and_commit_loses_no_stock_and_settles_every_orde
     final = stock(mesh, sku)
     print(f"settled: available {final.available} + reserved {final.reserved} + sold {final.sold} == {initial}; "
           f"orders {dict(statuses)}; every acknowledged order CONFIRMED; one notification per event")
+
+
+def http(mesh_or_launcher, method: str, path: str, body: dict | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
+    import http.client
+    import json
+
+    host, port = mesh_or_launcher.address("gateway").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
+                 headers={**({"content-type": "application/json"} if body is not None else {}), **(headers or {})})
+    reply = conn.getresponse()
+    data = reply.read()
+    conn.close()
+    return reply.status, {k.lower(): v for k, v in reply.getheaders()}, json.loads(data) if data else {}
+
+
+def test_fifty_concurrent_requests_with_one_key_make_one_order_and_identical_answers(launcher) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sku = new_product(launcher, 10)
+    key = str(uuid.uuid4())
+    body = {"userId": "idem", "lines": [{"sku": sku, "quantity": 3}]}
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda _: http(launcher, "POST", "/v1/orders", body, {"Idempotency-Key": key}),
+                                range(50)))
+    assert {status for status, _, _ in answers} == {200}
+    assert len({str(sorted(reply.items())) for _, _, reply in answers}) == 1  # byte-for-byte the same order
+    assert answers[0][2]["requestId"] == key
+    after = stock(launcher, sku)
+    assert (after.available, after.sold) == (7, 3)
+    # Same key, other body: refused, and nothing changes.
+    status, _, error = http(launcher, "POST", "/v1/orders", {**body, "lines": [{"sku": sku, "quantity": 1}]},
+                            {"Idempotency-Key": key})
+    assert status == 409 and key in error["message"]  # ALREADY_EXISTS: the key is taken by another body
+    status, _, error = http(launcher, "POST", "/v1/orders", {**body, "requestId": "other"}, {"Idempotency-Key": key})
+    assert status == 400 and "differs" in error["message"]
+    assert stock(launcher, sku).available == 7 and len(all_orders(launcher, "idem")) >= 1
+    # A refusal is an outcome too: the same key replays it even after stock arrives.
+    refused_key = str(uuid.uuid4())
+    big = {"userId": "idem", "lines": [{"sku": sku, "quantity": 9}]}
+    first = http(launcher, "POST", "/v1/orders", big, {"Idempotency-Key": refused_key})
+    assert first[0] == 400 and "not enough stock" in first[2]["message"]
+    with grpc.insecure_channel(launcher.address("inventory")) as channel:
+        inventory_pb2_grpc.InventoryServiceStub(channel).AdjustStock(
+            inventory_pb2.AdjustStockRequest(sku=sku, delta=10, reason="restock"))
+    again = http(launcher, "POST", "/v1/orders", big, {"Idempotency-Key": refused_key})
+    assert (again[0], again[2]["message"]) == (first[0], first[2]["message"])
+    print("50 concurrent same-key POSTs: 1 order, 1 distinct answer; other body 409, no effect; refusal replayed")

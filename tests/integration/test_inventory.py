@@ -249,3 +249,38 @@ async def test_a_state_change_from_a_stale_read_loses_to_the_one_that_got_there_
             assert await tx.set_state(stale, ReservationState.RELEASED) is None
         final = await stub.GetProduct(pb.GetProductRequest(sku="guard"))
         assert (final.available, final.reserved, final.sold) == (6, 0, 4)
+
+
+async def test_a_refused_reservation_replays_its_refusal_word_for_word(stub) -> None:
+    await create(stub, sku="scarce", available=1)
+    ask = pb.ReserveStockRequest(reservation_id="r-refused", lines=[pb.ReservationLine(sku="scarce", quantity=2)])
+    with pytest.raises(grpc.aio.AioRpcError) as first:
+        await stub.ReserveStock(ask)
+    assert first.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await stub.AdjustStock(pb.AdjustStockRequest(sku="scarce", delta=5, reason="restock"))
+    with pytest.raises(grpc.aio.AioRpcError) as again:  # stock is there now, but this request's answer stands
+        await stub.ReserveStock(ask)
+    assert (again.value.code(), again.value.details()) == (first.value.code(), first.value.details())
+    assert details(again.value).details[0].type_url.endswith("PreconditionFailure")
+    other = pb.ReserveStockRequest(reservation_id="r-refused", lines=[pb.ReservationLine(sku="scarce", quantity=1)])
+    with pytest.raises(grpc.aio.AioRpcError) as conflict:
+        await stub.ReserveStock(other)
+    assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    fresh = pb.ReserveStockRequest(reservation_id="r-fresh", lines=[pb.ReservationLine(sku="scarce", quantity=2)])
+    assert (await stub.ReserveStock(fresh)).state == pb.Reservation.RESERVED
+    assert (await stub.GetProduct(pb.GetProductRequest(sku="scarce"))).reserved == 2
+
+
+async def test_refusals_are_forgotten_after_their_keeping_period(start: Start) -> None:
+    from datetime import timedelta
+
+    from inventory import handlers
+    from inventory.domain import Line
+    from mesh.errors import NotFound
+
+    served = await start("inventory")
+    store = served.app.bindings[0].servicer._store
+    with pytest.raises(NotFound):
+        await handlers.reserve_stock(store, "r-ghost", [Line("ghost", 1)])
+    assert await handlers.purge_refusals(store, kept=timedelta(hours=24)) == 0
+    assert await handlers.purge_refusals(store, kept=timedelta(seconds=-1)) == 1
