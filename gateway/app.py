@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -22,6 +23,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import errors, openapi
+from gateway.ratelimit import RateLimiter
 from gateway.routes import Route, Router, routes_from
 from gateway.transcode import BadRequest, build_request, to_dict, to_json
 from generated.shop.inventory.v1 import inventory_pb2
@@ -97,6 +99,10 @@ class Gateway:
         self._settings = settings
         self._upstreams = upstreams
         self.router = Router(routes_from(files))
+        self._limiter = None
+        if settings.rate_limit > 0:
+            burst = settings.rate_burst or max(1, math.ceil(settings.rate_limit))
+            self._limiter = RateLimiter(settings.rate_limit, burst)
         self._openapi = json.dumps(openapi.document(self.router.routes)).encode()
         self._pages = _pages()
         self._request_classes = {
@@ -114,6 +120,13 @@ class Gateway:
         if route.streaming:
             return Call(route, None, channel.unary_stream(route.rpc, **kwargs), request_class)
         return Call(route, channel.unary_unary(route.rpc, **kwargs), None, request_class)
+
+    def _limited(self, wait: float) -> Response:
+        assert self._limiter is not None
+        message = (f"rate limit: {self._limiter.rate:g} requests a second per client, bursts of {self._limiter.burst}; "
+                   f"retry in {wait:.2f}s")
+        return Response(429, errors.body(grpc.StatusCode.RESOURCE_EXHAUSTED, message),
+                        headers=[("retry-after", RateLimiter.retry_after(wait))])
 
     def _timeout(self, request: Request) -> float:
         wanted = request.headers.get("grpc-timeout")
@@ -158,6 +171,8 @@ class Gateway:
                 response.headers.append(("allow", ", ".join(allowed)))
                 return UNMATCHED, response
             return UNMATCHED, _bad(f"no route for {request.path}", 404)
+        if self._limiter is not None and (wait := self._limiter.take(request.client)):
+            return route.template.source, self._limited(wait)
         logs.rpc_method.set(route.rpc)
         if "x-request-id" in request.headers:
             logs.request_id.set(request.headers["x-request-id"])
@@ -217,7 +232,8 @@ class Gateway:
             reply = await rpc
         except grpc.aio.AioRpcError as error:
             status, body = errors.from_rpc_error(error, route.service)
-            return Response(status, body)
+            # An overloaded upstream shed the call: come back shortly.
+            return Response(status, body, headers=[("retry-after", "1")] if status == 429 else [])
         headers = [(f"grpc-metadata-{k}", str(v)) for k, v in (await rpc.initial_metadata() or ()) if not k.endswith("-bin")]
         return Response(200, to_json(reply), headers=headers)
 

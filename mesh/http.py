@@ -36,6 +36,8 @@ class Request:
     query: str
     headers: dict[str, str]
     body: bytes = b""
+    # The peer's address: who is calling, for per-client limits.
+    client: str = ""
 
 
 @dataclass
@@ -75,6 +77,7 @@ class HttpProtocol(asyncio.Protocol):
         self._max_body = max_body
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        self._client = ""
         self._queue: asyncio.Queue[Request | Response | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._reset()
@@ -91,6 +94,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self._client = str(peer[0]) if isinstance(peer, tuple) else ""
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
@@ -156,6 +161,7 @@ class HttpProtocol(asyncio.Protocol):
             query=(parsed.query or b"").decode("latin-1"),
             headers=self._headers,
             body=b"".join(self._body),
+            client=self._client,
         )
         if not self._parser.should_keep_alive():
             request.headers["connection"] = "close"

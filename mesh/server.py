@@ -75,6 +75,9 @@ class Running:
 
 async def create_server(settings: Settings, app: App) -> Running:
     server = grpc.aio.server(
+        # Load shedding: past this many calls at once, gRPC answers RESOURCE_EXHAUSTED at once
+        # (the gateway: 429) instead of queueing work that would time out anyway.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),

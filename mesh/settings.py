@@ -140,6 +140,11 @@ class Settings:
     http_max_body: int = 1024 * 1024
     http_timeout: float = 10.0
     http_max_timeout: float = 60.0
+    # Gateway: requests a second per client (0: no limit) and the burst a client may send at once.
+    rate_limit: float = 0.0
+    rate_burst: int = 0
+    # Every gRPC server: calls served at once; more are refused at once with RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 1000
     # Consul discovery: the agent's HTTP address, the host this process is
     # reached at, and its gRPC check's timing.
     consul_addr: str = "127.0.0.1:8500"
@@ -200,6 +205,9 @@ class Settings:
             http_max_body=env.int("SHOPMESH_HTTP_MAX_BODY_BYTES", 1024 * 1024, low=1, high=1024**3),
             http_timeout=env.seconds("SHOPMESH_HTTP_TIMEOUT_SECONDS", 10.0, high=3600),
             http_max_timeout=env.seconds("SHOPMESH_HTTP_MAX_TIMEOUT_SECONDS", 60.0, high=3600),
+            rate_limit=env.seconds("SHOPMESH_RATE_LIMIT_PER_SECOND", 0.0, high=1_000_000),
+            rate_burst=env.int("SHOPMESH_RATE_LIMIT_BURST", 0, low=0, high=1_000_000),
+            max_concurrent_rpcs=env.int("SHOPMESH_MAX_CONCURRENT_RPCS", 1000, low=1, high=1_000_000),
             consul_addr=env.str("SHOPMESH_CONSUL_ADDR", env.str("CONSUL_HTTP_ADDR", "127.0.0.1:8500")),
             advertise_host=env.str("SHOPMESH_ADVERTISE_HOST", _own_address() if host in WILDCARDS else connect_host),
             consul_check_interval=env.seconds("SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS", 1.0, high=60),

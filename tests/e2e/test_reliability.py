@@ -102,7 +102,13 @@ def wait_for(check, timeout: float, what: str) -> None:
 
 def assert_settled(mesh: Mesh, sku: str, initial: int, user: str, acknowledged: dict[str, object]) -> Counter:
     """The stock invariant, one final state per order, and exactly one notification per event."""
-    wait_for(lambda: stock(mesh, sku).reserved == 0, 30, "every reservation to be committed or released")
+    def settled() -> bool:
+        product = stock(mesh, sku)
+        confirmed = [o for o in all_orders(mesh, user) if o.status == order_pb2.Order.CONFIRMED]
+        return product.reserved == 0 and sum(line.quantity for o in confirmed for line in o.lines) == product.sold
+
+    # Expiry and recovery run on their own clocks; within 30 s everything must have converged.
+    wait_for(settled, 30, "every reservation committed or released and every order settled")
     product = stock(mesh, sku)
     assert product.available + product.reserved + product.sold == initial
     orders = all_orders(mesh, user)
@@ -149,7 +155,7 @@ def test_kill_9_between_reserve_and_commit_loses_no_stock_and_settles_every_orde
           f"orders {dict(statuses)}; every acknowledged order CONFIRMED; one notification per event")
 
 
-def http(mesh_or_launcher, method: str, path: str, body: dict | None = None,
+def call(mesh_or_launcher, method: str, path: str, body: dict | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
     import http.client
     import json
@@ -171,7 +177,7 @@ def test_fifty_concurrent_requests_with_one_key_make_one_order_and_identical_ans
     key = str(uuid.uuid4())
     body = {"userId": "idem", "lines": [{"sku": sku, "quantity": 3}]}
     with ThreadPoolExecutor(50) as pool:
-        answers = list(pool.map(lambda _: http(launcher, "POST", "/v1/orders", body, {"Idempotency-Key": key}),
+        answers = list(pool.map(lambda _: call(launcher, "POST", "/v1/orders", body, {"Idempotency-Key": key}),
                                 range(50)))
     assert {status for status, _, _ in answers} == {200}
     assert len({str(sorted(reply.items())) for _, _, reply in answers}) == 1  # byte-for-byte the same order
@@ -179,20 +185,98 @@ def test_fifty_concurrent_requests_with_one_key_make_one_order_and_identical_ans
     after = stock(launcher, sku)
     assert (after.available, after.sold) == (7, 3)
     # Same key, other body: refused, and nothing changes.
-    status, _, error = http(launcher, "POST", "/v1/orders", {**body, "lines": [{"sku": sku, "quantity": 1}]},
+    status, _, error = call(launcher, "POST", "/v1/orders", {**body, "lines": [{"sku": sku, "quantity": 1}]},
                             {"Idempotency-Key": key})
     assert status == 409 and key in error["message"]  # ALREADY_EXISTS: the key is taken by another body
-    status, _, error = http(launcher, "POST", "/v1/orders", {**body, "requestId": "other"}, {"Idempotency-Key": key})
+    status, _, error = call(launcher, "POST", "/v1/orders", {**body, "requestId": "other"}, {"Idempotency-Key": key})
     assert status == 400 and "differs" in error["message"]
     assert stock(launcher, sku).available == 7 and len(all_orders(launcher, "idem")) >= 1
     # A refusal is an outcome too: the same key replays it even after stock arrives.
     refused_key = str(uuid.uuid4())
     big = {"userId": "idem", "lines": [{"sku": sku, "quantity": 9}]}
-    first = http(launcher, "POST", "/v1/orders", big, {"Idempotency-Key": refused_key})
+    first = call(launcher, "POST", "/v1/orders", big, {"Idempotency-Key": refused_key})
     assert first[0] == 400 and "not enough stock" in first[2]["message"]
     with grpc.insecure_channel(launcher.address("inventory")) as channel:
         inventory_pb2_grpc.InventoryServiceStub(channel).AdjustStock(
             inventory_pb2.AdjustStockRequest(sku=sku, delta=10, reason="restock"))
-    again = http(launcher, "POST", "/v1/orders", big, {"Idempotency-Key": refused_key})
+    again = call(launcher, "POST", "/v1/orders", big, {"Idempotency-Key": refused_key})
     assert (again[0], again[2]["message"]) == (first[0], first[2]["message"])
     print("50 concurrent same-key POSTs: 1 order, 1 distinct answer; other body 409, no effect; refusal replayed")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_overload_past_the_concurrency_limit_is_refused_fast_with_bounded_memory(mesh: Mesh) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    inventory = mesh.start("inventory", SHOPMESH_MAX_CONCURRENT_RPCS="4", SHOPMESH_FAULTS="rpc.GetProduct=delay:0.5")
+    mesh.start("gateway")
+    sku = new_product(mesh, 5)
+
+    async def wave(n: int) -> list[tuple[object, float]]:
+        async with grpc.aio.insecure_channel(mesh.address("inventory")) as channel:
+            stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+
+            async def one() -> tuple[object, float]:
+                started = time.monotonic()
+                try:
+                    await stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=5)
+                    return grpc.StatusCode.OK, time.monotonic() - started
+                except grpc.aio.AioRpcError as error:
+                    return error.code(), time.monotonic() - started
+
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    results = asyncio.run(wave(40))
+    codes = Counter(code for code, _ in results)
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert 4 <= codes[grpc.StatusCode.OK] <= 8
+    shed = sorted(seconds for code, seconds in results if code == grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert shed[len(shed) // 2] < 0.2, f"refusals were not fast: median {shed[len(shed) // 2]:.3f}s"
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(lambda _: call(mesh, "GET", f"/v1/products/{sku}"), range(30)))
+    statuses = Counter(status for status, _, _ in answers)
+    assert set(statuses) <= {200, 429} and statuses[429] > 0, statuses
+    assert all(headers.get("retry-after") == "1" and body["code"] == 8
+               for status, headers, body in answers if status == 429)
+    first = rss_mb(inventory.pid)
+    for _ in range(5):
+        asyncio.run(wave(300))
+    grown = rss_mb(inventory.pid) - first
+    assert grown < 40, f"inventory grew {grown:.0f} MB over 1500 refused calls"
+    print(f"40 calls at a limit of 4: {dict((c.name, n) for c, n in codes.items())}, refusals in a median "
+          f"{1000 * shed[len(shed) // 2]:.1f} ms, none timed out; gateway: {dict(statuses)} with Retry-After; "
+          f"RSS +{grown:.1f} MB over 1500 more")
+
+
+def test_a_burst_above_the_bucket_gets_429_and_the_sustained_rate_matches_the_refill(mesh: Mesh) -> None:
+    import http.client
+
+    mesh.start("inventory")
+    mesh.start("gateway", SHOPMESH_RATE_LIMIT_PER_SECOND="20", SHOPMESH_RATE_LIMIT_BURST="10")
+    sku = new_product(mesh, 5)
+    host, port = mesh.address("gateway").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    passed, limited, retry_after = 0, 0, set()
+    started = time.monotonic()
+    while time.monotonic() - started < 4.0:
+        conn.request("GET", f"/v1/products/{sku}")
+        reply = conn.getresponse()
+        reply.read()
+        if reply.status == 200:
+            passed += 1
+        else:
+            assert reply.status == 429
+            limited += 1
+            retry_after.add(reply.getheader("retry-after"))
+    elapsed = time.monotonic() - started
+    sustained = (passed - 10) / elapsed
+    assert limited > passed and retry_after == {"1"}
+    assert abs(sustained - 20) <= 2, f"sustained {sustained:.1f}/s against a refill of 20/s"
+    assert call(mesh, "GET", "/healthz")[0] == 200  # probes are never limited
+    print(f"{passed} passed (burst 10 + {sustained:.1f}/s for {elapsed:.1f}s), {limited} got 429 with Retry-After: 1")
