@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from mesh import metrics, telemetry
+from mesh import logs, metrics, telemetry
 from mesh.discovery import Discovery
 from mesh.errors import Unavailable
 from mesh.metrics import MethodMetrics
@@ -129,6 +129,9 @@ class _Method:
         self._metrics = MethodMetrics(name, kind, server=False) if metrics.enabled() else None
 
     def __call__(self, request: Any, **kwargs: Any) -> Any:
+        request_id = logs.request_id.get()
+        if request_id is not None:  # the request this call serves, named in every process's logs
+            kwargs["metadata"] = (*tuple(kwargs.get("metadata") or ()), ("x-request-id", request_id))
         span = telemetry.client_span(self._name)
         if span is not None:
             kwargs["metadata"] = span.metadata(kwargs.get("metadata"))
@@ -136,7 +139,8 @@ class _Method:
 
 
 class InstrumentedChannel:
-    """A grpc.aio channel whose calls count as grpc_client_* and carry a client span.
+    """A grpc.aio channel whose calls carry the request's x-request-id, count as grpc_client_*
+    (metrics on) and carry a client span (tracing on).
 
     Cheaper than grpc.aio client interceptors, which run every call through an
     extra task: the call is the channel's own, wrapped to see its outcome.
@@ -185,8 +189,7 @@ class Upstreams:
                 target(addresses),
                 options=[*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)],
             )
-            if metrics.enabled() or telemetry.enabled():
-                channel = InstrumentedChannel(channel)  # type: ignore[assignment]
+            channel = InstrumentedChannel(channel)  # type: ignore[assignment]
             self._channels[service] = channel
             logger.info("channel to %s at %s", service, ", ".join(addresses))
         return channel

@@ -159,13 +159,13 @@ def _enter(context: grpc.aio.ServicerContext, method: str) -> None:
     logs.rpc_method.set(method)
 
 
-async def _echo_request_id(context: grpc.aio.ServicerContext) -> None:
-    """Returns the caller's x-request-id in the reply's headers, to tie logs and replies together."""
+def _request_id(context: grpc.aio.ServicerContext) -> str | None:
+    """The caller's x-request-id, made the request id of every log line (and downstream call) of this RPC."""
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
             logs.request_id.set(value)
-            await context.send_initial_metadata((("x-request-id", value),))
-            return
+            return str(value)
+    return None
 
 
 def _finished(method: str, code: grpc.StatusCode, started: float, metrics: MethodMetrics | None,
@@ -226,13 +226,20 @@ def _guard_unary(
         _enter(context, method)
         span = telemetry.server_span(method, context.invocation_metadata())
         code = grpc.StatusCode.OK
+        request_id = _request_id(context)
         try:
-            await _echo_request_id(context)
-            return await inner(request, context)
+            reply = await inner(request, context)
+            if request_id is not None:
+                # Echoed with the reply, not before: a call that fails before answering
+                # has sent nothing yet, so the caller's gRPC may still retry it.
+                await context.send_initial_metadata((("x-request-id", request_id),))
+            return reply
         except BaseException as error:
             code = _code_of(error, context)
             if not isinstance(error, Exception) or isinstance(error, grpc.aio.AbortError):
                 raise
+            if request_id is not None:
+                context.set_trailing_metadata((("x-request-id", request_id),))
             await _abort(context, error, method)
         finally:
             _finished(method, code, started, counted, span)
@@ -250,7 +257,10 @@ def _guard_stream(
         _enter(context, method)
         span = telemetry.server_span(method, context.invocation_metadata())
         code = grpc.StatusCode.OK
+        request_id = _request_id(context)
         try:
+            if request_id is not None:
+                await context.send_initial_metadata((("x-request-id", request_id),))
             async for response in inner(request, context):
                 yield response
                 if counted is not None and counted.sent is not None:

@@ -144,3 +144,28 @@ def test_a_notification_stream_is_one_trace_from_the_browser_to_the_notification
     client = by_id[server["parent_id"]]
     assert client["kind"] == "SpanKind.CLIENT" and by_id[client["parent_id"]]["name"].startswith("GET ")
     assert server["attributes"]["rpc.grpc.status_code"] == 1  # CANCELLED: the client hung up
+
+
+def test_the_request_id_and_trace_follow_a_call_to_every_service_it_reaches(traced: tuple[Launcher, Path]) -> None:
+    mesh, _ = traced
+    body = json.dumps({"requestId": str(uuid.uuid4()), "userId": "greedy",
+                       "lines": [{"sku": "coffee-mug", "quantity": 999999}]}).encode()
+    request = urllib.request.Request(f"http://{mesh.address('gateway')}/v1/orders", data=body, method="POST",
+                                     headers={"content-type": "application/json", "x-request-id": "req-chain-7"})
+    try:
+        urllib.request.urlopen(request, timeout=10)
+        raise AssertionError("expected 400")
+    except urllib.error.HTTPError as error:
+        assert error.code == 400
+        trace_id = error.headers["x-trace-id"]
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [e for e in log_lines(mesh) if e.get("request_id") == "req-chain-7"]
+        if {line["service"] for line in lines} >= {"order", "inventory"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    by_service = {line["service"]: line for line in lines}
+    assert by_service["inventory"]["rpc_method"] == "/shop.inventory.v1.InventoryService/ReserveStock"
+    assert by_service["order"]["rpc_method"] == "/shop.order.v1.OrderService/CreateOrder"
+    assert {line["grpc_code"] for line in by_service.values()} == {"FAILED_PRECONDITION"}
+    assert {line["trace_id"] for line in by_service.values()} == {trace_id}
