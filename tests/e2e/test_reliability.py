@@ -280,3 +280,136 @@ def test_a_burst_above_the_bucket_gets_429_and_the_sustained_rate_matches_the_re
     assert abs(sustained - 20) <= 2, f"sustained {sustained:.1f}/s against a refill of 20/s"
     assert call(mesh, "GET", "/healthz")[0] == 200  # probes are never limited
     print(f"{passed} passed (burst 10 + {sustained:.1f}/s for {elapsed:.1f}s), {limited} got 429 with Retry-After: 1")
+
+
+async def post_order(host: str, port: int, body: dict) -> int:
+    """One POST /v1/orders on its own connection; the HTTP status."""
+    import json
+
+    reader, writer = await asyncio.open_connection(host, port)
+    data = json.dumps(body).encode()
+    writer.write(b"POST /v1/orders HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(data), data))
+    status_line = await reader.readline()
+    await reader.read()
+    writer.close()
+    return int(status_line.split()[1])
+
+
+def test_a_thousand_concurrent_orders_for_a_hundred_units_sell_exactly_a_hundred(launcher) -> None:
+    sku, user = new_product(launcher, 100), f"crowd-{uuid.uuid4().hex[:6]}"
+    host, port = launcher.address("gateway").split(":")
+    lowest = {"available": 100, "reserved": 0}
+
+    async def run() -> Counter:
+        stop = asyncio.Event()
+
+        async def watch() -> None:  # every read along the way: never negative
+            async with grpc.aio.insecure_channel(launcher.address("inventory")) as channel:
+                stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+                while not stop.is_set():
+                    p = await stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku))
+                    assert p.available >= 0 and p.reserved >= 0 and p.available + p.reserved + p.sold == 100
+                    lowest["available"] = min(lowest["available"], p.available)
+                    await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        statuses = await asyncio.gather(*(
+            post_order(host, int(port), {"requestId": str(uuid.uuid4()), "userId": user,
+                                         "lines": [{"sku": sku, "quantity": 1}]})
+            for _ in range(1000)))
+        stop.set()
+        await watcher
+        return Counter(statuses)
+
+    statuses = asyncio.run(run())
+    assert statuses[200] == 100 and all(code < 500 for code in statuses), statuses
+    assert set(statuses) <= {200, 400}  # 400: out of stock (FAILED_PRECONDITION)
+    final = stock(launcher, sku)
+    assert (final.available, final.reserved, final.sold) == (0, 0, 100)
+    orders = all_orders(launcher, user)
+    assert len(orders) == 100
+    expected = {f"order.created:{o.order_id}" for o in orders}
+    wait_for(lambda: Counter(n.event_id for n in all_notifications(launcher, user)) == Counter(expected), 30,
+             "one notification per order")
+    print(f"1000 concurrent POSTs for 100 units: {dict(statuses)}; stock never negative (lowest available "
+          f"{lowest['available']}); 100 orders, 100 notifications, no 5xx")
+
+
+def test_orders_keep_flowing_while_notification_is_down_and_every_one_is_notified_once(mesh: Mesh) -> None:
+    mesh.start("inventory")
+    mesh.start("notification")
+    mesh.start("order", SHOPMESH_OUTBOX_INTERVAL_SECONDS="0.5")
+    sku, user = new_product(mesh, 10_000), f"patient-{uuid.uuid4().hex[:6]}"
+    mesh.processes["notification"].kill()  # kill -9: no goodbye
+    mesh.processes["notification"].wait(10)
+    placed: dict[str, object] = {}
+    started = time.monotonic()
+    while time.monotonic() - started < 30:
+        placed.update(asyncio.run(place(mesh.address("order"), user, sku, [1, 1])))
+        time.sleep(0.25)
+    failed = {k: v for k, v in placed.items() if not isinstance(v, order_pb2.Order)}
+    assert not failed, f"{len(failed)} orders failed while notification was down"
+    pending = scrape_pending(mesh)
+    assert pending >= len(placed)  # their events wait in the outbox
+    del mesh.processes["notification"]
+    mesh.start("notification")
+    wait_for(lambda: scrape_pending(mesh) == 0, 60, "the outbox to drain")
+    orders = all_orders(mesh, user)
+    notified = Counter(n.event_id for n in all_notifications(mesh, user))
+    assert notified == Counter({f"order.created:{o.order_id}": 1 for o in orders})
+    print(f"{len(placed)} orders in 30 s with notification dead, all acknowledged; {pending} events waited; "
+          f"after it came back: outbox empty, {len(notified)} notifications, one each")
+
+
+def scrape_pending(mesh: Mesh) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{mesh.metrics_ports['order']}/metrics", timeout=10) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith("shop_order_outbox_pending "):
+                return float(line.split()[1])
+    raise AssertionError("no shop_order_outbox_pending on the order service's /metrics")
+
+
+def test_an_inventory_slower_than_the_deadline_gives_deadline_exceeded_on_time_and_loses_no_stock(mesh: Mesh) -> None:
+    mesh.start("inventory", SHOPMESH_FAULTS="rpc.ReserveStock=delay:3", SHOPMESH_RESERVATION_TTL_SECONDS="2")
+    mesh.start("notification")
+    mesh.start("order", **FAST)
+    mesh.start("gateway")
+    sku, user = new_product(mesh, 50), f"slow-{uuid.uuid4().hex[:6]}"
+    with grpc.insecure_channel(mesh.address("order")) as channel:
+        stub = order_pb2_grpc.OrderServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateOrder(order_pb2.CreateOrderRequest(request_id=str(uuid.uuid4()), user_id=user,
+                                                          lines=[order_pb2.OrderLine(sku=sku, quantity=2)]), timeout=1.0)
+        took = time.monotonic() - started
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and took <= 1.2, took
+    started = time.monotonic()
+    status, _, body = call(mesh, "POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": user,
+                                                       "lines": [{"sku": sku, "quantity": 3}]},
+                           {"grpc-timeout": "1S"})
+    took_http = time.monotonic() - started
+    assert status == 504 and body["code"] == 4 and took_http <= 1.2, (status, took_http)
+    assert_settled(mesh, sku, 50, user, {})
+    print(f"gRPC DEADLINE_EXCEEDED after {took:.2f}s and HTTP 504 after {took_http:.2f}s for a 1s deadline; "
+          "stock whole afterwards")
+
+
+def test_a_reserve_that_first_fails_unavailable_is_retried_and_sells_once(mesh: Mesh) -> None:
+    import urllib.request
+
+    mesh.start("inventory", SHOPMESH_FAULTS="rpc.ReserveStock=fail:1")
+    mesh.start("notification")
+    mesh.start("order")
+    sku, user = new_product(mesh, 10), f"retry-{uuid.uuid4().hex[:6]}"
+    placed = asyncio.run(place(mesh.address("order"), user, sku, [4]))
+    assert all(isinstance(v, order_pb2.Order) for v in placed.values()), placed
+    final = stock(mesh, sku)
+    assert (final.available, final.reserved, final.sold) == (6, 0, 4)
+    with urllib.request.urlopen(f"http://127.0.0.1:{mesh.metrics_ports['inventory']}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    attempts = {code: f'grpc_code="{code}",grpc_method="ReserveStock"' in text for code in ("UNAVAILABLE", "OK")}
+    assert attempts == {"UNAVAILABLE": True, "OK": True}  # two attempts reached inventory, one sold
+    print("first ReserveStock answered UNAVAILABLE, gRPC retried it, the order succeeded, stock 10 -> 6 once")
