@@ -23,6 +23,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import errors, openapi
+from gateway.auth import Authenticator, Need, Principal, Refused
 from gateway.ratelimit import RateLimiter
 from gateway.routes import Route, Router, routes_from
 from gateway.transcode import BadRequest, build_request, to_dict, to_json
@@ -73,6 +74,31 @@ def _bad(message: str, status: int = 400) -> Response:
     return Response(status, errors.body(code, message))
 
 
+def _allowed(need: Need, principal: Principal | None) -> None:
+    if need is Need.ANYONE:
+        return
+    if principal is None:
+        raise Refused(401, "sign in: send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'")
+    if need is Need.ADMIN and not principal.admin:
+        raise Refused(403, f"{principal.user_id!r} may not do this: it needs the admin role")
+
+
+def _own_user_id(message: object, principal: Principal) -> None:
+    """The user comes from the token: an empty user_id is filled in, another user's is refused."""
+    current = message.user_id  # type: ignore[attr-defined]
+    if not current:
+        message.user_id = principal.user_id  # type: ignore[attr-defined]
+    elif current != principal.user_id and not principal.admin:
+        raise Refused(403, f"signed in as {principal.user_id!r}, not {current!r}")
+
+
+def _refused(refused: Refused) -> Response:
+    if refused.status == 401:
+        return Response(401, errors.body(grpc.StatusCode.UNAUTHENTICATED, str(refused)),
+                        headers=[("www-authenticate", 'Bearer realm="shopmesh"')])
+    return Response(403, errors.body(grpc.StatusCode.PERMISSION_DENIED, str(refused)))
+
+
 def _idempotency_key(request: Request, message: object) -> None:
     """`Idempotency-Key: K` (Stripe's header) fills a request's `request_id` field; a different body value is a 400."""
     key = request.headers.get("idempotency-key")
@@ -99,6 +125,9 @@ class Gateway:
         self._settings = settings
         self._upstreams = upstreams
         self.router = Router(routes_from(files))
+        self._auth = Authenticator(settings)
+        self._order_lookup = next((r for r in self.router.routes if r.rpc == "/shop.order.v1.OrderService/GetOrder"),
+                                  None)
         self._limiter = None
         if settings.rate_limit > 0:
             burst = settings.rate_burst or max(1, math.ceil(settings.rate_limit))
@@ -120,6 +149,21 @@ class Gateway:
         if route.streaming:
             return Call(route, None, channel.unary_stream(route.rpc, **kwargs), request_class)
         return Call(route, channel.unary_unary(route.rpc, **kwargs), None, request_class)
+
+    async def _not_owner(self, order_id: str, principal: Principal, timeout: float) -> Response | None:
+        """404 unless the order is the caller's (someone else's order is as good as missing)."""
+        route = self._order_lookup
+        if route is None:
+            return Response(403, errors.body(grpc.StatusCode.PERMISSION_DENIED, "order ownership cannot be checked"))
+        call = self._call(route)
+        try:
+            order = await call.unary(call.request_class(order_id=order_id), timeout=timeout)  # type: ignore[misc]
+        except grpc.aio.AioRpcError as error:
+            status, body = errors.from_rpc_error(error, route.service)
+            return Response(status, body)
+        if order.user_id != principal.user_id:
+            return Response(404, errors.body(grpc.StatusCode.NOT_FOUND, f"order {order_id!r} not found"))
+        return None
 
     def _limited(self, wait: float) -> Response:
         assert self._limiter is not None
@@ -200,6 +244,14 @@ class Gateway:
             return route.template.source, response
 
     async def _serve(self, request: Request, route: Route, path_values: dict[str, str]) -> Response:
+        need, principal = Need.ANYONE, None
+        if self._auth.enabled:
+            need = self._auth.need(route.rpc)
+            try:
+                principal = self._auth.principal(request.headers)
+                _allowed(need, principal)
+            except Refused as refused:
+                return _refused(refused)
         try:
             call = self._call(route)
         except Unavailable as error:
@@ -218,10 +270,17 @@ class Gateway:
             )
             timeout = self._timeout(request)
             _idempotency_key(request, message)
+            if need is Need.USER:
+                _own_user_id(message, principal)  # type: ignore[arg-type]
         except BadRequest as error:
             return _bad(str(error))
+        except Refused as refused:
+            return _refused(refused)
         except (ValueError, TypeError, OverflowError) as error:  # json_format's less usual complaints
             return _bad(f"request: {error}")
+        if need is Need.ORDER_OWNER and principal is not None and not principal.admin:
+            if (refusal := await self._not_owner(message.order_id, principal, timeout)) is not None:  # type: ignore[attr-defined]
+                return refusal
         # With tracing on, the gRPC instrumentation writes traceparent from the gateway's own span.
         forwarded = FORWARDED_HEADERS if not telemetry.enabled() else ("x-request-id", "authorization")
         metadata = tuple((h, request.headers[h]) for h in forwarded if h in request.headers)

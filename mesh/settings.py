@@ -98,6 +98,38 @@ class _Reader:
         return value
 
 
+def _auth(env: _Reader) -> dict[str, object]:
+    values: dict[str, object] = {
+        "auth": env.choice("SHOPMESH_AUTH", "off", ("on", "off")) == "on",
+        "jwt_secret": env.str("SHOPMESH_JWT_SECRET", ""),
+        "jwt_public_key_file": env.str("SHOPMESH_JWT_PUBLIC_KEY_FILE", ""),
+        "jwt_issuer": env.str("SHOPMESH_JWT_ISSUER", ""),
+        "jwt_audience": env.str("SHOPMESH_JWT_AUDIENCE", ""),
+        "api_keys": _api_keys(env.str("SHOPMESH_API_KEYS", "")),
+    }
+    if values["jwt_secret"] and values["jwt_public_key_file"]:
+        raise SettingsError("set SHOPMESH_JWT_SECRET (HS256) or SHOPMESH_JWT_PUBLIC_KEY_FILE (RS256), not both")
+    if values["jwt_secret"] and len(str(values["jwt_secret"]).encode()) < 32:
+        raise SettingsError("SHOPMESH_JWT_SECRET must be at least 32 bytes (RFC 7518: HS256 keys as long as the hash)")
+    if values["jwt_public_key_file"] and not Path(str(values["jwt_public_key_file"])).is_file():
+        raise SettingsError(f"SHOPMESH_JWT_PUBLIC_KEY_FILE: no file at {values['jwt_public_key_file']!r}")
+    if values["auth"] and not (values["jwt_secret"] or values["jwt_public_key_file"] or values["api_keys"]):
+        raise SettingsError("SHOPMESH_AUTH=on needs SHOPMESH_JWT_SECRET, SHOPMESH_JWT_PUBLIC_KEY_FILE or "
+                            "SHOPMESH_API_KEYS")
+    return values
+
+
+def _api_keys(spec: str) -> tuple[tuple[str, str, bool], ...]:
+    keys = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, sep, who = item.partition("=")
+        user, _, role = who.partition(":")
+        if not sep or not key or not user or role not in ("", "admin"):
+            raise SettingsError(f"SHOPMESH_API_KEYS: {item.split('=')[0][:4]}...: expected KEY=USER or KEY=USER:admin")
+        keys.append((key, user, role == "admin"))
+    return tuple(keys)
+
+
 def _faults(spec: str) -> str:
     from mesh.faults import FaultSpecError, parse
 
@@ -143,6 +175,14 @@ class Settings:
     # Gateway: requests a second per client (0: no limit) and the burst a client may send at once.
     rate_limit: float = 0.0
     rate_burst: int = 0
+    # Gateway authentication (gateway/auth.py): off for the zero-setup local mesh.
+    auth: bool = False
+    jwt_secret: str = ""
+    jwt_public_key_file: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    # API keys: (key, user id, is admin) from `key=user[:admin],...`
+    api_keys: tuple[tuple[str, str, bool], ...] = ()
     # Every gRPC server: calls served at once; more are refused at once with RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1000
     # Consul discovery: the agent's HTTP address, the host this process is
@@ -207,6 +247,7 @@ class Settings:
             http_max_timeout=env.seconds("SHOPMESH_HTTP_MAX_TIMEOUT_SECONDS", 60.0, high=3600),
             rate_limit=env.seconds("SHOPMESH_RATE_LIMIT_PER_SECOND", 0.0, high=1_000_000),
             rate_burst=env.int("SHOPMESH_RATE_LIMIT_BURST", 0, low=0, high=1_000_000),
+            **_auth(env),
             max_concurrent_rpcs=env.int("SHOPMESH_MAX_CONCURRENT_RPCS", 1000, low=1, high=1_000_000),
             consul_addr=env.str("SHOPMESH_CONSUL_ADDR", env.str("CONSUL_HTTP_ADDR", "127.0.0.1:8500")),
             advertise_host=env.str("SHOPMESH_ADVERTISE_HOST", _own_address() if host in WILDCARDS else connect_host),

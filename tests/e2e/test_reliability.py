@@ -413,3 +413,53 @@ def test_a_reserve_that_first_fails_unavailable_is_retried_and_sells_once(mesh: 
     attempts = {code: f'grpc_code="{code}",grpc_method="ReserveStock"' in text for code in ("UNAVAILABLE", "OK")}
     assert attempts == {"UNAVAILABLE": True, "OK": True}  # two attempts reached inventory, one sold
     print("first ReserveStock answered UNAVAILABLE, gRPC retried it, the order succeeded, stock 10 -> 6 once")
+
+
+JWT_SECRET = "e2e-secret-e2e-secret-e2e-secret-42"
+
+
+def token(user: str, *, expires_in: float = 300, roles: list[str] | None = None, algorithm: str = "HS256") -> str:
+    import jwt
+
+    claims = {"sub": user, "exp": time.time() + expires_in, **({"roles": roles} if roles else {})}
+    return jwt.encode(claims, JWT_SECRET if algorithm != "none" else None, algorithm=algorithm)
+
+
+def test_only_those_who_should_can_call_what_they_call(mesh: Mesh) -> None:
+    mesh.start("inventory")
+    mesh.start("notification")
+    mesh.start("order")
+    mesh.start("gateway", SHOPMESH_AUTH="on", SHOPMESH_JWT_SECRET=JWT_SECRET, SHOPMESH_API_KEYS="ops-key-1=ops:admin")
+    alice, bob = {"authorization": f"Bearer {token('alice')}"}, {"authorization": f"Bearer {token('bob')}"}
+    product = {"sku": "locked-mug", "name": "Mug", "price": {"currencyCode": "USD", "minorUnits": "500"}, "available": 5}
+    # Stock and product writes need an admin.
+    assert call(mesh, "POST", "/v1/products", product)[0] == 401
+    assert call(mesh, "POST", "/v1/products", product, alice)[0] == 403
+    assert call(mesh, "POST", "/v1/products", product, {"x-api-key": "wrong"})[0] == 401
+    assert call(mesh, "POST", "/v1/products", product, {"x-api-key": "ops-key-1"})[0] == 200
+    assert call(mesh, "POST", "/v1/products/locked-mug:adjustStock", {"delta": "1", "reason": "x"}, bob)[0] == 403
+    assert call(mesh, "GET", "/v1/products/locked-mug")[0] == 200  # the catalogue is public
+    # Missing, expired, alg=none: 401 with a challenge.
+    order = {"requestId": str(uuid.uuid4()), "lines": [{"sku": "locked-mug", "quantity": 1}]}
+    for headers, says in (({}, "sign in"), ({"authorization": f"Bearer {token('alice', expires_in=-10)}"}, "expired"),
+                          ({"authorization": f"Bearer {token('alice', algorithm='none')}"}, "invalid token")):
+        status, reply_headers, body = call(mesh, "POST", "/v1/orders", order, headers)
+        assert status == 401 and says in body["message"] and body["code"] == 16
+        assert reply_headers["www-authenticate"].startswith("Bearer")
+    # The user comes from the token, never the body.
+    status, _, placed = call(mesh, "POST", "/v1/orders", order, alice)
+    assert status == 200 and placed["userId"] == "alice"
+    status, _, body = call(mesh, "POST", "/v1/orders", {**order, "requestId": "x-2", "userId": "bob"}, alice)
+    assert status == 403 and "signed in as 'alice'" in body["message"]
+    # Only the owner reads or cancels an order; to anyone else it does not exist.
+    order_id = placed["orderId"]
+    assert call(mesh, "GET", f"/v1/orders/{order_id}", headers=alice)[0] == 200
+    assert call(mesh, "GET", f"/v1/orders/{order_id}", headers=bob)[0] == 404
+    assert call(mesh, "POST", f"/v1/orders/{order_id}:cancel", {"reason": "mine now"}, bob)[0] == 404
+    assert call(mesh, "GET", "/v1/users/alice/orders", headers=bob)[0] == 403
+    assert call(mesh, "GET", "/v1/users/alice/notifications", headers=bob)[0] == 403
+    assert call(mesh, "GET", f"/v1/orders/{order_id}", headers={"x-api-key": "ops-key-1"})[0] == 200  # admin
+    status, _, cancelled = call(mesh, "POST", f"/v1/orders/{order_id}:cancel", {"reason": "changed my mind"}, alice)
+    assert status == 200 and cancelled["status"] == "CANCELLED"
+    print("admin-only writes 401/403/200; missing, expired, alg=none 401; user from the token; "
+          "other user's order 404, their lists 403")
