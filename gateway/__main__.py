@@ -19,7 +19,7 @@ logger = logging.getLogger("gateway")
 
 async def serve(settings: Settings) -> None:
     discovery = create_discovery(settings)
-    upstreams = Upstreams(discovery)
+    upstreams = Upstreams(discovery, settings)
     await upstreams.watch("inventory", "order", "notification")
     gateway = Gateway(settings, upstreams)
     server = await serve_http(gateway.handle, settings.host, settings.port, settings.http_max_body, "shopmesh-gateway")

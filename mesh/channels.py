@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from mesh import logs, metrics, telemetry
+from mesh import logs, metrics, telemetry, tls
 from mesh.discovery import Discovery
 from mesh.errors import Unavailable
 from mesh.metrics import MethodMetrics
+from mesh.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +169,11 @@ def target(addresses: Sequence[str]) -> str:
 class Upstreams:
     """The current channel of each upstream, and what callers built on it."""
 
-    def __init__(self, discovery: Discovery):
+    def __init__(self, discovery: Discovery, settings: Settings | None = None):
         self._discovery = discovery
+        # mTLS when the settings name certificates (mesh/tls.py), else plaintext.
+        self._credentials = tls.channel_credentials(settings) if settings is not None and settings.tls else None
+        self._tls_options = tls.channel_options(settings) if settings is not None else []
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._bound: dict[tuple[str, Any], Any] = {}
         self._retired: set[asyncio.Task[None]] = set()
@@ -185,10 +189,11 @@ class Upstreams:
             addresses = list(self._discovery.addresses(service))
             if not addresses:
                 raise Unavailable(f"{service} did not answer: no healthy instance is known")
-            channel = grpc.aio.insecure_channel(
-                target(addresses),
-                options=[*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)],
-            )
+            options = [*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG), *self._tls_options]
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(target(addresses), self._credentials, options=options)
+            else:
+                channel = grpc.aio.insecure_channel(target(addresses), options=options)
             channel = InstrumentedChannel(channel)  # type: ignore[assignment]
             self._channels[service] = channel
             logger.info("channel to %s at %s", service, ", ".join(addresses))

@@ -77,6 +77,8 @@ class Launcher:
         )
         if self.args.consul:
             env["SHOPMESH_CONSUL_ADDR"] = self.consul_addr
+        if self.args.tls:
+            env["SHOPMESH_TLS_CA_FILE"] = str(self.args.tls / "ca.pem")
         for name, port in self.ports.items():
             env[f"SHOPMESH_{name.upper()}_PORT"] = str(port)
         for name, port in self.metrics_ports.items():
@@ -119,6 +121,9 @@ class Launcher:
                 child_env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service] + extra)
             if name != service:
                 child_env["SHOPMESH_INSTANCE_ID"] = name
+            if self.args.tls:  # each process proves who it is with its own certificate
+                child_env["SHOPMESH_TLS_CERT_FILE"] = str(self.args.tls / f"{service}.pem")
+                child_env["SHOPMESH_TLS_KEY_FILE"] = str(self.args.tls / f"{service}-key.pem")
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", service,
                 env=child_env,
@@ -197,7 +202,7 @@ class Launcher:
     async def wait_grpc(self, child: Child, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with grpc.aio.insecure_channel(self.address(child.port)) as channel:
+        async with self.channel(child.port) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if child.process.returncode is not None:
@@ -232,12 +237,23 @@ class Launcher:
                 raise RuntimeError(f"{child.service} did not answer /healthz within {timeout:.0f}s")
             await asyncio.sleep(0.1)
 
+    def channel(self, port: int) -> grpc.aio.Channel:
+        """A channel for the launcher's own calls (health, demo products): with `client.pem` under --tls."""
+        if not self.args.tls:
+            return grpc.aio.insecure_channel(self.address(port))
+        folder = self.args.tls
+        credentials = grpc.ssl_channel_credentials((folder / "ca.pem").read_bytes(),
+                                                   (folder / "client-key.pem").read_bytes(),
+                                                   (folder / "client.pem").read_bytes())
+        return grpc.aio.secure_channel(self.address(port), credentials,
+                                       options=[("grpc.ssl_target_name_override", "shopmesh.internal")])
+
     def address(self, port: int) -> str:
         host = "127.0.0.1" if self.args.host in ("0.0.0.0", "::") else self.args.host
         return f"{host}:{port}"
 
     async def seed(self) -> None:
-        async with grpc.aio.insecure_channel(self.address(self.ports["inventory"])) as channel:
+        async with self.channel(self.ports["inventory"]) as channel:
             stub = inventory_pb2_grpc.InventoryServiceStub(channel)
             added = 0
             for sku, name, cents, stock in DEMO_PRODUCTS:
@@ -263,14 +279,21 @@ class Launcher:
             f"  metrics       {'  '.join(self.metrics_urls())}",
             f"  data          {Path(self.args.data_dir).resolve()}",
             "try:",
-            f"  grpcurl -plaintext {order} list",
-            f"  grpcurl -plaintext -d '{{\"user_id\":\"alice\",\"request_id\":\"r-1\","
+            f"  grpcurl {self.grpcurl_flags()} {order} list",
+            f"  grpcurl {self.grpcurl_flags()} -d '{{\"user_id\":\"alice\",\"request_id\":\"r-1\","
             f"\"lines\":[{{\"sku\":\"coffee-mug\",\"quantity\":2}}]}}' {order} shop.order.v1.OrderService/CreateOrder",
             f"  curl http://{gw}/v1/products/coffee-mug",
             "Ctrl-C stops every service.",
         ]
         for line in lines:
             self.say("mesh", line)
+
+    def grpcurl_flags(self) -> str:
+        if not self.args.tls:
+            return "-plaintext"
+        folder = self.args.tls
+        return (f"-cacert {folder / 'ca.pem'} -cert {folder / 'client.pem'} -key {folder / 'client-key.pem'} "
+                "-servername shopmesh.internal")
 
     def metrics_urls(self) -> list[str]:
         """Every process's Prometheus page: the gateway's own, and each gRPC instance's metrics port."""
@@ -359,6 +382,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--instances", metavar="SERVICE=N", action="append", default=[], type=_instances,
         help="run N instances of a gRPC service (needs --consul), e.g. --instances inventory=2",
+    )
+    parser.add_argument(
+        "--tls", metavar="DIR", type=Path, default=None,
+        help="mTLS between the services with the CA and certificates scripts/make_certs.py wrote to DIR",
     )
     parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds a service gets to stop")
     args = parser.parse_args(argv)

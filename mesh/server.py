@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh import faults, logs, metrics, telemetry
+from mesh import faults, logs, metrics, telemetry, tls
 from mesh.discovery import Discovery, create_discovery
 from mesh.http import serve_http
 from mesh.settings import Settings, SettingsError
@@ -91,7 +91,10 @@ async def create_server(settings: Settings, app: App) -> Running:
         binding.add_to_server(Guarded(binding.servicer, service), server)
     names = [b.name for b in app.bindings]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(settings.bind_address)
+    if settings.tls:
+        port = server.add_secure_port(settings.bind_address, tls.server_credentials(settings))
+    else:
+        port = server.add_insecure_port(settings.bind_address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.bind_address}")
     await server.start()

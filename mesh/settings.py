@@ -130,6 +130,19 @@ def _api_keys(spec: str) -> tuple[tuple[str, str, bool], ...]:
     return tuple(keys)
 
 
+def _tls(env: _Reader) -> dict[str, str]:
+    files = {name: env.str(f"SHOPMESH_TLS_{name.upper()}_FILE", "") for name in ("ca", "cert", "key")}
+    given = [name for name, path in files.items() if path]
+    if given and len(given) != 3:
+        missing = ", ".join(f"SHOPMESH_TLS_{n.upper()}_FILE" for n in files if n not in given)
+        raise SettingsError(f"mTLS needs all three files; {missing} not set")
+    for name, path in files.items():
+        if path and not Path(path).is_file():
+            raise SettingsError(f"SHOPMESH_TLS_{name.upper()}_FILE: no file at {path!r}")
+    return {"tls_ca_file": files["ca"], "tls_cert_file": files["cert"], "tls_key_file": files["key"],
+            "tls_server_name": env.str("SHOPMESH_TLS_SERVER_NAME", "shopmesh.internal")}
+
+
 def _faults(spec: str) -> str:
     from mesh.faults import FaultSpecError, parse
 
@@ -183,6 +196,11 @@ class Settings:
     jwt_audience: str = ""
     # API keys: (key, user id, is admin) from `key=user[:admin],...`
     api_keys: tuple[tuple[str, str, bool], ...] = ()
+    # mTLS between services (mesh/tls.py): all three files, or none for plaintext.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_server_name: str = "shopmesh.internal"
     # Every gRPC server: calls served at once; more are refused at once with RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1000
     # Consul discovery: the agent's HTTP address, the host this process is
@@ -248,6 +266,7 @@ class Settings:
             rate_limit=env.seconds("SHOPMESH_RATE_LIMIT_PER_SECOND", 0.0, high=1_000_000),
             rate_burst=env.int("SHOPMESH_RATE_LIMIT_BURST", 0, low=0, high=1_000_000),
             **_auth(env),
+            **_tls(env),
             max_concurrent_rpcs=env.int("SHOPMESH_MAX_CONCURRENT_RPCS", 1000, low=1, high=1_000_000),
             consul_addr=env.str("SHOPMESH_CONSUL_ADDR", env.str("CONSUL_HTTP_ADDR", "127.0.0.1:8500")),
             advertise_host=env.str("SHOPMESH_ADVERTISE_HOST", _own_address() if host in WILDCARDS else connect_host),
@@ -263,6 +282,10 @@ class Settings:
             metrics_port=env.int(f"{prefix}METRICS_PORT", DEFAULT_METRICS_PORTS.get(service, ports[service]),
                                  low=0, high=65535),
         )
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca_file)
 
     @property
     def bind_address(self) -> str:

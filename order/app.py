@@ -23,7 +23,7 @@ SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
     await db.create_schema(metadata)
-    upstreams = Upstreams(discovery)
+    upstreams = Upstreams(discovery, settings)
     await upstreams.watch("inventory", "notification")
     store = OrderStore(db)
     inventory = InventoryClient(upstreams, settings.call_timeout)

@@ -116,6 +116,7 @@ class Launcher:
     process: subprocess.Popen | None = None
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
@@ -128,6 +129,7 @@ class Launcher:
             args += [f"--{service}-port", str(port)]
         for service, port in self.metrics_ports.items():
             args += [f"--{service}-metrics-port", str(port)]
+        args += self.extra_args
         self.process = subprocess.Popen(
             args, cwd=ROOT, env={**os.environ, **self.env},
             stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115

@@ -1,0 +1,84 @@
+"""mTLS between the services: the mesh works with certificates, and nobody without one gets in."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from scripts.make_certs import make
+from tests.conftest import tool
+from tests.e2e.harness import Launcher
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launcher, Path]]:
+    root = tmp_path_factory.mktemp("mtls")
+    make(root / "certs")
+    mesh = Launcher(root / "mesh", extra_args=["--tls", str(root / "certs")])
+    mesh.start()
+    yield mesh, root / "certs"
+    mesh.interrupt()
+
+
+def health(address: str, credentials: grpc.ChannelCredentials | None) -> int:
+    options = [("grpc.ssl_target_name_override", "shopmesh.internal")]
+    channel = (grpc.secure_channel(address, credentials, options=options) if credentials is not None
+               else grpc.insecure_channel(address))
+    with channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3).status
+
+
+def test_an_order_crosses_every_service_over_mtls(secured: tuple[Launcher, Path]) -> None:
+    mesh, _ = secured
+    body = json.dumps({"requestId": str(uuid.uuid4()), "userId": "tls-user",
+                       "lines": [{"sku": "coffee-mug", "quantity": 1}]}).encode()
+    request = urllib.request.Request(f"http://{mesh.address('gateway')}/v1/orders", data=body, method="POST",
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert json.load(reply)["status"] == "CONFIRMED"  # gateway -> order -> inventory, all with certificates
+    with urllib.request.urlopen(f"http://{mesh.address('gateway')}/readyz", timeout=10) as reply:
+        assert json.load(reply)["ready"] is True
+
+
+def test_a_client_without_a_valid_certificate_cannot_complete_the_handshake(secured: tuple[Launcher, Path],
+                                                                            tmp_path: Path) -> None:
+    mesh, certs = secured
+    ca = (certs / "ca.pem").read_bytes()
+    mine = grpc.ssl_channel_credentials(ca, (certs / "client-key.pem").read_bytes(), (certs / "client.pem").read_bytes())
+    assert health(mesh.address("order"), mine) == health_pb2.HealthCheckResponse.SERVING
+    make(tmp_path / "other")  # a certificate from another CA
+    strangers = grpc.ssl_channel_credentials(ca, (tmp_path / "other" / "client-key.pem").read_bytes(),
+                                             (tmp_path / "other" / "client.pem").read_bytes())
+    for credentials, who in ((grpc.ssl_channel_credentials(ca), "no client certificate"),
+                             (strangers, "a certificate from another CA"), (None, "plaintext")):
+        with pytest.raises(grpc.RpcError) as refused:
+            health(mesh.address("order"), credentials)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, who
+    print("with the CA's client certificate: SERVING; without one, with another CA's, or plaintext: refused")
+
+
+def test_grpcurl_and_grpc_health_probe_work_with_the_client_certificate(secured: tuple[Launcher, Path]) -> None:
+    mesh, certs = secured
+    grpcurl, probe = tool("grpcurl"), tool("grpc-health-probe")
+    flags = ["-cacert", str(certs / "ca.pem"), "-cert", str(certs / "client.pem"), "-key",
+             str(certs / "client-key.pem"), "-servername", "shopmesh.internal"]
+    listed = subprocess.run([grpcurl, *flags, mesh.address("inventory"), "list"], capture_output=True, text=True,
+                            timeout=30)
+    assert listed.returncode == 0 and "shop.inventory.v1.InventoryService" in listed.stdout
+    without = subprocess.run([grpcurl, "-cacert", str(certs / "ca.pem"), "-servername", "shopmesh.internal",
+                              mesh.address("inventory"), "list"], capture_output=True, text=True, timeout=30)
+    assert without.returncode != 0
+    probed = subprocess.run([probe, f"-addr={mesh.address('notification')}", "-tls",
+                             f"-tls-ca-cert={certs / 'ca.pem'}", f"-tls-client-cert={certs / 'client.pem'}",
+                             f"-tls-client-key={certs / 'client-key.pem'}", "-tls-server-name=shopmesh.internal"],
+                            capture_output=True, text=True, timeout=30)
+    assert probed.returncode == 0 and "SERVING" in probed.stdout + probed.stderr
+    assert "-cacert" in mesh.output()  # the launcher's printed grpcurl commands carry the certificates
