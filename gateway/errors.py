@@ -45,7 +45,9 @@ def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> tuple[int, byt
             status = status_pb2.Status.FromString(value)
             details = [json_format.MessageToDict(d) for d in status.details]
     message = error.details() or code.name
-    if code is grpc.StatusCode.UNAVAILABLE and not details and "did not answer" not in message:
+    if code is grpc.StatusCode.UNAVAILABLE and message.startswith("circuit open"):
+        message = f"the {upstream} service {message[message.index(':') + 2:]}"  # our breaker: say so
+    elif code is grpc.StatusCode.UNAVAILABLE and not details and "did not answer" not in message:
         # gRPC's own transport text ("failed to connect to all addresses; ...") is for logs.
         message = f"the {upstream} service is unavailable; try again"
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED and "did not answer" not in message:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from mesh import logs, metrics, telemetry, tls
+from mesh.breaker import Breaker
 from mesh.discovery import Discovery
 from mesh.errors import Unavailable
 from mesh.metrics import MethodMetrics
@@ -44,7 +45,17 @@ RETRYABLE = {
     "grpc.health.v1.Health": ["Check"],
 }
 SERVICE_CONFIG = json.dumps({
-    "loadBalancingConfig": [{"round_robin": {}}],
+    # gRPC's outlier detection (gRFC A50) around round_robin: an instance failing most of its
+    # calls is ejected for a while (at most half of them), and put back to be tried again.
+    "loadBalancingConfig": [{"outlier_detection_experimental": {
+        "interval": "2s",
+        "baseEjectionTime": "10s",
+        "maxEjectionTime": "120s",
+        "maxEjectionPercent": 50,
+        "failurePercentageEjection": {"threshold": 85, "enforcementPercentage": 100, "minimumHosts": 2,
+                                      "requestVolume": 20},
+        "childPolicy": [{"round_robin": {}}],
+    }}],
     "methodConfig": [{
         "name": [{"service": service, "method": method} for service, methods in RETRYABLE.items() for method in methods],
         "retryPolicy": {
@@ -64,10 +75,11 @@ OLD_CHANNEL_GRACE = 30.0
 class _Call:
     """A unary call whose outcome is counted and traced when it is awaited; all else is the call's own."""
 
-    __slots__ = ("_call", "_metrics", "_span", "_started", "_done")
+    __slots__ = ("_call", "_metrics", "_span", "_breaker", "_started", "_done")
 
-    def __init__(self, call: Any, method_metrics: MethodMetrics | None, span: telemetry.ClientSpan | None):
-        self._call, self._metrics, self._span = call, method_metrics, span
+    def __init__(self, call: Any, method_metrics: MethodMetrics | None, span: telemetry.ClientSpan | None,
+                 breaker: Breaker):
+        self._call, self._metrics, self._span, self._breaker = call, method_metrics, span, breaker
         self._started, self._done = time.perf_counter(), False
         if method_metrics is not None:
             method_metrics.started.inc()
@@ -88,6 +100,7 @@ class _Call:
         if self._done:
             return
         self._done = True
+        self._breaker.record(code)
         if self._metrics is not None:
             self._metrics.done(code, self._started)
         if self._span is not None:
@@ -122,21 +135,51 @@ class _Stream(_Call):
         return bool(self._call.cancel())
 
 
-class _Method:
-    __slots__ = ("_inner", "_name", "_metrics", "_wrap")
+class _Refused:
+    """The call a open breaker gives instead of sending one: it fails at once with UNAVAILABLE."""
 
-    def __init__(self, inner: Any, name: str, kind: str, wrap: type[_Call]):
-        self._inner, self._name, self._wrap = inner, name, wrap
+    def __init__(self, method: str, retry_in: float):
+        details = f"circuit open: kept failing, so calls are not sent; next try in {retry_in:.1f}s"
+        self._error = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           details=details)
+
+    def __await__(self) -> Any:
+        raise self._error
+        yield  # pragma: no cover - makes this a generator, as __await__ must be
+
+    async def initial_metadata(self) -> Any:
+        raise self._error
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self._error
+
+    def cancel(self) -> bool:
+        return False
+
+
+class _Method:
+    __slots__ = ("_inner", "_name", "_metrics", "_wrap", "_breaker")
+
+    def __init__(self, inner: Any, name: str, kind: str, wrap: type[_Call], breaker: Breaker):
+        self._inner, self._name, self._wrap, self._breaker = inner, name, wrap, breaker
         self._metrics = MethodMetrics(name, kind, server=False) if metrics.enabled() else None
 
     def __call__(self, request: Any, **kwargs: Any) -> Any:
+        if not self._breaker.allow():
+            if self._metrics is not None:
+                self._metrics.started.inc()
+                self._metrics.done(grpc.StatusCode.UNAVAILABLE, time.perf_counter())
+            return _Refused(self._name, self._breaker.retry_in())
         request_id = logs.request_id.get()
         if request_id is not None:  # the request this call serves, named in every process's logs
             kwargs["metadata"] = (*tuple(kwargs.get("metadata") or ()), ("x-request-id", request_id))
         span = telemetry.client_span(self._name)
         if span is not None:
             kwargs["metadata"] = span.metadata(kwargs.get("metadata"))
-        return self._wrap(self._inner(request, **kwargs), self._metrics, span)
+        return self._wrap(self._inner(request, **kwargs), self._metrics, span, self._breaker)
 
 
 class InstrumentedChannel:
@@ -147,14 +190,16 @@ class InstrumentedChannel:
     extra task: the call is the channel's own, wrapped to see its outcome.
     """
 
-    def __init__(self, channel: grpc.aio.Channel):
+    def __init__(self, channel: grpc.aio.Channel, breaker: Breaker):
         self._channel = channel
+        self._breaker = breaker
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self._channel.unary_unary(method, *args, **kwargs), method, "unary", _Call)
+        return _Method(self._channel.unary_unary(method, *args, **kwargs), method, "unary", _Call, self._breaker)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _Method(self._channel.unary_stream(method, *args, **kwargs), method, "server_stream", _Stream)
+        return _Method(self._channel.unary_stream(method, *args, **kwargs), method, "server_stream", _Stream,
+                       self._breaker)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._channel, name)
@@ -174,6 +219,9 @@ class Upstreams:
         # mTLS when the settings name certificates (mesh/tls.py), else plaintext.
         self._credentials = tls.channel_credentials(settings) if settings is not None and settings.tls else None
         self._tls_options = tls.channel_options(settings) if settings is not None else []
+        self._breakers: dict[str, Breaker] = {}
+        self._breaker_failures = settings.breaker_failures if settings is not None else 5
+        self._breaker_cooldown = settings.breaker_cooldown if settings is not None else 5.0
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._bound: dict[tuple[str, Any], Any] = {}
         self._retired: set[asyncio.Task[None]] = set()
@@ -194,10 +242,16 @@ class Upstreams:
                 channel = grpc.aio.secure_channel(target(addresses), self._credentials, options=options)
             else:
                 channel = grpc.aio.insecure_channel(target(addresses), options=options)
-            channel = InstrumentedChannel(channel)  # type: ignore[assignment]
+            channel = InstrumentedChannel(channel, self._breaker(service))  # type: ignore[assignment]
             self._channels[service] = channel
             logger.info("channel to %s at %s", service, ", ".join(addresses))
         return channel
+
+    def _breaker(self, service: str) -> Breaker:
+        found = self._breakers.get(service)
+        if found is None:
+            found = self._breakers[service] = Breaker(self._breaker_failures, self._breaker_cooldown)
+        return found
 
     def bound(self, service: str, key: Any, make: Callable[[grpc.aio.Channel], T]) -> T:
         """`make(channel)` (a stub, a multicallable) for the current channel, built once per channel."""
@@ -208,6 +262,7 @@ class Upstreams:
 
     def _changed(self, service: str, addresses: Sequence[str]) -> None:
         old = self._channels.pop(service, None)
+        self._breakers.pop(service, None)  # a new set of instances gets a fresh chance
         for key in [k for k in self._bound if k[0] == service]:
             del self._bound[key]
         if old is not None:

@@ -201,6 +201,9 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_server_name: str = "shopmesh.internal"
+    # Clients: a circuit breaker per upstream service opens after this many failures in a row.
+    breaker_failures: int = 5
+    breaker_cooldown: float = 5.0
     # Every gRPC server: calls served at once; more are refused at once with RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1000
     # Consul discovery: the agent's HTTP address, the host this process is
@@ -267,6 +270,8 @@ class Settings:
             rate_burst=env.int("SHOPMESH_RATE_LIMIT_BURST", 0, low=0, high=1_000_000),
             **_auth(env),
             **_tls(env),
+            breaker_failures=env.int("SHOPMESH_BREAKER_FAILURES", 5, low=1, high=1000),
+            breaker_cooldown=env.seconds("SHOPMESH_BREAKER_COOLDOWN_SECONDS", 5.0, high=600),
             max_concurrent_rpcs=env.int("SHOPMESH_MAX_CONCURRENT_RPCS", 1000, low=1, high=1_000_000),
             consul_addr=env.str("SHOPMESH_CONSUL_ADDR", env.str("CONSUL_HTTP_ADDR", "127.0.0.1:8500")),
             advertise_host=env.str("SHOPMESH_ADVERTISE_HOST", _own_address() if host in WILDCARDS else connect_host),

@@ -463,3 +463,37 @@ def test_only_those_who_should_can_call_what_they_call(mesh: Mesh) -> None:
     assert status == 200 and cancelled["status"] == "CANCELLED"
     print("admin-only writes 401/403/200; missing, expired, alg=none 401; user from the token; "
           "other user's order 404, their lists 403")
+
+
+def served_calls(mesh: Mesh, method: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{mesh.metrics_ports['inventory']}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == method)
+
+
+def test_the_gateway_answers_503_fast_while_the_breaker_is_open_then_probes(mesh: Mesh) -> None:
+    mesh.start("inventory", SHOPMESH_FAULTS="rpc.GetProduct=fail:1000000")
+    mesh.start("gateway", SHOPMESH_BREAKER_FAILURES="3", SHOPMESH_BREAKER_COOLDOWN_SECONDS="2")
+    answers = []
+    for _ in range(10):
+        started = time.monotonic()
+        status, _, body = call(mesh, "GET", "/v1/products/any-sku")
+        answers.append((status, body["message"], time.monotonic() - started))
+    assert all(status == 503 for status, _, _ in answers)
+    fast = [seconds for _, message, seconds in answers if "calls are not sent" in message]
+    assert len(fast) >= 6 and max(fast) < 0.05, answers
+    reached = served_calls(mesh, "GetProduct")
+    for _ in range(20):  # while open, nothing reaches inventory
+        assert call(mesh, "GET", "/v1/products/any-sku")[0] == 503
+    assert served_calls(mesh, "GetProduct") == reached
+    time.sleep(2.1)
+    status, _, body = call(mesh, "GET", "/v1/products/any-sku")  # half-open: one probe goes through
+    assert status == 503 and "calls are not sent" not in body["message"]
+    assert served_calls(mesh, "GetProduct") > reached
+    print(f"{10 - len(fast)} calls reached the failing upstream, then 503 in at most {1000 * max(fast):.1f} ms "
+          "with none sent; after the cooldown one probe went through")

@@ -1,0 +1,67 @@
+"""A circuit breaker per upstream service: stop calling what keeps failing, then probe.
+
+Closed: calls go through; `failures` in a row that say the upstream is not
+answering (UNAVAILABLE, DEADLINE_EXCEEDED) open it. Open: calls fail at once,
+without a network round trip, for `cooldown` seconds. Then half-open: one probe
+call goes through; its success closes the breaker, its failure opens it again.
+
+Per-instance protection is gRPC's own outlier detection (mesh/channels.py),
+which ejects the one bad instance of several; this breaker covers the case
+where the whole upstream is down, so callers (and the gateway's clients, with a
+503) hear it at once instead of each waiting out retries and deadlines.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+
+import grpc
+
+# What says the upstream is not answering; a NOT_FOUND or INVALID_ARGUMENT is an answer.
+FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class State(enum.IntEnum):
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+
+class Breaker:
+    def __init__(self, failures: int = 5, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.threshold = failures
+        self.cooldown = cooldown
+        self._clock = clock
+        self.state = State.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """Whether a call may go out now (in half-open, only the one probe)."""
+        if self.state is State.CLOSED:
+            return True
+        if self.state is State.OPEN and self._clock() - self._opened_at >= self.cooldown:
+            self.state = State.HALF_OPEN
+            self._probing = False
+        if self.state is State.HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def retry_in(self) -> float:
+        return max(self._opened_at + self.cooldown - self._clock(), 0.0)
+
+    def record(self, code: grpc.StatusCode) -> None:
+        if code is grpc.StatusCode.CANCELLED:  # the caller gave up: says nothing about the upstream
+            if self.state is State.HALF_OPEN:
+                self._probing = False
+            return
+        if code not in FAILURES:
+            self.state, self._failures, self._probing = State.CLOSED, 0, False
+            return
+        self._failures += 1
+        if self.state is State.HALF_OPEN or self._failures >= self.threshold:
+            self.state, self._opened_at, self._probing = State.OPEN, self._clock(), False
