@@ -11,7 +11,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 
 from mesh import faults, paging
-from mesh.errors import AlreadyExists, ShopError
+from mesh.errors import AlreadyExists, DeadlineExceeded, ShopError, Unavailable
 from order import domain
 from order.domain import Order, OrderRequest, OrderStatus
 from order.store import OrderStore
@@ -65,6 +65,10 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
     A repeated request finds its reservation already held (inventory replays
     it) and its order already stored (the insert conflicts and the stored one
     is returned), so new orders pay for no lookup up front.
+
+    An order is acknowledged only once inventory has committed its sale: if the
+    commit fails, the caller gets UNAVAILABLE and its retry (same request_id)
+    completes the commit, or order/recovery.py settles the stored order.
     """
     try:
         held = await inventory.reserve(request.reservation_id, request.lines)
@@ -84,14 +88,18 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
     order = await asyncio.shield(_store_or_release(store, inventory, request, held))
     outbox.kick(domain.created_event(order).event_id)
     await faults.point("order.after_store")
+    if held.state is HeldState.COMMITTED:  # a repeat of a completed order
+        return order
     try:
         await asyncio.shield(inventory.commit(request.reservation_id))
-    except ShopError as error:
-        # The order stands and its stock stays held; order/recovery.py commits it later.
-        logger.warning("order %s stored but its reservation is not committed yet: %s", order.order_id, error)
-    else:
-        if commits is not None:
-            commits.committed(order.order_id)
+    except (Unavailable, DeadlineExceeded) as error:
+        # Stored, stock held, sale not confirmed: not acknowledged. A retry commits it;
+        # without one, order/recovery.py does (or cancels it if the reservation expired).
+        logger.warning("order %s stored but its sale is not confirmed yet: %s", order.order_id, error)
+        raise Unavailable(f"order {order.order_id} is stored but its sale is not confirmed yet; "
+                          f"retry with the same request_id ({error})") from None
+    if commits is not None:
+        commits.committed(order.order_id)
     return order
 
 

@@ -90,11 +90,23 @@ async def test_when_storing_fails_the_reservation_is_released() -> None:
     assert inventory.calls == [("reserve", "order:r1"), ("release", "order:r1")]
 
 
-async def test_when_commit_fails_the_order_still_stands() -> None:
+async def test_when_commit_fails_the_order_stands_unacknowledged_and_a_retry_completes_it() -> None:
     store, inventory = FakeStore(), FakeInventory(fail_commit=True)
-    order = await handlers.create_order(store, inventory, FakeOutbox(), REQUEST)
-    assert store.orders["r1"][0] == order
-    assert ("release", "order:r1") not in inventory.calls
+    with pytest.raises(Unavailable, match="retry with the same request_id"):
+        await handlers.create_order(store, inventory, FakeOutbox(), REQUEST)
+    stored = store.orders["r1"][0]
+    assert ("release", "order:r1") not in inventory.calls  # its stock stays held for the retry
+    inventory.fail_commit = False
+    assert await handlers.create_order(store, inventory, FakeOutbox(), REQUEST) == stored
+    assert inventory.calls.count(("commit", "order:r1")) == 2 and len(store.events) == 1
+
+
+async def test_a_repeat_of_a_completed_order_does_not_commit_again() -> None:
+    store = FakeStore()
+    first = await handlers.create_order(store, FakeInventory(), FakeOutbox(), REQUEST)
+    inventory = FakeInventory(HeldState.COMMITTED)
+    assert await handlers.create_order(store, inventory, FakeOutbox(), REQUEST) == first
+    assert ("commit", "order:r1") not in inventory.calls
 
 
 async def test_a_request_id_whose_attempt_was_rolled_back_is_refused() -> None:
