@@ -172,12 +172,18 @@ class ConsulDiscovery:
             meta={"version": s.version, "protocol": "grpc", "instance": s.instance_id,
                   # Prometheus' consul_sd_configs scrape this port (see deploy/prometheus.yml).
                   **({METRICS_PORT_META: str(s.metrics_port)} if s.metrics and s.metrics_port else {})},
-            check=consul.Check.grpc(
-                f"{address}:{port}/{grpc_service}",
-                f"{s.consul_check_interval:g}s",
-                timeout=f"{max(s.consul_check_interval, 1):g}s",
-                deregister=f"{s.consul_deregister_after:g}s",
-            ),
+            check={
+                **consul.Check.grpc(
+                    f"{address}:{port}/{grpc_service}",
+                    f"{s.consul_check_interval:g}s",
+                    timeout=f"{max(s.consul_check_interval, 1):g}s",
+                    deregister=f"{s.consul_deregister_after:g}s",
+                    use_tls=True if s.tls else None,
+                ),
+                # With mTLS the agent checks over TLS, verifying our certificate under the mesh's
+                # name and presenting its own (its `tls.defaults` certificate from the same CA).
+                **({"TLSServerName": s.tls_server_name} if s.tls else {}),
+            },
         )
         await asyncio.to_thread(self._register_now)
         logger.info("registered %s as %s with Consul at %s", service, s.instance_id, s.consul_addr)

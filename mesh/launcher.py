@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -144,8 +145,16 @@ class Launcher:
             raise RuntimeError("--consul dev needs a consul binary: run scripts/install-tools.sh")
         # Its internal ports are free ones, so this agent never collides with another.
         server, serf_lan, serf_wan = (_free_port() for _ in range(3))
+        extra = []
+        if self.args.tls:  # the agent's gRPC checks present a certificate from the mesh's CA
+            config = Path(self.args.data_dir) / "consul-tls.json"
+            folder = self.args.tls.resolve()
+            config.write_text(json.dumps({"enable_agent_tls_for_checks": True, "tls": {"defaults": {
+                "ca_file": str(folder / "ca.pem"), "cert_file": str(folder / "client.pem"),
+                "key_file": str(folder / "client-key.pem")}}}))
+            extra = ["-config-file", str(config)]
         process = await asyncio.create_subprocess_exec(
-            binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+            binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", *extra,
             "-http-port", str(self.args.consul_port), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
             "-server-port", str(server), "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan),
             "-log-level", "warn",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.request
 import uuid
@@ -82,3 +83,23 @@ def test_grpcurl_and_grpc_health_probe_work_with_the_client_certificate(secured:
                             capture_output=True, text=True, timeout=30)
     assert probed.returncode == 0 and "SERVING" in probed.stdout + probed.stderr
     assert "-cacert" in mesh.output()  # the launcher's printed grpcurl commands carry the certificates
+
+
+def test_consul_checks_every_service_over_mtls(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    tool("consul")
+    make(tmp_path / "certs")
+    consul_port = free_port()
+    mesh = Launcher(tmp_path / "mesh", env={"PATH": f"{Path(tool('consul')).parent}:{os.environ['PATH']}"},
+                    extra_args=["--tls", str(tmp_path / "certs"), "--consul", "dev", "--consul-port", str(consul_port)])
+    mesh.start(timeout=90)  # up means: every instance passes its check in Consul
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{consul_port}/v1/agent/checks", timeout=5) as reply:
+            checks = json.load(reply)
+        assert len(checks) == 3
+        for check in checks.values():
+            assert check["Status"] == "passing" and check["Type"] == "grpc" and "success" in check["Output"]
+    finally:
+        mesh.interrupt()
+    print("inventory, order and notification pass Consul's gRPC check over mTLS")
