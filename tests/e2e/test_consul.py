@@ -92,7 +92,7 @@ class Services:
         self.ports: dict[str, int] = {}
         self.metrics_ports: dict[str, int] = {}
 
-    def start(self, name: str, service: str) -> subprocess.Popen:
+    def start(self, name: str, service: str, **extra: str) -> subprocess.Popen:
         port = self.ports.get(name) or free_port()
         self.ports[name] = port
         env = dict(os.environ, SHOPMESH_DISCOVERY="consul", SHOPMESH_CONSUL_ADDR=self.agent.address,
@@ -101,6 +101,7 @@ class Services:
         env[f"SHOPMESH_{service.upper()}_PORT"] = str(port)
         self.metrics_ports[name] = free_port()
         env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
+        env.update(extra)
         process = subprocess.Popen([sys.executable, "-m", service], cwd=ROOT, env=env,
                                    stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         self.processes[name] = process
@@ -134,9 +135,10 @@ def mesh(tmp_path: Path) -> Iterator[tuple[Agent, Services]]:
         agent.stop()
 
 
-def new_product(services: Services, stock: int) -> str:
+def new_product(services: Services, stock: int, instance: str = "") -> str:
     sku = f"c-{uuid.uuid4().hex[:8]}"
-    with grpc.insecure_channel(f"127.0.0.1:{services.ports['inventory-a']}") as channel:
+    port = services.ports[instance or next(n for n in services.ports if n.startswith("inventory"))]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         product = inventory_pb2.Product(sku=sku, name="Consul mug", available=stock,
                                         price=money_pb2.Money(currency_code="USD", minor_units=100))
         inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(product=product))
@@ -301,3 +303,63 @@ def test_the_launcher_runs_the_mesh_on_consul_with_two_inventories_in_one_flag(t
                 process.wait(90)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def started_calls(services: Services, name: str, method: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{services.metrics_ports[name]}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == method)
+
+
+async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_takes_them(tmp_path: Path) -> None:
+    """gRPC's outlier detection in our channels, with the instance set from a real Consul."""
+    from mesh.channels import Upstreams
+    from mesh.discovery import ConsulDiscovery
+    from mesh.settings import Settings
+
+    agent = Agent(tmp_path)
+    agent.start()
+    services = Services(tmp_path, agent)
+    try:
+        services.start("inventory-good", "inventory")
+        services.start("inventory-bad", "inventory", SHOPMESH_FAULTS="rpc.GetProduct=fail:1000000000")
+        agent.wait_passing("inventory", 2)  # both pass health: only their calls tell them apart
+        sku = new_product(services, 5)  # gRPC's outlier detection counts any non-OK status as a failure
+        settings = Settings.from_env("gateway", {"SHOPMESH_DISCOVERY": "consul", "SHOPMESH_CONSUL_ADDR": agent.address})
+        discovery = ConsulDiscovery(settings)
+        upstreams = Upstreams(discovery, settings)
+        await upstreams.watch("inventory")
+        try:
+            async def burst(seconds: float) -> Counter:
+                codes: Counter = Counter()
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    stub = upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
+                    try:
+                        await stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=2)
+                        codes["OK"] += 1
+                    except grpc.aio.AioRpcError as error:
+                        codes[error.code().name] += 1
+                    await asyncio.sleep(0.01)
+                return codes
+
+            first = await burst(5)  # the bad instance answers UNAVAILABLE; ejected at an interval's end
+            bad_before = started_calls(services, "inventory-bad", "GetProduct")
+            good_before = started_calls(services, "inventory-good", "GetProduct")
+            later = await burst(3)
+            bad_later = started_calls(services, "inventory-bad", "GetProduct") - bad_before
+            good_later = started_calls(services, "inventory-good", "GetProduct") - good_before
+        finally:
+            await upstreams.close()
+            await discovery.close()
+        assert bad_before >= 20  # it was tried, and failed, at first
+        assert bad_later == 0 and good_later >= 50, (bad_later, good_later)
+        assert set(later) == {"OK"}  # every answer now comes from the healthy instance
+        print(f"first 5 s: {dict(first)}, bad instance tried {bad_before:.0f} times; next 3 s: {dict(later)}, "
+              f"bad instance {bad_later:.0f}, good {good_later:.0f}")
+    finally:
+        services.stop_all()
+        agent.stop()
