@@ -132,7 +132,7 @@ class Gateway:
         if settings.rate_limit > 0:
             burst = settings.rate_burst or max(1, math.ceil(settings.rate_limit))
             self._limiter = RateLimiter(settings.rate_limit, burst)
-        self._openapi = json.dumps(openapi.document(self.router.routes)).encode()
+        self._openapi = json.dumps(openapi.document(self.router.routes, auth=settings.auth)).encode()
         self._pages = _pages()
         self._request_classes = {
             id(route): message_factory.GetMessageClass(route.method.input_type) for route in self.router.routes

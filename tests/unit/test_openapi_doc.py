@@ -1,0 +1,32 @@
+"""The OpenAPI document names what each operation needs when authentication is on."""
+
+from __future__ import annotations
+
+from openapi_spec_validator import validate
+
+from gateway import openapi
+from gateway.app import CONTRACTS
+from gateway.routes import routes_from
+
+
+def operations(document: dict) -> dict[str, dict]:
+    return {op["operationId"]: op for path in document["paths"].values() for op in path.values()}
+
+
+def test_with_auth_every_operation_says_how_to_sign_in_and_the_catalogue_stays_open() -> None:
+    document = openapi.document(routes_from(CONTRACTS), auth=True)
+    validate(document)
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    ops = operations(document)
+    assert ops["InventoryService_GetProduct"]["security"] == []
+    assert ops["OrderService_CreateOrder"]["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert "admin" in ops["InventoryService_AdjustStock"]["description"]
+    assert any(p["name"] == "Idempotency-Key" and p["in"] == "header"
+               for p in ops["OrderService_CreateOrder"]["parameters"])
+
+
+def test_without_auth_the_document_claims_no_security() -> None:
+    document = openapi.document(routes_from(CONTRACTS))
+    validate(document)
+    assert "securitySchemes" not in document["components"]
+    assert all("security" not in op for op in operations(document).values())
