@@ -153,10 +153,16 @@ _CALLER_CODES = {
 }
 
 
-def _enter(context: grpc.aio.ServicerContext, method: str) -> None:
+def _enter(context: grpc.aio.ServicerContext, method: str,
+           counted: MethodMetrics | None) -> tuple[float, telemetry.ServerSpan | None, str | None]:
+    """What every RPC does first: count it, remember its deadline, open its span, read its request id."""
+    started = time.perf_counter()
+    if counted is not None:
+        counted.started.inc()
     left = context.time_remaining()
     _deadline.set(None if left is None else time.monotonic() + left)
     logs.rpc_method.set(method)
+    return started, telemetry.server_span(method, context.invocation_metadata()), _request_id(context)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str | None:
@@ -203,6 +209,8 @@ class Guarded:
             counted = MethodMetrics(full_name, kind, server=True) if metrics.enabled() else None
             fault = faults.get(f"rpc.{method.name}")
             if fault is not None:  # test-only: the fault runs where the handler would
+                if method.server_streaming:
+                    raise TypeError(f"SHOPMESH_FAULTS: rpc.{method.name} is a stream; faults fit unary RPCs")
                 inner = _faulty(inner, fault)
             wrap = _guard_stream if method.server_streaming else _guard_unary
             setattr(self, method.name, wrap(inner, full_name, counted))
@@ -220,13 +228,8 @@ def _guard_unary(
     inner: Callable[..., Awaitable[Any]], method: str, counted: MethodMetrics | None
 ) -> Callable[..., Awaitable[Any]]:
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        if counted is not None:
-            counted.started.inc()
-        _enter(context, method)
-        span = telemetry.server_span(method, context.invocation_metadata())
+        started, span, request_id = _enter(context, method, counted)
         code = grpc.StatusCode.OK
-        request_id = _request_id(context)
         try:
             reply = await inner(request, context)
             if request_id is not None:
@@ -251,13 +254,8 @@ def _guard_stream(
     inner: Callable[..., AsyncIterator[Any]], method: str, counted: MethodMetrics | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        if counted is not None:
-            counted.started.inc()
-        _enter(context, method)
-        span = telemetry.server_span(method, context.invocation_metadata())
+        started, span, request_id = _enter(context, method, counted)
         code = grpc.StatusCode.OK
-        request_id = _request_id(context)
         try:
             if request_id is not None:
                 await context.send_initial_metadata((("x-request-id", request_id),))

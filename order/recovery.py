@@ -26,6 +26,7 @@ from mesh.clock import now
 from mesh.errors import FailedPrecondition, NotFound, ShopError
 from order import domain
 from order.domain import Order
+from order.handlers import ORDERS
 from order.store import OrderStore
 
 logger = logging.getLogger(__name__)
@@ -114,8 +115,6 @@ class Recovery:
         return True
 
     async def _cancel(self, order: Order, why: str) -> None:
-        from order.handlers import ORDERS
-
         event = None
         async with self._store.write() as tx:
             cancelled = await tx.cancel(order, EXPIRED_REASON)

@@ -147,3 +147,18 @@ class Launcher:
         assert self.process is not None
         self.process.send_signal(signal.SIGINT)
         return self.process.wait(timeout)
+
+
+def new_product(mesh: Mesh | Launcher, stock: int, prefix: str = "e2e", cents: int = 1000) -> str:
+    """A product of its own (a fresh SKU) with `stock` units, created through inventory's gRPC API."""
+    import uuid
+
+    from generated.shop.common.v1 import money_pb2
+    from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+
+    sku = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(mesh.address("inventory")) as channel:
+        product = inventory_pb2.Product(sku=sku, name=f"{prefix} mug", available=stock,
+                                        price=money_pb2.Money(currency_code="USD", minor_units=cents))
+        inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(product=product))
+    return sku

@@ -17,9 +17,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from tests.e2e.harness import Launcher, Mesh
+from tests.e2e.harness import Launcher, Mesh, new_product
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -70,15 +69,6 @@ def gateway_call(launcher: Launcher, method: str, path: str, body: dict | None =
     return status
 
 
-def new_product(launcher: Launcher, stock: int) -> str:
-    sku = f"metrics-{uuid.uuid4().hex[:8]}"
-    with grpc.insecure_channel(launcher.address("inventory")) as channel:
-        product = inventory_pb2.Product(sku=sku, name="Metered mug", available=stock,
-                                        price=money_pb2.Money(currency_code="USD", minor_units=500))
-        inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(product=product))
-    return sku
-
-
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -88,7 +78,7 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def test_server_counters_move_by_exactly_the_calls_made_with_their_status_codes(launcher: Launcher,
                                                                                  pages: Pages) -> None:
-    sku = new_product(launcher, 5)
+    sku = new_product(launcher, prefix="metrics", stock=5)
     before = scrape(pages.urls["inventory"])
     with grpc.insecure_channel(launcher.address("inventory")) as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
@@ -117,7 +107,7 @@ def test_server_counters_move_by_exactly_the_calls_made_with_their_status_codes(
 
 def test_the_gateway_counts_http_by_route_template_and_its_grpc_calls_as_a_client(launcher: Launcher,
                                                                                    pages: Pages) -> None:
-    sku = new_product(launcher, 5)
+    sku = new_product(launcher, prefix="metrics", stock=5)
     before = pages.all()
     assert gateway_call(launcher, "GET", f"/v1/products/{sku}") == 200
     assert gateway_call(launcher, "GET", f"/v1/products/{sku}") == 200
@@ -145,7 +135,7 @@ def test_the_gateway_counts_http_by_route_template_and_its_grpc_calls_as_a_clien
 
 
 def test_business_counters_follow_orders_reservations_and_notifications(launcher: Launcher, pages: Pages) -> None:
-    sku = new_product(launcher, 3)
+    sku = new_product(launcher, prefix="metrics", stock=3)
     before = pages.all()
     user = f"metered-{uuid.uuid4().hex[:6]}"
     placed = {"requestId": str(uuid.uuid4()), "userId": user, "lines": [{"sku": sku, "quantity": 2}]}

@@ -16,11 +16,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
-from tests.e2e.harness import Mesh
+from tests.e2e.harness import Mesh, new_product
 
 FAST = {
     "SHOPMESH_RESERVATION_TTL_SECONDS": "2",
@@ -34,15 +33,6 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     mesh = Mesh(tmp_path / "mesh")
     yield mesh
     mesh.stop_all()
-
-
-def new_product(mesh: Mesh, stock: int) -> str:
-    sku = f"rel-{uuid.uuid4().hex[:8]}"
-    with grpc.insecure_channel(mesh.address("inventory")) as channel:
-        product = inventory_pb2.Product(sku=sku, name="Reliable mug", available=stock,
-                                        price=money_pb2.Money(currency_code="USD", minor_units=1000))
-        inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(product=product))
-    return sku
 
 
 def stock(mesh: Mesh, sku: str) -> inventory_pb2.Product:
