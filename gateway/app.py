@@ -74,6 +74,13 @@ def _bad(message: str, status: int = 400) -> Response:
     return Response(status, errors.body(code, message))
 
 
+def _resume_point(request: Request, message: object) -> None:
+    """A reconnecting EventSource's `Last-Event-ID` fills a stream request's `resume_after`."""
+    last = request.headers.get("last-event-id")
+    if last and "resume_after" in message.DESCRIPTOR.fields_by_name and not message.resume_after:  # type: ignore[attr-defined]
+        message.resume_after = last  # type: ignore[attr-defined]
+
+
 def _allowed(need: Need, principal: Principal | None) -> None:
     if need is Need.ANYONE:
         return
@@ -270,6 +277,7 @@ class Gateway:
             )
             timeout = self._timeout(request)
             _idempotency_key(request, message)
+            _resume_point(request, message)
             if need is Need.USER:
                 _own_user_id(message, principal)  # type: ignore[arg-type]
         except BadRequest as error:
@@ -308,11 +316,19 @@ class Gateway:
             status, body = errors.from_rpc_error(error, call.route.service)
             return Response(status, body)
 
+        # A stream that can resume: each event's SSE id is the item's first field (its id), which a
+        # reconnecting EventSource sends back as Last-Event-ID.
+        resumable = "resume_after" in call.request_class.DESCRIPTOR.fields_by_name
+
         async def events() -> AsyncIterator[bytes]:
             yield b": stream open\n\n"
             try:
                 async for item in rpc:
-                    yield b"data: " + json.dumps(to_dict(item)).encode() + b"\n\n"
+                    head = b""
+                    if resumable:
+                        first = item.DESCRIPTOR.fields[0]
+                        head = b"id: " + str(getattr(item, first.name)).replace("\n", "").encode() + b"\n"
+                    yield head + b"data: " + json.dumps(to_dict(item)).encode() + b"\n\n"
             except grpc.aio.AioRpcError as error:
                 _, body = errors.from_rpc_error(error, call.route.service)
                 yield b"event: error\ndata: " + body + b"\n\n"

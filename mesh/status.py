@@ -254,11 +254,9 @@ def _guard_stream(
     inner: Callable[..., AsyncIterator[Any]], method: str, counted: MethodMetrics | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started, span, request_id = _enter(context, method, counted)
+        started, span, _ = _enter(context, method, counted)
         code = grpc.StatusCode.OK
-        try:
-            if request_id is not None:
-                await context.send_initial_metadata((("x-request-id", request_id),))
+        try:  # (a stream's handler sends its own headers; its request id goes to the logs only)
             async for response in inner(request, context):
                 yield response
                 if counted is not None and counted.sent is not None:

@@ -42,6 +42,11 @@ class EventConflict(AlreadyExists):
         super().__init__(f"event {event_id!r} was already notified with other content")
 
 
+class UnknownResumePoint(InvalidArgument):
+    def __init__(self, notification_id: str, user_id: str):
+        super().__init__("resume_after", f"{notification_id!r} is not a notification of user {user_id!r}")
+
+
 def check_user_id(user_id: str) -> str:
     return validate.text("user_id", user_id, MAX_USER_ID)
 

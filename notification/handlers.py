@@ -80,21 +80,36 @@ async def list_notifications(
     return paging.page(found, limit, lambda notification: {"before": notification.sequence})
 
 
+async def resume_point(store: NotificationStore, user_id: str, resume_after: str) -> int | None:
+    """Where a resumed stream starts: after the caller's last notification (None: only new ones)."""
+    if not resume_after:
+        return None
+    async with store.read() as tx:
+        start = await tx.sequence_of(resume_after, domain.check_user_id(user_id))
+    if start is None:
+        raise domain.UnknownResumePoint(resume_after, user_id)
+    return start
+
+
 async def stream_notifications(
     store: NotificationStore,
     wakeups: Wakeups,
     user_id: str,
     stopping: asyncio.Event,
     poll_interval: float,
+    start: int | None = None,
 ) -> AsyncIterator[Notification]:
-    """Every notification for `user_id` stored after the call starts, until `stopping`."""
+    """Every notification for `user_id` stored after the call starts (or after `start`, from
+    `resume_point`), until `stopping`."""
     domain.check_user_id(user_id)
     wake = wakeups.subscribe(user_id)
     logger.info("stream opened for user %s", user_id)
     STREAMS.inc()
     try:
-        async with store.read() as tx:
-            last = await tx.last_sequence(user_id)
+        if start is None:
+            async with store.read() as tx:
+                start = await tx.last_sequence(user_id)
+        last = start
         while not stopping.is_set():
             wake.clear()
             async with store.read() as tx:

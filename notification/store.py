@@ -106,6 +106,11 @@ class NotificationTx:
                 query = query.where(notifications.c.sequence < before)
         return [_notification(row) for row in await self.conn.execute(query)]
 
+    async def sequence_of(self, notification_id: str, user_id: str) -> int | None:
+        query = select(notifications.c.sequence).where(notifications.c.notification_id == notification_id,
+                                                       notifications.c.user_id == user_id)
+        return (await self.conn.execute(query)).scalar()
+
     async def last_sequence(self, user_id: str) -> int:
         query = (
             select(notifications.c.sequence)

@@ -292,3 +292,38 @@ def test_garbage_and_oversized_headers_get_a_4xx_not_a_hang(launcher: Launcher) 
     assert _exchange(launcher, b"NOT HTTP AT ALL\r\n\r\n", 1).startswith(b"HTTP/1.1 400 ")
     huge = b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * 40_000 + b"\r\n\r\n"
     assert _exchange(launcher, huge, 1).startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_reconnecting_event_source_gets_what_it_missed_through_last_event_id(api: Http, launcher: Launcher) -> None:
+    user = f"resume-{uuid.uuid4().hex[:8]}"
+    host, port = launcher.address("gateway").split(":")
+    sku = new_product(api)
+
+    def order() -> str:
+        status, _, placed = api.call("POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": user,
+                                                             "lines": [{"sku": sku, "quantity": 1}]})
+        assert status == 200
+        return f"order.created:{placed['orderId']}"
+
+    def events(last_event_id: str | None, wanted: int) -> list[tuple[str, dict]]:
+        extra = f"last-event-id: {last_event_id}\r\n" if last_event_id else ""
+        with socket.create_connection((host, int(port)), timeout=15) as sock:
+            sock.sendall(f"GET /v1/users/{user}/notifications:stream HTTP/1.1\r\nhost: t\r\n{extra}\r\n".encode())
+            received, deadline = b"", time.monotonic() + 10
+            while received.count(b"data: ") < wanted and time.monotonic() < deadline:
+                received += sock.recv(65536)
+                if wanted == 1 and b"stream open" in received and b"data: " not in received and not last_event_id:
+                    yield_order.append(order())  # the first connection is open: now the order
+        found = []
+        for block in received.split(b"\n\n"):
+            lines = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line and not line.startswith(b":"))
+            if b"data" in lines:
+                found.append((lines[b"id"].decode(), json.loads(lines[b"data"])))
+        return found
+
+    yield_order: list[str] = []
+    [(first_id, first)] = events(None, 1)
+    assert first["eventId"] == yield_order[0] and first_id == first["notificationId"]
+    missed = [order(), order()]  # the page is closed: these are missed ...
+    resumed = events(first_id, 2)  # ... until the browser reconnects with Last-Event-ID
+    assert [event["eventId"] for _, event in resumed] == missed

@@ -111,3 +111,19 @@ async def test_a_stream_for_no_user_is_invalid_argument(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stream.read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_stream_resumes_after_the_last_notification_its_client_saw(stub) -> None:
+    sent = [await stub.SendNotification(send(f"resume-{i}", user="carol")) for i in range(3)]
+    stream = stub.StreamNotifications(pb.StreamNotificationsRequest(user_id="carol",
+                                                                    resume_after=sent[0].notification_id))
+    got = [await asyncio.wait_for(stream.read(), 5) for _ in range(2)]
+    stream.cancel()
+    assert [n.event_id for n in got] == ["resume-1", "resume-2"]  # missed while away, in order
+    for unknown in ("no-such-id", sent[0].notification_id):
+        user = "carol" if unknown == "no-such-id" else "dave"  # someone else's id is as unknown
+        stream = stub.StreamNotifications(pb.StreamNotificationsRequest(user_id=user, resume_after=unknown))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details().startswith("resume_after:")

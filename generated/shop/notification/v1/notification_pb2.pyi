@@ -63,7 +63,9 @@ class ListNotificationsResponse(_message.Message):
     def __init__(self, notifications: _Optional[_Iterable[_Union[Notification, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamNotificationsRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "resume_after")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    resume_after: str
+    def __init__(self, user_id: _Optional[str] = ..., resume_after: _Optional[str] = ...) -> None: ...
