@@ -327,3 +327,13 @@ def test_a_reconnecting_event_source_gets_what_it_missed_through_last_event_id(a
     missed = [order(), order()]  # the page is closed: these are missed ...
     resumed = events(first_id, 2)  # ... until the browser reconnects with Last-Event-ID
     assert [event["eventId"] for _, event in resumed] == missed
+
+
+def test_a_stream_opened_with_a_request_id_opens(launcher: Launcher) -> None:
+    host, port = launcher.address("gateway").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(b"GET /v1/users/rid-user/notifications:stream HTTP/1.1\r\nhost: t\r\nx-request-id: rid-9\r\n\r\n")
+        received, deadline = b"", time.monotonic() + 5
+        while b"stream open" not in received and time.monotonic() < deadline:
+            received += sock.recv(4096)
+    assert received.startswith(b"HTTP/1.1 200 ") and b": stream open" in received
