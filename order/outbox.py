@@ -1,7 +1,8 @@
 """Delivers the outbox's events to notification, at least once, in the background.
 
 `kick()` after a commit delivers at once; a timer retries what could not be
-delivered (notification down), so the outbox drains by itself when it returns.
+delivered (notification down) with exponential backoff and jitter (up to
+BACKOFF_CAP intervals apart), so the outbox drains by itself when it returns.
 Several order instances may deliver one event twice; notification keeps one.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any, Protocol
 
 from mesh import telemetry
@@ -19,6 +21,8 @@ from order.store import OrderStore
 logger = logging.getLogger(__name__)
 
 BATCH = 64
+# Retries back off to at most this many intervals apart while deliveries keep failing.
+BACKOFF_CAP = 15
 MAX_REMEMBERED = 10_000
 
 
@@ -58,18 +62,31 @@ class OutboxRelay:
         finally:
             context.detach(token)
 
+    def backoff(self, failures: int) -> float:
+        """Seconds before the next try after `failures` failed rounds in a row: doubling, capped, jittered."""
+        if failures == 0:
+            return self._interval
+        ceiling = min(self._interval * 2 ** (failures - 1), self._interval * BACKOFF_CAP)
+        return ceiling * random.uniform(0.8, 1.0)
+
     async def run(self) -> None:
+        failures = 0
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            except TimeoutError:
-                pass
+            wait = self.backoff(failures)
+            if failures:  # while notification is down, new orders' kicks do not hammer it
+                await asyncio.sleep(wait)
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except TimeoutError:
+                    pass
             self._wake.clear()
             try:
                 while await self.deliver_pending() == BATCH:
                     pass
             except Exception:
-                logger.exception("outbox relay failed; retrying in %.1fs", self._interval)
+                logger.exception("outbox relay failed")
+            failures = failures + 1 if self._failing else 0
 
     async def deliver_pending(self) -> int:
         """Delivers one batch of pending events; how many were delivered."""
