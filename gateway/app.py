@@ -222,8 +222,6 @@ class Gateway:
                 response.headers.append(("allow", ", ".join(allowed)))
                 return UNMATCHED, response
             return UNMATCHED, _bad(f"no route for {request.path}", 404)
-        if self._limiter is not None and (wait := self._limiter.take(request.client)):
-            return route.template.source, self._limited(wait)
         logs.rpc_method.set(route.rpc)
         if "x-request-id" in request.headers:
             logs.request_id.set(request.headers["x-request-id"])
@@ -251,14 +249,24 @@ class Gateway:
             return route.template.source, response
 
     async def _serve(self, request: Request, route: Route, path_values: dict[str, str]) -> Response:
-        need, principal = Need.ANYONE, None
+        need, principal, refused = Need.ANYONE, None, None
         if self._auth.enabled:
             need = self._auth.need(route.rpc)
             try:
                 principal = self._auth.principal(request.headers)
+            except Refused as bad_credential:
+                refused = bad_credential
+        # Per client: the signed-in user, else the peer address (bad credentials count there too,
+        # so guessing keys is limited like anything else).
+        if self._limiter is not None and (wait := self._limiter.take(principal.user_id if principal else request.client)):
+            return self._limited(wait)
+        try:
+            if refused is not None:
+                raise refused
+            if self._auth.enabled:
                 _allowed(need, principal)
-            except Refused as refused:
-                return _refused(refused)
+        except Refused as refusal:
+            return _refused(refusal)
         try:
             call = self._call(route)
         except Unavailable as error:

@@ -487,3 +487,16 @@ def test_the_gateway_answers_503_fast_while_the_breaker_is_open_then_probes(mesh
     assert served_calls(mesh, "GetProduct") > reached
     print(f"{10 - len(fast)} calls reached the failing upstream, then 503 in at most {1000 * max(fast):.1f} ms "
           "with none sent; after the cooldown one probe went through")
+
+
+def test_signed_in_users_have_their_own_rate_limit_and_bad_credentials_count_against_the_address(
+        mesh: Mesh) -> None:
+    mesh.start("inventory")
+    mesh.start("gateway", SHOPMESH_AUTH="on", SHOPMESH_JWT_SECRET=JWT_SECRET,
+               SHOPMESH_RATE_LIMIT_PER_SECOND="0.2", SHOPMESH_RATE_LIMIT_BURST="2")
+    sku = new_product(mesh, 5)
+    alice, bob = {"authorization": f"Bearer {token('alice')}"}, {"authorization": f"Bearer {token('bob')}"}
+    assert [call(mesh, "GET", f"/v1/products/{sku}", headers=alice)[0] for _ in range(3)] == [200, 200, 429]
+    assert call(mesh, "GET", f"/v1/products/{sku}", headers=bob)[0] == 200  # same address, own bucket
+    guesses = [call(mesh, "GET", f"/v1/products/{sku}", headers={"x-api-key": f"guess-{i}"})[0] for i in range(3)]
+    assert guesses == [401, 401, 429]  # wrong keys spend the address's bucket
