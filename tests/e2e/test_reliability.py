@@ -382,6 +382,12 @@ def test_an_inventory_slower_than_the_deadline_gives_deadline_exceeded_on_time_a
                            {"grpc-timeout": "1S"})
     took_http = time.monotonic() - started
     assert status == 504 and body["code"] == 4 and took_http <= 1.2, (status, took_http)
+    # Downstream, inventory's ReserveStock was cancelled when its caller's deadline ran out,
+    # not left to finish (and hold stock) 3 s later.
+    time.sleep(2.5)
+    ended = {code: served_calls(mesh, "ReserveStock", code) for code in ("OK", "CANCELLED", "DEADLINE_EXCEEDED")}
+    assert ended["OK"] == 0 and ended["CANCELLED"] + ended["DEADLINE_EXCEEDED"] == 2, ended
+    assert stock(mesh, sku).reserved == 0
     assert_settled(mesh, sku, 50, user, {})
     print(f"gRPC DEADLINE_EXCEEDED after {took:.2f}s and HTTP 504 after {took_http:.2f}s for a 1s deadline; "
           "stock whole afterwards")
@@ -455,15 +461,18 @@ def test_only_those_who_should_can_call_what_they_call(mesh: Mesh) -> None:
           "other user's order 404, their lists 403")
 
 
-def served_calls(mesh: Mesh, method: str) -> float:
+def served_calls(mesh: Mesh, method: str, code: str | None = None) -> float:
+    """Inventory's count of `method` calls started, or (with `code`) ended with that status."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{mesh.metrics_ports['inventory']}/metrics", timeout=10) as page:
         text = page.read().decode()
+    name = "grpc_server_started_total" if code is None else "grpc_server_handled_total"
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == method)
+               if s.name == name and s.labels.get("grpc_method") == method
+               and (code is None or s.labels.get("grpc_code") == code))
 
 
 def test_the_gateway_answers_503_fast_while_the_breaker_is_open_then_probes(mesh: Mesh) -> None:
