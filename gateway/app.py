@@ -41,7 +41,9 @@ logger = logging.getLogger(__name__)
 
 CONTRACTS: tuple[FileDescriptor, ...] = (inventory_pb2.DESCRIPTOR, order_pb2.DESCRIPTOR, notification_pb2.DESCRIPTOR)
 # Request headers passed to the upstream as gRPC metadata.
-FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate", "authorization")
+# (x-request-id goes too: the gateway makes it the request's log context, and the channel
+# sends that with every call, as it does in every service.)
+FORWARDED_HEADERS = ("traceparent", "tracestate", "authorization")
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -254,19 +256,15 @@ class Gateway:
             need = self._auth.need(route.rpc)
             try:
                 principal = self._auth.principal(request.headers)
-            except Refused as bad_credential:
-                refused = bad_credential
+                _allowed(need, principal)
+            except Refused as refusal:
+                refused = refusal
         # Per client: the signed-in user, else the peer address (bad credentials count there too,
         # so guessing keys is limited like anything else).
         if self._limiter is not None and (wait := self._limiter.take(principal.user_id if principal else request.client)):
             return self._limited(wait)
-        try:
-            if refused is not None:
-                raise refused
-            if self._auth.enabled:
-                _allowed(need, principal)
-        except Refused as refusal:
-            return _refused(refusal)
+        if refused is not None:
+            return _refused(refused)
         try:
             call = self._call(route)
         except Unavailable as error:
@@ -298,7 +296,7 @@ class Gateway:
             if (refusal := await self._not_owner(message.order_id, principal, timeout)) is not None:  # type: ignore[attr-defined]
                 return refusal
         # With tracing on, the gRPC instrumentation writes traceparent from the gateway's own span.
-        forwarded = FORWARDED_HEADERS if not telemetry.enabled() else ("x-request-id", "authorization")
+        forwarded = FORWARDED_HEADERS if not telemetry.enabled() else ("authorization",)
         metadata = tuple((h, request.headers[h]) for h in forwarded if h in request.headers)
         if call.stream is not None:
             return await self._stream(call, message, metadata)

@@ -216,12 +216,10 @@ class Upstreams:
 
     def __init__(self, discovery: Discovery, settings: Settings | None = None):
         self._discovery = discovery
+        self._settings = settings or Settings(service="gateway")  # the defaults, for tests
         # mTLS when the settings name certificates (mesh/tls.py), else plaintext.
-        self._credentials = tls.channel_credentials(settings) if settings is not None and settings.tls else None
-        self._tls_options = tls.channel_options(settings) if settings is not None else []
+        self._credentials = tls.channel_credentials(self._settings) if self._settings.tls else None
         self._breakers: dict[str, Breaker] = {}
-        self._breaker_failures = settings.breaker_failures if settings is not None else 5
-        self._breaker_cooldown = settings.breaker_cooldown if settings is not None else 5.0
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._bound: dict[tuple[str, Any], Any] = {}
         self._retired: set[asyncio.Task[None]] = set()
@@ -237,7 +235,7 @@ class Upstreams:
             addresses = list(self._discovery.addresses(service))
             if not addresses:
                 raise Unavailable(f"{service} did not answer: no healthy instance is known")
-            options = [*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG), *self._tls_options]
+            options = [*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG), *tls.channel_options(self._settings)]
             if self._credentials is not None:
                 channel = grpc.aio.secure_channel(target(addresses), self._credentials, options=options)
             else:
@@ -250,7 +248,7 @@ class Upstreams:
     def _breaker(self, service: str) -> Breaker:
         found = self._breakers.get(service)
         if found is None:
-            found = self._breakers[service] = Breaker(self._breaker_failures, self._breaker_cooldown)
+            found = self._breakers[service] = Breaker(self._settings.breaker_failures, self._settings.breaker_cooldown)
         return found
 
     def bound(self, service: str, key: Any, make: Callable[[grpc.aio.Channel], T]) -> T:

@@ -224,3 +224,19 @@ def test_every_series_the_grafana_dashboard_queries_exists_on_the_live_pages(lau
     missing = sorted(metrics_used - names)
     assert not missing, f"the dashboard queries series no process exports: {missing}"
     print(f"{len(exprs)} dashboard queries over {len(metrics_used)} series, all exported")
+
+
+def test_the_open_reservations_gauge_is_read_from_the_database(launcher: Launcher, pages: Pages) -> None:
+    sku = new_product(launcher, prefix="metrics", stock=10)
+    before = scrape(pages.urls["inventory"])
+    reservation = f"gauge-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(launcher.address("inventory")) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        stub.ReserveStock(inventory_pb2.ReserveStockRequest(
+            reservation_id=reservation, lines=[inventory_pb2.ReservationLine(sku=sku, quantity=3)]))
+        held = scrape(pages.urls["inventory"])
+        stub.ReleaseReservation(inventory_pb2.ReleaseReservationRequest(reservation_id=reservation))
+    released = scrape(pages.urls["inventory"])
+    for name, units in (("shop_inventory_open_reservations", 1), ("shop_inventory_reserved_units", 3)):
+        assert value(held, name) - value(before, name) == units, name
+        assert value(released, name) == value(before, name), name

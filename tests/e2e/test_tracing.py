@@ -169,3 +169,49 @@ def test_the_request_id_and_trace_follow_a_call_to_every_service_it_reaches(trac
     assert by_service["order"]["rpc_method"] == "/shop.order.v1.OrderService/CreateOrder"
     assert {line["grpc_code"] for line in by_service.values()} == {"FAILED_PRECONDITION"}
     assert {line["trace_id"] for line in by_service.values()} == {trace_id}
+
+
+def test_spans_go_over_otlp_to_a_collector_with_service_version_and_instance(tmp_path: Path) -> None:
+    """SHOPMESH_TRACE_EXPORTER=otlp: a real OTLP/gRPC receiver (the collector's place) gets the spans."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+    from tests.conftest import free_port
+    from tests.e2e.harness import Mesh
+
+    received: list = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # noqa: N802 - the generated name
+            received.extend(request.resource_spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    mesh = Mesh(tmp_path)
+    try:
+        mesh.start("inventory", SHOPMESH_TRACE_EXPORTER="otlp", SHOPMESH_OTLP_ENDPOINT=f"127.0.0.1:{port}",
+                   SHOPMESH_INSTANCE_ID="inventory-otlp-1")
+        with grpc.insecure_channel(mesh.address("inventory")) as channel:
+            try:
+                inventory_pb2_grpc.InventoryServiceStub(channel).GetProduct(inventory_pb2.GetProductRequest(sku="nope"))
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert mesh.stop("inventory") == 0  # a clean stop flushes the batch exporter
+    finally:
+        mesh.stop_all()
+        server.stop(0)
+    spans = [(rs.resource, span) for rs in received for ss in rs.scope_spans for span in ss.spans]
+    names = {span.name for _, span in spans}
+    assert "/shop.inventory.v1.InventoryService/GetProduct" in names, names
+    resource = {kv.key: kv.value.string_value for kv in spans[0][0].attributes}
+    assert resource["service.name"] == "shopmesh-inventory" and resource["service.instance.id"] == "inventory-otlp-1"
+    assert resource["service.version"]
+    get = next(span for _, span in spans if span.name.endswith("/GetProduct"))
+    assert any(kv.key == "rpc.grpc.status_code" and kv.value.int_value == 5 for kv in get.attributes)
