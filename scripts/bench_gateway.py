@@ -7,6 +7,8 @@ In one run, against one inventory process with SQLite:
 - a FastAPI + uvicorn app doing the same JSON -> gRPC call (the seed article's
   stack; installed into the venv for the benchmark only, with uvicorn's
   `standard` extra so it runs on uvloop + httptools, its fastest setup);
+- the floor: our HTTP server making the one grpc.aio call and printing JSON, with
+  nothing else a gateway does (the least CPU any front over grpc.aio can spend);
 - the gRPC call alone, driven by ghz, for scale.
 It prints requests/s, p50/p99 and each front process's CPU microseconds per
 request (user+system from /proc), median of interleaved rounds.
@@ -65,6 +67,36 @@ async def get_product(sku: str):
         raise HTTPException(status_code=404 if error.code() == grpc.StatusCode.NOT_FOUND else 500,
                             detail=error.details())
     return json_format.MessageToDict(product, always_print_fields_with_no_presence=True)
+'''
+
+
+FLOOR_APP = '''
+"""The least any front over grpc.aio can do: our HTTP server, one GetProduct call, JSON out; nothing else
+(no routing, no deadline parsing, no metrics, no logging context, no error handling)."""
+import asyncio, os, sys
+
+import grpc
+
+from gateway.transcode import to_json
+from generated.shop.inventory.v1 import inventory_pb2
+from mesh.http import Response, serve_http
+
+
+async def main():
+    call = grpc.aio.insecure_channel(os.environ["INVENTORY_ADDR"]).unary_unary(
+        "/shop.inventory.v1.InventoryService/GetProduct",
+        request_serializer=inventory_pb2.GetProductRequest.SerializeToString,
+        response_deserializer=inventory_pb2.Product.FromString)
+
+    async def handler(request):
+        reply = await call(inventory_pb2.GetProductRequest(sku=request.path.rsplit("/", 1)[1]), timeout=10)
+        return Response(200, to_json(reply))
+
+    await serve_http(handler, "127.0.0.1", int(sys.argv[1]), 1 << 20)
+    await asyncio.Event().wait()
+
+
+asyncio.run(main())
 '''
 
 
@@ -143,12 +175,13 @@ def main() -> None:
     args = parser.parse_args()
     ensure_fastapi()
     work = Path(tempfile.mkdtemp(prefix="shopmesh-gwbench-"))
-    ports = {name: free_port() for name in ("inventory", "gateway", "fastapi")}
+    ports = {name: free_port() for name in ("inventory", "gateway", "fastapi", "floor")}
     env = dict(os.environ, SHOPMESH_DATA_DIR=str(work), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
                SHOPMESH_INVENTORY_PORT=str(ports["inventory"]), SHOPMESH_GATEWAY_PORT=str(ports["gateway"]),
                SHOPMESH_INVENTORY_METRICS_PORT=str(free_port()),
                INVENTORY_ADDR=f"127.0.0.1:{ports['inventory']}", PYTHONPATH=str(ROOT))
     (work / "fastapi_app.py").write_text(FASTAPI_APP)
+    (work / "floor_app.py").write_text(FLOOR_APP)
     processes: dict[str, subprocess.Popen] = {}
     logs = {}
     try:
@@ -166,12 +199,14 @@ def main() -> None:
         start("gateway", [sys.executable, "-m", "gateway"])
         start("fastapi", [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1",
                           "--port", str(ports["fastapi"]), "--log-level", "warning", "--no-access-log"], cwd=work)
-        urls = {name: f"http://127.0.0.1:{ports[name]}/v1/products/bench" for name in ("gateway", "fastapi")}
+        start("floor", [sys.executable, str(work / "floor_app.py"), str(ports["floor"])])
+        fronts = ("gateway", "fastapi", "floor")
+        urls = {name: f"http://127.0.0.1:{ports[name]}/v1/products/bench" for name in fronts}
         for url in urls.values():
             wait_http(url)
-        rounds: dict[str, list[dict]] = {"gateway": [], "fastapi": [], "grpc": []}
+        rounds: dict[str, list[dict]] = {name: [] for name in (*fronts, "grpc")}
         for round_ in range(args.repeat):
-            for name in ("gateway", "fastapi"):
+            for name in fronts:
                 print(f"round {round_ + 1}: {name} ...", file=sys.stderr, flush=True)
                 rounds[name].append(run_wrk(urls[name], processes[name].pid, args))
             print(f"round {round_ + 1}: gRPC alone ...", file=sys.stderr, flush=True)
@@ -183,7 +218,8 @@ def main() -> None:
         print("| front | requests/s | p50 ms | p99 ms | errors | front process CPU µs/request |")
         print("|---|---:|---:|---:|---|---:|")
         labels = {"gateway": "shopmesh gateway (asyncio + httptools)", "fastapi": "FastAPI + uvicorn[standard]",
-                  "grpc": "gRPC GetProduct alone (ghz, no HTTP)"}
+                  "grpc": "gRPC GetProduct alone (ghz, no HTTP)",
+                  "floor": "floor: our HTTP server + one grpc.aio call + JSON, nothing else"}
         for name, label in labels.items():
             r = median[name]
             cpu = "n/a" if r["cpu_us"] != r["cpu_us"] else f"{r['cpu_us']:.0f}"
@@ -191,6 +227,9 @@ def main() -> None:
             print(f"| {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {errors} | {cpu} |")
         print(f"\ngateway vs FastAPI: {g['rps'] / f['rps']:.2f}x requests/s (target >= 1.5x), "
               f"{100 * g['cpu_us'] / f['cpu_us']:.0f}% of its CPU per request (target <= 50%)")
+        floor = median["floor"]
+        print(f"floor (HTTP + one grpc.aio call + JSON, nothing else): {100 * floor['cpu_us'] / f['cpu_us']:.0f}% of "
+              f"FastAPI's CPU per request; the gateway's own work above it: {g['cpu_us'] - floor['cpu_us']:.0f} µs")
     finally:
         stop_all(processes.values())
         shutil.rmtree(work, ignore_errors=True)
