@@ -9,6 +9,7 @@ In one run, against one inventory process with SQLite:
   `standard` extra so it runs on uvloop + httptools, its fastest setup);
 - the floor: our HTTP server making the one grpc.aio call and printing JSON, with
   nothing else a gateway does (the least CPU any front over grpc.aio can spend);
+  and the same with grpclib, the other Python gRPC client (installed for the benchmark only);
 - the gRPC call alone, driven by ghz, for scale.
 It prints requests/s, p50/p99 and each front process's CPU microseconds per
 request (user+system from /proc), median of interleaved rounds.
@@ -72,7 +73,8 @@ async def get_product(sku: str):
 
 FLOOR_APP = '''
 """The least any front over grpc.aio can do: our HTTP server, one GetProduct call, JSON out; nothing else
-(no routing, no deadline parsing, no metrics, no logging context, no error handling)."""
+(no routing, no deadline parsing, no metrics, no logging context, no error handling).
+FLOOR_CLIENT=grpclib makes the same call with grpclib (pure-Python asyncio gRPC on h2) instead."""
 import asyncio, os, sys
 
 import grpc
@@ -83,10 +85,16 @@ from mesh.http import Response, serve_http
 
 
 async def main():
-    call = grpc.aio.insecure_channel(os.environ["INVENTORY_ADDR"]).unary_unary(
-        "/shop.inventory.v1.InventoryService/GetProduct",
-        request_serializer=inventory_pb2.GetProductRequest.SerializeToString,
-        response_deserializer=inventory_pb2.Product.FromString)
+    method = "/shop.inventory.v1.InventoryService/GetProduct"
+    if os.environ.get("FLOOR_CLIENT") == "grpclib":
+        from grpclib.client import Channel, UnaryUnaryMethod
+
+        host, port = os.environ["INVENTORY_ADDR"].rsplit(":", 1)
+        call = UnaryUnaryMethod(Channel(host, int(port)), method, inventory_pb2.GetProductRequest, inventory_pb2.Product)
+    else:
+        call = grpc.aio.insecure_channel(os.environ["INVENTORY_ADDR"]).unary_unary(
+            method, request_serializer=inventory_pb2.GetProductRequest.SerializeToString,
+            response_deserializer=inventory_pb2.Product.FromString)
 
     async def handler(request):
         reply = await call(inventory_pb2.GetProductRequest(sku=request.path.rsplit("/", 1)[1]), timeout=10)
@@ -100,13 +108,15 @@ asyncio.run(main())
 '''
 
 
-def ensure_fastapi() -> None:
+def ensure_benchmark_packages() -> None:
     try:
         import fastapi  # noqa: F401
+        import grpclib  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        print("installing fastapi and uvicorn[standard] for the benchmark only ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "fastapi", "uvicorn[standard]"], check=True)
+        print("installing fastapi, uvicorn[standard] and grpclib for the benchmark only ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "fastapi", "uvicorn[standard]", "grpclib"],
+                       check=True)
 
 
 def wait_http(url: str, timeout: float = 30) -> None:
@@ -173,9 +183,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    ensure_fastapi()
+    ensure_benchmark_packages()
     work = Path(tempfile.mkdtemp(prefix="shopmesh-gwbench-"))
-    ports = {name: free_port() for name in ("inventory", "gateway", "fastapi", "floor")}
+    ports = {name: free_port() for name in ("inventory", "gateway", "fastapi", "floor", "floor_grpclib")}
     env = dict(os.environ, SHOPMESH_DATA_DIR=str(work), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
                SHOPMESH_INVENTORY_PORT=str(ports["inventory"]), SHOPMESH_GATEWAY_PORT=str(ports["gateway"]),
                SHOPMESH_INVENTORY_METRICS_PORT=str(free_port()),
@@ -185,9 +195,10 @@ def main() -> None:
     processes: dict[str, subprocess.Popen] = {}
     logs = {}
     try:
-        def start(name: str, command: list[str], cwd: Path = ROOT) -> None:
+        def start(name: str, command: list[str], cwd: Path = ROOT, **extra: str) -> None:
             logs[name] = open(work / f"{name}.log", "wb")  # noqa: SIM115
-            processes[name] = subprocess.Popen(command, cwd=cwd, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
+            processes[name] = subprocess.Popen(command, cwd=cwd, env={**env, **extra}, stdout=logs[name],
+                                               stderr=subprocess.STDOUT)
 
         start("inventory", [sys.executable, "-m", "inventory"])
         wait_port(f"127.0.0.1:{ports['inventory']}")
@@ -200,7 +211,9 @@ def main() -> None:
         start("fastapi", [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1",
                           "--port", str(ports["fastapi"]), "--log-level", "warning", "--no-access-log"], cwd=work)
         start("floor", [sys.executable, str(work / "floor_app.py"), str(ports["floor"])])
-        fronts = ("gateway", "fastapi", "floor")
+        start("floor_grpclib", [sys.executable, str(work / "floor_app.py"), str(ports["floor_grpclib"])],
+              FLOOR_CLIENT="grpclib")
+        fronts = ("gateway", "fastapi", "floor", "floor_grpclib")
         urls = {name: f"http://127.0.0.1:{ports[name]}/v1/products/bench" for name in fronts}
         for url in urls.values():
             wait_http(url)
@@ -219,7 +232,8 @@ def main() -> None:
         print("|---|---:|---:|---:|---|---:|")
         labels = {"gateway": "shopmesh gateway (asyncio + httptools)", "fastapi": "FastAPI + uvicorn[standard]",
                   "grpc": "gRPC GetProduct alone (ghz, no HTTP)",
-                  "floor": "floor: our HTTP server + one grpc.aio call + JSON, nothing else"}
+                  "floor": "floor: our HTTP server + one grpc.aio call + JSON, nothing else",
+                  "floor_grpclib": "the same floor with grpclib instead of grpc.aio"}
         for name, label in labels.items():
             r = median[name]
             cpu = "n/a" if r["cpu_us"] != r["cpu_us"] else f"{r['cpu_us']:.0f}"
