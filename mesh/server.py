@@ -29,7 +29,7 @@ from mesh import faults, logs, metrics, telemetry, tls
 from mesh.discovery import Discovery, create_discovery
 from mesh.http import serve_http
 from mesh.settings import Settings, SettingsError
-from mesh.status import Guarded
+from mesh.status import Admission, Guarded
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,6 @@ class Running:
 
 async def create_server(settings: Settings, app: App) -> Running:
     server = grpc.aio.server(
-        # Load shedding: past this many calls at once, gRPC answers RESOURCE_EXHAUSTED at once
-        # (the gateway: 429) instead of queueing work that would time out anyway.
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -86,9 +83,10 @@ async def create_server(settings: Settings, app: App) -> Running:
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    admission = Admission(settings.max_concurrent_rpcs)  # one budget for all of the process's services
     for binding in app.bindings:
         service = descriptor_pool.Default().FindServiceByName(binding.name)
-        binding.add_to_server(Guarded(binding.servicer, service), server)
+        binding.add_to_server(Guarded(binding.servicer, service, admission), server)
     names = [b.name for b in app.bindings]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     if settings.tls:

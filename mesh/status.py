@@ -188,8 +188,42 @@ def _finished(method: str, code: grpc.StatusCode, started: float, metrics: Metho
         span.end(code)
 
 
+class Admission:
+    """Load shedding: past `limit` of the service's own calls at once, a call is refused at once
+    with RESOURCE_EXHAUSTED (the gateway: 429) instead of queueing work that would time out anyway.
+
+    Counted here rather than by gRPC's `maximum_concurrent_rpcs`, which counts every call on the
+    server: health checks and reflection are never shed, so an overloaded instance stays in
+    Consul and Kubernetes rather than failing its probe and moving its load onto the others.
+    """
+
+    WARN_EVERY = 10.0
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_flight = 0
+        self._warned = -self.WARN_EVERY
+
+    def enter(self) -> bool:
+        if self.in_flight >= self.limit:
+            now = time.monotonic()
+            if now - self._warned >= self.WARN_EVERY:  # one line per burst, not one per refused call
+                self._warned = now
+                logger.warning("shedding load: %d calls in flight, the limit (SHOPMESH_MAX_CONCURRENT_RPCS)",
+                               self.in_flight)
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+    def refusal(self) -> str:
+        return f"server overloaded: {self.limit} calls in flight; retry shortly"
+
+
 class Guarded:
-    """A servicer whose every RPC method sets the deadline, maps errors, logs and counts.
+    """A servicer whose every RPC method sheds load, sets the deadline, maps errors, logs and counts.
 
     Applied once when the server is built, so a call pays for one wrapper
     function, not for gRPC's per-call interceptor chain (measured: about 10%
@@ -197,7 +231,8 @@ class Guarded:
     `mesh.metrics` is enabled.
     """
 
-    def __init__(self, servicer: Any, service: ServiceDescriptor):
+    def __init__(self, servicer: Any, service: ServiceDescriptor, admission: Admission | None = None):
+        admission = admission or Admission(1_000_000)
         for method in service.methods:
             inner = getattr(servicer, method.name, None)
             if inner is None:
@@ -213,7 +248,7 @@ class Guarded:
                     raise TypeError(f"SHOPMESH_FAULTS: rpc.{method.name} is a stream; faults fit unary RPCs")
                 inner = _faulty(inner, fault)
             wrap = _guard_stream if method.server_streaming else _guard_unary
-            setattr(self, method.name, wrap(inner, full_name, counted))
+            setattr(self, method.name, wrap(inner, full_name, counted, admission))
 
 
 def _faulty(inner: Callable[..., Any], fault: faults.Fault) -> Callable[..., Any]:
@@ -224,10 +259,19 @@ def _faulty(inner: Callable[..., Any], fault: faults.Fault) -> Callable[..., Any
     return with_fault
 
 
+async def _shed(context: grpc.aio.ServicerContext, admission: Admission, counted: MethodMetrics | None) -> None:
+    if counted is not None:
+        counted.started.inc()
+        counted.done(grpc.StatusCode.RESOURCE_EXHAUSTED, time.perf_counter())
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, admission.refusal())
+
+
 def _guard_unary(
-    inner: Callable[..., Awaitable[Any]], method: str, counted: MethodMetrics | None
+    inner: Callable[..., Awaitable[Any]], method: str, counted: MethodMetrics | None, admission: Admission
 ) -> Callable[..., Awaitable[Any]]:
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not admission.enter():
+            await _shed(context, admission, counted)
         started, span, request_id = _enter(context, method, counted)
         code = grpc.StatusCode.OK
         try:
@@ -245,15 +289,18 @@ def _guard_unary(
                 context.set_trailing_metadata((("x-request-id", request_id),))
             await _abort(context, error, method)
         finally:
+            admission.leave()
             _finished(method, code, started, counted, span)
 
     return unary_unary
 
 
 def _guard_stream(
-    inner: Callable[..., AsyncIterator[Any]], method: str, counted: MethodMetrics | None
+    inner: Callable[..., AsyncIterator[Any]], method: str, counted: MethodMetrics | None, admission: Admission
 ) -> Callable[..., AsyncIterator[Any]]:
     async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if not admission.enter():  # an open stream holds its place until it ends
+            await _shed(context, admission, counted)
         started, span, _ = _enter(context, method, counted)
         code = grpc.StatusCode.OK
         try:  # (a stream's handler sends its own headers; its request id goes to the logs only)
@@ -267,6 +314,7 @@ def _guard_stream(
                 raise
             await _abort(context, error, method)
         finally:
+            admission.leave()
             _finished(method, code, started, counted, span)
 
     return unary_stream

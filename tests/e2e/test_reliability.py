@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
@@ -211,6 +212,7 @@ def test_overload_past_the_concurrency_limit_is_refused_fast_with_bounded_memory
     async def wave(n: int) -> list[tuple[object, float]]:
         async with grpc.aio.insecure_channel(mesh.address("inventory")) as channel:
             stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
 
             async def one() -> tuple[object, float]:
                 started = time.monotonic()
@@ -218,9 +220,18 @@ def test_overload_past_the_concurrency_limit_is_refused_fast_with_bounded_memory
                     await stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=5)
                     return grpc.StatusCode.OK, time.monotonic() - started
                 except grpc.aio.AioRpcError as error:
+                    assert error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or "overloaded" in error.details()
                     return error.code(), time.monotonic() - started
 
-            return await asyncio.gather(*(one() for _ in range(n)))
+            async def probe() -> None:
+                # Health is never shed: an overloaded instance must not fail its probe.
+                await asyncio.sleep(0.1)  # the limit is full by now
+                for service in ("", "shop.inventory.v1.InventoryService"):
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+            results, _ = await asyncio.gather(asyncio.gather(*(one() for _ in range(n))), probe())
+            return results
 
     results = asyncio.run(wave(40))
     codes = Counter(code for code, _ in results)
