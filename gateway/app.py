@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import errors, openapi
 from gateway.auth import Authenticator, Need, Principal, Refused
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimiter, client_address
 from gateway.routes import Route, Router, routes_from
 from gateway.transcode import BadRequest, build_request, to_dict, to_json
 from generated.shop.inventory.v1 import inventory_pb2
@@ -181,6 +181,14 @@ class Gateway:
         return Response(429, errors.body(grpc.StatusCode.RESOURCE_EXHAUSTED, message),
                         headers=[("retry-after", RateLimiter.retry_after(wait))])
 
+    def _client_key(self, request: Request, principal: Principal | None) -> str:
+        """Whose bucket: the signed-in user, else the client's address (bad credentials count there
+        too, so guessing keys is limited like anything else); behind a trusted proxy, the address
+        its X-Forwarded-For names."""
+        if principal is not None:
+            return principal.user_id
+        return client_address(request.client, request.headers.get("x-forwarded-for"), self._settings.trusted_proxies)
+
     def _timeout(self, request: Request) -> float:
         wanted = request.headers.get("grpc-timeout")
         if not wanted:
@@ -259,9 +267,7 @@ class Gateway:
                 _allowed(need, principal)
             except Refused as refusal:
                 refused = refusal
-        # Per client: the signed-in user, else the peer address (bad credentials count there too,
-        # so guessing keys is limited like anything else).
-        if self._limiter is not None and (wait := self._limiter.take(principal.user_id if principal else request.client)):
+        if self._limiter is not None and (wait := self._limiter.take(self._client_key(request, principal))):
             return self._limited(wait)
         if refused is not None:
             return _refused(refused)

@@ -1,16 +1,19 @@
 """Per-client token buckets: `burst` requests at once, then `rate` a second.
 
 A client is whatever `key` the gateway passes (the authenticated user when there
-is one, else the peer address). Buckets of clients that went quiet are dropped,
+is one, else the client's address: `client_address`). Buckets of clients that went quiet are dropped,
 so memory stays bounded however many clients come and go.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_CLIENTS = 100_000
 
@@ -43,3 +46,35 @@ class RateLimiter:
     def retry_after(wait: float) -> str:
         """The Retry-After header value: whole seconds, at least 1."""
         return str(max(1, math.ceil(wait)))
+
+
+def _within(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """Who sent the request: the peer, unless the peer is a trusted proxy.
+
+    Each proxy appends the address it got the request from to X-Forwarded-For, so only the
+    entries our trusted proxies appended can be believed: walking from the right, the first
+    address that is not a trusted proxy is the client (nginx's `real_ip_recursive`, Envoy's
+    trusted hops). Anything a client wrote to the left of that is ignored; an entry that is not
+    an address ends the walk at the last trusted hop.
+    """
+    if not trusted or not forwarded_for or not _within(peer, trusted):
+        return peer
+    client = peer
+    for hop in reversed(forwarded_for.split(",")):
+        hop = hop.strip()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return client
+        client = hop
+        if not _within(hop, trusted):
+            return client
+    return client

@@ -7,6 +7,7 @@ Tests pass a plain dict instead of `os.environ`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -119,6 +120,16 @@ def _auth(env: _Reader) -> dict[str, object]:
     return values
 
 
+def _networks(name: str, spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(f"{name}: {item!r} is not an IP address or network such as 10.0.0.0/8") from None
+    return tuple(networks)
+
+
 def _api_keys(spec: str) -> tuple[tuple[str, str, bool], ...]:
     keys = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -188,6 +199,8 @@ class Settings:
     # Gateway: requests a second per client (0: no limit) and the burst a client may send at once.
     rate_limit: float = 0.0
     rate_burst: int = 0
+    # Gateway: proxies (addresses or CIDR networks) whose X-Forwarded-For names the real client.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Gateway authentication (gateway/auth.py): off for the zero-setup local mesh.
     auth: bool = False
     jwt_secret: str = ""
@@ -268,6 +281,7 @@ class Settings:
             http_max_timeout=env.seconds("SHOPMESH_HTTP_MAX_TIMEOUT_SECONDS", 60.0, high=3600),
             rate_limit=env.seconds("SHOPMESH_RATE_LIMIT_PER_SECOND", 0.0, high=1_000_000),
             rate_burst=env.int("SHOPMESH_RATE_LIMIT_BURST", 0, low=0, high=1_000_000),
+            trusted_proxies=_networks("SHOPMESH_TRUSTED_PROXIES", env.str("SHOPMESH_TRUSTED_PROXIES", "")),
             **_auth(env),
             **_tls(env),
             breaker_failures=env.int("SHOPMESH_BREAKER_FAILURES", 5, low=1, high=1000),

@@ -520,3 +520,29 @@ def test_signed_in_users_have_their_own_rate_limit_and_bad_credentials_count_aga
     assert call(mesh, "GET", f"/v1/products/{sku}", headers=bob)[0] == 200  # same address, own bucket
     guesses = [call(mesh, "GET", f"/v1/products/{sku}", headers={"x-api-key": f"guess-{i}"})[0] for i in range(3)]
     assert guesses == [401, 401, 429]  # wrong keys spend the address's bucket
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(mesh: Mesh) -> None:
+    mesh.start("inventory")
+    mesh.start("gateway", SHOPMESH_TRUSTED_PROXIES="127.0.0.1", SHOPMESH_RATE_LIMIT_PER_SECOND="0.2",
+               SHOPMESH_RATE_LIMIT_BURST="2")
+    sku = new_product(mesh, 5)
+
+    def via_proxy(forwarded_for: str) -> int:
+        return call(mesh, "GET", f"/v1/products/{sku}", headers={"x-forwarded-for": forwarded_for})[0]
+
+    assert [via_proxy("203.0.113.7") for _ in range(3)] == [200, 200, 429]
+    assert via_proxy("198.51.100.9") == 200  # another client behind the same proxy
+    # What a client writes to the left of the address our proxy appended buys it no new bucket.
+    assert [via_proxy(f"10.9.9.{i}, 203.0.113.7") for i in range(2)] == [429, 429]
+    assert call(mesh, "GET", f"/v1/products/{sku}")[0] == 200  # the proxy's own calls: its own bucket
+
+
+def test_forwarded_for_from_an_untrusted_peer_is_ignored(mesh: Mesh) -> None:
+    mesh.start("inventory")
+    mesh.start("gateway", SHOPMESH_TRUSTED_PROXIES="10.0.0.0/8", SHOPMESH_RATE_LIMIT_PER_SECOND="0.2",
+               SHOPMESH_RATE_LIMIT_BURST="2")
+    sku = new_product(mesh, 5)
+    statuses = [call(mesh, "GET", f"/v1/products/{sku}", headers={"x-forwarded-for": f"203.0.113.{i}"})[0]
+                for i in range(3)]
+    assert statuses == [200, 200, 429]  # one bucket: the peer's, whatever the header claims

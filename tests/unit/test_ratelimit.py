@@ -38,3 +38,30 @@ def test_clients_have_their_own_buckets_and_quiet_ones_are_forgotten() -> None:
 
 def test_retry_after_is_whole_seconds_rounded_up() -> None:
     assert RateLimiter.retry_after(0.01) == "1" and RateLimiter.retry_after(2.2) == "3"
+
+
+def test_the_client_behind_trusted_proxies_is_the_rightmost_untrusted_hop() -> None:
+    import ipaddress
+
+    from gateway.ratelimit import client_address
+
+    trusted = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert client_address("10.0.0.2", "203.0.113.7", trusted) == "203.0.113.7"
+    assert client_address("10.0.0.2", "6.6.6.6, 203.0.113.7, 10.1.1.1", trusted) == "203.0.113.7"
+    assert client_address("::1", "2001:db8::5", trusted) == "2001:db8::5"
+    assert client_address("192.0.2.1", "203.0.113.7", trusted) == "192.0.2.1"  # not a proxy of ours
+    assert client_address("10.0.0.2", None, trusted) == "10.0.0.2"
+    assert client_address("10.0.0.2", "nonsense, 10.1.1.1", trusted) == "10.1.1.1"  # stops at the last trusted hop
+    assert client_address("10.0.0.2", "10.1.1.1", trusted) == "10.1.1.1"  # all trusted: the farthest
+    assert client_address("10.0.0.2", "203.0.113.7", ()) == "10.0.0.2"  # no proxies trusted
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    import pytest
+
+    from mesh.settings import Settings, SettingsError
+
+    assert [str(n) for n in Settings.from_env("gateway", {"SHOPMESH_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1"})
+            .trusted_proxies] == ["10.0.0.0/8", "127.0.0.1/32"]
+    with pytest.raises(SettingsError, match="SHOPMESH_TRUSTED_PROXIES: 'proxy.local'"):
+        Settings.from_env("gateway", {"SHOPMESH_TRUSTED_PROXIES": "proxy.local"})
