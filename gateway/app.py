@@ -26,7 +26,7 @@ from gateway import errors, openapi
 from gateway.auth import Authenticator, Need, Principal, Refused
 from gateway.ratelimit import RateLimiter, client_address
 from gateway.routes import Route, Router, routes_from
-from gateway.transcode import BadRequest, build_request, to_dict, to_json
+from gateway.transcode import BadRequest, build_request, dumps, to_dict, to_json
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
 from generated.shop.order.v1 import order_pb2
@@ -68,7 +68,7 @@ def _pages() -> dict[str, Response]:
 
 
 def _json(status: int, value: object) -> Response:
-    return Response(status, json.dumps(value).encode())
+    return Response(status, dumps(value))
 
 
 def _bad(message: str, status: int = 400) -> Response:
@@ -218,6 +218,8 @@ class Gateway:
             return request.path, _json(200, {"status": "ok"})
         if request.path == "/readyz":
             return request.path, await self._ready()
+        if request.path == "/me" and request.method == "GET":
+            return request.path, self._me(request)
         if request.method == "GET":
             if request.path == "/metrics" and metrics.enabled():
                 return request.path, await metrics.exposition()
@@ -258,19 +260,24 @@ class Gateway:
                 response.body = errors.with_request_info(response.body, trace_id)
             return route.template.source, response
 
-    async def _serve(self, request: Request, route: Route, path_values: dict[str, str]) -> Response:
-        need, principal, refused = Need.ANYONE, None, None
+    def _admit(self, request: Request, need: Need) -> tuple[Principal | None, Response | None]:
+        """The caller, and the refusal when their credentials, rights or rate say no."""
+        principal, refused = None, None
         if self._auth.enabled:
-            need = self._auth.need(route.rpc)
             try:
                 principal = self._auth.principal(request.headers)
                 _allowed(need, principal)
             except Refused as refusal:
                 refused = refusal
         if self._limiter is not None and (wait := self._limiter.take(self._client_key(request, principal))):
-            return self._limited(wait)
-        if refused is not None:
-            return _refused(refused)
+            return principal, self._limited(wait)
+        return principal, _refused(refused) if refused is not None else None
+
+    async def _serve(self, request: Request, route: Route, path_values: dict[str, str]) -> Response:
+        need = self._auth.need(route.rpc) if self._auth.enabled else Need.ANYONE
+        principal, refusal = self._admit(request, need)
+        if refusal is not None:
+            return refusal
         try:
             call = self._call(route)
         except Unavailable as error:
@@ -340,7 +347,7 @@ class Gateway:
                     if resumable:
                         first = item.DESCRIPTOR.fields[0]
                         head = b"id: " + str(getattr(item, first.name)).replace("\n", "").encode() + b"\n"
-                    yield head + b"data: " + json.dumps(to_dict(item)).encode() + b"\n\n"
+                    yield head + b"data: " + dumps(to_dict(item)) + b"\n\n"
             except grpc.aio.AioRpcError as error:
                 _, body = errors.from_rpc_error(error, call.route.service)
                 yield b"event: error\ndata: " + body + b"\n\n"
@@ -348,6 +355,18 @@ class Gateway:
                 rpc.cancel()  # the browser went away: stop the upstream stream too
 
         return Response(200, content_type="text/event-stream", stream=events())
+
+    def _me(self, request: Request) -> Response:
+        """Who the request's credentials name, so a page can show it (and learn whether sign-in is on).
+
+        Limited like any route, so it is no cheaper place to guess keys."""
+        if not self._auth.enabled:
+            return _json(200, {"auth": False})
+        principal, refusal = self._admit(request, Need.USER)
+        if refusal is not None:
+            return refusal
+        assert principal is not None
+        return _json(200, {"auth": True, "userId": principal.user_id, "admin": principal.admin})
 
     async def _ready(self) -> Response:
         services = sorted({route.service for route in self.router.routes})

@@ -13,6 +13,8 @@ import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
 
+from gateway.transcode import dumps
+
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.CANCELLED: 499,
@@ -34,7 +36,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 
 def body(code: grpc.StatusCode, message: str, details: list[dict[str, Any]] | None = None) -> bytes:
-    return json.dumps({"code": code.value[0], "message": message, "details": details or []}).encode()
+    return dumps({"code": code.value[0], "message": message, "details": details or []})
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> tuple[int, bytes]:
@@ -68,4 +70,4 @@ def with_request_info(body: bytes, trace_id: str) -> bytes:
     if not isinstance(status, dict) or not isinstance(status.get("details"), list):
         return body
     status["details"].append({"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": trace_id})
-    return json.dumps(status).encode()
+    return dumps(status)

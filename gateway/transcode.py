@@ -204,5 +204,10 @@ def to_dict(message: Message) -> dict[str, Any]:
     return _print(message, plan)
 
 
+def dumps(value: Any) -> bytes:
+    """Every JSON body the gateway writes: compact UTF-8."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def to_json(message: Message) -> bytes:
-    return json.dumps(to_dict(message), ensure_ascii=False, separators=(",", ":")).encode()
+    return dumps(to_dict(message))

@@ -67,7 +67,7 @@ def _error(status: int, message: str) -> Response:
     import json
 
     code = {400: 3, 404: 5, 405: 12, 413: 8, 415: 3, 431: 8}.get(status, 2)
-    return Response(status, json.dumps({"code": code, "message": message, "details": []}).encode())
+    return Response(status, json.dumps({"code": code, "message": message, "details": []}, separators=(",", ":")).encode())
 
 
 class HttpProtocol(asyncio.Protocol):

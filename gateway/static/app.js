@@ -1,4 +1,7 @@
 // The shop page: everything through the gateway's JSON API, notifications over SSE.
+// With sign-in on (SHOPMESH_AUTH=on) it sends the key or token the shopper typed with every call,
+// the notification stream too: that is why the stream is read with fetch, not EventSource,
+// which cannot send headers (credentials stay out of URLs and cookies).
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
@@ -8,10 +11,18 @@ const newId = () => (crypto.randomUUID ? crypto.randomUUID()
       const r = Math.random() * 16 | 0; return (c === "x" ? r : (r & 0x3) | 0x8).toString(16);
     }));
 
+const credential = () => sessionStorage.getItem("shopmesh-credential");
+function authHeaders() {
+  const value = credential();
+  if (!value) return {};
+  // A JWT is three base64url parts; anything else is taken for an API key.
+  return /^[\w-]+\.[\w-]+\.[\w-]*$/.test(value) ? { authorization: `Bearer ${value}` } : { "x-api-key": value };
+}
+
 async function api(method, path, body) {
   const response = await fetch(path, {
     method,
-    headers: body ? { "content-type": "application/json" } : {},
+    headers: { ...authHeaders(), ...(body ? { "content-type": "application/json" } : {}) },
     body: body ? JSON.stringify(body) : undefined,
   });
   const data = await response.json();
@@ -71,15 +82,61 @@ function showError(error) {
 
 let stream = null;
 function follow(user) {
-  if (stream) stream.close();
+  if (stream) stream.abort();
   $("#notifications").replaceChildren();
   api("GET", `/v1/users/${encodeURIComponent(user)}/notifications?pageSize=20`)
     .then(({ notifications }) => notifications.reverse().forEach(addNotification))
     .catch(() => {});
-  stream = new EventSource(`/v1/users/${encodeURIComponent(user)}/notifications:stream`);
-  stream.onopen = () => { $("#stream-state").textContent = "live"; };
-  stream.onerror = () => { $("#stream-state").textContent = "reconnecting…"; };
-  stream.onmessage = (event) => addNotification(JSON.parse(event.data));
+  stream = new AbortController();
+  readEvents(`/v1/users/${encodeURIComponent(user)}/notifications:stream`, stream.signal);
+}
+
+// Server-Sent Events over fetch, as EventSource reads them: `id:`, `event:` and `data:` lines, a
+// blank line ends an event; after a drop it reconnects with Last-Event-ID, so nothing is missed.
+async function readEvents(path, signal) {
+  const state = $("#stream-state");
+  let lastId = null;
+  while (!signal.aborted) {
+    try {
+      const headers = { ...authHeaders(), accept: "text/event-stream" };
+      if (lastId) headers["last-event-id"] = lastId;
+      const response = await fetch(path, { headers, signal });
+      if (!response.ok) {
+        const problem = await response.json().catch(() => ({}));
+        state.textContent = problem.message || `HTTP ${response.status}`;
+        if (response.status >= 400 && response.status < 500 && response.status !== 429) return;  // retrying will not help
+        throw new Error(state.textContent);
+      }
+      state.textContent = "live";
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const event = { type: "message", data: [] };
+          for (const line of block.split("\n")) {
+            const colon = line.indexOf(":");
+            if (colon === 0) continue;  // a comment
+            const [field, text] = colon < 0 ? [line, ""] : [line.slice(0, colon), line.slice(colon + 1).replace(/^ /, "")];
+            if (field === "id") lastId = text;
+            else if (field === "event") event.type = text;
+            else if (field === "data") event.data.push(text);
+          }
+          if (event.type === "message" && event.data.length) addNotification(JSON.parse(event.data.join("\n")));
+          if (event.type === "error") state.textContent = "stream error: " + (JSON.parse(event.data.join("\n")).message || "");
+        }
+      }
+    } catch (error) {
+      if (signal.aborted) return;
+    }
+    state.textContent = "reconnecting…";
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
 }
 
 function addNotification(n) {
@@ -113,6 +170,40 @@ $("#order-form").addEventListener("submit", async (event) => {
   }
 });
 
+// Who the page is signed in as (GET /me): with sign-in off, anyone may be typed in the user field;
+// with it on, the user is the one the key or token names.
+async function whoami() {
+  const response = await fetch("/me", { headers: authHeaders() });
+  const me = await response.json();
+  if (!response.ok && response.status !== 401) throw new Error(me.message || `HTTP ${response.status}`);
+  const auth = response.status === 401 || Boolean(me.auth);  // with sign-in off, /me always answers 200
+  const user = $("#user");
+  $("#sign-in").hidden = !auth || response.ok;
+  $("#signed-in").hidden = !auth || !response.ok;
+  user.readOnly = auth;
+  if (!response.ok) {
+    sessionStorage.removeItem("shopmesh-credential");
+    user.value = "";
+    if (stream) stream.abort();
+    $("#notifications").replaceChildren();
+    $("#stream-state").textContent = "sign in to see notifications";
+    return;
+  }
+  if (auth) {
+    $("#who").textContent = me.userId;
+    user.value = me.userId;
+  }
+  follow(user.value);
+}
+
+$("#sign-in").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("shopmesh-credential", $("#credential").value.trim());
+  $("#credential").value = "";
+  await whoami();
+  if ($("#signed-in").hidden) showError(new Error("sign-in refused: unknown key or invalid token"));
+});
+$("#sign-out").addEventListener("click", () => { sessionStorage.removeItem("shopmesh-credential"); whoami(); });
 $("#user").addEventListener("change", () => follow($("#user").value));
 loadProducts().catch(showError);
-follow($("#user").value);
+whoami().catch(showError);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, tool
-from tests.e2e.harness import Launcher
+from tests.e2e.harness import Launcher, Mesh, new_product
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -82,3 +83,85 @@ def test_the_docs_page_lists_every_operation(browser, launcher: Launcher) -> Non
     operations = browser.find_elements(By.CSS_SELECTOR, "section.op")
     assert len(operations) >= 14
     assert "/v1/orders/{order_id}:cancel" in browser.find_element(By.ID, "OrderService_CancelOrder").text
+
+
+SIGNED_GATEWAY = {"SHOPMESH_AUTH": "on", "SHOPMESH_API_KEYS": "carol-key-0123=carol",
+                  "SHOPMESH_JWT_SECRET": "browser-secret-browser-secret-0123"}
+
+
+def _order_over_grpc(mesh: Mesh, user: str, sku: str) -> str:
+    import grpc
+
+    from generated.shop.order.v1 import order_pb2, order_pb2_grpc
+
+    with grpc.insecure_channel(mesh.address("order")) as channel:
+        order = order_pb2_grpc.OrderServiceStub(channel).CreateOrder(order_pb2.CreateOrderRequest(
+            request_id=str(uuid.uuid4()), user_id=user, lines=[order_pb2.OrderLine(sku=sku, quantity=1)]), timeout=10)
+    return order.order_id
+
+
+@pytest.fixture
+def signed_mesh(tmp_path: Path) -> Iterator[Mesh]:
+    """The mesh with sign-in on: an API key for carol, a JWT secret for tokens."""
+    mesh = Mesh(tmp_path / "mesh")
+    for service in ("inventory", "notification", "order"):
+        mesh.start(service, SHOPMESH_OUTBOX_INTERVAL_SECONDS="0.3")
+    mesh.start("gateway", **SIGNED_GATEWAY)
+    yield mesh
+    mesh.stop_all()
+
+
+def test_with_sign_in_on_a_shopper_signs_in_orders_as_themselves_and_follows_the_stream(browser, signed_mesh) -> None:
+    import jwt
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    sku = new_product(signed_mesh, 5, prefix="signed")
+    wait = WebDriverWait(browser, 15)
+    browser.get(f"http://{signed_mesh.address('gateway')}/")
+    wait.until(ready.visibility_of_element_located((By.ID, "sign-in")))  # anonymous: the catalogue, and a sign-in
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, f'#products tr[data-sku="{sku}"]')))
+    assert "sign in" in browser.find_element(By.ID, "stream-state").text
+
+    browser.find_element(By.ID, "credential").send_keys("not-a-key")
+    browser.find_element(By.ID, "sign-in-button").click()
+    wait.until(ready.text_to_be_present_in_element((By.ID, "order-status"), "sign-in refused"))
+
+    browser.find_element(By.ID, "credential").send_keys("carol-key-0123")
+    browser.find_element(By.ID, "sign-in-button").click()
+    wait.until(ready.text_to_be_present_in_element((By.ID, "who"), "carol"))
+    user = browser.find_element(By.ID, "user")
+    assert user.get_attribute("value") == "carol" and user.get_attribute("readonly") is not None
+    wait.until(ready.text_to_be_present_in_element((By.ID, "stream-state"), "live"))  # the stream, with the key
+
+    Select(browser.find_element(By.ID, "sku")).select_by_value(sku)
+    browser.find_element(By.ID, "place-order").click()
+    status = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#order-status p[data-order-id]")))
+    order_id = status.get_attribute("data-order-id")
+    assert "CONFIRMED" in status.text
+    wait.until(ready.presence_of_element_located(
+        (By.CSS_SELECTOR, f'#notifications li[data-event-id="order.created:{order_id}"]')))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser-signed-in.png"))
+
+    # The gateway goes away and comes back: the page reconnects with Last-Event-ID and gets what it missed.
+    signed_mesh.stop("gateway")
+    wait.until(ready.text_to_be_present_in_element((By.ID, "stream-state"), "reconnecting"))
+    missed = _order_over_grpc(signed_mesh, "carol", sku)
+    signed_mesh.start("gateway", **SIGNED_GATEWAY)
+    wait.until(ready.presence_of_element_located(
+        (By.CSS_SELECTOR, f'#notifications li[data-event-id="order.created:{missed}"]')))
+    assert browser.find_element(By.ID, "stream-state").text == "live"
+
+    # A bearer token works the same way; signing out drops back to the catalogue.
+    browser.find_element(By.ID, "sign-out").click()
+    wait.until(ready.visibility_of_element_located((By.ID, "sign-in")))
+    dave = jwt.encode({"sub": "dave", "exp": time.time() + 300}, SIGNED_GATEWAY["SHOPMESH_JWT_SECRET"],
+                      algorithm="HS256")
+    browser.find_element(By.ID, "credential").send_keys(dave)
+    browser.find_element(By.ID, "sign-in-button").click()
+    wait.until(ready.text_to_be_present_in_element((By.ID, "who"), "dave"))
+    wait.until(ready.text_to_be_present_in_element((By.ID, "stream-state"), "live"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#notifications li")  # carol's are not dave's

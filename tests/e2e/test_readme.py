@@ -44,10 +44,10 @@ def test_the_readme_grpcurl_examples_run_against_the_mesh(launcher: Launcher) ->
 
 def test_the_readme_curl_examples_run_against_the_gateway(launcher: Launcher) -> None:
     out = run_block(readme_blocks()[1], launcher)
-    assert '"sku": "coffee-mug"' in out
-    assert '"status": "CONFIRMED"' in out and '"requestId": "readme-http-1"' in out
-    assert "HTTP/1.1 404 Not Found" in out and '"code": 5' in out
-    assert '"ready": true' in out
+    assert '"sku":"coffee-mug"' in out
+    assert '"status":"CONFIRMED"' in out and '"requestId":"readme-http-1"' in out
+    assert "HTTP/1.1 404 Not Found" in out and '"code":5' in out
+    assert '"ready":true' in out
 
 
 def test_the_quickstart_command_sets_up_runs_and_stops_the_mesh(tmp_path: Path) -> None:

@@ -446,6 +446,10 @@ def test_only_those_who_should_can_call_what_they_call(mesh: Mesh) -> None:
     assert call(mesh, "POST", "/v1/products", product, {"x-api-key": "ops-key-1"})[0] == 200
     assert call(mesh, "POST", "/v1/products/locked-mug:adjustStock", {"delta": "1", "reason": "x"}, bob)[0] == 403
     assert call(mesh, "GET", "/v1/products/locked-mug")[0] == 200  # the catalogue is public
+    # /me names the caller (what the shop page shows), and refuses like any route.
+    assert call(mesh, "GET", "/me", headers=alice)[2] == {"auth": True, "userId": "alice", "admin": False}
+    assert call(mesh, "GET", "/me", headers={"x-api-key": "ops-key-1"})[2] == {"auth": True, "userId": "ops", "admin": True}
+    assert [call(mesh, "GET", "/me", headers=h)[0] for h in ({}, {"x-api-key": "wrong"})] == [401, 401]
     # Missing, expired, alg=none: 401 with a challenge.
     order = {"requestId": str(uuid.uuid4()), "lines": [{"sku": "locked-mug", "quantity": 1}]}
     for headers, says in (({}, "sign in"), ({"authorization": f"Bearer {token('alice', expires_in=-10)}"}, "expired"),
@@ -520,6 +524,7 @@ def test_signed_in_users_have_their_own_rate_limit_and_bad_credentials_count_aga
     assert call(mesh, "GET", f"/v1/products/{sku}", headers=bob)[0] == 200  # same address, own bucket
     guesses = [call(mesh, "GET", f"/v1/products/{sku}", headers={"x-api-key": f"guess-{i}"})[0] for i in range(3)]
     assert guesses == [401, 401, 429]  # wrong keys spend the address's bucket
+    assert call(mesh, "GET", "/me", headers={"x-api-key": "guess-4"})[0] == 429  # /me is no way around it
 
 
 def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(mesh: Mesh) -> None:
