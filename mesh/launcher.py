@@ -6,7 +6,7 @@ Starts inventory, notification, order and the REST gateway (in that order)
 with static discovery and SQLite files under the data folder, waits until each
 reports SERVING on gRPC health (the gateway: /healthz), adds a few demo
 products, prints how to call the mesh, and on Ctrl-C (or SIGTERM) stops
-everything gracefully, gateway first.
+everything gracefully: the gateway, then order, then inventory and notification together.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 
 START_ORDER = ("inventory", "notification", "order", "gateway")
+# Stopped in this order, each tier's processes at once: callers before the services they call.
+STOP_TIERS = (("gateway",), ("order",), ("inventory", "notification"), ("consul",))
 COLORS = {
     "inventory": "\033[36m",
     "notification": "\033[35m",
@@ -312,24 +314,33 @@ class Launcher:
         return [*urls, f"http://{self.address(self.ports['gateway'])}/metrics"]
 
     async def stop(self) -> int:
-        """SIGTERM each service, order first; the worst exit code."""
+        """Stop the mesh callers first, a tier at a time, each tier's processes at once; the worst exit code.
+
+        The gateway goes before order, order before the services it calls, Consul last, so no
+        process loses an upstream while it still drains calls; within a tier nothing waits on
+        anything else, so one slow leaver does not hold up its neighbours.
+        """
         worst = 0
-        order = ("consul", *START_ORDER)
-        for child in sorted(self.children, key=lambda c: order.index(c.service), reverse=True):
-            if child.process.returncode is None:
-                # Consul leaves gracefully (exit 0) on SIGINT; our services stop on SIGTERM.
-                child.process.send_signal(signal.SIGINT if child.service == "consul" else signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(child.process.wait(), self.args.stop_timeout)
-                except TimeoutError:
-                    self.say("mesh", f"{child.service} did not stop in {self.args.stop_timeout:.0f}s; killing it")
-                    child.process.kill()
-                    await child.process.wait()
-            code = child.process.returncode or 0
-            self.say("mesh", f"{child.name or child.service} exited with code {code}")
-            if child.service != "consul":  # a -dev agent exits 1 whenever it stops; not ours to judge
-                worst = max(worst, abs(code))
+        for tier in STOP_TIERS:
+            children = [c for c in self.children if c.service in tier]
+            codes = await asyncio.gather(*(self._stop_one(child) for child in children))
+            for child, code in zip(children, codes, strict=True):
+                self.say("mesh", f"{child.name or child.service} exited with code {code}")
+                if child.service != "consul":  # a -dev agent exits 1 whenever it stops; not ours to judge
+                    worst = max(worst, abs(code))
         return worst
+
+    async def _stop_one(self, child: Child) -> int:
+        if child.process.returncode is None:
+            # Consul leaves gracefully (exit 0) on SIGINT; our services stop on SIGTERM.
+            child.process.send_signal(signal.SIGINT if child.service == "consul" else signal.SIGTERM)
+            try:
+                await asyncio.wait_for(child.process.wait(), self.args.stop_timeout)
+            except TimeoutError:
+                self.say("mesh", f"{child.service} did not stop in {self.args.stop_timeout:.0f}s; killing it")
+                child.process.kill()
+                await child.process.wait()
+        return child.process.returncode or 0
 
     async def run(self) -> int:
         stop = asyncio.Event()
