@@ -83,6 +83,11 @@ def _resume_point(request: Request, message: object) -> None:
         message.resume_after = last  # type: ignore[attr-defined]
 
 
+async def _no_events() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that ends at once
+
+
 def _allowed(need: Need, principal: Principal | None) -> None:
     if need is Need.ANYONE:
         return
@@ -218,17 +223,21 @@ class Gateway:
             return request.path, _json(200, {"status": "ok"})
         if request.path == "/readyz":
             return request.path, await self._ready()
-        if request.path == "/me" and request.method == "GET":
+        # HEAD is GET without the body (RFC 9110 9.3.2); the HTTP server leaves the body out.
+        method = "GET" if request.method == "HEAD" else request.method
+        if request.path == "/me" and method == "GET":
             return request.path, self._me(request)
-        if request.method == "GET":
+        if method == "GET":
             if request.path == "/metrics" and metrics.enabled():
                 return request.path, await metrics.exposition()
             if request.path == "/openapi.json":
                 return request.path, Response(200, self._openapi)
             if request.path in self._pages:
                 return request.path, self._pages[request.path]
-        route, path_values, allowed = self.router.match(request.method, request.path)
+        route, path_values, allowed = self.router.match(method, request.path)
         if route is None:
+            if "GET" in allowed:
+                allowed = [*allowed, "HEAD"]
             if allowed:
                 response = _bad(f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}", 405)
                 response.headers.append(("allow", ", ".join(allowed)))
@@ -312,6 +321,8 @@ class Gateway:
         forwarded = FORWARDED_HEADERS if not telemetry.enabled() else ("authorization",)
         metadata = tuple((h, request.headers[h]) for h in forwarded if h in request.headers)
         if call.stream is not None:
+            if request.method == "HEAD":  # what a GET would start with, without subscribing
+                return Response(200, content_type="text/event-stream", stream=_no_events())
             return await self._stream(call, message, metadata)
         rpc = call.unary(message, timeout=timeout, metadata=metadata)  # type: ignore[misc]
         try:

@@ -184,7 +184,7 @@ class HttpProtocol(asyncio.Protocol):
                     logger.exception("%s %s failed", item.method, item.path)
                     response = _error(500, "internal error; see the server log")
                 keep_alive = item.headers.get("connection", "").lower() != "close" and response.stream is None
-                await self._write(response, keep_alive)
+                await self._write(response, keep_alive, head=item.method == "HEAD")
                 if not keep_alive:
                     break
         except asyncio.CancelledError:
@@ -193,24 +193,27 @@ class HttpProtocol(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
 
-    async def _write(self, response: Response, keep_alive: bool) -> None:
+    async def _write(self, response: Response, keep_alive: bool, head: bool = False) -> None:
+        """The response; to a HEAD request, its head alone (with the length the body would have)."""
         transport = self._transport
         if transport is None:
             return
-        head = [
+        lines = [
             f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
             f"date: {_date()}",
             self._server_header,
             f"content-type: {response.content_type}",
         ]
-        head += [f"{name}: {value}" for name, value in response.headers]
+        lines += [f"{name}: {value}" for name, value in response.headers]
         if response.stream is None:
-            head.append(f"content-length: {len(response.body)}")
-            head.append("connection: keep-alive" if keep_alive else "connection: close")
-            transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
+            lines.append(f"content-length: {len(response.body)}")
+            lines.append("connection: keep-alive" if keep_alive else "connection: close")
+            transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else response.body))
             return
-        head += ["cache-control: no-cache", "transfer-encoding: chunked", "connection: close"]
-        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        lines += ["cache-control: no-cache", "transfer-encoding: chunked", "connection: close"]
+        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if head:
+            return
         async for chunk in response.stream:
             if self._transport is None:
                 return

@@ -117,7 +117,7 @@ def test_a_reused_request_id_is_409(api: Http) -> None:
 
 def test_wrong_method_is_405_with_allow(api: Http) -> None:
     status, headers, error = api.call("DELETE", "/v1/products/coffee-mug")
-    assert status == 405 and headers["allow"] == "GET" and "DELETE" in error["message"]
+    assert status == 405 and headers["allow"] == "GET, HEAD" and "DELETE" in error["message"]
 
 
 def test_wrong_content_type_is_415(api: Http) -> None:
@@ -266,6 +266,23 @@ def _exchange(launcher: Launcher, payload: bytes, expect_responses: int) -> byte
             received += chunk
             time.sleep(0.05)
         return received
+
+
+def test_head_answers_what_get_would_without_the_body(launcher: Launcher) -> None:
+    import re
+
+    get = _exchange(launcher, b"GET /v1/products/coffee-mug HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n", 1)
+    # Pipelined on one connection: were a body sent after a HEAD's head, the next answer would be garbled.
+    payload = (b"HEAD /v1/products/coffee-mug HTTP/1.1\r\nhost: t\r\n\r\n"
+               b"HEAD /healthz HTTP/1.1\r\nhost: t\r\n\r\n"
+               b"HEAD /v1/users/nobody/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n")
+    answer = _exchange(launcher, payload, 3)
+    heads = answer.split(b"\r\n\r\n")
+    assert [re.match(rb"HTTP/1\.1 (\d{3}) ", h).group(1) for h in heads[:3]] == [b"200", b"200", b"200"], answer
+    assert heads[3] == b"", answer  # nothing but heads: no body after any of them
+    length = int(re.search(rb"content-length: (\d+)", heads[0]).group(1))
+    assert length == len(get.split(b"\r\n\r\n", 1)[1]) > 0  # the length the GET's body has
+    assert b"content-type: text/event-stream" in heads[2] and b"connection: close" in heads[2]
 
 
 def test_pipelined_requests_are_answered_in_order(launcher: Launcher) -> None:
