@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import errors, openapi
 from gateway.auth import Authenticator, Need, Principal, Refused
+from gateway.cors import Cors
 from gateway.ratelimit import RateLimiter, client_address
 from gateway.routes import Route, Router, routes_from
 from gateway.transcode import BadRequest, build_request, dumps, to_dict, to_json
@@ -48,8 +49,11 @@ _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
-# The metric label of requests that matched no route (their paths are unbounded).
+# The metric label of requests that matched no route (their paths are unbounded), and of CORS preflights.
 UNMATCHED = "unmatched"
+PREFLIGHT = "cors_preflight"
+# The gateway's own resources besides the pages: all GET.
+FIXED = ("/healthz", "/readyz", "/me", "/metrics", "/openapi.json")
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -140,6 +144,7 @@ class Gateway:
         self._upstreams = upstreams
         self.router = Router(routes_from(files))
         self._auth = Authenticator(settings)
+        self._cors = Cors(settings.cors_origins)
         self._order_lookup = next((r for r in self.router.routes if r.rpc == "/shop.order.v1.OrderService/GetOrder"),
                                   None)
         self._limiter = None
@@ -205,11 +210,11 @@ class Gateway:
 
     async def handle(self, request: Request) -> Response:
         if not metrics.enabled():
-            return (await self._dispatch(request))[1]
+            return (await self._answer(request))[1]
         started = time.perf_counter()
         HTTP_IN_FLIGHT.inc()
         try:
-            label, response = await self._dispatch(request)
+            label, response = await self._answer(request)
         finally:
             HTTP_IN_FLIGHT.dec()
         # By route template, never the raw path: one series per route, however many products.
@@ -217,12 +222,20 @@ class Gateway:
         HTTP_REQUESTS.labels(label, request.method, str(response.status)).inc()
         return response
 
+    async def _answer(self, request: Request) -> tuple[str, Response]:
+        label, response = await self._dispatch(request)
+        if self._cors.enabled:
+            response = self._cors.decorate(request, response)
+        return label, response
+
     async def _dispatch(self, request: Request) -> tuple[str, Response]:
         """The request's metric label (its route template, or its fixed path) and its response."""
         if request.path == "/healthz":
             return request.path, _json(200, {"status": "ok"})
         if request.path == "/readyz":
             return request.path, await self._ready()
+        if self._cors.enabled and Cors.is_preflight(request):
+            return PREFLIGHT, self._preflight(request)
         # HEAD is GET without the body (RFC 9110 9.3.2); the HTTP server leaves the body out.
         method = "GET" if request.method == "HEAD" else request.method
         if request.path == "/me" and method == "GET":
@@ -366,6 +379,16 @@ class Gateway:
                 rpc.cancel()  # the browser went away: stop the upstream stream too
 
         return Response(200, content_type="text/event-stream", stream=events())
+
+    def _preflight(self, request: Request) -> Response:
+        """A browser asking whether a page of another origin may make a call: the methods the path takes."""
+        if request.path in FIXED or request.path in self._pages:
+            methods = ["GET"]
+        else:
+            methods = self.router.match("OPTIONS", request.path)[2]
+        if not methods:
+            return _bad(f"no route for {request.path}", 404)
+        return self._cors.preflight(request, [*methods, "HEAD"] if "GET" in methods else methods)
 
     def _me(self, request: Request) -> Response:
         """Who the request's credentials name, so a page can show it (and learn whether sign-in is on).

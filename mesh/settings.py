@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -130,6 +131,15 @@ def _networks(name: str, spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.I
     return tuple(networks)
 
 
+def _origins(name: str, spec: str) -> tuple[str, ...]:
+    origins = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if item != "*" and not re.fullmatch(r"https?://[^/\s:]+(:\d{1,5})?", item):
+            raise SettingsError(f"{name}: {item!r} is not an origin such as https://shop.example.com or *")
+        origins.append(item.lower())
+    return tuple(origins)
+
+
 def _api_keys(spec: str) -> tuple[tuple[str, str, bool], ...]:
     keys = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -201,6 +211,8 @@ class Settings:
     rate_burst: int = 0
     # Gateway: proxies (addresses or CIDR networks) whose X-Forwarded-For names the real client.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Gateway: web origins (`https://shop.example.com`, or `*`) whose pages may call it (CORS).
+    cors_origins: tuple[str, ...] = ()
     # Gateway authentication (gateway/auth.py): off for the zero-setup local mesh.
     auth: bool = False
     jwt_secret: str = ""
@@ -282,6 +294,7 @@ class Settings:
             rate_limit=env.seconds("SHOPMESH_RATE_LIMIT_PER_SECOND", 0.0, high=1_000_000),
             rate_burst=env.int("SHOPMESH_RATE_LIMIT_BURST", 0, low=0, high=1_000_000),
             trusted_proxies=_networks("SHOPMESH_TRUSTED_PROXIES", env.str("SHOPMESH_TRUSTED_PROXIES", "")),
+            cors_origins=_origins("SHOPMESH_CORS_ORIGINS", env.str("SHOPMESH_CORS_ORIGINS", "")),
             **_auth(env),
             **_tls(env),
             breaker_failures=env.int("SHOPMESH_BREAKER_FAILURES", 5, low=1, high=1000),

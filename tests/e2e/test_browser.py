@@ -165,3 +165,73 @@ def test_with_sign_in_on_a_shopper_signs_in_orders_as_themselves_and_follows_the
     wait.until(ready.text_to_be_present_in_element((By.ID, "who"), "dave"))
     wait.until(ready.text_to_be_present_in_element((By.ID, "stream-state"), "live"))
     assert not browser.find_elements(By.CSS_SELECTOR, "#notifications li")  # carol's are not dave's
+
+
+CROSS_ORIGIN_PAGE = """<!doctype html><meta charset="utf-8"><title>another shop</title><pre id="out">running</pre>
+<script>
+const params = new URLSearchParams(location.search);
+async function attempt(base, sku) {
+  try {
+    const product = await (await fetch(`${base}/v1/products/${sku}`)).json();
+    const placed = await fetch(`${base}/v1/orders`, {
+      method: "POST",
+      headers: {"content-type": "application/json", "idempotency-key": crypto.randomUUID(), "x-request-id": "cors-1"},
+      body: JSON.stringify({userId: "erin", lines: [{sku, quantity: 1}]}),
+    });
+    const order = await placed.json();
+    return {ok: true, product: product.sku, status: order.status,
+            requestId: placed.headers.get("grpc-metadata-x-request-id")};
+  } catch (error) {
+    return {ok: false, error: String(error)};
+  }
+}
+(async () => {
+  const allowed = await attempt(params.get("allowed"), params.get("sku"));
+  const closed = await attempt(params.get("closed"), params.get("sku"));
+  document.getElementById("out").textContent = JSON.stringify({allowed, closed});
+})();
+</script>"""
+
+
+@pytest.fixture
+def page_server(tmp_path: Path) -> Iterator[str]:
+    """Another origin: a plain HTTP server on its own port serving one page."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text(CROSS_ORIGIN_PAGE)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_page_of_an_allowed_origin_may_call_the_gateway_and_others_may_not(
+        browser, page_server: str, launcher: Launcher, tmp_path: Path) -> None:
+    import json
+    from urllib.parse import urlencode
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    mesh = Mesh(tmp_path / "cors-mesh")
+    try:
+        for service in ("inventory", "notification", "order"):
+            mesh.start(service)
+        mesh.start("gateway", SHOPMESH_CORS_ORIGINS=page_server)
+        sku = new_product(mesh, 5, prefix="cors")
+        query = urlencode({"allowed": f"http://{mesh.address('gateway')}", "closed": f"http://{launcher.address('gateway')}",
+                           "sku": sku})
+        browser.get(f"{page_server}/index.html?{query}")
+        out = WebDriverWait(browser, 20).until(
+            lambda b: b.find_element(By.ID, "out").text if b.find_element(By.ID, "out").text != "running" else None)
+        result = json.loads(out)
+        # The preflighted POST went through, and the page could read a response header.
+        assert result["allowed"] == {"ok": True, "product": sku, "status": "CONFIRMED", "requestId": "cors-1"}, result
+        # The gateway without SHOPMESH_CORS_ORIGINS: the browser refuses to hand the page its answer.
+        assert result["closed"]["ok"] is False and "Failed to fetch" in result["closed"]["error"], result
+    finally:
+        mesh.stop_all()
