@@ -206,9 +206,10 @@ class InstrumentedChannel:
 
 
 def target(addresses: Sequence[str]) -> str:
-    if len(addresses) == 1 and not addresses[0][0].isdigit():
+    if len(addresses) == 1 and not addresses[0][0].isdigit() and not addresses[0].startswith("["):
         return addresses[0]  # a host name: let gRPC's DNS resolver find every address behind it
-    return "ipv4:" + ",".join(addresses)
+    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
+    return f"{scheme}:" + ",".join(addresses)
 
 
 class Upstreams:

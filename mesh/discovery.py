@@ -49,11 +49,11 @@ METRICS_PORT_META = "metrics_port"
 
 
 class StaticDiscovery:
-    """Fixed addresses from settings: the zero-setup local mesh."""
+    """Fixed addresses from settings: the zero-setup local mesh (`ip:port,ip:port` for several instances)."""
 
     def __init__(self, addresses: dict[str, str] | Settings):
         source = addresses.addresses if isinstance(addresses, Settings) else addresses
-        self._addresses = {name: [addr] for name, addr in source.items()}
+        self._addresses = {name: addr.split(",") for name, addr in source.items()}
 
     async def watch(self, service: str) -> None:
         return None

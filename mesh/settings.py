@@ -93,11 +93,17 @@ class _Reader:
         return value
 
     def address(self, name: str, default: str) -> str:
+        """`host:port`, or several `ip:port` (instances side by side, taken in turn)."""
         value = self.str(name, default)
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise SettingsError(f"{name} must be host:port; got {value!r}")
-        return value
+        parts = [part.strip() for part in value.split(",")]
+        for part in parts:
+            host, sep, port = part.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise SettingsError(f"{name} must be host:port (or ip:port,ip:port,...); got {value!r}")
+            if len(parts) > 1 and not _is_ip(host):
+                raise SettingsError(f"{name}: several instances are named by IP address ({host!r} is not one); "
+                                    "or give one host name that DNS resolves to all of them")
+        return ",".join(parts)
 
 
 def _auth(env: _Reader) -> dict[str, object]:
@@ -119,6 +125,14 @@ def _auth(env: _Reader) -> dict[str, object]:
         raise SettingsError("SHOPMESH_AUTH=on needs SHOPMESH_JWT_SECRET, SHOPMESH_JWT_PUBLIC_KEY_FILE or "
                             "SHOPMESH_API_KEYS")
     return values
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _networks(name: str, spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -94,3 +94,18 @@ def test_every_variable_is_documented_in_the_readme() -> None:
     assert not undocumented, undocumented
     for suffix in ("PORT", "ADDR", "METRICS_PORT"):  # the per-service ones, as the table spells them
         assert f"`SHOPMESH_{{INVENTORY,ORDER,NOTIFICATION}}_{suffix}`" in readme, suffix
+
+
+def test_static_discovery_takes_several_instances_by_ip() -> None:
+    from mesh.channels import target
+    from mesh.discovery import StaticDiscovery
+
+    settings = Settings.from_env("order", {"SHOPMESH_INVENTORY_ADDR": "127.0.0.1:6001, 127.0.0.1:6101"})
+    assert StaticDiscovery(settings).addresses("inventory") == ["127.0.0.1:6001", "127.0.0.1:6101"]
+    assert target(["127.0.0.1:6001", "127.0.0.1:6101"]) == "ipv4:127.0.0.1:6001,127.0.0.1:6101"
+    assert target(["[::1]:6001", "[::1]:6101"]) == "ipv6:[::1]:6001,[::1]:6101"
+    assert target(["inventory.internal:6001"]) == "inventory.internal:6001"  # DNS finds every instance
+    with pytest.raises(SettingsError, match="several instances are named by IP address"):
+        Settings.from_env("order", {"SHOPMESH_INVENTORY_ADDR": "inv-1:6001,inv-2:6001"})
+    with pytest.raises(SettingsError, match="must be host:port"):
+        Settings.from_env("order", {"SHOPMESH_INVENTORY_ADDR": "127.0.0.1:6001,"})
