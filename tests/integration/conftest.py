@@ -1,4 +1,8 @@
-"""Real servers in this process on port 0, each with its own real SQLite file."""
+"""Real servers in this process on port 0, each with its own real database.
+
+Every test that starts services runs twice: on SQLite files (the embedded default) and on a
+real PostgreSQL server, each service in its own database, so the SQL stays portable.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +24,22 @@ BUILDERS = {"inventory": inventory.app.build, "notification": notification.app.b
 Start = Callable[..., Awaitable[Running]]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> object | None:
+    """None for SQLite files under the test's folder; else the PostgreSQL server."""
+    return request.getfixturevalue("postgres") if request.param == "postgresql" else None
+
+
 @pytest.fixture
-async def start(tmp_path: Path) -> AsyncIterator[Start]:
+async def start(tmp_path: Path, database: object | None) -> AsyncIterator[Start]:
     """`await start("inventory", SHOPMESH_X="y")` serves a service; all stop at the end."""
     running: list[Running] = []
 
     async def _start(service: str, **env: str) -> Running:
+        where = {} if database is None else {
+            f"SHOPMESH_{service.upper()}_DATABASE_URL": database.create_database()}  # type: ignore[attr-defined]
         settings = Settings.from_env(
-            service, {"SHOPMESH_DATA_DIR": str(tmp_path), f"SHOPMESH_{service.upper()}_PORT": "0", **env}
+            service, {"SHOPMESH_DATA_DIR": str(tmp_path), f"SHOPMESH_{service.upper()}_PORT": "0", **where, **env}
         )
         app = await BUILDERS[service](settings, create_discovery(settings))
         served = await create_server(settings, app)
