@@ -57,6 +57,14 @@ FIXED = ("/healthz", "/readyz", "/me", "/metrics", "/openapi.json")
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+# The pages load only their own files and call only this gateway: an injected script could not
+# run, nor send what it read (the page keeps a sign-in key) anywhere else; no one may frame them.
+PAGE_HEADERS = [
+    ("cache-control", "no-cache"),
+    ("content-security-policy", "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+]
 
 
 def _pages() -> dict[str, Response]:
@@ -64,7 +72,7 @@ def _pages() -> dict[str, Response]:
     pages = {}
     for file in sorted(STATIC.iterdir()):
         response = Response(200, file.read_bytes(), CONTENT_TYPES.get(file.suffix, "application/octet-stream"),
-                            headers=[("cache-control", "no-cache")])
+                            headers=list(PAGE_HEADERS))
         pages[f"/static/{file.name}"] = response
     pages["/"] = pages["/static/index.html"]
     pages["/docs"] = pages["/static/docs.html"]

@@ -30,9 +30,16 @@ def browser(tmp_path: Path) -> Iterator[object]:
                  "--disable-dev-shm-usage", "--disable-quic", "--no-first-run", "--disable-component-update",
                  "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, to see CSP refusals
     driver = webdriver.Chrome(service=Service(executable_path=_binary("chromedriver")), options=options)
     yield driver
     driver.quit()
+
+
+def _no_csp_refusals(browser) -> None:
+    """The pages run under a strict Content-Security-Policy: nothing of theirs may have been refused."""
+    refused = [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+    assert not refused, refused
 
 
 def test_a_shopper_places_an_order_and_sees_its_notification_arrive_without_reloading(browser, launcher: Launcher) -> None:
@@ -71,6 +78,7 @@ def test_a_shopper_places_an_order_and_sees_its_notification_arrive_without_relo
 
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "browser-order.png"))
+    _no_csp_refusals(browser)
 
 
 def test_the_docs_page_lists_every_operation(browser, launcher: Launcher) -> None:
@@ -83,6 +91,9 @@ def test_the_docs_page_lists_every_operation(browser, launcher: Launcher) -> Non
     operations = browser.find_elements(By.CSS_SELECTOR, "section.op")
     assert len(operations) >= 14
     assert "/v1/orders/{order_id}:cancel" in browser.find_element(By.ID, "OrderService_CancelOrder").text
+    assert browser.execute_script(  # its own stylesheet applied (no inline style any more)
+        "return getComputedStyle(document.querySelector('.verb')).textTransform") == "uppercase"
+    _no_csp_refusals(browser)
 
 
 SIGNED_GATEWAY = {"SHOPMESH_AUTH": "on", "SHOPMESH_API_KEYS": "carol-key-0123=carol",

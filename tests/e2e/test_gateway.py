@@ -144,6 +144,8 @@ def test_a_body_over_the_limit_is_refused_before_it_is_sent(launcher: Launcher) 
 def test_health_and_readiness(api: Http) -> None:
     assert api.call("GET", "/healthz") == (200, api.call("GET", "/healthz")[1], {"status": "ok"})
     assert api.call("GET", "/me")[2] == {"auth": False}  # sign-in is off in the local mesh
+    _, headers, _ = api.call("GET", "/")
+    assert "default-src 'self'" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
     status, _, ready = api.call("GET", "/readyz")
     assert status == 200 and ready == {"ready": True, "upstreams": {"inventory": "SERVING", "notification": "SERVING", "order": "SERVING"}}
 
