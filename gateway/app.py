@@ -342,9 +342,7 @@ class Gateway:
         forwarded = FORWARDED_HEADERS if not telemetry.enabled() else ("authorization",)
         metadata = tuple((h, request.headers[h]) for h in forwarded if h in request.headers)
         if call.stream is not None:
-            if request.method == "HEAD":  # what a GET would start with, without subscribing
-                return Response(200, content_type="text/event-stream", stream=_no_events())
-            return await self._stream(call, message, metadata)
+            return await self._stream(call, message, metadata, head=request.method == "HEAD")
         rpc = call.unary(message, timeout=timeout, metadata=metadata)  # type: ignore[misc]
         try:
             reply = await rpc
@@ -355,17 +353,26 @@ class Gateway:
         headers = [(f"grpc-metadata-{k}", str(v)) for k, v in (await rpc.initial_metadata() or ()) if not k.endswith("-bin")]
         return Response(200, to_json(reply), headers=headers)
 
-    async def _stream(self, call: Call, message: object, metadata: tuple) -> Response:
+    async def _stream(self, call: Call, message: object, metadata: tuple, *, head: bool = False) -> Response:
         """Server streaming as Server-Sent Events: one `data:` line of JSON per message.
 
-        A stream has no deadline: it lasts until the client or the server ends it.
+        A stream has no deadline: it lasts until the client or the server ends it. To a HEAD,
+        the status a GET would get, and the stream is closed at once.
         """
         rpc = call.stream(message, metadata=metadata)  # type: ignore[misc]
         try:
-            await rpc.initial_metadata()  # surfaces an immediate error (bad user id) as a status
+            await rpc.initial_metadata()
+            if rpc.done():
+                # A trailers-only answer: the stream failed before it began (a bad user id), and
+                # reading says how, as an HTTP status rather than an error event after a 200.
+                await rpc.read()
+                return Response(200, content_type="text/event-stream", stream=_no_events())
         except grpc.aio.AioRpcError as error:
             status, body = errors.from_rpc_error(error, call.route.service)
             return Response(status, body)
+        if head:
+            rpc.cancel()
+            return Response(200, content_type="text/event-stream", stream=_no_events())
 
         # A stream that can resume: each event's SSE id is the item's first field (its id), which a
         # reconnecting EventSource sends back as Last-Event-ID.

@@ -285,6 +285,13 @@ def test_head_answers_what_get_would_without_the_body(launcher: Launcher) -> Non
     length = int(re.search(rb"content-length: (\d+)", heads[0]).group(1))
     assert length == len(get.split(b"\r\n\r\n", 1)[1]) > 0  # the length the GET's body has
     assert b"content-type: text/event-stream" in heads[2] and b"connection: close" in heads[2]
+    # A stream the service refuses at once is an HTTP status, for GET and HEAD alike.
+    bad_get = _exchange(launcher, b"GET /v1/users/" + b"x" * 300 + b"/notifications:stream HTTP/1.1\r\nhost: t\r\n"
+                        b"connection: close\r\n\r\n", 1)
+    assert bad_get.startswith(b"HTTP/1.1 400 ") and b"user_id: must be at most 128 characters" in bad_get, bad_get
+    bad = _exchange(launcher, b"HEAD /v1/users/" + b"x" * 300 + b"/notifications:stream HTTP/1.1\r\nhost: t\r\n"
+                    b"connection: close\r\n\r\n", 1)
+    assert bad.startswith(b"HTTP/1.1 400 ") and bad.endswith(b"\r\n\r\n"), bad
 
 
 def test_pipelined_requests_are_answered_in_order(launcher: Launcher) -> None:
