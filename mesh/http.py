@@ -1,10 +1,11 @@
 """A small HTTP/1.1 server on asyncio and httptools: keep-alive, limits, streaming.
 
 The gateway serves its API with it and every gRPC service its `/metrics`.
-It parses (httptools, the parser uvicorn uses), enforces the body limit before
-reading a body it will refuse, hands each request to an async handler one at a
-time per connection, and cancels the handler when the client goes away, which
-cancels its gRPC call.
+It parses (httptools, the parser uvicorn uses), enforces its limits as the bytes
+arrive (a URL, headers, a whole request head, a body: each refused as soon as it
+is too long, and the connection closed, so no client makes it buffer more), hands
+each request to an async handler one at a time per connection, and cancels the
+handler when the client goes away, which cancels its gRPC call.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ import httptools
 
 logger = logging.getLogger(__name__)
 
+MAX_URL_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 32 * 1024
+# Raw bytes of one request head as received: httptools buffers a header until its end, so a
+# header without an end is cut off here, not when it completes.
+MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADER_BYTES + 1024
 REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
+    415: "Unsupported Media Type",
     429: "Too Many Requests", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
@@ -66,7 +72,7 @@ def _date() -> str:
 def _error(status: int, message: str) -> Response:
     import json
 
-    code = {400: 3, 404: 5, 405: 12, 413: 8, 415: 3, 431: 8}.get(status, 2)
+    code = {400: 3, 404: 5, 405: 12, 413: 8, 414: 8, 415: 3, 431: 8}.get(status, 2)
     return Response(status, json.dumps({"code": code, "message": message, "details": []}, separators=(",", ":")).encode())
 
 
@@ -80,6 +86,9 @@ class HttpProtocol(asyncio.Protocol):
         self._client = ""
         self._queue: asyncio.Queue[Request | Response | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._in_head = False  # a request has begun and its headers are not all in yet
+        self._head_bytes = 0
+        self._closing = False  # refused: nothing more is read from this connection
         self._reset()
 
     def _reset(self) -> None:
@@ -99,14 +108,28 @@ class HttpProtocol(asyncio.Protocol):
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        continuing_head = self._in_head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._queue.put_nowait(_error(400, "protocol upgrades are not supported"))
-            self._queue.put_nowait(None)
+            self._refuse(_error(400, "protocol upgrades are not supported"))
         except httptools.HttpParserError as error:
-            self._queue.put_nowait(_error(400, f"malformed HTTP request: {error}"))
-            self._queue.put_nowait(None)
+            self._refuse(_error(400, f"malformed HTTP request: {error}"))
+        if continuing_head and self._in_head and not self._closing:
+            # All of this chunk was head: count it (the chunk a request begins in is not counted,
+            # so a head may reach one read over the limit before it is cut off).
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(_error(431, f"request head exceeds {MAX_HEAD_BYTES} bytes"))
+
+    def _refuse(self, response: Response) -> None:
+        """Answer `response` once the requests before it are answered, then close."""
+        self._refused = response
+        self._closing = True
+        self._queue.put_nowait(response)
+        self._queue.put_nowait(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -117,43 +140,46 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self._in_head, self._head_bytes = True, 0
 
     def on_url(self, url: bytes) -> None:
+        if self._refused is not None:
+            return
+        if len(self._url) + len(url) > MAX_URL_BYTES:
+            self._refuse(_error(414, f"request URL exceeds {MAX_URL_BYTES} bytes"))
+            return
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused is not None:
+            return
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
-            self._refused = _error(431, f"request headers exceed {MAX_HEADER_BYTES} bytes")
+            self._refuse(_error(431, f"request headers exceed {MAX_HEADER_BYTES} bytes"))
             return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         length = self._headers.get("content-length")
         if self._refused is None and length is not None and length.isdigit() and int(length) > self._max_body:
             # Refused before the body arrives; the connection closes after the answer.
-            self._refused = _error(413, f"request body of {length} bytes exceeds the limit of {self._max_body}")
-            self._queue.put_nowait(self._refused)
-            self._queue.put_nowait(None)
+            self._refuse(_error(413, f"request body of {length} bytes exceeds the limit of {self._max_body}"))
 
     def on_body(self, body: bytes) -> None:
         if self._refused is not None:
             return
         self._body_size += len(body)
         if self._body_size > self._max_body:
-            self._refused = _error(413, f"request body exceeds the limit of {self._max_body} bytes")
-            self._queue.put_nowait(self._refused)
-            self._queue.put_nowait(None)
+            self._refuse(_error(413, f"request body exceeds the limit of {self._max_body} bytes"))
             return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         if self._refused is not None:
-            if self._refused.status != 413:  # a 413 was already queued at the headers
-                self._queue.put_nowait(self._refused)
-            return
+            return  # answered when it was refused
         parsed = httptools.parse_url(self._url)
         request = Request(
             method=self._parser.get_method().decode(),

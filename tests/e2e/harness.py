@@ -143,6 +143,21 @@ class Launcher:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
 
+    def rss_mb(self, service: str) -> float:
+        """Resident memory of the launcher's `service` process (its child running `-m service`)."""
+        assert self.process is not None
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            if parent == self.process.pid and service.encode() in command:
+                for line in (stat.parent / "status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        raise LookupError(f"no {service} process under the launcher")
+
     def interrupt(self, timeout: float = 60.0) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGINT)

@@ -321,6 +321,40 @@ def test_garbage_and_oversized_headers_get_a_4xx_not_a_hang(launcher: Launcher) 
     assert _exchange(launcher, huge, 1).startswith(b"HTTP/1.1 431 ")
 
 
+def _flood(launcher: Launcher, head: bytes, megabytes: int) -> tuple[bytes, int]:
+    """Send `head` then `megabytes` MB more of it without ever ending it; what came back, and how
+    much was sent before the gateway answered and closed."""
+    host, port = launcher.address("gateway").split(":")
+    sent, received = 0, b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        try:
+            while sent < megabytes * 1024 * 1024:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it hung up: what we expect
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    return received, sent
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"GET /v1/products/", b"414"),  # a URL without an end
+    (b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: ", b"431"),  # a header without an end
+])
+def test_a_request_head_without_an_end_is_cut_off_not_buffered(launcher: Launcher, head: bytes, status: bytes) -> None:
+    before = launcher.rss_mb("gateway")
+    answer, sent = _flood(launcher, head, 64)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" ") and b"exceeds" in answer, answer[:200]
+    assert sent < 8 * 1024 * 1024, f"the gateway read {sent} bytes before answering"
+    grown = launcher.rss_mb("gateway") - before
+    assert grown < 20, f"the gateway grew {grown:.0f} MB"
+
+
 def test_a_reconnecting_event_source_gets_what_it_missed_through_last_event_id(api: Http, launcher: Launcher) -> None:
     user = f"resume-{uuid.uuid4().hex[:8]}"
     host, port = launcher.address("gateway").split(":")
