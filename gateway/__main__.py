@@ -22,7 +22,8 @@ async def serve(settings: Settings) -> None:
     upstreams = Upstreams(discovery, settings)
     await upstreams.watch("inventory", "order", "notification")
     gateway = Gateway(settings, upstreams)
-    server = await serve_http(gateway.handle, settings.host, settings.port, settings.http_max_body, "shopmesh-gateway")
+    server = await serve_http(gateway.handle, settings.host, settings.port, settings.http_max_body, "shopmesh-gateway",
+                              idle_timeout=settings.http_idle_timeout, read_timeout=settings.http_read_timeout)
     logger.info("gateway serving http://%s:%d (%d routes)", settings.host, settings.port, len(gateway.router.routes))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

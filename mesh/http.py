@@ -3,7 +3,9 @@
 The gateway serves its API with it and every gRPC service its `/metrics`.
 It parses (httptools, the parser uvicorn uses), enforces its limits as the bytes
 arrive (a URL, headers, a whole request head, a body: each refused as soon as it
-is too long, and the connection closed, so no client makes it buffer more), hands
+is too long, and the connection closed, so no client makes it buffer more), gives a
+request `read_timeout` seconds to arrive whole (408) and an idle connection
+`idle_timeout` seconds (then closes it, so silent clients cannot hold sockets), hands
 each request to an async handler one at a time per connection, and cancels the
 handler when the client goes away, which cancels its gRPC call.
 """
@@ -28,7 +30,7 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADER_BYTES + 1024
 REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
     415: "Unsupported Media Type",
     429: "Too Many Requests", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
@@ -72,13 +74,17 @@ def _date() -> str:
 def _error(status: int, message: str) -> Response:
     import json
 
-    code = {400: 3, 404: 5, 405: 12, 413: 8, 414: 8, 415: 3, 431: 8}.get(status, 2)
+    code = {400: 3, 404: 5, 405: 12, 408: 4, 413: 8, 414: 8, 415: 3, 431: 8}.get(status, 2)
     return Response(status, json.dumps({"code": code, "message": message, "details": []}, separators=(",", ":")).encode())
 
 
 class HttpProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, max_body: int, server_name: str = "shopmesh"):
+    def __init__(self, handler: Handler, max_body: int, server_name: str = "shopmesh", *,
+                 idle_timeout: float = 75.0, read_timeout: float = 30.0):
         self._handler = handler
+        self._idle_timeout, self._read_timeout = idle_timeout, read_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._receiving = False  # a request has begun and is not all in yet
         self._server_header = f"server: {server_name}"
         self._max_body = max_body
         self._parser = httptools.HttpRequestParser(self)
@@ -106,6 +112,24 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else ""
         self._worker = asyncio.get_running_loop().create_task(self._serve())
+        self._arm(self._idle_timeout, idle=True)
+
+    def _arm(self, seconds: float, *, idle: bool) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired, idle)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, idle: bool) -> None:
+        self._timer = None
+        if idle:
+            if self._transport is not None:
+                self._transport.close()  # nothing asked for a while: free the socket
+        elif self._receiving and not self._closing:
+            self._refuse(_error(408, f"the request did not arrive whole within {self._read_timeout:g}s"))
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -132,6 +156,7 @@ class HttpProtocol(asyncio.Protocol):
         self._queue.put_nowait(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
         self._transport = None
         if self._worker is not None:
             self._worker.cancel()  # cancels the handler and with it its gRPC call
@@ -140,7 +165,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._receiving = True, 0, True
+        self._arm(self._read_timeout, idle=False)
 
     def on_url(self, url: bytes) -> None:
         if self._refused is not None:
@@ -178,6 +204,8 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._receiving = False
+        self._disarm()  # the handler takes what it takes (its deadline is the call's)
         if self._refused is not None:
             return  # answered when it was refused
         parsed = httptools.parse_url(self._url)
@@ -213,6 +241,8 @@ class HttpProtocol(asyncio.Protocol):
                 await self._write(response, keep_alive, head=item.method == "HEAD")
                 if not keep_alive:
                     break
+                if self._queue.empty() and not self._receiving:
+                    self._arm(self._idle_timeout, idle=True)
         except asyncio.CancelledError:
             pass
         finally:
@@ -248,7 +278,9 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(b"0\r\n\r\n")
 
 
-async def serve_http(handler: Handler, host: str, port: int, max_body: int, server_name: str = "shopmesh") -> asyncio.Server:
+async def serve_http(handler: Handler, host: str, port: int, max_body: int, server_name: str = "shopmesh", *,
+                     idle_timeout: float = 75.0, read_timeout: float = 30.0) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: HttpProtocol(handler, max_body, server_name), host, port,
-                                    reuse_address=True)
+    return await loop.create_server(
+        lambda: HttpProtocol(handler, max_body, server_name, idle_timeout=idle_timeout, read_timeout=read_timeout),
+        host, port, reuse_address=True)

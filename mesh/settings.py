@@ -218,6 +218,9 @@ class Settings:
     # Gateway: largest request body, and the deadline of a call (default and the
     # most a client may ask for with a `grpc-timeout` header).
     http_max_body: int = 1024 * 1024
+    # Gateway: how long a request may take to arrive whole, and a kept-alive connection may idle.
+    http_read_timeout: float = 30.0
+    http_idle_timeout: float = 75.0
     http_timeout: float = 10.0
     http_max_timeout: float = 60.0
     # Gateway: requests a second per client (0: no limit) and the burst a client may send at once.
@@ -303,6 +306,8 @@ class Settings:
             outbox_interval=env.seconds("SHOPMESH_OUTBOX_INTERVAL_SECONDS", 2.0, high=300),
             reservation_ttl=max(env.seconds("SHOPMESH_RESERVATION_TTL_SECONDS", 60.0, high=86400), 0.1),
             http_max_body=env.int("SHOPMESH_HTTP_MAX_BODY_BYTES", 1024 * 1024, low=1, high=1024**3),
+            http_read_timeout=max(env.seconds("SHOPMESH_HTTP_READ_TIMEOUT_SECONDS", 30.0, high=3600), 0.1),
+            http_idle_timeout=max(env.seconds("SHOPMESH_HTTP_IDLE_TIMEOUT_SECONDS", 75.0, high=86400), 0.1),
             http_timeout=env.seconds("SHOPMESH_HTTP_TIMEOUT_SECONDS", 10.0, high=3600),
             http_max_timeout=env.seconds("SHOPMESH_HTTP_MAX_TIMEOUT_SECONDS", 60.0, high=3600),
             rate_limit=env.seconds("SHOPMESH_RATE_LIMIT_PER_SECOND", 0.0, high=1_000_000),

@@ -551,3 +551,52 @@ def test_forwarded_for_from_an_untrusted_peer_is_ignored(mesh: Mesh) -> None:
     statuses = [call(mesh, "GET", f"/v1/products/{sku}", headers={"x-forwarded-for": f"203.0.113.{i}"})[0]
                 for i in range(3)]
     assert statuses == [200, 200, 429]  # one bucket: the peer's, whatever the header claims
+
+
+def test_silent_and_slow_clients_do_not_hold_the_gateway_but_streams_and_keep_alive_last(mesh: Mesh) -> None:
+    import json
+    import socket
+
+    mesh.start("inventory")
+    mesh.start("notification")
+    mesh.start("gateway", SHOPMESH_HTTP_READ_TIMEOUT_SECONDS="1", SHOPMESH_HTTP_IDLE_TIMEOUT_SECONDS="1")
+    host, port = mesh.address("gateway").split(":")
+
+    def connect() -> socket.socket:
+        return socket.create_connection((host, int(port)), timeout=10)
+
+    def read_all(sock: socket.socket) -> tuple[bytes, float]:
+        started, received = time.monotonic(), b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received, time.monotonic() - started
+
+    with connect() as silent:  # connects, says nothing: closed after the idle timeout
+        answer, took = read_all(silent)
+        assert answer == b"" and 0.8 < took < 3, (answer, took)
+    for partial in (b"GET /healthz HTTP/1.1\r\nhost: t\r\n",  # a head that stops half-way
+                    b"POST /v1/notifications HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                    b"content-length: 100\r\n\r\n{\"eventId\":"):  # a body that stops half-way
+        with connect() as slow:
+            slow.sendall(partial)
+            answer, took = read_all(slow)
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive whole within 1s" in answer, answer
+            assert 0.8 < took < 3, took
+    with connect() as kept:  # a pause shorter than the idle timeout keeps the connection
+        for _ in range(3):
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+            assert kept.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(0.5)
+    user = f"patient-{uuid.uuid4().hex[:6]}"
+    with connect() as stream:  # a stream is not a slow request: it outlives both timeouts
+        stream.sendall(f"GET /v1/users/{user}/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+        time.sleep(2.5)
+        with grpc.insecure_channel(mesh.address("notification")) as channel:
+            notification_pb2_grpc.NotificationServiceStub(channel).SendNotification(
+                notification_pb2.SendNotificationRequest(event_id=f"late:{user}", user_id=user, kind="test.ping",
+                                                         subject="still here"), timeout=10)
+        received, deadline = b"", time.monotonic() + 10
+        while b"data: " not in received and time.monotonic() < deadline:
+            received += stream.recv(65536)
+        event = json.loads(received.split(b"data: ", 1)[1].split(b"\n", 1)[0])
+        assert event["subject"] == "still here", received
