@@ -26,7 +26,7 @@ from gateway import errors, openapi
 from gateway.auth import Authenticator, Need, Principal, Refused
 from gateway.cors import Cors
 from gateway.ratelimit import RateLimiter, client_address
-from gateway.routes import Route, Router, routes_from
+from gateway.routes import Route, Router, routes_from, with_head
 from gateway.transcode import BadRequest, build_request, dumps, to_dict, to_json
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
@@ -245,20 +245,17 @@ class Gateway:
         if self._cors.enabled and Cors.is_preflight(request):
             return PREFLIGHT, self._preflight(request)
         # HEAD is GET without the body (RFC 9110 9.3.2); the HTTP server leaves the body out.
-        method = "GET" if request.method == "HEAD" else request.method
-        if request.path == "/me" and method == "GET":
+        if request.path == "/me" and request.method in ("GET", "HEAD"):
             return request.path, self._me(request)
-        if method == "GET":
+        if request.method in ("GET", "HEAD"):
             if request.path == "/metrics" and metrics.enabled():
                 return request.path, await metrics.exposition()
             if request.path == "/openapi.json":
                 return request.path, Response(200, self._openapi)
             if request.path in self._pages:
                 return request.path, self._pages[request.path]
-        route, path_values, allowed = self.router.match(method, request.path)
+        route, path_values, allowed = self.router.match(request.method, request.path)
         if route is None:
-            if "GET" in allowed:
-                allowed = [*allowed, "HEAD"]
             if allowed:
                 response = _bad(f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}", 405)
                 response.headers.append(("allow", ", ".join(allowed)))
@@ -398,12 +395,12 @@ class Gateway:
     def _preflight(self, request: Request) -> Response:
         """A browser asking whether a page of another origin may make a call: the methods the path takes."""
         if request.path in FIXED or request.path in self._pages:
-            methods = ["GET"]
+            methods = with_head(["GET"])
         else:
             methods = self.router.match("OPTIONS", request.path)[2]
         if not methods:
             return _bad(f"no route for {request.path}", 404)
-        return self._cors.preflight(request, [*methods, "HEAD"] if "GET" in methods else methods)
+        return self._cors.preflight(request, methods)
 
     def _me(self, request: Request) -> Response:
         """Who the request's credentials name, so a page can show it (and learn whether sign-in is on).

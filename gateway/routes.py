@@ -192,16 +192,23 @@ class Router:
         `Allow` names the methods of the most specific template the path fits:
         /v1/orders/1:cancel is the cancel resource, even though GET
         /v1/orders/{order_id} would also take "1:cancel" as an id.
+        A GET route takes HEAD too (RFC 9110 9.3.2: GET without the body).
         """
+        wanted = "GET" if http_method == "HEAD" else http_method
         allowed: list[str] = []
         best: tuple[int, int] | None = None
         for route in self.routes:
             values = route.template.match(path)
             if values is None:
                 continue
-            if route.http_method == http_method:
+            if route.http_method == wanted:
                 return route, values, []
             if best is None or route.template.specificity == best:
                 best = route.template.specificity
                 allowed.append(route.http_method)
-        return None, {}, sorted(set(allowed))
+        return None, {}, with_head(sorted(set(allowed)))
+
+
+def with_head(methods: list[str]) -> list[str]:
+    """The methods a resource allows, HEAD included wherever GET is."""
+    return [*methods, "HEAD"] if "GET" in methods and "HEAD" not in methods else methods

@@ -70,7 +70,8 @@ def test_an_annotated_rpc_gets_its_routes_and_bindings_with_no_gateway_code() ->
     assert values == {"book.name": "shelves/s1/books/b2"}
     extra, _, _ = router.match("POST", "/v1/shelves/s1/books/b2:fetch")
     assert extra is not None and extra.body == "*"
-    assert router.match("DELETE", "/v1/shelves/s1/books/b2")[2] == ["GET"]
+    assert router.match("DELETE", "/v1/shelves/s1/books/b2")[2] == ["GET", "HEAD"]  # a GET resource takes HEAD
+    assert router.match("HEAD", "/v1/shelves/s1/books/b2")[0] is route
 
 
 def test_path_nested_and_repeated_query_values_fill_the_request() -> None:
