@@ -22,7 +22,7 @@ from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from tests.conftest import ROOT, free_port, tool
-from tests.e2e.harness import wait_serving
+from tests.e2e.harness import rpc_calls, wait_serving
 
 
 class Agent:
@@ -312,12 +312,7 @@ def test_the_launcher_runs_the_mesh_on_consul_with_two_inventories_in_one_flag(t
 
 
 def started_calls(services: Services, name: str, method: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{services.metrics_ports[name]}/metrics", timeout=5) as page:
-        text = page.read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == method)
+    return rpc_calls(services.metrics_ports[name], method)
 
 
 async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_takes_them(tmp_path: Path) -> None:

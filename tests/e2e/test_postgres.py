@@ -12,7 +12,6 @@ import asyncio
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,14 +19,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from tests.conftest import ROOT, free_port
-from tests.e2e.harness import wait_http, wait_serving
+from tests.e2e.harness import rpc_calls, wait_http, wait_serving
 
 INSTANCES = {"inventory": 2, "notification": 1, "order": 2}
 STOCK, ORDERS, USERS = 60, 200, 8
@@ -91,10 +89,7 @@ class Replicas:
                 if n.kind == "order.created"]
 
     def served(self, service: str, i: int, method: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics[(service, i)]}/metrics", timeout=10) as page:
-            text = page.read().decode()
-        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                   if s.name == "grpc_server_handled_total" and s.labels.get("grpc_method") == method)
+        return rpc_calls(self.metrics[(service, i)], method, ended=True)
 
     def stop(self) -> None:
         for process in self.processes:

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
-from tests.e2e.harness import Mesh, new_product
+from tests.e2e.harness import Mesh, new_product, rpc_calls
 
 FAST = {
     "SHOPMESH_RESERVATION_TTL_SECONDS": "2",
@@ -478,16 +478,7 @@ def test_only_those_who_should_can_call_what_they_call(mesh: Mesh) -> None:
 
 def served_calls(mesh: Mesh, method: str, code: str | None = None) -> float:
     """Inventory's count of `method` calls started, or (with `code`) ended with that status."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{mesh.metrics_ports['inventory']}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    name = "grpc_server_started_total" if code is None else "grpc_server_handled_total"
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and s.labels.get("grpc_method") == method
-               and (code is None or s.labels.get("grpc_code") == code))
+    return rpc_calls(mesh.metrics_ports["inventory"], method, code=code)
 
 
 def test_the_gateway_answers_503_fast_while_the_breaker_is_open_then_probes(mesh: Mesh) -> None:
