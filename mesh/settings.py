@@ -127,6 +127,11 @@ def _auth(env: _Reader) -> dict[str, object]:
     return values
 
 
+def _items(spec: str) -> list[str]:
+    """The non-empty entries of a comma-separated setting."""
+    return [item for item in (part.strip() for part in spec.split(",")) if item]
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -137,7 +142,7 @@ def _is_ip(host: str) -> bool:
 
 def _networks(name: str, spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
+    for item in _items(spec):
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
@@ -147,7 +152,7 @@ def _networks(name: str, spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.I
 
 def _origins(name: str, spec: str) -> tuple[str, ...]:
     origins = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
+    for item in _items(spec):
         if item != "*" and not re.fullmatch(r"https?://[^/\s:]+(:\d{1,5})?", item):
             raise SettingsError(f"{name}: {item!r} is not an origin such as https://shop.example.com or *")
         origins.append(item.lower())
@@ -156,7 +161,7 @@ def _origins(name: str, spec: str) -> tuple[str, ...]:
 
 def _api_keys(spec: str) -> tuple[tuple[str, str, bool], ...]:
     keys = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
+    for item in _items(spec):
         key, sep, who = item.partition("=")
         user, _, role = who.partition(":")
         if not sep or not key or not user or role not in ("", "admin"):
@@ -198,7 +203,7 @@ class Settings:
     data_dir: Path = Path("data")
     database_url: str = ""
     discovery: str = "static"
-    # Static discovery: where each service listens, `host:port`.
+    # Static discovery: where each service listens, `host:port` (or `ip:port,ip:port` for several).
     addresses: Mapping[str, str] = field(default_factory=dict)
     instance_id: str = ""
     log_level: str = "INFO"
@@ -218,11 +223,11 @@ class Settings:
     # Gateway: largest request body, and the deadline of a call (default and the
     # most a client may ask for with a `grpc-timeout` header).
     http_max_body: int = 1024 * 1024
+    http_timeout: float = 10.0
+    http_max_timeout: float = 60.0
     # Gateway: how long a request may take to arrive whole, and a kept-alive connection may idle.
     http_read_timeout: float = 30.0
     http_idle_timeout: float = 75.0
-    http_timeout: float = 10.0
-    http_max_timeout: float = 60.0
     # Gateway: requests a second per client (0: no limit) and the burst a client may send at once.
     rate_limit: float = 0.0
     rate_burst: int = 0
