@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from mesh.ports import free_port
 from mesh.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 
 START_ORDER = ("inventory", "notification", "order", "gateway")
@@ -146,7 +146,7 @@ class Launcher:
         if binary is None:
             raise RuntimeError("--consul dev needs a consul binary: run scripts/install-tools.sh")
         # Its internal ports are free ones, so this agent never collides with another.
-        server, serf_lan, serf_wan = (_free_port() for _ in range(3))
+        server, serf_lan, serf_wan = (free_port() for _ in range(3))
         extra = []
         if self.args.tls:  # the agent's gRPC checks present a certificate from the mesh's CA
             config = Path(self.args.data_dir) / "consul-tls.json"
@@ -367,12 +367,6 @@ class Launcher:
             self.say("mesh", "stopping")
         code = await self.stop()
         return 1 if crashed else code
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _instances(value: str) -> tuple[str, int]:

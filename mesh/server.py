@@ -89,12 +89,15 @@ async def create_server(settings: Settings, app: App) -> Running:
         binding.add_to_server(Guarded(binding.servicer, service, admission), server)
     names = [b.name for b in app.bindings]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    if settings.tls:
-        port = server.add_secure_port(settings.bind_address, tls.server_credentials(settings))
-    else:
-        port = server.add_insecure_port(settings.bind_address)
+    try:
+        if settings.tls:
+            port = server.add_secure_port(settings.bind_address, tls.server_credentials(settings))
+        else:
+            port = server.add_insecure_port(settings.bind_address)
+    except RuntimeError:  # grpcio's way to say the bind failed; its reason went to its own log line
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {settings.bind_address}")
+        raise OSError(f"cannot listen on {settings.bind_address}: the address is in use or not this host's")
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

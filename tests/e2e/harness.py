@@ -85,10 +85,14 @@ class Mesh:
             stderr=subprocess.STDOUT,
         )
         self.processes[service] = process
-        if service == "gateway":
-            wait_http(f"http://{self.address(service)}/healthz", process=process)
-        else:
-            wait_serving(self.address(service), process=process)
+        try:
+            if service == "gateway":
+                wait_http(f"http://{self.address(service)}/healthz", process=process)
+            else:
+                wait_serving(self.address(service), process=process)
+        except (RuntimeError, TimeoutError) as error:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{service} did not come up: {error}\n--- {log} ---\n{tail}") from None
         return process
 
     def stop(self, service: str, timeout: float = 30.0) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import grpc
 import pytest
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from tests.conftest import ROOT
 from tests.e2e.harness import Launcher, Mesh
 
 NAMES = {
@@ -59,6 +62,21 @@ def test_sigterm_turns_health_not_serving_then_exits_zero(health_probe: str, tmp
         assert refused.returncode not in (0, NOT_SERVING_EXIT)
     finally:
         mesh.stop_all()
+
+
+@pytest.mark.parametrize("service", ["inventory", "gateway"])
+def test_a_port_already_taken_is_a_one_line_error_and_exit_one(tmp_path: Path, service: str) -> None:
+    mesh = Mesh(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", mesh.ports[service]))
+        squatter.listen()
+        process = subprocess.run([sys.executable, "-m", service], cwd=ROOT, env=mesh.env(), capture_output=True,
+                                 text=True, timeout=30)
+    output = process.stdout + process.stderr
+    assert process.returncode == 1, output
+    error = next(line for line in output.splitlines() if "cannot start" in line)
+    assert str(mesh.ports[service]) in error and "in use" in error, output
+    assert "Traceback" not in output, output
 
 
 def test_sigterm_ends_an_open_stream_cleanly_and_exits_zero(tmp_path: Path) -> None:
