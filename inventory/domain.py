@@ -138,6 +138,17 @@ class ReservationReleased(FailedPrecondition):
         )
 
 
+class ReservationRefused(FailedPrecondition):
+    """Commit or release of a reservation whose ReserveStock was refused: it never held a unit."""
+
+    def __init__(self, reservation_id: str):
+        super().__init__(
+            f"reservation {reservation_id!r} was refused when asked for and holds nothing to commit or release",
+            subject=f"reservation/{reservation_id}",
+            kind="RESERVATION_REFUSED",
+        )
+
+
 class ReservationExpired(FailedPrecondition):
     def __init__(self, reservation_id: str):
         super().__init__(

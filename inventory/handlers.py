@@ -133,6 +133,8 @@ async def commit_reservation(store: InventoryStore, reservation_id: str) -> Rese
         reservation = await tx.get_reservation(reservation_id)
         if reservation is None:
             raise domain.ReservationNotFound(reservation_id)
+        if reservation.state is ReservationState.REJECTED:
+            raise domain.ReservationRefused(reservation_id)
         if reservation.state is ReservationState.RELEASED:
             raise domain.ReservationReleased(reservation_id)
         if reservation.state is ReservationState.COMMITTED:
@@ -153,6 +155,8 @@ async def release_reservation(store: InventoryStore, reservation_id: str) -> Res
         reservation = await tx.get_reservation(reservation_id)
         if reservation is None:
             raise domain.ReservationNotFound(reservation_id)
+        if reservation.state is ReservationState.REJECTED:
+            raise domain.ReservationRefused(reservation_id)
         if reservation.state is ReservationState.RELEASED:
             return reservation
         released = await tx.set_state(reservation, ReservationState.RELEASED)

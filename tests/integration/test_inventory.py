@@ -271,6 +271,21 @@ async def test_a_refused_reservation_replays_its_refusal_word_for_word(stub) -> 
     assert (await stub.GetProduct(pb.GetProductRequest(sku="scarce"))).reserved == 2
 
 
+async def test_a_refused_reservation_can_be_neither_committed_nor_released(stub) -> None:
+    await create(stub, sku="rare", available=1)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="r-no", lines=[
+            pb.ReservationLine(sku="rare", quantity=2)]))
+    for call in (stub.CommitReservation(pb.CommitReservationRequest(reservation_id="r-no")),
+                 stub.ReleaseReservation(pb.ReleaseReservationRequest(reservation_id="r-no"))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+        assert "was refused" in caught.value.details()
+    rare = await stub.GetProduct(pb.GetProductRequest(sku="rare"))
+    assert (rare.available, rare.reserved, rare.sold) == (1, 0, 0)
+
+
 async def test_refusals_are_forgotten_after_their_keeping_period(start: Start) -> None:
     from datetime import timedelta
 
