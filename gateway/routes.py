@@ -189,17 +189,20 @@ class Router:
     def match(self, http_method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
         """The route and its path variables; else None and the methods that path allows.
 
-        `Allow` names the methods of the most specific template the path fits:
-        /v1/orders/1:cancel is the cancel resource, even though GET
-        /v1/orders/{order_id} would also take "1:cancel" as an id.
-        A GET route takes HEAD too (RFC 9110 9.3.2: GET without the body).
+        A path ending in a custom verb that some route declares names that
+        custom method: GET /v1/orders/1:cancel is a 405 (Allow: POST), not
+        GetOrder of an order "1:cancel". Routes come most specific first, so
+        the verb's routes are seen before any template that would take
+        "1:cancel" as a variable. `Allow` names the methods of the most
+        specific template the path fits. A GET route takes HEAD too
+        (RFC 9110 9.3.2: GET without the body).
         """
         wanted = "GET" if http_method == "HEAD" else http_method
         allowed: list[str] = []
         best: tuple[int, int] | None = None
         for route in self.routes:
             values = route.template.match(path)
-            if values is None:
+            if values is None or (best is not None and best[0] and not route.template.verb):
                 continue
             if route.http_method == wanted:
                 return route, values, []

@@ -74,6 +74,18 @@ def test_an_annotated_rpc_gets_its_routes_and_bindings_with_no_gateway_code() ->
     assert router.match("HEAD", "/v1/shelves/s1/books/b2")[0] is route
 
 
+def test_a_path_ending_in_a_declared_custom_verb_names_that_method_not_an_id() -> None:
+    from gateway.app import CONTRACTS
+
+    router = Router(routes_from(CONTRACTS))
+    assert router.match("GET", "/v1/orders/o1:cancel") == (None, {}, ["POST"])  # not GetOrder("o1:cancel")
+    assert router.match("GET", "/v1/products/mug:adjustStock")[2] == ["POST"]
+    cancel, values, _ = router.match("POST", "/v1/orders/o1:cancel")
+    assert cancel is not None and cancel.rpc.endswith("/CancelOrder") and values == {"order_id": "o1"}
+    get, values, _ = router.match("GET", "/v1/orders/o1:unknownVerb")  # no route declares it: an id
+    assert get is not None and get.rpc.endswith("/GetOrder") and values == {"order_id": "o1:unknownVerb"}
+
+
 def test_path_nested_and_repeated_query_values_fill_the_request() -> None:
     file = annotated_service()
     request_class = message_factory.GetMessageClass(file.message_types_by_name["GetBookRequest"])
