@@ -170,7 +170,7 @@ def new_product(sku: str, name: str, currency_code: str, minor_units: int, avail
     check_sku("product.sku", sku)
     name = validate.text("product.name", name, MAX_NAME).strip()
     if not has_price:
-        raise InvalidArgument("product.price", "is required")
+        raise InvalidArgument("product.price", "value is required")
     price = parse_money("product.price", currency_code, minor_units)
     if not 0 <= available <= MAX_STOCK:
         raise InvalidArgument("product.available", f"must be from 0 to {MAX_STOCK}")

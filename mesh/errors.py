@@ -6,16 +6,19 @@ Services subclass these for their own rules (`OutOfStock(FailedPrecondition)`);
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ShopError(Exception):
     """Base of every expected error; `str(error)` is the message the caller sees."""
 
 
 class InvalidArgument(ShopError):
-    """A request field is missing, malformed or out of range."""
+    """A request field is missing, malformed or out of range; `more` names further ones."""
 
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
+    def __init__(self, field: str, problem: str, *, more: Sequence[tuple[str, str]] = ()):
+        self.violations = ((field, problem), *more)
+        super().__init__("; ".join(f"{f}: {p}" for f, p in self.violations))
         self.field = field
         self.problem = problem
 

@@ -23,7 +23,7 @@ from google.protobuf import any_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2
 
-from mesh import errors, faults, logs, metrics, telemetry
+from mesh import errors, faults, logs, metrics, telemetry, validate
 from mesh.metrics import MethodMetrics
 
 logger = logging.getLogger(__name__)
@@ -68,9 +68,10 @@ def _details(error: errors.ShopError, code: grpc.StatusCode) -> bytes:
     status = status_pb2.Status(code=code.value[0], message=str(error))
     detail: Any = None
     if isinstance(error, errors.InvalidArgument):
-        detail = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.problem)]
-        )
+        detail = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=problem)
+            for field, problem in error.violations
+        ])
     elif isinstance(error, errors.FailedPrecondition) and error.subject:
         detail = error_details_pb2.PreconditionFailure(
             violations=[
@@ -275,6 +276,7 @@ def _guard_unary(
         started, span, request_id = _enter(context, method, counted)
         code = grpc.StatusCode.OK
         try:
+            validate.contract(request)
             reply = await inner(request, context)
             if request_id is not None:
                 # Echoed with the reply, not before: a call that fails before answering
@@ -304,6 +306,7 @@ def _guard_stream(
         started, span, _ = _enter(context, method, counted)
         code = grpc.StatusCode.OK
         try:  # (a stream's handler sends its own headers; its request id goes to the logs only)
+            validate.contract(request)
             async for response in inner(request, context):
                 yield response
                 if counted is not None and counted.sent is not None:

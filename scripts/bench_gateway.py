@@ -160,14 +160,8 @@ def run_wrk(url: str, pid: int, args: argparse.Namespace) -> dict:
 
 
 def run_ghz_direct(address: str, args: argparse.Namespace) -> dict:
-    import google.api
-    import grpc_tools
-
-    googleapis = Path(google.api.__path__[0]).parent.parent
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
     out = subprocess.run(
-        [ghz_path(), "--insecure", "--proto", str(ROOT / "protos/shop/inventory/v1/inventory.proto"),
-         "--import-paths", f"{ROOT / 'protos'},{googleapis},{well_known}",
+        [ghz_path(), "--insecure", "--protoset", str(ROOT / "generated" / "shopmesh.protoset"),
          "--call", "shop.inventory.v1.InventoryService.GetProduct", "-d", '{"sku":"bench"}',
          "-c", str(args.connections), "-z", f"{args.duration}s", "--duration-stop", "wait", "-O", "json", address],
         capture_output=True, text=True, check=True).stdout

@@ -81,18 +81,8 @@ def ghz_path() -> str:
 
 
 def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argparse.Namespace) -> dict:
-    import google.api
-
-    googleapis = Path(google.api.__path__[0]).parent.parent
-    proto = {"InventoryService": "shop/inventory/v1/inventory.proto", "OrderService": "shop/order/v1/order.proto"}[
-        method.rsplit(".", 2)[1]
-    ]
-    import grpc_tools
-
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
     command = [
-        ghz_path(), "--insecure", "--proto", str(ROOT / "protos" / proto),
-        "--import-paths", f"{ROOT / 'protos'},{googleapis},{well_known}",
+        ghz_path(), "--insecure", "--protoset", str(ROOT / "generated" / "shopmesh.protoset"),
         "--call", method, "-d", json.dumps(data),
         "-c", str(args.concurrency), "--connections", str(args.connections), "-O", "json",
     ]

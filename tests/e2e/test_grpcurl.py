@@ -1,4 +1,4 @@
-"""grpcurl against the launcher's mesh: reflection only, no proto files."""
+"""grpcurl against the launcher's mesh: by reflection, and with the protoset from generated/."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import subprocess
 import time
 import uuid
 
+from tests.conftest import ROOT
 from tests.e2e.harness import Launcher
 
 
@@ -67,3 +68,16 @@ def test_grpcurl_sees_a_named_field_error_not_an_internal_one(grpcurl: str, laun
     assert result.returncode != 0
     assert "Code: InvalidArgument" in result.stderr
     assert "lines[0].quantity" in result.stderr
+
+
+def test_grpcurl_with_the_protoset_instead_of_reflection_sees_the_rules_too(grpcurl: str, launcher: Launcher) -> None:
+    protoset = str(ROOT / "generated" / "shopmesh.protoset")
+    described = run(grpcurl, "-protoset", protoset, "describe", "shop.order.v1.CreateOrderRequest")
+    assert described.returncode == 0, described.stderr
+    assert "repeated: { min_items: 1, max_items: 100 }" in described.stdout, described.stdout
+    sku = f"protoset-{uuid.uuid4().hex[:6]}"
+    created = run(grpcurl, "-protoset", protoset, "-d", json.dumps(
+        {"product": {"sku": sku, "name": "Protoset mug", "price": {"currency_code": "USD", "minor_units": 500},
+                     "available": 3}}), launcher.address("inventory"), "shop.inventory.v1.InventoryService/CreateProduct")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["sku"] == sku

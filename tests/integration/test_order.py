@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -93,6 +94,28 @@ async def test_a_bad_order_names_its_field(start: Start, request_, field: str) -
         await shop.orders.CreateOrder(request_)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith(field + ":")
+
+
+async def test_every_broken_rule_of_the_contract_is_named_at_once(start: Start) -> None:
+    shop = await open_shop(start)
+    request_ = pb.CreateOrderRequest(request_id="", user_id="u" * 129, lines=[
+        pb.OrderLine(sku="mug", quantity=1), pb.OrderLine(sku="has space", quantity=0)])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.orders.CreateOrder(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = status_pb2.Status.FromString(dict(caught.value.trailing_metadata())["grpc-status-details-bin"])
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    violations = [(v.field, v.description) for v in bad_request.field_violations]
+    assert violations == [
+        ("request_id", "value is required"),
+        ("user_id", "must be at most 128 characters"),
+        ("lines[1].sku", "does not match regex pattern `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`"),
+        ("lines[1].quantity", "must be greater than or equal to 1 and less than or equal to 1000000"),
+    ]
+    assert caught.value.details() == "; ".join(f"{field}: {problem}" for field, problem in violations)
+    mug = await shop.product("mug")  # refused before any work: nothing reserved
+    assert (mug.available, mug.reserved) == (10, 0)
 
 
 async def test_not_enough_stock_names_the_sku_and_takes_nothing(start: Start) -> None:

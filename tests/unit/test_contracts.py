@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 from google.api import annotations_pb2
 
+from generated.buf.validate import validate_pb2
+from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
 from generated.shop.order.v1 import order_pb2
+from inventory import domain as inventory_domain
+from mesh import money, validate
+from notification import domain as notification_domain
+from order import domain as order_domain
 
 SERVICES = {
     "shop.inventory.v1.InventoryService": (inventory_pb2, {"CreateProduct", "GetProduct", "ListProducts", "AdjustStock",
@@ -35,3 +41,51 @@ def test_money_is_integer_minor_units_and_times_are_timestamps() -> None:
     assert money.fields_by_name["minor_units"].cpp_type == money.fields_by_name["minor_units"].CPPTYPE_INT64
     assert product.fields_by_name["create_time"].message_type.full_name == "google.protobuf.Timestamp"
     assert order_pb2.Order.DESCRIPTOR.fields_by_name["total"].message_type is money
+
+
+def _rules(message, field: str):
+    return message.DESCRIPTOR.fields_by_name[field].GetOptions().Extensions[validate_pb2.field]
+
+
+def test_the_contracts_field_rules_and_the_domains_own_limits_agree() -> None:
+    """The contract states each rule for clients and the edge; the domain keeps its own copy
+    for callers without a request. Both must say the same, or one of them lies."""
+    order, inventory, notification = order_pb2, inventory_pb2, notification_pb2
+    agree = [
+        (_rules(order.CreateOrderRequest, "request_id").string.max_len, order_domain.MAX_REQUEST_ID),
+        (_rules(order.CreateOrderRequest, "user_id").string.max_len, order_domain.MAX_USER_ID),
+        (_rules(order.ListOrdersRequest, "user_id").string.max_len, order_domain.MAX_USER_ID),
+        (_rules(order.CreateOrderRequest, "lines").repeated.max_items, order_domain.MAX_LINES),
+        (_rules(order.OrderLine, "quantity").int64.lte, order_domain.MAX_QUANTITY),
+        (_rules(order.CancelOrderRequest, "reason").string.max_len, order_domain.MAX_REASON),
+        (_rules(inventory.Product, "name").string.max_len, inventory_domain.MAX_NAME),
+        (_rules(inventory.Product, "available").int64.lte, inventory_domain.MAX_STOCK),
+        (_rules(inventory.AdjustStockRequest, "delta").int64.lte, inventory_domain.MAX_STOCK),
+        (_rules(inventory.AdjustStockRequest, "reason").string.max_len, inventory_domain.MAX_REASON),
+        (_rules(inventory.ReserveStockRequest, "reservation_id").string.max_len, inventory_domain.MAX_RESERVATION_ID),
+        (_rules(inventory.ReserveStockRequest, "lines").repeated.max_items, inventory_domain.MAX_LINES),
+        (_rules(inventory.ReservationLine, "quantity").int64.lte, inventory_domain.MAX_QUANTITY),
+        (_rules(notification.SendNotificationRequest, "event_id").string.max_len, notification_domain.MAX_EVENT_ID),
+        (_rules(notification.SendNotificationRequest, "user_id").string.max_len, notification_domain.MAX_USER_ID),
+        (_rules(notification.SendNotificationRequest, "kind").string.max_len, notification_domain.MAX_KIND),
+        (_rules(notification.SendNotificationRequest, "kind").string.pattern, notification_domain.KIND.pattern),
+        (_rules(notification.SendNotificationRequest, "subject").string.max_len, notification_domain.MAX_SUBJECT),
+        (_rules(notification.SendNotificationRequest, "body").string.max_len, notification_domain.MAX_BODY),
+        (_rules(money_pb2.Money, "currency_code").string.pattern, money._CURRENCY.pattern),
+    ]
+    agree += [(_rules(m, "sku").string.pattern, validate.SKU.pattern)
+              for m in (order.OrderLine, inventory.Product, inventory.GetProductRequest, inventory.AdjustStockRequest,
+                        inventory.ReservationLine)]
+    assert [contract for contract, _ in agree] == [domain for _, domain in agree]
+
+
+def test_every_field_of_every_request_has_a_rule() -> None:
+    """A request field with no rule is unbounded (a 4 MB page token); each one states its limits."""
+    unruled = []
+    for module in (order_pb2, inventory_pb2, notification_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                for field in method.input_type.fields:
+                    if not field.GetOptions().HasExtension(validate_pb2.field):
+                        unruled.append(f"{method.input_type.name}.{field.name}")
+    assert unruled == []

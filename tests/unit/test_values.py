@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import paging
+from mesh import paging, validate
 from mesh.errors import InvalidArgument
 from mesh.money import Money, parse_money
 
@@ -40,3 +40,15 @@ def test_a_token_round_trips_and_a_foreign_one_is_refused() -> None:
         with pytest.raises(InvalidArgument) as caught:
             paging.decode_token(bad, after=str)
         assert caught.value.field == "page_token"
+
+
+def test_a_contract_violation_names_its_field_path_as_the_caller_wrote_it() -> None:
+    from generated.shop.order.v1 import order_pb2
+
+    request = order_pb2.CreateOrderRequest(request_id="r", user_id="u", lines=[
+        order_pb2.OrderLine(sku="ok", quantity=1), order_pb2.OrderLine(sku="ok2", quantity=1),
+        order_pb2.OrderLine(sku="x y", quantity=1)])
+    with pytest.raises(InvalidArgument) as caught:
+        validate.contract(request)
+    assert caught.value.violations == (("lines[2].sku", "does not match regex pattern `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`"),)
+    validate.contract(order_pb2.CreateOrderRequest(request_id="r", user_id="u", lines=request.lines[:2]))  # passes

@@ -23,15 +23,20 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from generated.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/common/v1/money.proto\x12\x0eshop.common.v1\"3\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x13\n\x0bminor_units\x18\x02 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/common/v1/money.proto\x12\x0eshop.common.v1\x1a\x1b\x62uf/validate/validate.proto\"O\n\x05Money\x12(\n\rcurrency_code\x18\x01 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[A-Z]{3}$\x12\x1c\n\x0bminor_units\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.common.v1.money_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MONEY']._serialized_start=46
-  _globals['_MONEY']._serialized_end=97
+  _globals['_MONEY'].fields_by_name['currency_code']._loaded_options = None
+  _globals['_MONEY'].fields_by_name['currency_code']._serialized_options = b'\272H\016r\0142\n^[A-Z]{3}$'
+  _globals['_MONEY'].fields_by_name['minor_units']._loaded_options = None
+  _globals['_MONEY'].fields_by_name['minor_units']._serialized_options = b'\272H\004\"\002(\000'
+  _globals['_MONEY']._serialized_start=75
+  _globals['_MONEY']._serialized_end=154
 # @@protoc_insertion_point(module_scope)

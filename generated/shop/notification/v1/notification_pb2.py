@@ -23,12 +23,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from generated.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'shop/notification/v1/notification.proto\x12\x14shop.notification.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x01\n\x17SendNotificationRequest\x12\x16\n\x08\x65vent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04kind\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07subject\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\"X\n\x18ListNotificationsRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"o\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x1aStreamNotificationsRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0cresume_after\x18\x02 \x01(\t2\xdf\x03\n\x13NotificationService\x12\x83\x01\n\x10SendNotification\x12-.shop.notification.v1.SendNotificationRequest\x1a\".shop.notification.v1.Notification\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/notifications:\x01*\x12\x9f\x01\n\x11ListNotifications\x12..shop.notification.v1.ListNotificationsRequest\x1a/.shop.notification.v1.ListNotificationsResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/users/{user_id}/notifications\x12\x9f\x01\n\x13StreamNotifications\x12\x30.shop.notification.v1.StreamNotificationsRequest\x1a\".shop.notification.v1.Notification\"0\x82\xd3\xe4\x93\x02*\x12(/v1/users/{user_id}/notifications:stream0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'shop/notification/v1/notification.proto\x12\x14shop.notification.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcb\x01\n\x17SendNotificationRequest\x12!\n\x08\x65vent_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\x12 \n\x07user_id\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x31\n\x04kind\x18\x03 \x01(\tB#\xe2\x41\x01\x02\xbaH\x1cr\x17\x18@2\x13^[a-z][a-z0-9_.-]*$\xc8\x01\x01\x12 \n\x07subject\x18\x04 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\x12\x16\n\x04\x62ody\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\xa0\x1f\"v\n\x18ListNotificationsRequest\x12 \n\x07user_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"o\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x1aStreamNotificationsRequest\x12 \n\x07user_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x1e\n\x0cresume_after\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x32\xdf\x03\n\x13NotificationService\x12\x83\x01\n\x10SendNotification\x12-.shop.notification.v1.SendNotificationRequest\x1a\".shop.notification.v1.Notification\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/notifications:\x01*\x12\x9f\x01\n\x11ListNotifications\x12..shop.notification.v1.ListNotificationsRequest\x1a/.shop.notification.v1.ListNotificationsResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/users/{user_id}/notifications\x12\x9f\x01\n\x13StreamNotifications\x12\x30.shop.notification.v1.StreamNotificationsRequest\x1a\".shop.notification.v1.Notification\"0\x82\xd3\xe4\x93\x02*\x12(/v1/users/{user_id}/notifications:stream0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,33 +37,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.notification.v1.notifi
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['event_id']._loaded_options = None
-  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['event_id']._serialized_options = b'\342A\001\002'
+  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['event_id']._serialized_options = b'\342A\001\002\272H\010r\003\030\310\001\310\001\001'
   _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['user_id']._loaded_options = None
-  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002\272H\010r\003\030\200\001\310\001\001'
   _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['kind']._loaded_options = None
-  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['kind']._serialized_options = b'\342A\001\002'
+  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['kind']._serialized_options = b'\342A\001\002\272H\034r\027\030@2\023^[a-z][a-z0-9_.-]*$\310\001\001'
   _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['subject']._loaded_options = None
-  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['subject']._serialized_options = b'\342A\001\002'
+  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['subject']._serialized_options = b'\342A\001\002\272H\010r\003\030\310\001\310\001\001'
+  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['body']._loaded_options = None
+  _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['body']._serialized_options = b'\272H\005r\003\030\240\037'
   _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['user_id']._loaded_options = None
-  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002\272H\010r\003\030\200\001\310\001\001'
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\010'
   _globals['_STREAMNOTIFICATIONSREQUEST'].fields_by_name['user_id']._loaded_options = None
-  _globals['_STREAMNOTIFICATIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_STREAMNOTIFICATIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002\272H\010r\003\030\200\001\310\001\001'
+  _globals['_STREAMNOTIFICATIONSREQUEST'].fields_by_name['resume_after']._loaded_options = None
+  _globals['_STREAMNOTIFICATIONSREQUEST'].fields_by_name['resume_after']._serialized_options = b'\272H\005r\003\030\200\001'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['SendNotification']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['SendNotification']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/notifications:\001*'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._serialized_options = b'\202\323\344\223\002#\022!/v1/users/{user_id}/notifications'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamNotifications']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamNotifications']._serialized_options = b'\202\323\344\223\002*\022(/v1/users/{user_id}/notifications:stream'
-  _globals['_NOTIFICATION']._serialized_start=162
-  _globals['_NOTIFICATION']._serialized_end=330
-  _globals['_SENDNOTIFICATIONREQUEST']._serialized_start=333
-  _globals['_SENDNOTIFICATIONREQUEST']._serialized_end=462
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=464
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=552
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=554
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=665
-  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_start=667
-  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_end=740
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=743
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=1222
+  _globals['_NOTIFICATION']._serialized_start=191
+  _globals['_NOTIFICATION']._serialized_end=359
+  _globals['_SENDNOTIFICATIONREQUEST']._serialized_start=362
+  _globals['_SENDNOTIFICATIONREQUEST']._serialized_end=565
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=567
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=685
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=687
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=798
+  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_start=800
+  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_end=894
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=897
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=1376
 # @@protoc_insertion_point(module_scope)

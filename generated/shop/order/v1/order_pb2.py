@@ -23,13 +23,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from generated.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from generated.shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ashop/common/v1/money.proto\"\x98\x01\n\tOrderLine\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12/\n\nunit_price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12/\n\nline_total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.MoneyB\x04\xe2\x41\x01\x03\"\xdc\x02\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\'\n\x05lines\x18\x03 \x03(\x0b\x32\x18.shop.order.v1.OrderLine\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.shop.order.v1.Order.Status\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tCONFIRMED\x10\x01\x12\r\n\tCANCELLED\x10\x02\"t\n\x12\x43reateOrderRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x05lines\x18\x03 \x03(\x0b\x32\x18.shop.order.v1.OrderLineB\x04\xe2\x41\x01\x02\")\n\x0fGetOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x11ListOrdersRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x12\x43\x61ncelOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xb6\x03\n\x0cOrderService\x12]\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\x14.shop.order.v1.Order\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12_\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x14.shop.order.v1.Order\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12u\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/users/{user_id}/orders\x12o\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\x14.shop.order.v1.Order\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:cancel:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ashop/common/v1/money.proto\"\xce\x01\n\tOrderLine\x12<\n\x03sku\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\xc8\x01\x01\x12!\n\x08quantity\x18\x02 \x01(\x03\x42\x0f\xe2\x41\x01\x02\xbaH\x08\"\x06\x18\xc0\x84=(\x01\x12/\n\nunit_price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyB\x04\xe2\x41\x01\x03\x12/\n\nline_total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.MoneyB\x04\xe2\x41\x01\x03\"\xdc\x02\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\'\n\x05lines\x18\x03 \x03(\x0b\x32\x18.shop.order.v1.OrderLine\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.shop.order.v1.Order.Status\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tCONFIRMED\x10\x01\x12\r\n\tCANCELLED\x10\x02\"\x94\x01\n\x12\x43reateOrderRequest\x12#\n\nrequest_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12 \n\x07user_id\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x37\n\x05lines\x18\x03 \x03(\x0b\x32\x18.shop.order.v1.OrderLineB\x0e\xe2\x41\x01\x02\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\"3\n\x0fGetOrderRequest\x12 \n\x08order_id\x18\x01 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x02\x18@\xc8\x01\x01\"o\n\x11ListOrdersRequest\x12 \n\x07user_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x12\x43\x61ncelOrderRequest\x12 \n\x08order_id\x18\x01 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x02\x18@\xc8\x01\x01\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x32\xb6\x03\n\x0cOrderService\x12]\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\x14.shop.order.v1.Order\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12_\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x14.shop.order.v1.Order\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12u\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/users/{user_id}/orders\x12o\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\x14.shop.order.v1.Order\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:cancel:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,25 +38,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.order.v1.order_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORDERLINE'].fields_by_name['sku']._loaded_options = None
-  _globals['_ORDERLINE'].fields_by_name['sku']._serialized_options = b'\342A\001\002'
+  _globals['_ORDERLINE'].fields_by_name['sku']._serialized_options = b'\342A\001\002\272H(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\310\001\001'
   _globals['_ORDERLINE'].fields_by_name['quantity']._loaded_options = None
-  _globals['_ORDERLINE'].fields_by_name['quantity']._serialized_options = b'\342A\001\002'
+  _globals['_ORDERLINE'].fields_by_name['quantity']._serialized_options = b'\342A\001\002\272H\010\"\006\030\300\204=(\001'
   _globals['_ORDERLINE'].fields_by_name['unit_price']._loaded_options = None
   _globals['_ORDERLINE'].fields_by_name['unit_price']._serialized_options = b'\342A\001\003'
   _globals['_ORDERLINE'].fields_by_name['line_total']._loaded_options = None
   _globals['_ORDERLINE'].fields_by_name['line_total']._serialized_options = b'\342A\001\003'
   _globals['_CREATEORDERREQUEST'].fields_by_name['request_id']._loaded_options = None
-  _globals['_CREATEORDERREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEORDERREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002\272H\010r\003\030\200\001\310\001\001'
   _globals['_CREATEORDERREQUEST'].fields_by_name['user_id']._loaded_options = None
-  _globals['_CREATEORDERREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEORDERREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002\272H\010r\003\030\200\001\310\001\001'
   _globals['_CREATEORDERREQUEST'].fields_by_name['lines']._loaded_options = None
-  _globals['_CREATEORDERREQUEST'].fields_by_name['lines']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEORDERREQUEST'].fields_by_name['lines']._serialized_options = b'\342A\001\002\272H\007\222\001\004\010\001\020d'
   _globals['_GETORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
-  _globals['_GETORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\342A\001\002\272H\007r\002\030@\310\001\001'
   _globals['_LISTORDERSREQUEST'].fields_by_name['user_id']._loaded_options = None
-  _globals['_LISTORDERSREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTORDERSREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002\272H\010r\003\030\200\001\310\001\001'
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\004\032\002(\000'
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTORDERSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\010'
   _globals['_CANCELORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
-  _globals['_CANCELORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\342A\001\002'
+  _globals['_CANCELORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\342A\001\002\272H\007r\002\030@\310\001\001'
+  _globals['_CANCELORDERREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_CANCELORDERREQUEST'].fields_by_name['reason']._serialized_options = b'\272H\005r\003\030\310\001'
   _globals['_ORDERSERVICE'].methods_by_name['CreateOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['CreateOrder']._serialized_options = b'\202\323\344\223\002\017\"\n/v1/orders:\001*'
   _globals['_ORDERSERVICE'].methods_by_name['GetOrder']._loaded_options = None
@@ -64,22 +71,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['ListOrders']._serialized_options = b'\202\323\344\223\002\034\022\032/v1/users/{user_id}/orders'
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\202\323\344\223\002!\"\034/v1/orders/{order_id}:cancel:\001*'
-  _globals['_ORDERLINE']._serialized_start=169
-  _globals['_ORDERLINE']._serialized_end=321
-  _globals['_ORDER']._serialized_start=324
-  _globals['_ORDER']._serialized_end=672
-  _globals['_ORDER_STATUS']._serialized_start=610
-  _globals['_ORDER_STATUS']._serialized_end=672
-  _globals['_CREATEORDERREQUEST']._serialized_start=674
-  _globals['_CREATEORDERREQUEST']._serialized_end=790
-  _globals['_GETORDERREQUEST']._serialized_start=792
-  _globals['_GETORDERREQUEST']._serialized_end=833
-  _globals['_LISTORDERSREQUEST']._serialized_start=835
-  _globals['_LISTORDERSREQUEST']._serialized_end=916
-  _globals['_LISTORDERSRESPONSE']._serialized_start=918
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1001
-  _globals['_CANCELORDERREQUEST']._serialized_start=1003
-  _globals['_CANCELORDERREQUEST']._serialized_end=1063
-  _globals['_ORDERSERVICE']._serialized_start=1066
-  _globals['_ORDERSERVICE']._serialized_end=1504
+  _globals['_ORDERLINE']._serialized_start=198
+  _globals['_ORDERLINE']._serialized_end=404
+  _globals['_ORDER']._serialized_start=407
+  _globals['_ORDER']._serialized_end=755
+  _globals['_ORDER_STATUS']._serialized_start=693
+  _globals['_ORDER_STATUS']._serialized_end=755
+  _globals['_CREATEORDERREQUEST']._serialized_start=758
+  _globals['_CREATEORDERREQUEST']._serialized_end=906
+  _globals['_GETORDERREQUEST']._serialized_start=908
+  _globals['_GETORDERREQUEST']._serialized_end=959
+  _globals['_LISTORDERSREQUEST']._serialized_start=961
+  _globals['_LISTORDERSREQUEST']._serialized_end=1072
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1074
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1157
+  _globals['_CANCELORDERREQUEST']._serialized_start=1159
+  _globals['_CANCELORDERREQUEST']._serialized_end=1239
+  _globals['_ORDERSERVICE']._serialized_start=1242
+  _globals['_ORDERSERVICE']._serialized_end=1680
 # @@protoc_insertion_point(module_scope)
