@@ -3,17 +3,23 @@
 Schemas follow the proto3 JSON mapping the gateway speaks: lowerCamelCase
 properties, 64-bit integers as decimal strings, enums by name, Timestamps as
 RFC 3339 strings; every operation documents its error body (google.rpc.Status).
+The contracts' field rules (protovalidate's `buf.validate`) become JSON Schema
+constraints (`required`, lengths, patterns, item counts, bounds), so the
+document states what the services will accept.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import protovalidate
 from google.api import field_behavior_pb2
+from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.auth import Authenticator, Need
 from gateway.routes import Route
+from generated.buf.validate import validate_pb2
 
 _INT64 = {"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"}
 _UINT64 = {"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}
@@ -56,6 +62,50 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _rules(field: FieldDescriptor) -> Any:
+    options = field.GetOptions()
+    return options.Extensions[validate_pb2.field] if options.HasExtension(validate_pb2.field) else None
+
+
+_BOUNDS = {"gte": "minimum", "lte": "maximum"}
+
+
+def _absent_breaks_rules(descriptor: Descriptor) -> set[str]:
+    """Fields a JSON body must carry: those whose absence (the zero value) breaks a rule of the
+    contract, asked of protovalidate itself (required, a minimum length or count, a quantity >= 1)."""
+    empty = message_factory.GetMessageClass(descriptor)()
+    return {v.proto.field.elements[0].field_name for v in protovalidate.collect_violations(empty)}
+
+
+def _constrain(schema: dict[str, Any], field: FieldDescriptor) -> dict[str, Any]:
+    """The field's protovalidate rules as JSON Schema keywords on `schema`."""
+    rules = _rules(field)
+    if rules is None:
+        return schema
+    kind = rules.WhichOneof("type")
+    if kind == "repeated":
+        schema = {**schema, **{key: getattr(rules.repeated, name) for name, key in
+                               (("min_items", "minItems"), ("max_items", "maxItems")) if rules.repeated.HasField(name)}}
+    elif kind == "string":
+        string = rules.string
+        schema = {**schema, **{key: getattr(string, name) for name, key in
+                               (("min_len", "minLength"), ("max_len", "maxLength"), ("pattern", "pattern"))
+                               if string.HasField(name)}}
+    elif kind in ("int32", "int64"):
+        numbers = getattr(rules, kind)
+        bounds = {key: getattr(numbers, name) for name, key in _BOUNDS.items() if numbers.HasField(name)}
+        if kind == "int32":
+            schema = {**schema, **bounds}
+        elif bounds:  # a JSON string, by the proto3 mapping: the range can only be said in words
+            schema = {**schema, "description": " and ".join(
+                f"{'at least' if key == 'minimum' else 'at most'} {value}" for key, value in bounds.items())}
+        if list(numbers.not_in):
+            schema = {**schema, "not": {"enum": [str(v) if kind == "int64" else v for v in numbers.not_in]}}
+    if rules.required and field.type == _T.TYPE_STRING and "minLength" not in schema:
+        schema = {**schema, "minLength": 1}
+    return schema
+
+
 class _Builder:
     def __init__(self) -> None:
         self.schemas: dict[str, Any] = {
@@ -68,7 +118,9 @@ class _Builder:
             value = field.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.single(value)}
         single = self.single(field)
-        return {"type": "array", "items": single} if field.is_repeated else single
+        if field.is_repeated:
+            return _constrain({"type": "array", "items": single}, field)
+        return single if "$ref" in single else _constrain(single, field)
 
     def single(self, field: FieldDescriptor) -> dict[str, Any]:
         if field.type == _T.TYPE_ENUM:
@@ -81,12 +133,15 @@ class _Builder:
             return _ref(name)
         return dict(SCALARS[field.type])
 
-    def message(self, descriptor: Descriptor, *, skip: frozenset[str] = frozenset()) -> str:
+    def message(self, descriptor: Descriptor, *, skip: frozenset[str] = frozenset(),
+                filled: frozenset[str] = frozenset()) -> str:
+        """The schema of a message; `skip`: fields taken from the path, `filled`: required
+        fields the gateway may fill itself (from a header or the token), so optional here."""
         name = descriptor.full_name if not skip else f"{descriptor.full_name}Body"
         if name in self.schemas:
             return name
         self.schemas[name] = {}  # placeholder: messages may refer to themselves
-        properties = {}
+        properties, required, must = {}, [], _absent_breaks_rules(descriptor)
         for field in descriptor.fields:
             if field.name in skip:
                 continue
@@ -94,8 +149,13 @@ class _Builder:
             behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
             if field_behavior_pb2.OUTPUT_ONLY in behaviors:
                 schema = {**schema, "readOnly": True} if "$ref" not in schema else {"allOf": [schema], "readOnly": True}
+            if field.name in must and field.name not in filled:
+                required.append(field.json_name)
+            else:  # the proto3 JSON mapping reads null as the field's default
+                schema = {**schema, "nullable": True} if "$ref" not in schema else {"allOf": [schema], "nullable": True}
             properties[field.json_name] = schema
-        self.schemas[name] = {"type": "object", "properties": properties, "additionalProperties": False}
+        self.schemas[name] = {"type": "object", "properties": properties, "additionalProperties": False,
+                              **({"required": required} if required else {})}
         return name
 
 
@@ -128,7 +188,7 @@ def document(routes: list[Route], *, title: str = "shopmesh", version: str = "1"
             "tags": [method.containing_service.name],
             "summary": f"{method.containing_service.full_name}.{method.name}",
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+                {"name": name, "in": "path", "required": True, "schema": _path_schema(builder, method.input_type, name)}
                 for name, _ in route.template.variables
             ],
             "responses": {
@@ -148,7 +208,8 @@ def document(routes: list[Route], *, title: str = "shopmesh", version: str = "1"
             if need is not Need.ANYONE:
                 operation["description"] = f"Needs: {need.value}."
         if route.body == "*":
-            body_name = builder.message(method.input_type, skip=route.path_fields)
+            filled = {"request_id"} | ({"user_id"} if auth and Authenticator.need(route.rpc) is Need.USER else set())
+            body_name = builder.message(method.input_type, skip=route.path_fields, filled=frozenset(filled))
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body_name)}}}
         elif route.body:
             field = method.input_type.fields_by_name[route.body]
@@ -175,6 +236,15 @@ def document(routes: list[Route], *, title: str = "shopmesh", version: str = "1"
         "paths": paths,
         "components": {"schemas": builder.schemas, **({"securitySchemes": SECURITY_SCHEMES} if auth else {})},
     }
+
+
+def _path_schema(builder: _Builder, message: Descriptor, path: str) -> dict[str, Any]:
+    """A path variable's schema: its field's, rules included; at least one character."""
+    *parents, name = path.split(".")
+    for parent in parents:
+        message = message.fields_by_name[parent].message_type
+    schema = builder.field(message.fields_by_name[name])
+    return schema if "minLength" in schema or "pattern" in schema else {**schema, "minLength": 1}
 
 
 def _primary(routes: list[Route], route: Route) -> str:

@@ -118,6 +118,19 @@ def test_a_reused_request_id_is_409(api: Http) -> None:
 def test_wrong_method_is_405_with_allow(api: Http) -> None:
     status, headers, error = api.call("DELETE", "/v1/products/coffee-mug")
     assert status == 405 and headers["allow"] == "GET, HEAD" and "DELETE" in error["message"]
+    status, headers, _ = api.call("GET", "/v1/products/coffee-mug:adjustStock")  # the custom method's path
+    assert status == 405 and headers["allow"] == "POST"
+
+
+def test_every_broken_field_rule_comes_back_at_once_as_bad_request_details(api: Http) -> None:
+    status, _, error = api.call("POST", "/v1/orders", {"requestId": "r" * 129, "userId": "",
+                                                       "lines": [{"sku": "no spaces please", "quantity": "0"}]})
+    assert status == 400 and error["code"] == 3, error
+    (details,) = error["details"]
+    assert details["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert [v["field"] for v in details["fieldViolations"]] == [
+        "request_id", "user_id", "lines[0].sku", "lines[0].quantity"]
+    assert error["message"].startswith("request_id: must be at most 128 characters; user_id: value is required; ")
 
 
 def test_wrong_content_type_is_415(api: Http) -> None:
