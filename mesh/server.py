@@ -126,6 +126,8 @@ async def shutdown(running: Running, settings: Settings) -> None:
 
 
 async def serve(settings: Settings, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
+    for concern in settings.concerns():
+        logger.warning("%s", concern)
     discovery = create_discovery(settings)
     app = await build(settings, discovery)
     metrics_server = None

@@ -343,6 +343,16 @@ class Settings:
     def tls(self) -> bool:
         return bool(self.tls_ca_file)
 
+    def concerns(self) -> list[str]:
+        """Settings that are each valid but together surprise: logged as warnings at start."""
+        found = []
+        if self.service == "inventory" and self.reservation_ttl < 2 * self.call_timeout:
+            found.append(
+                f"SHOPMESH_RESERVATION_TTL_SECONDS={self.reservation_ttl:g} is under twice "
+                f"SHOPMESH_CALL_TIMEOUT_SECONDS={self.call_timeout:g}: an order that takes its full time can find "
+                "its reservation expired and is then cancelled (nothing is lost, but the customer is refused)")
+        return found
+
     @property
     def bind_address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host

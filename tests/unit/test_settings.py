@@ -19,6 +19,15 @@ def test_defaults_give_the_local_mesh() -> None:
     assert s.database_url == f"sqlite+aiosqlite:///{Path('data') / 'order'}.db"
 
 
+def test_a_reservation_ttl_shorter_than_two_call_timeouts_is_a_concern_of_inventory_only() -> None:
+    short = {"SHOPMESH_RESERVATION_TTL_SECONDS": "8", "SHOPMESH_CALL_TIMEOUT_SECONDS": "5"}
+    (concern,) = Settings.from_env("inventory", short).concerns()
+    assert "SHOPMESH_RESERVATION_TTL_SECONDS=8" in concern and "SHOPMESH_CALL_TIMEOUT_SECONDS=5" in concern
+    assert Settings.from_env("order", short).concerns() == []  # the TTL is inventory's to keep
+    assert Settings.from_env("inventory", {**short, "SHOPMESH_RESERVATION_TTL_SECONDS": "10"}).concerns() == []
+    assert Settings.from_env("inventory", {}).concerns() == []  # the defaults: 60 s against 5 s
+
+
 def test_every_value_can_be_overridden() -> None:
     s = Settings.from_env(
         "inventory",
