@@ -8,18 +8,37 @@ const el = (tag, props = {}, ...children) => {
 };
 const refName = (schema) => (schema && schema.$ref ? schema.$ref.split("/").pop() : null);
 
+// What a schema asks beyond its type: the contract's rules, as the document states them.
+function notes(schema) {
+  const said = [];
+  if (schema.readOnly) said.push("read-only");
+  if (schema.minLength !== undefined && schema.maxLength !== undefined) said.push(`${schema.minLength}-${schema.maxLength} characters`);
+  else if (schema.maxLength !== undefined) said.push(`at most ${schema.maxLength} characters`);
+  else if (schema.minLength) said.push(`at least ${schema.minLength} character${schema.minLength > 1 ? "s" : ""}`);
+  if (schema.pattern && schema.format === undefined) said.push(`matching ${schema.pattern}`);
+  if (schema.minimum !== undefined) said.push(`at least ${schema.minimum}`);
+  if (schema.maximum !== undefined) said.push(`at most ${schema.maximum}`);
+  if (schema.minItems !== undefined) said.push(`at least ${schema.minItems} item${schema.minItems > 1 ? "s" : ""}`);
+  if (schema.maxItems !== undefined) said.push(`at most ${schema.maxItems} items`);
+  if (schema.description) said.push(schema.description);
+  if (schema.not && schema.not.enum) said.push(`not ${schema.not.enum.join(" or ")}`);
+  return said.length ? ` (${said.join(", ")})` : "";
+}
+
 function schemaText(schema, schemas, depth = 0) {
   const name = refName(schema);
   if (name) {
     if (depth > 2) return name;
+    const required = new Set(schemas[name].required || []);
     const props = schemas[name].properties || {};
-    const inner = Object.entries(props).map(([k, v]) => `${"  ".repeat(depth + 1)}${k}: ${schemaText(v, schemas, depth + 1)}`);
+    const inner = Object.entries(props).map(([k, v]) =>
+      `${"  ".repeat(depth + 1)}${k}${required.has(k) ? " (required)" : ""}: ${schemaText(v, schemas, depth + 1)}`);
     return `${name} {\n${inner.join("\n")}\n${"  ".repeat(depth)}}`;
   }
-  if (schema.allOf) return schemaText(schema.allOf[0], schemas, depth) + " (read-only)";
-  if (schema.type === "array") return `[${schemaText(schema.items, schemas, depth)}]`;
+  if (schema.allOf) return schemaText(schema.allOf[0], schemas, depth) + notes(schema);
+  if (schema.type === "array") return `[${schemaText(schema.items, schemas, depth)}]` + notes(schema);
   if (schema.enum) return schema.enum.join(" | ");
-  return schema.format ? `${schema.type} (${schema.format})` : schema.type;
+  return (schema.format ? `${schema.type} (${schema.format})` : schema.type) + notes(schema);
 }
 
 fetch("/openapi.json").then((r) => r.json()).then((doc) => {
