@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory import handlers
@@ -19,7 +20,7 @@ SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].ful
 
 async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
-    await db.create_schema(metadata)
+    await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     store = InventoryStore(db)
     api = InventoryApi(store, timedelta(seconds=settings.reservation_ttl))
     app = App(

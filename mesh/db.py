@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -155,6 +156,9 @@ def _add_missing_columns(conn: Connection, metadata: MetaData) -> None:
                 logger.info("added column %s.%s", table.name, column.name)
 
 
+_MIGRATIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 class Database:
     """One service's database: `async with db.write() as conn:` is one transaction."""
 
@@ -185,11 +189,26 @@ class Database:
             _sqlite_setup(inline, begin_hook=False)
         return cls(engine, inline)
 
+    async def migrate(self, versions: Path, metadata: MetaData) -> None:
+        """Brings the schema to the newest revision in `versions` (mesh/migrate.py), in one write transaction."""
+        from mesh import migrate
+
+        # Alembic keeps its running migration in a module global, and run_sync may switch to
+        # another coroutine at each statement: one migration at a time per process (and loop).
+        lock = _MIGRATIONS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock:
+            await self.run_sync(migrate.upgrade, versions, metadata)
+
+    async def run_sync(self, work: Callable[..., Any], *args: Any) -> Any:
+        """`work(connection, *args)` on a plain SQLAlchemy Connection in one write transaction: schema work, tools."""
+        async with self._async_write() as conn:
+            return await conn.run_sync(work, *args)
+
     async def create_schema(self, metadata: MetaData) -> None:
         """Creates missing tables, and adds columns a newer version defined to existing ones.
 
-        Added columns must be nullable (rows written before have no value);
-        anything beyond that wants a real migration tool.
+        For tables outside a service's revisions (tests); the services use `migrate`,
+        which also runs this once for a database made before migrations existed.
         """
         async with self._async_write() as conn:
             await conn.run_sync(metadata.create_all)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from mesh.db import Database
 from mesh.discovery import Discovery
@@ -16,7 +18,7 @@ SERVICE_NAME = notification_pb2.DESCRIPTOR.services_by_name["NotificationService
 
 async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
-    await db.create_schema(metadata)
+    await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     app = App(bindings=[], closers=[db.close])
     api = NotificationApi(NotificationStore(db), Wakeups(), app.stopping, settings.stream_poll_interval)
     app.bindings = [Binding(SERVICE_NAME, notification_pb2_grpc.add_NotificationServiceServicer_to_server, api)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from mesh.channels import Upstreams
@@ -22,7 +23,7 @@ SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 
 async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
-    await db.create_schema(metadata)
+    await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     upstreams = Upstreams(discovery, settings)
     await upstreams.watch("inventory", "notification")
     store = OrderStore(db)

@@ -1,0 +1,113 @@
+"""Schema migrations (Alembic): every service's database is brought to its newest revision at start.
+
+    python -m mesh.migrate SERVICE revision -m "add gift wrap"   # write a new revision from store.py's tables
+    python -m mesh.migrate SERVICE check                        # fail if store.py and the revisions differ
+    python -m mesh.migrate SERVICE upgrade [--database-url URL] # what each service does when it starts
+
+Revisions live in `<service>/migrations/`; `mesh/migrations/` holds the environment
+they share. Several instances may start at once: on SQLite the write transaction
+(`BEGIN IMMEDIATE`) and on PostgreSQL a transaction-scoped advisory lock let one
+migrate while the others wait, then find nothing left to do. A database made
+before migrations existed (tables, no `alembic_version`) has missing nullable
+columns added, as the services did then, and is stamped with the first revision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, MetaData, inspect, text
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("inventory", "order", "notification")
+
+
+def config(versions: Path, metadata: MetaData, connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parent / "migrations"))
+    cfg.set_main_option("version_locations", str(versions))
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+    cfg.attributes["metadata"] = metadata
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(connection: Connection, versions: Path, metadata: MetaData) -> None:
+    """Brings the database behind `connection` (in a write transaction) to the newest revision."""
+    if connection.dialect.name == "postgresql":  # one migrator at a time; released at commit
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(str(versions.name).encode())
+                                                                         ^ zlib.crc32(b"shopmesh-migrate")})
+    cfg = config(versions, metadata, connection)
+    tables = set(inspect(connection).get_table_names())
+    if tables and "alembic_version" not in tables:  # made before migrations: catch up, then join history
+        from mesh.db import _add_missing_columns
+
+        metadata.create_all(connection)
+        _add_missing_columns(connection, metadata)
+        first = ScriptDirectory.from_config(cfg).get_base()
+        command.stamp(cfg, first)
+    command.upgrade(cfg, "head")
+
+
+def current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _service(name: str) -> tuple[Path, MetaData]:
+    store = importlib.import_module(f"{name}.store")
+    return ROOT / name / "migrations", store.metadata
+
+
+async def _run(service: str, action: str, url: str, message: str) -> int:
+    from mesh.db import Database
+    from mesh.settings import Settings
+
+    versions, metadata = _service(service)
+    with tempfile.TemporaryDirectory() as scratch:
+        if action in ("revision", "check"):  # compared against a scratch database at the newest revision
+            url = f"sqlite+aiosqlite:///{Path(scratch) / 'scratch.db'}"
+        db = Database.connect(url or Settings.from_env(service).database_url)
+        try:
+            await db.migrate(versions, metadata)
+
+            def act(sync: Connection) -> None:
+                cfg = config(versions, metadata, sync)
+                if action == "revision":  # numbered in order: 0001, 0002, ...
+                    number = len(list(ScriptDirectory.from_config(cfg).walk_revisions())) + 1
+                    command.revision(cfg, message=message, autogenerate=True, rev_id=f"{number:04d}")
+                elif action == "check":
+                    command.check(cfg)
+                else:
+                    print(f"{service}: at revision {current(sync)}")
+
+            await db.run_sync(act)
+        finally:
+            await db.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mesh.migrate", description=__doc__.splitlines()[0])
+    parser.add_argument("service", choices=SERVICES)
+    parser.add_argument("action", choices=("upgrade", "revision", "check"))
+    parser.add_argument("-m", "--message", default="", help="what a new revision does (revision)")
+    parser.add_argument("--database-url", default="", help="default: the service's SHOPMESH_*_DATABASE_URL")
+    args = parser.parse_args(argv)
+    if args.action == "revision" and not args.message:
+        parser.error("revision needs -m MESSAGE")
+    return asyncio.run(_run(args.service, args.action, args.database_url, args.message))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
