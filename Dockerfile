@@ -12,7 +12,7 @@ COPY inventory inventory
 COPY order order
 COPY notification notification
 COPY gateway gateway
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[postgres]" \
     && useradd --system --uid 10001 shop \
     && mkdir /data && chown shop /data
 COPY --from=tools /out/grpc-health-probe /usr/local/bin/grpc-health-probe

@@ -59,6 +59,14 @@ class PostgresServer:
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, name)
         return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{name}"
 
+    def run_sql_file(self, path: Path) -> None:
+        """Runs a SQL script as the server's superuser, stopping at its first error."""
+        self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", "postgres",
+                  "-v", "ON_ERROR_STOP=1", "-f", str(path))
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{database}"
+
     def stop(self) -> None:
         try:
             self._run("pg_ctl", "-D", str(self._dir / "data"), "-m", "immediate", "stop")

@@ -90,9 +90,9 @@ def test_the_dockerfile_ships_every_package_and_the_pinned_probe() -> None:
 DEPLOY = ROOT / "deploy"
 
 
-def mounted(service: str, target: str) -> Path:
+def mounted(service: str, target: str, services: dict = SERVICES) -> Path:
     """The repository file or folder a compose service mounts at `target` (read-only)."""
-    for volume in SERVICES[service]["volumes"]:
+    for volume in services[service]["volumes"]:
         source, _, rest = volume.partition(":")
         if rest.split(":")[0] == target:
             assert rest.endswith(":ro") and source.startswith("./")
@@ -160,3 +160,60 @@ def test_grafana_is_provisioned_with_both_data_sources_and_the_dashboard() -> No
     assert len(ids) == len(set(ids))
     home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == "/var/lib/grafana/dashboards/shopmesh.json"
+
+
+# docker-compose.postgres.yml, merged over docker-compose.yml as `docker compose -f a -f b` does.
+ON_POSTGRES = yaml.safe_load((ROOT / "docker-compose.postgres.yml").read_text())
+
+
+def _merge(base: object, override: object) -> object:
+    """Compose's rule for -f files: mappings merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: _merge(base.get(k), v) if k in base else v for k, v in override.items()}}
+    return override
+
+
+MERGED = _merge({k: v for k, v in COMPOSE.items()}, {k: v for k, v in ON_POSTGRES.items() if not k.startswith("x-")})
+
+
+def test_the_postgresql_override_is_valid_and_keeps_everything_else() -> None:
+    from compose_spec import PyCompose
+
+    compose = PyCompose.from_json(json.dumps(MERGED))
+    assert len(compose) == 10
+    services = MERGED["services"]
+    for name in ("inventory", "order", "notification"):
+        assert set(services[name]["depends_on"]) == {"consul", "otel-collector", "postgres"}
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert services[name]["environment"]["SHOPMESH_DISCOVERY"] == "consul"  # the base's settings stay
+    assert 'pip install --no-cache-dir ".[postgres]"' in (ROOT / "Dockerfile").read_text()  # the driver is in the image
+
+
+def test_each_service_database_the_override_names_is_made_by_its_init_script_and_migrates(postgres) -> None:
+    """The init script run on a real PostgreSQL server, then each service migrated into its database."""
+    import asyncio
+
+    from sqlalchemy.engine import make_url
+
+    from mesh.db import Database
+
+    services = MERGED["services"]
+    init = mounted("postgres", "/docker-entrypoint-initdb.d/init.sql", services)
+    postgres.run_sql_file(init)
+    for name, app in (("inventory", inventory.app), ("order", order.app), ("notification", notification.app)):
+        environment = {k: str(v) for k, v in services[name]["environment"].items()}
+        url = make_url(Settings.from_env(name, environment).database_url)
+        assert (url.get_backend_name(), url.host, url.port) == ("postgresql", "postgres", 5432)
+        db = Database.connect(postgres.url(url.database))  # the same database, on the test server
+
+        store = importlib.import_module(f"{name}.store")
+
+        async def migrate(db: Database = db, versions: Path = Path(app.__file__).parent / "migrations",
+                          metadata: object = store.metadata) -> None:
+            try:
+                await db.migrate(versions, metadata)  # type: ignore[arg-type]
+            finally:
+                await db.close()
+
+        asyncio.run(migrate())
+

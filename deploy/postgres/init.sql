@@ -1,0 +1,6 @@
+-- Run once by the postgres image on its first start (docker-compose.postgres.yml):
+-- one database per service, as each service owns its data. Tables come from each
+-- service's migrations when it starts.
+CREATE DATABASE inventory;
+CREATE DATABASE "order";
+CREATE DATABASE notification;
