@@ -23,9 +23,9 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import errors, openapi
-from gateway.auth import Authenticator, Need, Principal, Refused
+from gateway.auth import Authenticator, Need, Principal, Refused, session_cookie
 from gateway.cors import Cors
-from gateway.ratelimit import RateLimiter, client_address
+from gateway.ratelimit import RateLimiter, client_address, within
 from gateway.routes import Route, Router, routes_from, with_head
 from gateway.transcode import BadRequest, build_request, dumps, to_dict, to_json
 from generated.shop.inventory.v1 import inventory_pb2
@@ -53,7 +53,8 @@ _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 UNMATCHED = "unmatched"
 PREFLIGHT = "cors_preflight"
 # The gateway's own resources besides the pages: all GET.
-FIXED = ("/healthz", "/readyz", "/me", "/metrics", "/openapi.json")
+FIXED = ("/healthz", "/readyz", "/me", "/session", "/metrics", "/openapi.json")
+SESSION_METHODS = ("DELETE", "POST")
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -247,6 +248,12 @@ class Gateway:
         # HEAD is GET without the body (RFC 9110 9.3.2); the HTTP server leaves the body out.
         if request.path == "/me" and request.method in ("GET", "HEAD"):
             return request.path, self._me(request)
+        if request.path == "/session":
+            if request.method in SESSION_METHODS:
+                return request.path, self._session(request)
+            response = _bad(f"{request.method} is not allowed on /session; use {', '.join(SESSION_METHODS)}", 405)
+            response.headers.append(("allow", ", ".join(SESSION_METHODS)))
+            return request.path, response
         if request.method in ("GET", "HEAD"):
             if request.path == "/metrics" and metrics.enabled():
                 return request.path, await metrics.exposition()
@@ -292,7 +299,7 @@ class Gateway:
         principal, refused = None, None
         if self._auth.enabled:
             try:
-                principal = self._auth.principal(request.headers)
+                principal = self._auth.principal(request.headers, request.method)
                 _allowed(need, principal)
             except Refused as refusal:
                 refused = refusal
@@ -394,7 +401,9 @@ class Gateway:
 
     def _preflight(self, request: Request) -> Response:
         """A browser asking whether a page of another origin may make a call: the methods the path takes."""
-        if request.path in FIXED or request.path in self._pages:
+        if request.path == "/session":
+            methods = list(SESSION_METHODS)
+        elif request.path in FIXED or request.path in self._pages:
             methods = with_head(["GET"])
         else:
             methods = self.router.match("OPTIONS", request.path)[2]
@@ -413,6 +422,33 @@ class Gateway:
             return refusal
         assert principal is not None
         return _json(200, {"auth": True, "userId": principal.user_id, "admin": principal.admin})
+
+    def _session(self, request: Request) -> Response:
+        """The shop page's sign-in: POST with a key or token in its headers sets an HttpOnly session
+        cookie holding it (scripts on the page never see it again); DELETE signs out."""
+        if not self._auth.enabled:
+            return _bad("sign-in is off on this gateway (SHOPMESH_AUTH)", 404)
+        secure = self._forwarded_https(request)
+        if request.method == "DELETE":
+            response = _json(200, {"auth": True, "signedOut": True})
+            response.headers.append(("set-cookie", session_cookie("", 0, secure=secure)))
+            return response
+        credential = request.headers.get("x-api-key") or request.headers.get("authorization", "").partition(" ")[2]
+        if not credential.strip():
+            return _bad("send the key in X-API-Key or the token in Authorization: Bearer", 401)
+        principal, refusal = self._admit(request, Need.USER)
+        if refusal is not None:
+            return refusal
+        assert principal is not None
+        response = _json(200, {"auth": True, "userId": principal.user_id, "admin": principal.admin})
+        lifetime = self._auth.session_lifetime(credential.strip())
+        response.headers.append(("set-cookie", session_cookie(credential.strip(), lifetime, secure=secure)))
+        return response
+
+    def _forwarded_https(self, request: Request) -> bool:
+        """Whether the browser spoke HTTPS to a trusted proxy in front of us (its cookie then says Secure)."""
+        return (request.headers.get("x-forwarded-proto") == "https"
+                and within(request.client, self._settings.trusted_proxies))
 
     async def _ready(self) -> Response:
         services = sorted({route.service for route in self.router.routes})

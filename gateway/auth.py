@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import enum
 import hmac
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import jwt
 
@@ -43,6 +46,27 @@ POLICY: dict[str, Need] = {
 }
 
 
+SESSION_COOKIE = "shopmesh_session"
+SESSION_SECONDS = 8 * 3600  # a session signed in with an API key: a working day
+CSRF_HEADER = "x-requested-with"
+_JWT = re.compile(r"[\w-]+\.[\w-]+\.[\w-]*")
+
+
+def cookie(header: str, name: str) -> str:
+    """The value of cookie `name` in a Cookie header (percent-decoded), or ""."""
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return unquote(value)
+    return ""
+
+
+def session_cookie(value: str, max_age: int, *, secure: bool) -> str:
+    """Set-Cookie for the page's session: out of scripts' reach, never sent by other sites' pages."""
+    attributes = f"HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}" + ("; Secure" if secure else "")
+    return f"{SESSION_COOKIE}={quote(value, safe='')}; {attributes}"
+
+
 @dataclass(frozen=True)
 class Principal:
     user_id: str
@@ -67,8 +91,13 @@ class Authenticator:
         self._audience = settings.jwt_audience or None
         self._api_keys = {key: Principal(user, admin) for key, user, admin in settings.api_keys}
 
-    def principal(self, headers: Mapping[str, str]) -> Principal | None:
-        """The caller, None when anonymous; raises Refused(401) for a bad credential."""
+    def principal(self, headers: Mapping[str, str], method: str = "GET") -> Principal | None:
+        """The caller, None when anonymous; raises Refused(401) for a bad credential.
+
+        Headers first (Authorization, X-API-Key), else the page's session cookie (`session_cookie`).
+        A cookie is sent by the browser on its own, so a state-changing call carried by one must
+        also send X-Requested-With: a header another site's page cannot add without our CORS say-so.
+        """
         authorization = headers.get("authorization")
         if authorization:
             scheme, _, token = authorization.partition(" ")
@@ -77,11 +106,31 @@ class Authenticator:
             return self._from_token(token.strip())
         key = headers.get("x-api-key")
         if key:
-            for known, principal in self._api_keys.items():
-                if hmac.compare_digest(known.encode(), key.encode()):
-                    return principal
-            raise Refused(401, "unknown API key")
+            return self._from_key(key)
+        session = cookie(headers.get("cookie", ""), SESSION_COOKIE)
+        if session:
+            if method not in ("GET", "HEAD") and CSRF_HEADER not in headers:
+                raise Refused(403, f"a call signed in by the session cookie must send {CSRF_HEADER} "
+                                   "(protection against other sites' pages)")
+            return self.from_credential(session)
         return None
+
+    def from_credential(self, value: str) -> Principal:
+        """A token or an API key, as the shop page's sign-in takes either: a JWT has three dotted parts."""
+        return self._from_token(value) if _JWT.fullmatch(value) else self._from_key(value)
+
+    def _from_key(self, key: str) -> Principal:
+        for known, principal in self._api_keys.items():
+            if hmac.compare_digest(known.encode(), key.encode()):
+                return principal
+        raise Refused(401, "unknown API key")
+
+    def session_lifetime(self, value: str) -> int:
+        """Seconds a session cookie for `value` may live: a token's own expiry, else SESSION_SECONDS."""
+        if _JWT.fullmatch(value):
+            claims = jwt.decode(value, options={"verify_signature": False})
+            return max(int(claims.get("exp", 0) - time.time()), 0)
+        return SESSION_SECONDS
 
     def _from_token(self, token: str) -> Principal:
         if not self._key:

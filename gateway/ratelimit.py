@@ -48,7 +48,8 @@ class RateLimiter:
         return str(max(1, math.ceil(wait)))
 
 
-def _within(address: str, networks: Sequence[Network]) -> bool:
+def within(address: str, networks: Sequence[Network]) -> bool:
+    """Whether `address` (an IP as text) is in one of `networks`."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -65,7 +66,7 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[Netwo
     trusted hops). Anything a client wrote to the left of that is ignored; an entry that is not
     an address ends the walk at the last trusted hop.
     """
-    if not trusted or not forwarded_for or not _within(peer, trusted):
+    if not trusted or not forwarded_for or not within(peer, trusted):
         return peer
     client = peer
     for hop in reversed(forwarded_for.split(",")):
@@ -75,6 +76,6 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[Netwo
         except ValueError:
             return client
         client = hop
-        if not _within(hop, trusted):
+        if not within(hop, trusted):
             return client
     return client

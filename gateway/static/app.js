@@ -1,7 +1,8 @@
 // The shop page: everything through the gateway's JSON API, notifications over SSE.
-// With sign-in on (SHOPMESH_AUTH=on) it sends the key or token the shopper typed with every call,
-// the notification stream too: that is why the stream is read with fetch, not EventSource,
-// which cannot send headers (credentials stay out of URLs and cookies).
+// With sign-in on (SHOPMESH_AUTH=on) the key or token the shopper types goes to POST /session once,
+// which answers with an HttpOnly cookie: from then on the browser sends it and no script on this
+// page can read it. Calls that change something add X-Requested-With, which the gateway asks of
+// cookie-signed calls (another site's page cannot add it). The stream is read with fetch.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
@@ -11,18 +12,15 @@ const newId = () => (crypto.randomUUID ? crypto.randomUUID()
       const r = Math.random() * 16 | 0; return (c === "x" ? r : (r & 0x3) | 0x8).toString(16);
     }));
 
-const credential = () => sessionStorage.getItem("shopmesh-credential");
-function authHeaders() {
-  const value = credential();
-  if (!value) return {};
-  // A JWT is three base64url parts; anything else is taken for an API key.
-  return /^[\w-]+\.[\w-]+\.[\w-]*$/.test(value) ? { authorization: `Bearer ${value}` } : { "x-api-key": value };
-}
+// A JWT is three base64url parts; anything else is taken for an API key.
+const credentialHeaders = (value) =>
+  /^[\w-]+\.[\w-]+\.[\w-]*$/.test(value) ? { authorization: `Bearer ${value}` } : { "x-api-key": value };
+const SAME_SITE = { "x-requested-with": "shopmesh-page" };
 
 async function api(method, path, body) {
   const response = await fetch(path, {
     method,
-    headers: { ...authHeaders(), ...(body ? { "content-type": "application/json" } : {}) },
+    headers: { ...SAME_SITE, ...(body ? { "content-type": "application/json" } : {}) },
     body: body ? JSON.stringify(body) : undefined,
   });
   const data = await response.json();
@@ -98,7 +96,7 @@ async function readEvents(path, signal) {
   let lastId = null;
   while (!signal.aborted) {
     try {
-      const headers = { ...authHeaders(), accept: "text/event-stream" };
+      const headers = { accept: "text/event-stream" };
       if (lastId) headers["last-event-id"] = lastId;
       const response = await fetch(path, { headers, signal });
       if (!response.ok) {
@@ -173,7 +171,7 @@ $("#order-form").addEventListener("submit", async (event) => {
 // Who the page is signed in as (GET /me): with sign-in off, anyone may be typed in the user field;
 // with it on, the user is the one the key or token names.
 async function whoami() {
-  const response = await fetch("/me", { headers: authHeaders() });
+  const response = await fetch("/me");
   const me = await response.json();
   if (!response.ok && response.status !== 401) throw new Error(me.message || `HTTP ${response.status}`);
   const auth = response.status === 401 || Boolean(me.auth);  // with sign-in off, /me always answers 200
@@ -182,7 +180,6 @@ async function whoami() {
   $("#signed-in").hidden = !auth || !response.ok;
   user.readOnly = auth;
   if (!response.ok) {
-    sessionStorage.removeItem("shopmesh-credential");
     user.value = "";
     if (stream) stream.abort();
     $("#notifications").replaceChildren();
@@ -198,12 +195,19 @@ async function whoami() {
 
 $("#sign-in").addEventListener("submit", async (event) => {
   event.preventDefault();
-  sessionStorage.setItem("shopmesh-credential", $("#credential").value.trim());
+  const value = $("#credential").value.trim();
   $("#credential").value = "";
+  const response = await fetch("/session", { method: "POST", headers: credentialHeaders(value) });
+  if (!response.ok) {
+    const refusal = await response.json();
+    showError(new Error(`sign-in refused: ${refusal.message || response.status}`));
+  }
   await whoami();
-  if ($("#signed-in").hidden) showError(new Error("sign-in refused: unknown key or invalid token"));
 });
-$("#sign-out").addEventListener("click", () => { sessionStorage.removeItem("shopmesh-credential"); whoami(); });
+$("#sign-out").addEventListener("click", async () => {
+  await fetch("/session", { method: "DELETE", headers: SAME_SITE });
+  whoami();
+});
 $("#user").addEventListener("change", () => follow($("#user").value));
 loadProducts().catch(showError);
 whoami().catch(showError);

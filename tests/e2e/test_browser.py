@@ -152,6 +152,8 @@ def test_with_sign_in_on_a_shopper_signs_in_orders_as_themselves_and_follows_the
     user = browser.find_element(By.ID, "user")
     assert user.get_attribute("value") == "carol" and user.get_attribute("readonly") is not None
     wait.until(ready.text_to_be_present_in_element((By.ID, "stream-state"), "live"))  # the stream, with the key
+    # The key went to the gateway once and lives in an HttpOnly cookie: nothing on the page can read it.
+    assert browser.execute_script("return [document.cookie, sessionStorage.length, localStorage.length]") == ["", 0, 0]
 
     Select(browser.find_element(By.ID, "sku")).select_by_value(sku)
     browser.find_element(By.ID, "place-order").click()

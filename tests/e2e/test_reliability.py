@@ -434,6 +434,42 @@ def token(user: str, *, expires_in: float = 300, roles: list[str] | None = None,
     return jwt.encode(claims, JWT_SECRET if algorithm != "none" else None, algorithm=algorithm)
 
 
+def test_the_pages_session_cookie_is_httponly_strict_and_guarded_against_other_sites(mesh: Mesh) -> None:
+    mesh.start("inventory")
+    mesh.start("notification")
+    mesh.start("order")
+    mesh.start("gateway", SHOPMESH_AUTH="on", SHOPMESH_JWT_SECRET=JWT_SECRET, SHOPMESH_API_KEYS="k;ey 1=kim",
+               SHOPMESH_TRUSTED_PROXIES="127.0.0.1")
+    sku = new_product(mesh, 5)
+    # A bad key sets nothing; a good one (even with ';' and a space in it) sets the cookie.
+    status, headers, _ = call(mesh, "POST", "/session", headers={"x-api-key": "nope"})
+    assert status == 401 and "set-cookie" not in headers
+    status, headers, body = call(mesh, "POST", "/session", headers={"x-api-key": "k;ey 1"})
+    assert status == 200 and body == {"auth": True, "userId": "kim", "admin": False}
+    set_cookie = headers["set-cookie"]
+    assert set_cookie.startswith("shopmesh_session=k%3Bey%201; ")
+    assert {"HttpOnly", "SameSite=Strict", "Path=/", f"Max-Age={8 * 3600}"} <= set(set_cookie.split("; "))
+    assert "Secure" not in set_cookie  # plain HTTP here; behind a trusted HTTPS proxy it says Secure:
+    behind = call(mesh, "POST", "/session", headers={"x-api-key": "k;ey 1", "x-forwarded-proto": "https"})[1]
+    assert behind["set-cookie"].endswith("; Secure")
+    session = {"cookie": set_cookie.split(";")[0]}
+    assert call(mesh, "GET", "/me", headers=session)[2]["userId"] == "kim"
+    order = {"requestId": str(uuid.uuid4()), "lines": [{"sku": sku, "quantity": 1}]}
+    # A state change carried by the cookie alone is what another site's form could send: refused.
+    status, _, body = call(mesh, "POST", "/v1/orders", order, session)
+    assert status == 403 and "x-requested-with" in body["message"]
+    status, _, placed = call(mesh, "POST", "/v1/orders", order, {**session, "x-requested-with": "shopmesh-page"})
+    assert status == 200 and placed["userId"] == "kim"
+    # A token's session lives as long as the token; signing out clears the cookie.
+    short = token("lee", expires_in=120)
+    max_age = int(call(mesh, "POST", "/session", headers={"authorization": f"Bearer {short}"})[1]["set-cookie"]
+                  .split("Max-Age=")[1].split(";")[0])
+    assert 100 < max_age <= 120
+    status, headers, _ = call(mesh, "DELETE", "/session", headers=session)
+    assert status == 200 and headers["set-cookie"].startswith("shopmesh_session=; ") and "Max-Age=0" in headers["set-cookie"]
+    assert call(mesh, "GET", "/session")[0] == 405
+
+
 def test_only_those_who_should_can_call_what_they_call(mesh: Mesh) -> None:
     mesh.start("inventory")
     mesh.start("notification")
