@@ -55,6 +55,7 @@ PREFLIGHT = "cors_preflight"
 # The gateway's own resources besides the pages: all GET.
 FIXED = ("/healthz", "/readyz", "/me", "/session", "/metrics", "/openapi.json")
 SESSION_METHODS = ("DELETE", "POST")
+MIN_TIMEOUT = 0.001  # seconds: the shortest deadline gRPC can keep
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
@@ -339,6 +340,9 @@ class Gateway:
             return _refused(refused)
         except (ValueError, TypeError, OverflowError) as error:  # json_format's less usual complaints
             return _bad(f"request: {error}")
+        if timeout < MIN_TIMEOUT:  # gRPC keeps time in milliseconds: a shorter deadline could still "succeed"
+            return Response(504, errors.body(grpc.StatusCode.DEADLINE_EXCEEDED, f"grpc-timeout "
+                            f"{request.headers['grpc-timeout']} is over before any call could be made (1m is the least)"))
         if need is Need.ORDER_OWNER and principal is not None and not principal.admin:
             if (refusal := await self._not_owner(message.order_id, principal, timeout)) is not None:  # type: ignore[attr-defined]
                 return refusal

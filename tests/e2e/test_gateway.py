@@ -212,6 +212,9 @@ def test_a_client_deadline_is_honoured_and_a_bad_one_refused(api: Http) -> None:
         headers={"grpc-timeout": "1m"},
     )
     assert status == 504 and error["code"] == 4, error
+    for instant in ("999u", "5n", "0m"):  # shorter than gRPC can keep: over before it starts, even for a fast read
+        status, _, error = api.call("GET", "/v1/products/coffee-mug", headers={"grpc-timeout": instant})
+        assert status == 504 and error["code"] == 4 and instant in error["message"], error
     status, _, error = api.call("GET", "/v1/products/coffee-mug", headers={"grpc-timeout": "soon"})
     assert status == 400 and "grpc-timeout" in error["message"]
 
