@@ -7,6 +7,7 @@ with the upstream's details (BadRequest, PreconditionFailure, ...) passed on.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import grpc
@@ -47,6 +48,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> tuple[int, byt
             status = status_pb2.Status.FromString(value)
             details = [json_format.MessageToDict(d) for d in status.details]
     message = error.details() or code.name
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        message = _json_field_names(message, details)
     if code is grpc.StatusCode.UNAVAILABLE and message.startswith("circuit open"):
         message = f"the {upstream} service {message[message.index(':') + 2:]}"  # our breaker: say so
     elif code is grpc.StatusCode.UNAVAILABLE and not details and "did not answer" not in message:
@@ -55,6 +58,27 @@ def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> tuple[int, byt
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED and "did not answer" not in message:
         message = f"the {upstream} service did not answer within the deadline"
     return HTTP_STATUS.get(code, 500), body(code, message, details)
+
+
+def json_path(path: str) -> str:
+    """`lines[0].unit_price` -> `lines[0].unitPrice`: a field path in the proto3 JSON names a JSON client sent."""
+    return ".".join(_SNAKE.sub(lambda m: m.group(1).upper(), part) for part in path.split("."))
+
+
+_SNAKE = re.compile(r"_([a-z0-9])")
+
+
+def _json_field_names(message: str, details: list[dict[str, Any]]) -> str:
+    """A BadRequest's field paths, and the message listing them, in JSON names (the services speak proto names)."""
+    for detail in details:
+        if detail.get("@type", "").endswith("/google.rpc.BadRequest"):
+            violations = detail.get("fieldViolations", [])
+            said = "; ".join(f"{v.get('field', '')}: {v.get('description', '')}" for v in violations)
+            for violation in violations:
+                violation["field"] = json_path(violation.get("field", ""))
+            if message == said:  # the services' message is exactly this list: say it again in JSON names
+                message = "; ".join(f"{v['field']}: {v.get('description', '')}" for v in violations)
+    return message
 
 
 def with_request_info(body: bytes, trace_id: str) -> bytes:

@@ -89,7 +89,7 @@ def test_an_order_through_the_gateway_reads_back_lists_and_cancels(api: Http) ->
     [
         ("GET", "/v1/products/no-such-sku", None, 404, "not found"),
         ("GET", "/v1/products/bad%20sku", None, 400, "sku"),
-        ("POST", "/v1/orders", {"userId": "u", "lines": [{"sku": "coffee-mug", "quantity": 1}]}, 400, "request_id"),
+        ("POST", "/v1/orders", {"userId": "u", "lines": [{"sku": "coffee-mug", "quantity": 1}]}, 400, "requestId"),
         ("POST", "/v1/orders", {"requestId": "x", "userId": "u", "lines": [{"sku": "last-one", "quantity": 99}]}, 400,
          "last-one"),
         ("POST", "/v1/orders", {"requestId": "x", "userId": "u", "nope": 1}, 400, "nope"),
@@ -128,9 +128,10 @@ def test_every_broken_field_rule_comes_back_at_once_as_bad_request_details(api: 
     assert status == 400 and error["code"] == 3, error
     (details,) = error["details"]
     assert details["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    # The services speak proto names; over JSON they are the names the client sent.
     assert [v["field"] for v in details["fieldViolations"]] == [
-        "request_id", "user_id", "lines[0].sku", "lines[0].quantity"]
-    assert error["message"].startswith("request_id: must be at most 128 characters; user_id: value is required; ")
+        "requestId", "userId", "lines[0].sku", "lines[0].quantity"]
+    assert error["message"].startswith("requestId: must be at most 128 characters; userId: value is required; ")
 
 
 def test_wrong_content_type_is_415(api: Http) -> None:
@@ -304,7 +305,7 @@ def test_head_answers_what_get_would_without_the_body(launcher: Launcher) -> Non
     # A stream the service refuses at once is an HTTP status, for GET and HEAD alike.
     bad_get = _exchange(launcher, b"GET /v1/users/" + b"x" * 300 + b"/notifications:stream HTTP/1.1\r\nhost: t\r\n"
                         b"connection: close\r\n\r\n", 1)
-    assert bad_get.startswith(b"HTTP/1.1 400 ") and b"user_id: must be at most 128 characters" in bad_get, bad_get
+    assert bad_get.startswith(b"HTTP/1.1 400 ") and b"userId: must be at most 128 characters" in bad_get, bad_get
     bad = _exchange(launcher, b"HEAD /v1/users/" + b"x" * 300 + b"/notifications:stream HTTP/1.1\r\nhost: t\r\n"
                     b"connection: close\r\n\r\n", 1)
     assert bad.startswith(b"HTTP/1.1 400 ") and bad.endswith(b"\r\n\r\n"), bad

@@ -107,3 +107,12 @@ def test_the_status_table_is_grpc_gateways() -> None:
         "INTERNAL": 500, "DATA_LOSS": 500,
     }
     assert {code.name: HTTP_STATUS[code] for code in grpc.StatusCode} == expected
+
+
+def test_field_paths_are_said_in_the_json_names_a_client_sent() -> None:
+    from gateway.errors import json_path
+
+    assert json_path("request_id") == "requestId"
+    assert json_path("lines[12].unit_price") == "lines[12].unitPrice"
+    assert json_path("product.price.currency_code") == "product.price.currencyCode"
+    assert json_path("sku") == "sku"
