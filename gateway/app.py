@@ -240,12 +240,17 @@ class Gateway:
 
     async def _dispatch(self, request: Request) -> tuple[str, Response]:
         """The request's metric label (its route template, or its fixed path) and its response."""
+        if self._cors.enabled and Cors.is_preflight(request):
+            return PREFLIGHT, self._preflight(request)
+        if request.method not in ("GET", "HEAD") and (
+                request.path in self._pages or (request.path in FIXED and request.path != "/session")):
+            response = _bad(f"{request.method} is not allowed on {request.path}; use GET, HEAD", 405)
+            response.headers.append(("allow", "GET, HEAD"))
+            return request.path, response
         if request.path == "/healthz":
             return request.path, _json(200, {"status": "ok"})
         if request.path == "/readyz":
             return request.path, await self._ready()
-        if self._cors.enabled and Cors.is_preflight(request):
-            return PREFLIGHT, self._preflight(request)
         # HEAD is GET without the body (RFC 9110 9.3.2); the HTTP server leaves the body out.
         if request.path == "/me" and request.method in ("GET", "HEAD"):
             return request.path, self._me(request)

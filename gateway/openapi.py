@@ -229,6 +229,8 @@ def document(routes: list[Route], *, title: str = "shopmesh", version: str = "1"
                 "content": {"application/json": {"schema": _ref(builder.message(method.output_type))}},
             }
         paths.setdefault(route.template.source, {})[route.http_method.lower()] = operation
+    paths.update(_gateway_paths(auth))
+    builder.schemas.update(_GATEWAY_SCHEMAS)
     return {
         "openapi": "3.0.3",
         "info": {"title": title, "version": version,
@@ -236,6 +238,51 @@ def document(routes: list[Route], *, title: str = "shopmesh", version: str = "1"
         "paths": paths,
         "components": {"schemas": builder.schemas, **({"securitySchemes": SECURITY_SCHEMES} if auth else {})},
     }
+
+
+_GATEWAY_SCHEMAS: dict[str, Any] = {
+    "gateway.Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                       "required": ["status"], "additionalProperties": False},
+    "gateway.Readiness": {"type": "object", "required": ["ready", "upstreams"], "additionalProperties": False,
+                          "properties": {"ready": {"type": "boolean"}, "upstreams": {
+                              "type": "object", "description": "each upstream service's gRPC health status",
+                              "additionalProperties": {"type": "string"}}}},
+    "gateway.Caller": {"type": "object", "required": ["auth"], "additionalProperties": False,
+                       "description": "Who the request's credentials name; {auth: false} when sign-in is off.",
+                       "properties": {"auth": {"type": "boolean"}, "userId": {"type": "string"},
+                                      "admin": {"type": "boolean"}, "signedOut": {"type": "boolean"}}},
+}
+
+
+def _gateway_paths(auth: bool) -> dict[str, Any]:
+    """The gateway's own endpoints (not from a contract): health, readiness, the caller, sign-in."""
+    def operation(op_id: str, summary: str, schema: str, *, codes: str = "200", **extra: Any) -> dict[str, Any]:
+        reply = {"content": {"application/json": {"schema": _ref(schema)}}}
+        return {"operationId": op_id, "tags": ["Gateway"], "summary": summary, "parameters": [],
+                "responses": {**{code: {"description": "OK" if code == "200" else "Not ready", **reply}
+                                 for code in codes.split(",")},
+                              "default": {"description": "An error, as google.rpc.Status",
+                                          "content": {"application/json": {"schema": _ref("google.rpc.Status")}}}},
+                **({"security": []} if auth else {}), **extra}
+
+    paths: dict[str, Any] = {
+        "/healthz": {"get": operation("Gateway_Healthz", "The gateway process is up.", "gateway.Health")},
+        "/readyz": {"get": operation("Gateway_Readyz", "Every upstream answers gRPC health SERVING (else 503).",
+                                     "gateway.Readiness", codes="200,503")},
+        "/me": {"get": operation("Gateway_Me", "Who the request's credentials name.", "gateway.Caller",
+                                 **({"security": [{"bearer": []}, {"apiKey": []}]} if auth else {}))},
+    }
+    if auth:
+        cookie = {"Set-Cookie": {"description": "shopmesh_session: HttpOnly, SameSite=Strict, Path=/",
+                                 "schema": {"type": "string"}}}
+        sign_in = operation("Gateway_SignIn", "Sign a browser in: the credential in its header becomes an "
+                            "HttpOnly session cookie.", "gateway.Caller", security=[{"bearer": []}, {"apiKey": []}])
+        sign_in["responses"]["200"]["headers"] = cookie
+        sign_out = operation("Gateway_SignOut", "Sign the browser out: the session cookie is cleared.",
+                             "gateway.Caller")
+        sign_out["responses"]["200"]["headers"] = cookie
+        paths["/session"] = {"post": sign_in, "delete": sign_out}
+    return paths
 
 
 def _path_schema(builder: _Builder, message: Descriptor, path: str) -> dict[str, Any]:

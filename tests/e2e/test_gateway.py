@@ -120,6 +120,9 @@ def test_wrong_method_is_405_with_allow(api: Http) -> None:
     assert status == 405 and headers["allow"] == "GET, HEAD" and "DELETE" in error["message"]
     status, headers, _ = api.call("GET", "/v1/products/coffee-mug:adjustStock")  # the custom method's path
     assert status == 405 and headers["allow"] == "POST"
+    for path in ("/healthz", "/readyz", "/me", "/openapi.json", "/"):  # the gateway's own pages are read-only
+        status, headers, _ = api.call("POST", path)
+        assert (status, headers["allow"]) == (405, "GET, HEAD"), path
 
 
 def test_every_broken_field_rule_comes_back_at_once_as_bad_request_details(api: Http) -> None:

@@ -23,6 +23,9 @@ def test_with_auth_every_operation_says_how_to_sign_in_and_the_catalogue_stays_o
     assert "admin" in ops["InventoryService_AdjustStock"]["description"]
     assert any(p["name"] == "Idempotency-Key" and p["in"] == "header"
                for p in ops["OrderService_CreateOrder"]["parameters"])
+    assert set(document["paths"]["/session"]) == {"post", "delete"}  # the page's sign-in, documented
+    assert "Set-Cookie" in ops["Gateway_SignIn"]["responses"]["200"]["headers"]
+    assert ops["Gateway_Healthz"]["security"] == [] and ops["Gateway_Me"]["security"] == [{"bearer": []}, {"apiKey": []}]
 
 
 def test_without_auth_the_document_claims_no_security() -> None:
