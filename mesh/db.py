@@ -141,6 +141,12 @@ class _Inline:
         self._engine.dispose()
 
 
+def create_missing(conn: Connection, metadata: MetaData) -> None:
+    """Creates missing tables, and adds the nullable columns a newer version defined to existing ones."""
+    metadata.create_all(conn)
+    _add_missing_columns(conn, metadata)
+
+
 def _add_missing_columns(conn: Connection, metadata: MetaData) -> None:
     from sqlalchemy import inspect
 
@@ -210,9 +216,7 @@ class Database:
         For tables outside a service's revisions (tests); the services use `migrate`,
         which also runs this once for a database made before migrations existed.
         """
-        async with self._async_write() as conn:
-            await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_add_missing_columns, metadata)
+        await self.run_sync(create_missing, metadata)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection | InlineConnection]:

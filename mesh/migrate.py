@@ -51,10 +51,9 @@ def upgrade(connection: Connection, versions: Path, metadata: MetaData) -> None:
     cfg = config(versions, metadata, connection)
     tables = set(inspect(connection).get_table_names())
     if tables and "alembic_version" not in tables:  # made before migrations: catch up, then join history
-        from mesh.db import _add_missing_columns
+        from mesh.db import create_missing
 
-        metadata.create_all(connection)
-        _add_missing_columns(connection, metadata)
+        create_missing(connection, metadata)
         first = ScriptDirectory.from_config(cfg).get_base()
         command.stamp(cfg, first)
     command.upgrade(cfg, "head")
