@@ -1,9 +1,11 @@
 """HTTP request -> request message, response message -> JSON, as the proto3 JSON mapping says.
 
-Path variables, then the body (`*` or one field), then query parameters for
-every other field (`a.b=1`, repeated `x=1&x=2`), as grpc-gateway does. Both
-lowerCamelCase and proto field names are accepted; anything unknown or of the
-wrong type is a `BadRequest` naming it.
+A request is bound as `google.api.HttpRule` says: path variables, then the body (`*`, or one
+field of the request), and query parameters only for fields bound by neither (`a.b=1`, repeated
+`x=1&x=2`). A query parameter naming a field the path or the body binds is refused, never
+allowed to override it, and so is a body value that contradicts the path. Values are read
+strictly (`gateway/protojson.py`); every problem is a `BadRequest` violation naming the field as
+the client spelled it.
 """
 
 from __future__ import annotations
@@ -15,76 +17,27 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-MAX_JSON_DEPTH = 64
+from gateway.protojson import BadRequest, Reader, fields_of, loads
+
+__all__ = ["BadRequest", "build_request", "dumps", "to_dict", "to_json"]
 
 
-class BadRequest(ValueError):
-    """The HTTP request cannot become the RPC's request message; the message says why."""
-
-
-def _field(descriptor: Descriptor, name: str) -> FieldDescriptor:
-    found = descriptor.fields_by_name.get(name) or descriptor.fields_by_camelcase_name.get(name)
-    if found is None:
-        raise BadRequest(f"{descriptor.full_name} has no field {name!r}")
-    return found
-
-
-def _scalar(field: FieldDescriptor, raw: str, where: str) -> Any:
-    """A query or path string as the JSON value the field's type takes."""
-    if field.type == FieldDescriptor.TYPE_BOOL:
-        if raw.lower() not in ("true", "false", "1", "0"):
-            raise BadRequest(f"{where}: {raw!r} is not a boolean")
-        return raw.lower() in ("true", "1")
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        if field.message_type.full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
-            return raw
-        raise BadRequest(f"{where}: a message field cannot be set from a single value")
-    return raw  # numbers, enums (by name or number) and strings: json_format parses strings for all of them
-
-
-def _set_path(target: dict[str, Any], descriptor: Descriptor, dotted: str, raw: list[str], where: str) -> None:
-    names = dotted.split(".")
-    for name in names[:-1]:
-        field = _field(descriptor, name)
-        if field.type != FieldDescriptor.TYPE_MESSAGE or field.is_repeated:
-            raise BadRequest(f"{where}: {name!r} is not a message field")
-        target = target.setdefault(field.name, {})
-        if not isinstance(target, dict):
-            raise BadRequest(f"{where}: {name!r} is set twice")
+def _proto_path(descriptor: Descriptor, dotted: str) -> str | None:
+    """`product.sku` / `pageSize` as the proto field path (`product.sku`, `page_size`), None if unknown."""
+    names = []
+    for name in dotted.split("."):
+        field = fields_of(descriptor).get(name) if descriptor is not None else None
+        if field is None:
+            return None
+        names.append(field.name)
         descriptor = field.message_type
-    field = _field(descriptor, names[-1])
-    if field.is_repeated:
-        target[field.name] = [_scalar(field, value, where) for value in raw]
-    else:
-        if len(raw) > 1:
-            raise BadRequest(f"{where}: {names[-1]!r} takes one value, got {len(raw)}")
-        target[field.name] = _scalar(field, raw[0], where)
+    return ".".join(names)
 
 
-def _depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
-    stack, deepest = [(value, 1)], 0
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
-    return deepest
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        value = json.loads(body)
-    except RecursionError:
-        raise BadRequest(f"request body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadRequest(f"request body: malformed JSON: {error}") from None
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise BadRequest(f"request body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    return value
+def _current(message: Message, proto_path: str) -> Any:
+    for name in proto_path.split("."):
+        message = getattr(message, name)
+    return message
 
 
 def build_request(
@@ -96,31 +49,50 @@ def build_request(
     query: dict[str, list[str]],
 ) -> Message:
     descriptor = message_class.DESCRIPTOR
-    values: dict[str, Any] = {}
-    if body_field:
-        parsed = parse_json(body) if body.strip() else {}
-        if body_field == "*":
-            if not isinstance(parsed, dict):
-                raise BadRequest("request body: must be a JSON object")
-            values = parsed
-        else:
-            values[_field(descriptor, body_field).name] = parsed
-    elif body.strip():
-        raise BadRequest("this method takes no request body")
-    for name, value in path.items():
-        _set_path(values, descriptor, name, [value], f"path variable {name}")
-    if query and body_field == "*":
-        raise BadRequest(f"query parameter {next(iter(query))!r}: this method takes its fields from the body")
-    for name, raw in query.items():
-        if name in path:
-            continue
-        _set_path(values, descriptor, name, raw, f"query parameter {name!r}")
     message = message_class()
-    try:
-        json_format.ParseDict(values, message, ignore_unknown_fields=False, max_recursion_depth=MAX_JSON_DEPTH)
-    except json_format.ParseError as error:
-        raise BadRequest(str(error)) from None
+    reader = Reader()
+    if body_field:
+        if body.strip():
+            parsed = loads(body)
+            if body_field == "*":
+                reader.message(message, parsed, "")
+            else:
+                field = descriptor.fields_by_name[body_field]
+                reader.field(message, field, parsed, field.json_name)
+    elif body.strip():
+        raise BadRequest([("request body", "this method takes no request body; send its fields in the query")])
+    for name, value in path.items():
+        said = ".".join(_json_name(descriptor, name))
+        if body_field == "*":
+            given = _current(message, name)
+            if given not in ("", 0) and str(given) != value:
+                reader.violations.append((said, f"is {given!r} in the body but {value!r} in the path; "
+                                                "leave it out of the body"))
+                continue
+        reader.text(message, name, [value], as_said=said)
+    for name, raw in query.items():
+        if body_field == "*":
+            reader.violations.append((name, "cannot be a query parameter: this method takes its fields from the body"))
+            continue
+        proto = _proto_path(descriptor, name)
+        if proto is not None and body_field and proto.split(".")[0] == body_field:
+            reader.violations.append((name, f"cannot be a query parameter: it is part of the request body "
+                                            f"({descriptor.fields_by_name[body_field].json_name})"))
+        elif proto is not None and any(proto == bound or proto.startswith(bound + ".") for bound in path):
+            reader.violations.append((name, "cannot be a query parameter: the URL path sets it"))
+        else:
+            reader.text(message, name, raw)
+    reader.done()
     return message
+
+
+def _json_name(descriptor: Descriptor, proto_path: str) -> list[str]:
+    names = []
+    for name in proto_path.split("."):
+        field: FieldDescriptor = descriptor.fields_by_name[name]
+        names.append(field.json_name)
+        descriptor = field.message_type
+    return names
 
 
 # --- response message -> JSON --------------------------------------------------------------

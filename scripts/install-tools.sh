@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real tools the tests and benchmarks drive into .tools/bin:
-# grpcurl, grpc-health-probe and ghz with `go install`, and a Consul agent
-# built from Consul's published Go module (see build_consul below).
+# grpcurl, grpc-health-probe, ghz and buf (for `buf curl`) with `go install`, a Consul
+# agent built from Consul's published Go module (see build_consul below), and
+# protojson-reference, our small Go program that reads JSON with Go's protojson
+# (grpc-gateway's codec) so the tests compare the gateway's reader with it.
 # Cached: a tool already present at the pinned version is not rebuilt.
 set -euo pipefail
 
@@ -14,6 +16,7 @@ TOOLS=(
   "grpcurl|github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3"
   "grpc-health-probe|github.com/grpc-ecosystem/grpc-health-probe@v0.4.62"
   "ghz|github.com/bojand/ghz/cmd/ghz@v0.120.0"
+  "buf|github.com/bufbuild/buf/cmd/buf@v1.75.0"
 )
 
 command -v go >/dev/null || { echo "install-tools: Go is required (https://go.dev/dl)" >&2; exit 1; }
@@ -61,5 +64,17 @@ build_consul() {
   echo "$CONSUL_VERSION" >"$stamp"
 }
 build_consul
+
+build_reference() {
+  local src="$ROOT/tests/reference/protojson" stamp="$BIN/.protojson-reference.version" want
+  want="$(cat "$src/main.go" "$src/go.mod" "$src/go.sum" | sha256sum | cut -d' ' -f1)"
+  if [[ -x "$BIN/protojson-reference" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return
+  fi
+  echo "install-tools: building protojson-reference (tests/reference/protojson)" >&2
+  (cd "$src" && CGO_ENABLED=0 go build -o "$BIN/protojson-reference" .)
+  echo "$want" >"$stamp"
+}
+build_reference
 
 echo "$BIN"
