@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 from gateway.app import Gateway
-from mesh import logs, metrics, telemetry
+from gateway.errors import own_error
+from mesh import lifecycle, logs, metrics, telemetry
 from mesh.channels import Upstreams
 from mesh.discovery import create_discovery
-from mesh.http import serve_http
+from mesh.http import HttpServer
 from mesh.settings import Settings, SettingsError
 
 logger = logging.getLogger("gateway")
+
+
+class Running:
+    """The gateway's HTTP server with what it calls, as `mesh.lifecycle` stops it."""
+
+    def __init__(self, gateway: Gateway, server: HttpServer, upstreams: Upstreams):
+        self.gateway, self.server, self.upstreams = gateway, server, upstreams
+
+    async def not_ready(self) -> None:
+        self.gateway.draining = True  # /readyz 503: the balancer stops sending new requests
+
+    async def stop(self, grace: float) -> None:
+        await self.server.shutdown(grace)  # requests in flight finish, streams end cleanly
+
+    async def close(self) -> None:
+        await self.upstreams.close()
 
 
 async def serve(settings: Settings) -> None:
@@ -22,20 +38,12 @@ async def serve(settings: Settings) -> None:
     upstreams = Upstreams(discovery, settings)
     await upstreams.watch("inventory", "order", "notification")
     gateway = Gateway(settings, upstreams)
-    server = await serve_http(gateway.handle, settings.host, settings.port, settings.http_max_body, "shopmesh-gateway",
-                              idle_timeout=settings.http_idle_timeout, read_timeout=settings.http_read_timeout)
-    logger.info("gateway serving http://%s:%d (%d routes)", settings.host, settings.port, len(gateway.router.routes))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("shutting down")
-    server.close()
-    await asyncio.wait_for(server.wait_closed(), settings.shutdown_grace)
-    await upstreams.close()
-    await discovery.close()
-    logger.info("stopped")
+    server = await HttpServer().start(gateway.handle, settings.host, settings.port, settings.http_max_body,
+                                      "shopmesh-gateway", idle_timeout=settings.http_idle_timeout,
+                                      read_timeout=settings.http_read_timeout, errors=own_error)
+    logger.info("gateway serving http://%s:%d (%d routes)", settings.host, settings.port, len(gateway.routes))
+    await lifecycle.until_signalled()
+    await lifecycle.shut_down(Running(gateway, server, upstreams), settings, discovery)
 
 
 def main() -> None:

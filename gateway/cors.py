@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import grpc
-
-from gateway import errors
+from gateway.errors import Failure
 from mesh.http import Request, Response
 
 # Request headers a page may send: the ones the gateway reads.
@@ -50,7 +48,7 @@ class Cors:
         elif refused := [h for h in asked if h not in ALLOWED_HEADERS]:
             problem = f"request header(s) {', '.join(refused)} are not read here; allowed: {', '.join(ALLOWED_HEADERS)}"
         if problem is not None:
-            return Response(403, errors.body(grpc.StatusCode.PERMISSION_DENIED, problem), headers=[("vary", "origin")])
+            raise Failure(403, problem, headers=[("vary", "origin")])
         return Response(204, b"", headers=[
             ("access-control-allow-origin", self._allow_origin(origin)),
             ("access-control-allow-methods", ", ".join(methods)),
@@ -63,11 +61,15 @@ class Cors:
         """An answer to a page from an allowed origin says so, and lets the page read its headers.
 
         A copy: the pages are shared responses."""
+        headers = self.headers_for(request)
+        return replace(response, headers=[*response.headers, *headers]) if headers else response
+
+    def headers_for(self, request: Request) -> list[tuple[str, str]]:
         origin = request.headers.get("origin")
         if origin is None or not self.allows(origin) or request.method == "OPTIONS":
-            return response
-        return replace(response, headers=[*response.headers, ("access-control-allow-origin", self._allow_origin(origin)),
-                                          ("access-control-expose-headers", "*"), ("vary", "origin")])
+            return []
+        return [("access-control-allow-origin", self._allow_origin(origin)), ("access-control-expose-headers", "*"),
+                ("vary", "origin")]
 
     def _allow_origin(self, origin: str) -> str:
         return "*" if self._any else origin

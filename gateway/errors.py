@@ -1,13 +1,22 @@
-"""The one table from gRPC status to HTTP status (grpc-gateway's), and the error body.
+"""The gateway's one status table and its one way to make an error.
 
-Bodies are shaped like google.rpc.Status: `{"code", "message", "details"}`,
-with the upstream's details (BadRequest, PreconditionFailure, ...) passed on.
+Every error the gateway answers is a `Failure`, raised wherever it is found (a layer, the
+transcoder, the proxy) and turned into a response in one place (`reply`). Its body is a
+`google.rpc.Status` in proto3 JSON: `{"code", "message", "details"}`, the details being the
+upstream's (BadRequest, PreconditionFailure, ...) or the gateway's own field violations, and
+always a `google.rpc.RequestInfo` naming the request, so a user holding an error can find its
+logs and trace.
+
+The table pairs gRPC codes with HTTP statuses. An upstream's code becomes its status as
+grpc-gateway maps it; a status the gateway answers itself (405, 415, 413, ...) carries the code
+its row names, so a client's mistake is never UNKNOWN.
 """
 
 from __future__ import annotations
 
-import json
 import re
+import secrets
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -15,49 +24,89 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
 
 from gateway.transcode import dumps
+from mesh.http import Response
 
+_C = grpc.StatusCode
+# gRPC code -> HTTP status, grpc-gateway's mapping (runtime.HTTPStatusFromCode).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
+    _C.OK: 200, _C.CANCELLED: 499, _C.UNKNOWN: 500, _C.INVALID_ARGUMENT: 400, _C.DEADLINE_EXCEEDED: 504,
+    _C.NOT_FOUND: 404, _C.ALREADY_EXISTS: 409, _C.PERMISSION_DENIED: 403, _C.UNAUTHENTICATED: 401,
+    _C.RESOURCE_EXHAUSTED: 429, _C.FAILED_PRECONDITION: 400, _C.ABORTED: 409, _C.OUT_OF_RANGE: 400,
+    _C.UNIMPLEMENTED: 501, _C.INTERNAL: 500, _C.UNAVAILABLE: 503, _C.DATA_LOSS: 500,
 }
+# HTTP status the gateway answers itself -> the gRPC code its body carries.
+CODE_OF: dict[int, grpc.StatusCode] = {
+    400: _C.INVALID_ARGUMENT, 401: _C.UNAUTHENTICATED, 403: _C.PERMISSION_DENIED, 404: _C.NOT_FOUND,
+    405: _C.UNIMPLEMENTED,  # the method is not one this resource implements (grpc-gateway's choice)
+    408: _C.DEADLINE_EXCEEDED, 409: _C.ALREADY_EXISTS,
+    413: _C.INVALID_ARGUMENT, 414: _C.INVALID_ARGUMENT, 415: _C.INVALID_ARGUMENT, 417: _C.INVALID_ARGUMENT,
+    431: _C.INVALID_ARGUMENT,  # a request too large, of the wrong type or shape: fix it, do not retry it
+    429: _C.RESOURCE_EXHAUSTED, 499: _C.CANCELLED, 500: _C.INTERNAL, 501: _C.UNIMPLEMENTED,
+    503: _C.UNAVAILABLE, 504: _C.DEADLINE_EXCEEDED,
+}
+_REQUEST_INFO = "type.googleapis.com/google.rpc.RequestInfo"
+_BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 
-def body(code: grpc.StatusCode, message: str, details: list[dict[str, Any]] | None = None) -> bytes:
-    return dumps({"code": code.value[0], "message": message, "details": details or []})
+
+class Failure(Exception):
+    """An error answer: HTTP status, gRPC code, message, details and extra headers."""
+
+    def __init__(self, status: int, message: str, *, code: grpc.StatusCode | None = None,
+                 details: list[dict[str, Any]] | None = None, headers: Iterable[tuple[str, str]] = (),
+                 violations: Iterable[tuple[str, str]] = ()):
+        super().__init__(message)
+        self.status = status
+        self.code = code or CODE_OF.get(status, _C.UNKNOWN)
+        self.message = message
+        self.details = list(details or [])
+        violations = list(violations)
+        if violations:
+            self.details.append({"@type": _BAD_REQUEST, "fieldViolations": [
+                {"field": field, "description": problem} for field, problem in violations]})
+        self.headers = list(headers)
+
+    @classmethod
+    def of(cls, code: grpc.StatusCode, message: str, **kwargs: Any) -> Failure:
+        """A failure named by its gRPC code; the table gives the status."""
+        return cls(HTTP_STATUS.get(code, 500), message, code=code, **kwargs)
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> tuple[int, bytes]:
+def reply(failure: Failure, request_id: str, trace_id: str | None = None) -> Response:
+    """The error as a response, naming the request (and, when traced, its trace)."""
+    info = {"@type": _REQUEST_INFO, "requestId": request_id, **({"servingData": f"trace_id={trace_id}"} if trace_id else {})}
+    details = [*failure.details, info]
+    body = dumps({"code": failure.code.value[0], "message": failure.message, "details": details})
+    return Response(failure.status, body, headers=list(failure.headers))
+
+
+def own_error(status: int, message: str) -> Response:
+    """The HTTP server's own refusals (a malformed request, one too large or too slow) in our error form."""
+    return reply(Failure(status, message), secrets.token_hex(16))
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> Failure:
+    """An upstream's status as the gateway's answer: its code through the table, its details kept,
+    field paths in the JSON names a client sent, and gRPC's transport text replaced by a sentence."""
     code = error.code()
     details: list[dict[str, Any]] = []
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             status = status_pb2.Status.FromString(value)
             details = [json_format.MessageToDict(d) for d in status.details]
+    details = [d for d in details if d.get("@type") != _REQUEST_INFO]
     message = error.details() or code.name
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
+    if code is _C.INVALID_ARGUMENT:
         message = _json_field_names(message, details)
-    if code is grpc.StatusCode.UNAVAILABLE and message.startswith("circuit open"):
+    if code is _C.UNAVAILABLE and message.startswith("circuit open"):
         message = f"the {upstream} service {message[message.index(':') + 2:]}"  # our breaker: say so
-    elif code is grpc.StatusCode.UNAVAILABLE and not details and "did not answer" not in message:
+    elif code is _C.UNAVAILABLE and not details and "did not answer" not in message:
         # gRPC's own transport text ("failed to connect to all addresses; ...") is for logs.
         message = f"the {upstream} service is unavailable; try again"
-    elif code is grpc.StatusCode.DEADLINE_EXCEEDED and "did not answer" not in message:
+    elif code is _C.DEADLINE_EXCEEDED and "did not answer" not in message:
         message = f"the {upstream} service did not answer within the deadline"
-    return HTTP_STATUS.get(code, 500), body(code, message, details)
+    # An overloaded upstream shed the call: come back shortly.
+    headers = [("retry-after", "1")] if code is _C.RESOURCE_EXHAUSTED else []
+    return Failure.of(code, message, details=details, headers=headers)
 
 
 def json_path(path: str) -> str:
@@ -71,7 +120,7 @@ _SNAKE = re.compile(r"_([a-z0-9])")
 def _json_field_names(message: str, details: list[dict[str, Any]]) -> str:
     """A BadRequest's field paths, and the message listing them, in JSON names (the services speak proto names)."""
     for detail in details:
-        if detail.get("@type", "").endswith("/google.rpc.BadRequest"):
+        if detail.get("@type", "") == _BAD_REQUEST:
             violations = detail.get("fieldViolations", [])
             said = "; ".join(f"{v.get('field', '')}: {v.get('description', '')}" for v in violations)
             for violation in violations:
@@ -79,19 +128,3 @@ def _json_field_names(message: str, details: list[dict[str, Any]]) -> str:
             if message == said:  # the services' message is exactly this list: say it again in JSON names
                 message = "; ".join(f"{v['field']}: {v.get('description', '')}" for v in violations)
     return message
-
-
-def with_request_info(body: bytes, trace_id: str) -> bytes:
-    """The error body with a `google.rpc.RequestInfo` detail naming the request's trace.
-
-    A user holding an error can look its trace up; the body stays a valid
-    `google.rpc.Status` in proto3 JSON.
-    """
-    try:
-        status = json.loads(body)
-    except ValueError:
-        return body
-    if not isinstance(status, dict) or not isinstance(status.get("details"), list):
-        return body
-    status["details"].append({"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": trace_id})
-    return dumps(status)

@@ -18,6 +18,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.auth import Authenticator, Need
+from gateway.endpoints import Doc, Table
 from gateway.routes import Route
 from generated.buf.validate import validate_pb2
 
@@ -176,8 +177,9 @@ SECURITY_SCHEMES = {
 }
 
 
-def document(routes: list[Route], *, title: str = "shopmesh", version: str = "1", auth: bool = False) -> dict[str, Any]:
-    """The OpenAPI 3 document; with `auth`, each operation names what it needs (gateway/auth.py)."""
+def document(table: Table, *, title: str = "shopmesh", version: str = "1", auth: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3 document of the endpoint table; with `auth`, each operation names what it needs."""
+    routes = table.routes
     builder = _Builder()
     paths: dict[str, dict[str, Any]] = {}
     for route in sorted(routes, key=lambda r: r.template.source):
@@ -229,7 +231,9 @@ def document(routes: list[Route], *, title: str = "shopmesh", version: str = "1"
                 "content": {"application/json": {"schema": _ref(builder.message(method.output_type))}},
             }
         paths.setdefault(route.template.source, {})[route.http_method.lower()] = operation
-    paths.update(_gateway_paths(auth))
+    for path, endpoint in table.documented():
+        assert endpoint.doc is not None
+        paths.setdefault(path, {})[endpoint.method.lower()] = _own_operation(endpoint.doc, auth)
     builder.schemas.update(_GATEWAY_SCHEMAS)
     return {
         "openapi": "3.0.3",
@@ -244,7 +248,7 @@ _GATEWAY_SCHEMAS: dict[str, Any] = {
     "gateway.Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}},
                        "required": ["status"], "additionalProperties": False},
     "gateway.Readiness": {"type": "object", "required": ["ready", "upstreams"], "additionalProperties": False,
-                          "properties": {"ready": {"type": "boolean"}, "upstreams": {
+                          "properties": {"ready": {"type": "boolean"}, "draining": {"type": "boolean"}, "upstreams": {
                               "type": "object", "description": "each upstream service's gRPC health status",
                               "additionalProperties": {"type": "string"}}}},
     "gateway.Caller": {"type": "object", "required": ["auth"], "additionalProperties": False,
@@ -254,35 +258,20 @@ _GATEWAY_SCHEMAS: dict[str, Any] = {
 }
 
 
-def _gateway_paths(auth: bool) -> dict[str, Any]:
-    """The gateway's own endpoints (not from a contract): health, readiness, the caller, sign-in."""
-    def operation(op_id: str, summary: str, schema: str, *, codes: str = "200", **extra: Any) -> dict[str, Any]:
-        reply = {"content": {"application/json": {"schema": _ref(schema)}}}
-        return {"operationId": op_id, "tags": ["Gateway"], "summary": summary, "parameters": [],
-                "responses": {**{code: {"description": "OK" if code == "200" else "Not ready", **reply}
-                                 for code in codes.split(",")},
-                              "default": {"description": "An error, as google.rpc.Status",
-                                          "content": {"application/json": {"schema": _ref("google.rpc.Status")}}}},
-                **({"security": []} if auth else {}), **extra}
-
-    paths: dict[str, Any] = {
-        "/healthz": {"get": operation("Gateway_Healthz", "The gateway process is up.", "gateway.Health")},
-        "/readyz": {"get": operation("Gateway_Readyz", "Every upstream answers gRPC health SERVING (else 503).",
-                                     "gateway.Readiness", codes="200,503")},
-        "/me": {"get": operation("Gateway_Me", "Who the request's credentials name.", "gateway.Caller",
-                                 **({"security": [{"bearer": []}, {"apiKey": []}]} if auth else {}))},
-    }
+def _own_operation(doc: Doc, auth: bool) -> dict[str, Any]:
+    """One of the gateway's own endpoints (not from a contract): health, readiness, the caller, sign-in."""
+    reply = {"content": {"application/json": {"schema": _ref(doc.schema)}}}
+    operation: dict[str, Any] = {
+        "operationId": doc.operation_id, "tags": ["Gateway"], "summary": doc.summary, "parameters": [],
+        "responses": {**{code: {"description": "OK" if code == "200" else "Not ready", **reply} for code in doc.codes},
+                      "default": {"description": "An error, as google.rpc.Status",
+                                  "content": {"application/json": {"schema": _ref("google.rpc.Status")}}}}}
     if auth:
-        cookie = {"Set-Cookie": {"description": "shopmesh_session: HttpOnly, SameSite=Strict, Path=/",
-                                 "schema": {"type": "string"}}}
-        sign_in = operation("Gateway_SignIn", "Sign a browser in: the credential in its header becomes an "
-                            "HttpOnly session cookie.", "gateway.Caller", security=[{"bearer": []}, {"apiKey": []}])
-        sign_in["responses"]["200"]["headers"] = cookie
-        sign_out = operation("Gateway_SignOut", "Sign the browser out: the session cookie is cleared.",
-                             "gateway.Caller")
-        sign_out["responses"]["200"]["headers"] = cookie
-        paths["/session"] = {"post": sign_in, "delete": sign_out}
-    return paths
+        operation["security"] = [{"bearer": []}, {"apiKey": []}] if doc.signed_in else []
+    if doc.sets_cookie:
+        operation["responses"]["200"]["headers"] = {"Set-Cookie": {
+            "description": "shopmesh_session: HttpOnly, SameSite=Strict, Path=/", "schema": {"type": "string"}}}
+    return operation
 
 
 def _path_schema(builder: _Builder, message: Descriptor, path: str) -> dict[str, Any]:

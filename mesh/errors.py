@@ -27,6 +27,10 @@ class NotFound(ShopError):
     """The named resource does not exist."""
 
 
+class PermissionDenied(ShopError):
+    """The caller may not do this, whoever they say they are."""
+
+
 class AlreadyExists(ShopError):
     """The resource or idempotency key exists with other content."""
 

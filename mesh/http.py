@@ -7,7 +7,13 @@ is too long, and the connection closed, so no client makes it buffer more), give
 request `read_timeout` seconds to arrive whole (408) and an idle connection
 `idle_timeout` seconds (then closes it, so silent clients cannot hold sockets), hands
 each request to an async handler one at a time per connection, and cancels the
-handler when the client goes away, which cancels its gRPC call.
+handler when the client goes away, which cancels its gRPC call. It answers `Expect:
+100-continue` before a body is sent and refuses an HTTP/1.1 request without exactly one `Host`
+(RFC 9112 section 3.2). `HttpServer.shutdown` stops taking connections, lets requests in flight
+finish and streams end cleanly within a grace period, then closes what is left.
+
+The server makes a few answers itself (400, 408, 413, 414, 417, 431): their bodies come from the
+`errors` function the application passes, so they read like the application's own errors.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import Any
 
 import httptools
 
@@ -31,7 +38,7 @@ MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADER_BYTES + 1024
 REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
-    415: "Unsupported Media Type",
+    415: "Unsupported Media Type", 417: "Expectation Failed",
     429: "Too Many Requests", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
@@ -46,6 +53,8 @@ class Request:
     body: bytes = b""
     # The peer's address: who is calling, for per-client limits.
     client: str = ""
+    # What the application's layers learn about the request on its way in (its match, caller, id).
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,6 +68,7 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Errors = Callable[[int, str], Response]
 
 _date_cache = (0, "")
 
@@ -71,17 +81,19 @@ def _date() -> str:
     return _date_cache[1]
 
 
-def _error(status: int, message: str) -> Response:
-    import json
-
-    code = {400: 3, 404: 5, 405: 12, 408: 4, 413: 8, 414: 8, 415: 3, 431: 8}.get(status, 2)
-    return Response(status, json.dumps({"code": code, "message": message, "details": []}, separators=(",", ":")).encode())
+def plain_error(status: int, message: str) -> Response:
+    """A refusal as plain text: for servers with no error format of their own (the /metrics pages)."""
+    return Response(status, message.encode() + b"\n", "text/plain; charset=utf-8")
 
 
 class HttpProtocol(asyncio.Protocol):
     def __init__(self, handler: Handler, max_body: int, server_name: str = "shopmesh", *,
-                 idle_timeout: float = 75.0, read_timeout: float = 30.0):
+                 idle_timeout: float = 75.0, read_timeout: float = 30.0, errors: Errors = plain_error,
+                 server: HttpServer | None = None):
         self._handler = handler
+        self._errors = errors
+        self._server = server
+        self.busy = False  # a request is being answered
         self._idle_timeout, self._read_timeout = idle_timeout, read_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._receiving = False  # a request has begun and is not all in yet
@@ -103,12 +115,15 @@ class HttpProtocol(asyncio.Protocol):
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        self._hosts = 0
         self._refused: Response | None = None
 
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        if self._server is not None:
+            self._server.connections.add(self)
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else ""
         self._worker = asyncio.get_running_loop().create_task(self._serve())
@@ -129,7 +144,7 @@ class HttpProtocol(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()  # nothing asked for a while: free the socket
         elif self._receiving and not self._closing:
-            self._refuse(_error(408, f"the request did not arrive whole within {self._read_timeout:g}s"))
+            self._refuse(self._errors(408, f"the request did not arrive whole within {self._read_timeout:g}s"))
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -138,15 +153,15 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(_error(400, "protocol upgrades are not supported"))
+            self._refuse(self._errors(400, "protocol upgrades are not supported"))
         except httptools.HttpParserError as error:
-            self._refuse(_error(400, f"malformed HTTP request: {error}"))
+            self._refuse(self._errors(400, f"malformed HTTP request: {error}"))
         if continuing_head and self._in_head and not self._closing:
             # All of this chunk was head: count it (the chunk a request begins in is not counted,
             # so a head may reach one read over the limit before it is cut off).
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(_error(431, f"request head exceeds {MAX_HEAD_BYTES} bytes"))
+                self._refuse(self._errors(431, f"request head exceeds {MAX_HEAD_BYTES} bytes"))
 
     def _refuse(self, response: Response) -> None:
         """Answer `response` once the requests before it are answered, then close."""
@@ -158,6 +173,8 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._transport = None
+        if self._server is not None:
+            self._server.connections.discard(self)
         if self._worker is not None:
             self._worker.cancel()  # cancels the handler and with it its gRPC call
 
@@ -172,16 +189,18 @@ class HttpProtocol(asyncio.Protocol):
         if self._refused is not None:
             return
         if len(self._url) + len(url) > MAX_URL_BYTES:
-            self._refuse(_error(414, f"request URL exceeds {MAX_URL_BYTES} bytes"))
+            self._refuse(self._errors(414, f"request URL exceeds {MAX_URL_BYTES} bytes"))
             return
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._refused is not None:
             return
+        if name.lower() == b"host":
+            self._hosts += 1
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
-            self._refuse(_error(431, f"request headers exceed {MAX_HEADER_BYTES} bytes"))
+            self._refuse(self._errors(431, f"request headers exceed {MAX_HEADER_BYTES} bytes"))
             return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
@@ -189,17 +208,31 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._refused is not None:
+            return
+        if self._hosts != 1 and self._parser.get_http_version() == "1.1":
+            said = "no Host header" if not self._hosts else f"{self._hosts} Host headers"
+            self._refuse(self._errors(400, f"an HTTP/1.1 request carries exactly one Host header; this one has {said}"))
+            return
         length = self._headers.get("content-length")
-        if self._refused is None and length is not None and length.isdigit() and int(length) > self._max_body:
+        if length is not None and length.isdigit() and int(length) > self._max_body:
             # Refused before the body arrives; the connection closes after the answer.
-            self._refuse(_error(413, f"request body of {length} bytes exceeds the limit of {self._max_body}"))
+            self._refuse(self._errors(413, f"request body of {length} bytes exceeds the limit of {self._max_body}"))
+            return
+        expect = self._headers.get("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                self._refuse(self._errors(417, f"Expect: {expect} is not understood; only 100-continue is"))
+            elif self._transport is not None:
+                # The client waits for this before it sends the body (curl does, for large ones).
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self._refused is not None:
             return
         self._body_size += len(body)
         if self._body_size > self._max_body:
-            self._refuse(_error(413, f"request body exceeds the limit of {self._max_body} bytes"))
+            self._refuse(self._errors(413, f"request body exceeds the limit of {self._max_body} bytes"))
             return
         self._body.append(body)
 
@@ -232,13 +265,19 @@ class HttpProtocol(asyncio.Protocol):
                 if isinstance(item, Response):
                     await self._write(item, keep_alive=False)
                     break
+                self.busy = True
                 try:
                     response = await self._handler(item)
                 except Exception:
                     logger.exception("%s %s failed", item.method, item.path)
-                    response = _error(500, "internal error; see the server log")
-                keep_alive = item.headers.get("connection", "").lower() != "close" and response.stream is None
-                await self._write(response, keep_alive, head=item.method == "HEAD")
+                    response = self._errors(500, "internal error; see the server log")
+                stopping = self._server is not None and self._server.stopping.is_set()
+                keep_alive = (item.headers.get("connection", "").lower() != "close" and response.stream is None
+                              and not stopping)
+                try:
+                    await self._write(response, keep_alive, head=item.method == "HEAD")
+                finally:
+                    self.busy = False
                 if not keep_alive:
                     break
                 if self._queue.empty() and not self._receiving:
@@ -270,17 +309,108 @@ class HttpProtocol(asyncio.Protocol):
         transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if head:
             return
-        async for chunk in response.stream:
+        async for chunk in _until(response.stream, self._server.stopping if self._server is not None else None):
             if self._transport is None:
                 return
             transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         if self._transport is not None:
             transport.write(b"0\r\n\r\n")
 
+    def close_if_idle(self) -> None:
+        if not self.busy and self._queue.empty() and not self._receiving and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        if self._worker is not None:
+            self._worker.cancel()
+
+
+async def _until(stream: AsyncIterator[bytes], stopping: asyncio.Event | None) -> AsyncIterator[bytes]:
+    """The stream's chunks until it ends or the server stops: then it is closed (its finally runs) and
+    the response ends cleanly, so a client sees a finished stream it may resume, not a reset."""
+    if stopping is None:
+        async for chunk in stream:
+            yield chunk
+        return
+    iterator = stream.__aiter__()
+    stop = asyncio.ensure_future(stopping.wait())
+    step: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(iterator.__anext__())
+            await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                step = None
+                return
+            step = None
+            yield chunk
+    finally:
+        # Whether the stream ended, the server stops or the client went away (we are cancelled):
+        # nothing is left running, and the stream's own cleanup (cancelling its gRPC call) runs.
+        for task in (step, stop):
+            if task is not None and not task.done():
+                task.cancel()
+        await asyncio.gather(*(t for t in (step, stop) if t is not None), return_exceptions=True)
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class HttpServer:
+    """A listening HTTP server that knows its connections, so it can stop gracefully
+    (asyncio's `Server.wait_closed` returns at once on Python 3.11 while connections live on)."""
+
+    def __init__(self) -> None:
+        self.connections: set[HttpProtocol] = set()
+        self.stopping = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, handler: Handler, host: str, port: int, max_body: int, server_name: str = "shopmesh", *,
+                    idle_timeout: float = 75.0, read_timeout: float = 30.0,
+                    errors: Errors = plain_error) -> HttpServer:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(handler, max_body, server_name, idle_timeout=idle_timeout,
+                                 read_timeout=read_timeout, errors=errors, server=self),
+            host, port, reuse_address=True)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; end idle connections and streams; give requests in flight `grace` seconds."""
+        if self._server is not None:
+            self._server.close()
+        self.stopping.set()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            for connection in list(self.connections):
+                connection.close_if_idle()
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            logger.warning("closing a connection still busy after the %gs grace period", grace)
+            connection.abort()
+        await asyncio.sleep(0)
+
+    def close(self) -> None:
+        """Stop at once (no grace): for servers nobody waits on, such as /metrics."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.abort()
+
 
 async def serve_http(handler: Handler, host: str, port: int, max_body: int, server_name: str = "shopmesh", *,
-                     idle_timeout: float = 75.0, read_timeout: float = 30.0) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: HttpProtocol(handler, max_body, server_name, idle_timeout=idle_timeout, read_timeout=read_timeout),
-        host, port, reuse_address=True)
+                     idle_timeout: float = 75.0, read_timeout: float = 30.0,
+                     errors: Errors = plain_error) -> HttpServer:
+    return await HttpServer().start(handler, host, port, max_body, server_name, idle_timeout=idle_timeout,
+                                    read_timeout=read_timeout, errors=errors)

@@ -2,19 +2,15 @@
 
 A service describes itself as an `App` (its servicers and what to close);
 `create_server` builds the grpc.aio server from it, `serve` runs it until
-SIGTERM/SIGINT and shuts down gracefully:
-
-1. health goes NOT_SERVING for every service name (probes and balancers see it),
-2. `shutdown_drain` seconds pass so they can act on it,
-3. the server stops taking new calls; in-flight ones get `shutdown_grace` seconds,
-4. the app closes (database, channels) and the process exits 0.
+SIGTERM/SIGINT and shuts down gracefully the way every process does (`mesh/lifecycle.py`):
+health NOT_SERVING for every service name, the drain, no new calls while those in flight get
+the grace period, then the app closes (database, channels) and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +21,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh import faults, logs, metrics, telemetry, tls
+from mesh import faults, lifecycle, logs, metrics, telemetry, tls
 from mesh.discovery import Discovery, create_discovery
 from mesh.http import serve_http
 from mesh.settings import Settings, SettingsError
@@ -66,11 +62,22 @@ class App:
 
 @dataclass
 class Running:
+    """A started server, as `mesh.lifecycle` stops it."""
+
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     app: App
-    discovery: Discovery | None = None
+
+    async def not_ready(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        self.app.stopping.set()  # long-lived streams end
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)
+
+    async def close(self) -> None:
+        await self.app.close()
 
 
 async def create_server(settings: Settings, app: App) -> Running:
@@ -104,27 +111,6 @@ async def create_server(settings: Settings, app: App) -> Running:
     return Running(server, port, health_servicer, app)
 
 
-async def shutdown(running: Running, settings: Settings) -> None:
-    logger.info("shutting down: health NOT_SERVING")
-    await running.health.enter_graceful_shutdown()
-    running.app.stopping.set()
-    if running.discovery is not None and settings.discovery != "static":
-        # Consul's gRPC check sees NOT_SERVING; then clients' blocking queries drop us (a moment
-        # later), and only then do we leave the catalog and stop taking calls.
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await running.discovery.wait_unhealthy(settings.consul_check_interval * 3 + 2)
-        await asyncio.sleep(max(settings.shutdown_drain - (loop.time() - started), 0.5))
-        await running.discovery.deregister()
-    elif settings.shutdown_drain:
-        await asyncio.sleep(settings.shutdown_drain)
-    await running.server.stop(settings.shutdown_grace)
-    await running.app.close()
-    if running.discovery is not None:
-        await running.discovery.close()
-    logger.info("stopped")
-
-
 async def serve(settings: Settings, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
     for concern in settings.concerns():
         logger.warning("%s", concern)
@@ -142,18 +128,13 @@ async def serve(settings: Settings, build: Callable[[Settings, Discovery], Await
         await app.close()
         await discovery.close()
         raise
-    running.discovery = discovery
     await discovery.register(settings.service, app.bindings[0].name, running.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     logger.info("%s serving on %s:%d (instance %s)", settings.service, settings.host, running.port, settings.instance_id)
     if metrics_server is not None:
-        port = metrics_server.sockets[0].getsockname()[1]
+        port = metrics_server.port
         logger.info("metrics at http://%s:%d/metrics", settings.advertise_host, port)
-    await stop.wait()
-    await shutdown(running, settings)
+    await lifecycle.until_signalled()
+    await lifecycle.shut_down(running, settings, discovery)
     if metrics_server is not None:
         metrics_server.close()
 

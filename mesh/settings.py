@@ -170,7 +170,7 @@ def _api_keys(spec: str) -> tuple[tuple[str, str, bool], ...]:
     return tuple(keys)
 
 
-def _tls(env: _Reader) -> dict[str, str]:
+def _tls(env: _Reader) -> dict[str, object]:
     files = {name: env.str(f"SHOPMESH_TLS_{name.upper()}_FILE", "") for name in ("ca", "cert", "key")}
     given = [name for name, path in files.items() if path]
     if given and len(given) != 3:
@@ -180,7 +180,8 @@ def _tls(env: _Reader) -> dict[str, str]:
         if path and not Path(path).is_file():
             raise SettingsError(f"SHOPMESH_TLS_{name.upper()}_FILE: no file at {path!r}")
     return {"tls_ca_file": files["ca"], "tls_cert_file": files["cert"], "tls_key_file": files["key"],
-            "tls_server_name": env.str("SHOPMESH_TLS_SERVER_NAME", "shopmesh.internal")}
+            "tls_server_name": env.str("SHOPMESH_TLS_SERVER_NAME", "shopmesh.internal"),
+            "trusted_callers": tuple(_items(env.str("SHOPMESH_TLS_TRUSTED_CALLERS", "gateway")))}
 
 
 def _faults(spec: str) -> str:
@@ -248,6 +249,8 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_server_name: str = "shopmesh.internal"
+    # Over mTLS: the certificate names (CN or DNS SAN) whose calls may name the end user they act for.
+    trusted_callers: tuple[str, ...] = ("gateway",)
     # Clients: a circuit breaker per upstream service opens after this many failures in a row.
     breaker_failures: int = 5
     breaker_cooldown: float = 5.0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
+from mesh.identity import Caller
 from mesh.protoconv import money_pb, timestamp
 from order import domain, handlers
 from order.domain import Order
@@ -33,8 +36,13 @@ def order_pb(order: Order) -> order_pb2.Order:
     )
 
 
+Viewer = Callable[[grpc.aio.ServicerContext], Caller | None]
+
+
 class OrderApi(order_pb2_grpc.OrderServiceServicer):
-    def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox, commits: Commits):
+    def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox, commits: Commits,
+                 viewer: Viewer = lambda context: None):
+        self._viewer = viewer  # the end user a call acts for (mesh/identity.py)
         self._store = store
         self._inventory = inventory
         self._outbox = outbox
@@ -47,7 +55,7 @@ class OrderApi(order_pb2_grpc.OrderServiceServicer):
         return order_pb(await handlers.create_order(self._store, self._inventory, self._outbox, wanted, self._commits))
 
     async def GetOrder(self, request: order_pb2.GetOrderRequest, context: grpc.aio.ServicerContext) -> order_pb2.Order:
-        return order_pb(await handlers.get_order(self._store, request.order_id))
+        return order_pb(await handlers.get_order(self._store, request.order_id, self._viewer(context)))
 
     async def ListOrders(self, request: order_pb2.ListOrdersRequest, context: grpc.aio.ServicerContext) -> order_pb2.ListOrdersResponse:
         page, token = await handlers.list_orders(self._store, request.user_id, request.page_size, request.page_token)
@@ -55,6 +63,6 @@ class OrderApi(order_pb2_grpc.OrderServiceServicer):
 
     async def CancelOrder(self, request: order_pb2.CancelOrderRequest, context: grpc.aio.ServicerContext) -> order_pb2.Order:
         order = await handlers.cancel_order(
-            self._store, self._inventory, self._outbox, request.order_id, request.reason
+            self._store, self._inventory, self._outbox, request.order_id, request.reason, self._viewer(context)
         )
         return order_pb(order)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
+from mesh import identity
 from mesh.channels import Upstreams
 from mesh.db import Database
 from mesh.discovery import Discovery
@@ -32,7 +34,8 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     relay = OutboxRelay(store, notifier, settings.outbox_interval)
     # Orders in flight on any instance finish within their deadline; older half-done ones are ours to settle.
     recovery = Recovery(store, inventory, relay, settings.outbox_interval, grace=settings.call_timeout * 2)
-    api = OrderApi(store, inventory, relay, recovery)
+    api = OrderApi(store, inventory, relay, recovery,
+                   functools.partial(identity.caller, trusted=settings.trusted_callers, tls=settings.tls))
     app = App(
         bindings=[Binding(SERVICE_NAME, order_pb2_grpc.add_OrderServiceServicer_to_server, api)],
         closers=[db.close, upstreams.close, recovery.mark_committed],  # run last to first

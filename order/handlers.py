@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mesh import faults, paging
 from mesh.errors import AlreadyExists, DeadlineExceeded, ShopError, Unavailable
+from mesh.identity import Caller
 from order import domain
 from order.domain import Order, OrderRequest, OrderStatus
 from order.store import OrderStore
@@ -139,11 +140,13 @@ async def _release_quietly(inventory: Inventory, reservation_id: str) -> None:
         logger.error("could not release reservation %s: %s", reservation_id, error)
 
 
-async def get_order(store: OrderStore, order_id: str) -> Order:
+async def get_order(store: OrderStore, order_id: str, viewer: Caller | None = None) -> Order:
+    """The order; for a call acting for a user (`viewer`), only that user's: anyone else's is as
+    good as missing, so its existence is not given away."""
     domain.check_order_id(order_id)
     async with store.read() as tx:
         order = await tx.get(order_id)
-    if order is None:
+    if order is None or (viewer is not None and not viewer.may_see(order.user_id)):
         raise domain.OrderNotFound(order_id)
     return order
 
@@ -157,10 +160,11 @@ async def list_orders(store: OrderStore, user_id: str, page_size: int, page_toke
     return paging.page(found, limit, lambda order: {"before": order.sequence})
 
 
-async def cancel_order(store: OrderStore, inventory: Inventory, outbox: Outbox, order_id: str, reason: str) -> Order:
+async def cancel_order(store: OrderStore, inventory: Inventory, outbox: Outbox, order_id: str, reason: str,
+                       viewer: Caller | None = None) -> Order:
     """Returns the stock first, then records the cancellation; safe to repeat."""
     reason = domain.check_reason(reason)
-    order = await get_order(store, order_id)
+    order = await get_order(store, order_id, viewer)
     if order.status is OrderStatus.CANCELLED:
         return order
     await inventory.release(order.reservation_id)

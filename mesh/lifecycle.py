@@ -1,0 +1,58 @@
+"""How every process of the mesh stops: one path for the gRPC services and the gateway.
+
+On SIGTERM or SIGINT:
+
+1. not ready: gRPC health NOT_SERVING (a service) or `/readyz` 503 (the gateway), so probes and
+   balancers move traffic away, and long-lived streams are told to end;
+2. `SHOPMESH_SHUTDOWN_DRAIN_SECONDS` pass so they can act on it (with Consul: until its check
+   has seen it, then the instance deregisters);
+3. it stops accepting; calls and requests in flight get `SHOPMESH_SHUTDOWN_GRACE_SECONDS` to
+   finish, open streams end cleanly;
+4. it closes what it holds (database, channels, discovery) and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Protocol
+
+from mesh.discovery import Discovery
+from mesh.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Stoppable(Protocol):
+    async def not_ready(self) -> None: ...
+    async def stop(self, grace: float) -> None: ...
+    async def close(self) -> None: ...
+
+
+async def until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def shut_down(target: Stoppable, settings: Settings, discovery: Discovery | None = None) -> None:
+    logger.info("shutting down: not ready")
+    await target.not_ready()
+    if discovery is not None and settings.discovery != "static":
+        # Consul's gRPC check sees NOT_SERVING; then clients' blocking queries drop us (a moment
+        # later), and only then do we leave the catalog and stop taking calls.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await discovery.wait_unhealthy(settings.consul_check_interval * 3 + 2)
+        await asyncio.sleep(max(settings.shutdown_drain - (loop.time() - started), 0.5))
+        await discovery.deregister()
+    elif settings.shutdown_drain:
+        await asyncio.sleep(settings.shutdown_drain)
+    await target.stop(settings.shutdown_grace)
+    await target.close()
+    if discovery is not None:
+        await discovery.close()
+    logger.info("stopped")
