@@ -1,7 +1,10 @@
 """A circuit breaker per upstream service: stop calling what keeps failing, then probe.
 
 Closed: calls go through; `failures` in a row that say the upstream is not
-answering (UNAVAILABLE, DEADLINE_EXCEEDED) open it. Open: calls fail at once,
+answering open it: UNAVAILABLE, and DEADLINE_EXCEEDED of a call that gave the upstream at
+least `min_deadline` seconds. A deadline the caller chose shorter than that is the caller's
+haste, not the upstream's failure: it counts for nothing, so one client sending `grpc-timeout:
+1m` cannot open the breaker for everyone else. Open: calls fail at once,
 without a network round trip, for `cooldown` seconds. Then half-open: one probe
 call goes through; its success closes the breaker, its failure opens it again.
 
@@ -30,9 +33,11 @@ class State(enum.IntEnum):
 
 
 class Breaker:
-    def __init__(self, failures: int = 5, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, failures: int = 5, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 min_deadline: float = 1.0):
         self.threshold = failures
         self.cooldown = cooldown
+        self.min_deadline = min_deadline
         self._clock = clock
         self.state = State.CLOSED
         self._failures = 0
@@ -54,8 +59,10 @@ class Breaker:
     def retry_in(self) -> float:
         return max(self._opened_at + self.cooldown - self._clock(), 0.0)
 
-    def record(self, code: grpc.StatusCode) -> None:
-        if code is grpc.StatusCode.CANCELLED:  # the caller gave up: says nothing about the upstream
+    def record(self, code: grpc.StatusCode, timeout: float | None = None) -> None:
+        """One call's outcome; `timeout`: the seconds the call was given."""
+        hasty = code is grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None and timeout < self.min_deadline
+        if code is grpc.StatusCode.CANCELLED or hasty:  # the caller gave up, or hurried: says nothing of the upstream
             if self.state is State.HALF_OPEN:
                 self._probing = False
             return

@@ -75,11 +75,12 @@ OLD_CHANNEL_GRACE = 30.0
 class _Call:
     """A unary call whose outcome is counted and traced when it is awaited; all else is the call's own."""
 
-    __slots__ = ("_call", "_metrics", "_span", "_breaker", "_started", "_done")
+    __slots__ = ("_call", "_metrics", "_span", "_breaker", "_started", "_done", "_timeout")
 
     def __init__(self, call: Any, method_metrics: MethodMetrics | None, span: telemetry.ClientSpan | None,
-                 breaker: Breaker):
+                 breaker: Breaker, timeout: float | None = None):
         self._call, self._metrics, self._span, self._breaker = call, method_metrics, span, breaker
+        self._timeout = timeout
         self._started, self._done = time.perf_counter(), False
         if method_metrics is not None:
             method_metrics.started.inc()
@@ -100,7 +101,7 @@ class _Call:
         if self._done:
             return
         self._done = True
-        self._breaker.record(code)
+        self._breaker.record(code, self._timeout)
         if self._metrics is not None:
             self._metrics.done(code, self._started)
         if self._span is not None:
@@ -179,7 +180,7 @@ class _Method:
         span = telemetry.client_span(self._name)
         if span is not None:
             kwargs["metadata"] = span.metadata(kwargs.get("metadata"))
-        return self._wrap(self._inner(request, **kwargs), self._metrics, span, self._breaker)
+        return self._wrap(self._inner(request, **kwargs), self._metrics, span, self._breaker, kwargs.get("timeout"))
 
 
 class InstrumentedChannel:
@@ -249,7 +250,8 @@ class Upstreams:
     def _breaker(self, service: str) -> Breaker:
         found = self._breakers.get(service)
         if found is None:
-            found = self._breakers[service] = Breaker(self._settings.breaker_failures, self._settings.breaker_cooldown)
+            found = self._breakers[service] = Breaker(self._settings.breaker_failures, self._settings.breaker_cooldown,
+                                                      min_deadline=self._settings.breaker_min_deadline)
         return found
 
     def bound(self, service: str, key: Any, make: Callable[[grpc.aio.Channel], T]) -> T:

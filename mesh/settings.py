@@ -254,6 +254,8 @@ class Settings:
     # Clients: a circuit breaker per upstream service opens after this many failures in a row.
     breaker_failures: int = 5
     breaker_cooldown: float = 5.0
+    # ... counting a DEADLINE_EXCEEDED only when the call was given at least this long.
+    breaker_min_deadline: float = 1.0
     # Every gRPC server: calls served at once; more are refused at once with RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1000
     # Consul discovery: the agent's HTTP address, the host this process is
@@ -326,6 +328,7 @@ class Settings:
             **_tls(env),
             breaker_failures=env.int("SHOPMESH_BREAKER_FAILURES", 5, low=1, high=1000),
             breaker_cooldown=env.seconds("SHOPMESH_BREAKER_COOLDOWN_SECONDS", 5.0, high=600),
+            breaker_min_deadline=env.seconds("SHOPMESH_BREAKER_MIN_DEADLINE_SECONDS", 1.0, high=600),
             max_concurrent_rpcs=env.int("SHOPMESH_MAX_CONCURRENT_RPCS", 1000, low=1, high=1_000_000),
             consul_addr=env.str("SHOPMESH_CONSUL_ADDR", env.str("CONSUL_HTTP_ADDR", "127.0.0.1:8500")),
             advertise_host=env.str("SHOPMESH_ADVERTISE_HOST", _own_address() if host in WILDCARDS else connect_host),

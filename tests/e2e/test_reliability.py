@@ -502,8 +502,11 @@ def test_only_those_who_should_can_call_what_they_call(mesh: Mesh) -> None:
     assert status == 403 and "signed in as 'alice'" in body["message"]
     # Only the owner reads or cancels an order; to anyone else it does not exist.
     order_id = placed["orderId"]
+    served = rpc_calls(mesh.metrics_ports["order"], "GetOrder")
     assert call(mesh, "GET", f"/v1/orders/{order_id}", headers=alice)[0] == 200
     assert call(mesh, "GET", f"/v1/orders/{order_id}", headers=bob)[0] == 404
+    # The order service checks ownership itself (the caller travels as metadata): one call each.
+    assert rpc_calls(mesh.metrics_ports["order"], "GetOrder") == served + 2
     assert call(mesh, "POST", f"/v1/orders/{order_id}:cancel", {"reason": "mine now"}, bob)[0] == 404
     assert call(mesh, "GET", "/v1/users/alice/orders", headers=bob)[0] == 403
     assert call(mesh, "GET", "/v1/users/alice/notifications", headers=bob)[0] == 403
@@ -540,6 +543,27 @@ def test_the_gateway_answers_503_fast_while_the_breaker_is_open_then_probes(mesh
     assert served_calls(mesh, "GetProduct") > reached
     print(f"{10 - len(fast)} calls reached the failing upstream, then 503 in at most {1000 * max(fast):.1f} ms "
           "with none sent; after the cooldown one probe went through")
+
+
+def test_a_client_with_absurd_deadlines_cannot_open_the_breaker_for_everyone(mesh: Mesh) -> None:
+    """Issue 11.6: a deadline the caller chose is the caller's failure, not the upstream's."""
+    for service in ("inventory", "notification", "order"):
+        mesh.start(service)
+    mesh.start("gateway", SHOPMESH_BREAKER_FAILURES="3", SHOPMESH_BREAKER_COOLDOWN_SECONDS="5")
+    sku = new_product(mesh, 100)
+    hasty = []
+    for i in range(30):  # far more than the three failures in a row that open the breaker
+        order = {"requestId": str(uuid.uuid4()), "userId": "hasty", "lines": [{"sku": sku, "quantity": 1}]}
+        hasty.append(call(mesh, "POST", "/v1/orders", order, {"grpc-timeout": ("1m", "2m", "5m")[i % 3]})[0])
+    assert set(hasty) <= {504, 200}, hasty  # (an order may be quick enough for 5 ms; none is refused for others)
+    polite = []
+    for _ in range(10):
+        order = {"requestId": str(uuid.uuid4()), "userId": "polite", "lines": [{"sku": sku, "quantity": 1}]}
+        status, _, body = call(mesh, "POST", "/v1/orders", order)
+        polite.append(status)
+        assert status == 200, body
+        assert call(mesh, "GET", f"/v1/orders/{body['orderId']}")[0] == 200
+    print(f"hasty client: {Counter(hasty)}; the polite one right after: {Counter(polite)}")
 
 
 def test_signed_in_users_have_their_own_rate_limit_and_bad_credentials_count_against_the_address(

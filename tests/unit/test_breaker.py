@@ -59,3 +59,20 @@ def test_answers_that_are_errors_do_not_count_and_a_cancelled_probe_frees_the_sl
     assert breaker.allow()
     breaker.record(grpc.StatusCode.CANCELLED)
     assert breaker.allow()  # the probe's caller gave up; another may probe
+
+
+def test_a_deadline_the_caller_cut_short_is_not_the_upstreams_failure() -> None:
+    clock = Clock()
+    breaker = Breaker(failures=3, cooldown=5, clock=clock, min_deadline=1.0)
+    for _ in range(50):  # one hasty client: grpc-timeout 1m, 500m ...
+        assert breaker.allow()
+        breaker.record(grpc.StatusCode.DEADLINE_EXCEEDED, 0.001)
+        breaker.record(grpc.StatusCode.DEADLINE_EXCEEDED, 0.5)
+    assert breaker.state is State.CLOSED
+    for _ in range(3):  # an upstream that does not answer within a fair deadline still opens it
+        breaker.record(grpc.StatusCode.DEADLINE_EXCEEDED, 5.0)
+    assert breaker.state is State.OPEN
+    clock.now = 5
+    assert breaker.allow()  # half-open: the probe is a hasty call, which tells nothing...
+    breaker.record(grpc.StatusCode.DEADLINE_EXCEEDED, 0.01)
+    assert breaker.state is State.HALF_OPEN and breaker.allow()  # ...so the next call may probe
