@@ -7,6 +7,7 @@ the order service answers NOT_FOUND for another user's order, with no extra look
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -174,6 +175,9 @@ async def _stream(method: grpc.aio.UnaryStreamMultiCallable, route: Route, messa
             return Response(200, content_type="text/event-stream", stream=_no_events())
     except grpc.aio.AioRpcError as error:
         raise errors.from_rpc_error(error, route.service) from None
+    except asyncio.CancelledError:  # the client left before the stream began
+        rpc.cancel()
+        raise
     if head:
         rpc.cancel()
         return Response(200, content_type="text/event-stream", stream=_no_events())
@@ -193,6 +197,8 @@ async def _stream(method: grpc.aio.UnaryStreamMultiCallable, route: Route, messa
             failure = errors.from_rpc_error(error, route.service)
             yield b"event: error\ndata: " + errors.reply(failure, request_id).body + b"\n\n"
         finally:
-            rpc.cancel()  # the browser went away: stop the upstream stream too
+            rpc.cancel()
 
-    return Response(200, content_type="text/event-stream", stream=events())
+    # on_close: the browser went away (or the gateway stops), even before the stream began: stop the
+    # upstream stream too.
+    return Response(200, content_type="text/event-stream", stream=events(), on_close=rpc.cancel)

@@ -19,6 +19,7 @@ The server makes a few answers itself (400, 408, 413, 414, 417, 431): their bodi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,6 +66,9 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     # A streaming response writes each chunk as it comes (Server-Sent Events).
     stream: AsyncIterator[bytes] | None = None
+    # Called once when the response is written or abandoned (the client left, the server stops),
+    # even if its stream never started: what the stream holds (a gRPC call) is released here.
+    on_close: Callable[[], object] | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -278,6 +282,8 @@ class HttpProtocol(asyncio.Protocol):
                     await self._write(response, keep_alive, head=item.method == "HEAD")
                 finally:
                     self.busy = False
+                    if response.on_close is not None:
+                        response.on_close()
                 if not keep_alive:
                     break
                 if self._queue.empty() and not self._receiving:
@@ -309,10 +315,13 @@ class HttpProtocol(asyncio.Protocol):
         transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if head:
             return
-        async for chunk in _until(response.stream, self._server.stopping if self._server is not None else None):
-            if self._transport is None:
-                return
-            transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        # aclosing: however the loop ends (the client gone, the server stopping), the stream is closed
+        # now (its finally cancels its gRPC call), not whenever the garbage collector finds it.
+        async with contextlib.aclosing(_until(response.stream, self._server.stopping if self._server else None)) as chunks:
+            async for chunk in chunks:
+                if self._transport is None:
+                    return
+                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         if self._transport is not None:
             transport.write(b"0\r\n\r\n")
 

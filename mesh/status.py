@@ -117,6 +117,11 @@ def _precondition_violation(error: grpc.RpcError) -> tuple[str, str]:
     return "", ""
 
 
+def forget_deadline() -> None:
+    """From here on (in this context), downstream calls get their default timeout (mesh.aio.finish_anyway)."""
+    _deadline.set(None)
+
+
 def remaining(default: float) -> float:
     """Seconds a downstream call may take: the caller's remaining time, else `default`."""
     deadline = _deadline.get()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 
-from mesh import paging
+from mesh import aio, paging
 from notification import domain
 from notification.domain import Notification
 from notification.store import NotificationStore
@@ -119,10 +119,7 @@ async def stream_notifications(
                 yield notification
             if len(fresh) == STREAM_BATCH:
                 continue
-            waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping.wait())]
-            _, pending = await asyncio.wait(waits, timeout=poll_interval, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
+            await aio.first_set(wake, stopping, timeout=poll_interval)
     finally:
         wakeups.unsubscribe(user_id, wake)
         STREAMS.dec()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Protocol
@@ -10,7 +9,7 @@ from typing import Protocol
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 
-from mesh import faults, paging
+from mesh import aio, faults, paging
 from mesh.errors import AlreadyExists, DeadlineExceeded, ShopError, Unavailable
 from mesh.identity import Caller
 from order import domain
@@ -85,14 +84,16 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
         raise domain.RequestIdSpent(request.request_id)
     await faults.point("order.after_reserve")
     # Once stock is held, storing the order (or else releasing the stock) and
-    # committing must run to the end even if the caller hangs up mid-way.
-    order = await asyncio.shield(_store_or_release(store, inventory, request, held))
+    # committing must run to the end even if the caller hangs up mid-way, each with a deadline of
+    # its own (not the caller's remains) and its outcome read even if nobody waits for it.
+    order = await aio.finish_anyway(_store_or_release(store, inventory, request, held),
+                                    f"storing the order of request {request.request_id}")
     outbox.kick(domain.created_event(order).event_id)
     await faults.point("order.after_store")
     if held.state is HeldState.COMMITTED:  # a repeat of a completed order
         return order
     try:
-        await asyncio.shield(inventory.commit(request.reservation_id))
+        await aio.finish_anyway(inventory.commit(request.reservation_id), f"committing the sale of order {order.order_id}")
     except (Unavailable, DeadlineExceeded) as error:
         # Stored, stock held, sale not confirmed: not acknowledged. A retry commits it;
         # without one, order/recovery.py does (or cancels it if the reservation expired).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -54,3 +55,80 @@ def postgres() -> Iterator[object]:
     server.start()
     yield server
     server.stop()
+
+
+# --- No process of the mesh may log a traceback or an asyncio error during the suite ---------------
+#
+# Real processes write their logs under the test's temporary folders (`*.log`); after every test
+# the lines they added are read, and any of these fails that test. Servers run in this process
+# (the integration tier) log through `logging`: an asyncio ERROR or a record with a traceback
+# fails the test too. A test that provokes one on purpose says so with
+# `@pytest.mark.allow_log("text of the line")`.
+LOG_PROBLEMS = ("Traceback (most recent call last)", "Task was destroyed but it is pending",
+                "Task exception was never retrieved", "Exception in callback", "ERROR   asyncio:",
+                '"level": "ERROR", "logger": "asyncio"', "Unclosed client session", "was never awaited")
+NOT_OURS = {"consul.log", "postgres.log", "postgresql.log"}  # other programs' logs
+_read_up_to: dict[Path, int] = {}
+
+
+def _log_files(base: Path) -> list[Path]:
+    return [path for path in base.rglob("*.log") if path.name not in NOT_OURS and path.is_file()]
+
+
+def _new_problems(base: Path, allowed: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in _log_files(base):
+        start = _read_up_to.get(path, 0)
+        try:
+            with path.open("rb") as file:
+                file.seek(start)
+                added = file.read()
+        except OSError:
+            continue
+        _read_up_to[path] = start + len(added)
+        lines = added.decode(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if any(problem in line for problem in LOG_PROBLEMS) and not any(a in line for a in allowed):
+                context = "\n".join(lines[max(0, i - 2):i + 12])
+                found.append(f"{path.relative_to(base)}:\n{context}")
+    return found
+
+
+class _Watch(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if (record.name == "asyncio" and record.levelno >= logging.ERROR) or record.exc_info:
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_tracebacks_in_logs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    marker = request.node.get_closest_marker("allow_log")
+    allowed = tuple(marker.args) if marker else ()
+    base = tmp_path_factory.getbasetemp()
+    _new_problems(base, ("\0",))  # whatever earlier fixtures wrote is theirs
+    watch = _Watch()
+    logging.getLogger().addHandler(watch)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(watch)
+    problems = _new_problems(base, allowed)
+    problems += [f"in this process: {r.name} {r.levelname}: {r.getMessage()}" for r in watch.records
+                 if not any(a in r.getMessage() for a in allowed)]
+    if problems:
+        pytest.fail("a process of the mesh logged a traceback or an asyncio error:\n" + "\n---\n".join(problems))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_tracebacks_at_shutdown(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What processes shared by many tests log as they stop, after the last test (set up first, so
+    torn down after the fixtures that stop them)."""
+    yield
+    problems = _new_problems(tmp_path_factory.getbasetemp(), ())
+    if problems:
+        pytest.fail("a process of the mesh logged a traceback or an asyncio error as it stopped:\n"
+                    + "\n---\n".join(problems))

@@ -420,3 +420,26 @@ def test_a_stream_opened_with_a_request_id_opens(launcher: Launcher) -> None:
         while b"stream open" not in received and time.monotonic() < deadline:
             received += sock.recv(4096)
     assert received.startswith(b"HTTP/1.1 200 ") and b": stream open" in received
+
+
+def test_streams_opened_and_closed_by_the_hundred_leave_no_task_behind(launcher: Launcher) -> None:
+    """Issue 11.8: a closed stream's waits are cancelled, not left pending for the garbage collector to
+    report ("Task was destroyed but it is pending!", which the suite's log watch fails on)."""
+    host, port = launcher.address("gateway").split(":")
+    user = f"churn-{uuid.uuid4().hex[:8]}"
+    for _ in range(4):
+        socks = [socket.create_connection((host, int(port)), timeout=15) for _ in range(50)]
+        for sock in socks:
+            sock.sendall(f"GET /v1/users/{user}/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+        for sock in socks:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        for sock in socks:
+            sock.close()
+    deadline = time.monotonic() + 15
+    while launcher.output().count(f"stream closed for user {user}") < 200:
+        assert time.monotonic() < deadline, "not every upstream stream ended with its client"
+        time.sleep(0.2)
+    # Make the notification service collect its garbage now: a burst of calls allocates plenty.
+    for _ in range(200):
+        assert Http(launcher).call("GET", f"/v1/users/{user}/notifications")[0] == 200
+    time.sleep(1)

@@ -1,0 +1,62 @@
+"""asyncio done so that nothing leaks: no task left pending, no error left unread.
+
+- `finish_anyway`: work that must run to its end even if the caller hangs up (an order's sale
+  once its stock is held). It runs as its own task with its own deadline (downstream calls get
+  the default call timeout, not what is left of an almost spent caller's), and its outcome is
+  always read: the caller gets it if still there, else it is logged.
+- `first_set`: wait for any of several events, or a timeout, leaving no waiter task behind
+  however the wait ends (also when the waiting stream is cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from mesh import status
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_running: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps only weak ones
+
+
+async def finish_anyway(work: Coroutine[Any, Any, T], what: str) -> T:
+    async def own_deadline() -> T:
+        status.forget_deadline()  # this task's context only: the caller's deadline no longer binds it
+        return await work
+
+    task = asyncio.get_running_loop().create_task(own_deadline())
+    _running.add(task)
+    abandoned = False
+
+    def done(finished: asyncio.Task[T]) -> None:
+        _running.discard(finished)
+        if finished.cancelled():
+            logger.warning("%s was cancelled", what)
+            return
+        error = finished.exception()  # read here, always: never "Task exception was never retrieved"
+        if abandoned and error is not None:
+            logger.warning("%s failed after its caller left: %s", what, error)
+        elif abandoned:
+            logger.info("%s finished after its caller left", what)
+
+    task.add_done_callback(done)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        abandoned = True
+        raise
+
+
+async def first_set(*events: asyncio.Event, timeout: float) -> None:
+    """Returns when any event is set or `timeout` seconds pass."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
