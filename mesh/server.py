@@ -19,9 +19,8 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from mesh import faults, lifecycle, logs, metrics, telemetry, tls
+from mesh import faults, lifecycle, logs, metrics, reflection, telemetry, tls
 from mesh.discovery import Discovery, create_discovery
 from mesh.http import serve_http
 from mesh.settings import Settings, SettingsError
@@ -95,7 +94,7 @@ async def create_server(settings: Settings, app: App) -> Running:
         service = descriptor_pool.Default().FindServiceByName(binding.name)
         binding.add_to_server(Guarded(binding.servicer, service, admission), server)
     names = [b.name for b in app.bindings]
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable([*names, health.SERVICE_NAME], server)
     try:
         if settings.tls:
             port = server.add_secure_port(settings.bind_address, tls.server_credentials(settings))

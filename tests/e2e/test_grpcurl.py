@@ -23,7 +23,8 @@ def test_each_service_lists_itself_health_and_reflection(grpcurl: str, launcher:
     ]:
         listed = run(grpcurl, launcher.address(service), "list")
         assert listed.returncode == 0, listed.stderr
-        assert set(listed.stdout.split()) >= {name, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+        assert set(listed.stdout.split()) >= {name, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                                              "grpc.reflection.v1alpha.ServerReflection"}
 
 
 def test_describe_shows_the_order_contract(grpcurl: str, launcher: Launcher) -> None:
@@ -81,3 +82,37 @@ def test_grpcurl_with_the_protoset_instead_of_reflection_sees_the_rules_too(grpc
                      "available": 3}}), launcher.address("inventory"), "shop.inventory.v1.InventoryService/CreateProduct")
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["sku"] == sku
+
+
+def test_describe_resolves_methods_fields_enums_and_their_values(grpcurl: str, launcher: Launcher) -> None:
+    """Issue 11.9: `describe` of a method said "Symbol not found"; every kind of symbol resolves now."""
+    for symbol, shows in [
+        ("shop.order.v1.OrderService.CreateOrder", "rpc CreateOrder ( .shop.order.v1.CreateOrderRequest )"),
+        ("shop.order.v1.CreateOrderRequest.request_id", "string request_id = 1"),
+        ("shop.order.v1.Order.Status", "enum Status {"),
+        ("shop.order.v1.Order.CONFIRMED", "CONFIRMED = "),
+        ("grpc.reflection.v1.ServerReflection", "rpc ServerReflectionInfo ( stream .grpc.reflection.v1.ServerReflectionRequest )"),
+    ]:
+        described = run(grpcurl, launcher.address("order"), "describe", symbol)
+        assert described.returncode == 0, f"{symbol}: {described.stderr}"
+        assert shows in described.stdout, described.stdout
+    missing = run(grpcurl, launcher.address("order"), "describe", "shop.order.v1.OrderService.NoSuchRpc")
+    assert missing.returncode != 0 and "not found" in missing.stderr.lower()
+
+
+def buf_curl(launcher: Launcher, protocol: str, method: str, body: dict) -> subprocess.CompletedProcess[str]:
+    from tests.conftest import tool
+
+    buf = tool("buf")
+    return subprocess.run([buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", protocol,
+                           "--data", json.dumps(body), f"http://{launcher.address('inventory')}/{method}"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_buf_curl_calls_by_reflection_over_v1_and_over_v1alpha(launcher: Launcher) -> None:
+    for protocol in ("grpc-v1", "grpc-v1alpha"):
+        got = buf_curl(launcher, protocol, "shop.inventory.v1.InventoryService/GetProduct", {"sku": "coffee-mug"})
+        assert got.returncode == 0, f"{protocol}: {got.stderr}"
+        assert json.loads(got.stdout)["sku"] == "coffee-mug"
+    refused = buf_curl(launcher, "grpc-v1", "shop.inventory.v1.InventoryService/GetProduct", {"sku": "bad sku!"})
+    assert refused.returncode != 0 and "invalid_argument" in refused.stderr.lower()
