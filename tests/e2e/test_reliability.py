@@ -566,6 +566,56 @@ def test_a_client_with_absurd_deadlines_cannot_open_the_breaker_for_everyone(mes
     print(f"hasty client: {Counter(hasty)}; the polite one right after: {Counter(polite)}")
 
 
+def test_the_gateway_drains_on_sigterm_requests_in_flight_finish_and_streams_end_cleanly(mesh: Mesh) -> None:
+    """Issue 11.7: a GET waiting on a slow upstream was cut at once on SIGTERM."""
+    import http.client
+    import signal
+    import socket
+    import threading
+
+    mesh.start("inventory", SHOPMESH_FAULTS="rpc.GetProduct=delay:2")
+    mesh.start("notification")
+    mesh.start("order")
+    gateway = mesh.start("gateway", SHOPMESH_SHUTDOWN_DRAIN_SECONDS="1", SHOPMESH_SHUTDOWN_GRACE_SECONDS="5")
+    host, port = mesh.address("gateway").split(":")
+    sku = new_product(mesh, 3)
+    stream = socket.create_connection((host, int(port)), timeout=15)
+    stream.sendall(b"GET /v1/users/drain-user/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n")
+    assert stream.recv(4096).startswith(b"HTTP/1.1 200 ")
+    slow: dict[str, object] = {}
+
+    def slow_get() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", f"/v1/products/{sku}")
+        reply = conn.getresponse()
+        slow.update(status=reply.status, body=reply.read())
+
+    reader = threading.Thread(target=slow_get)
+    reader.start()
+    time.sleep(0.5)  # the GET is now waiting on inventory's 2 s
+    started = time.monotonic()
+    gateway.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    status, _, ready = call(mesh, "GET", "/readyz")  # draining: still answering, but not ready
+    assert status == 503 and ready["draining"] is True, ready
+    reader.join(30)
+    assert slow.get("status") == 200, slow  # the request in flight finished
+    rest = b""
+    while not rest.endswith(b"0\r\n\r\n"):  # the stream ended as a finished chunked response, not a reset
+        chunk = stream.recv(4096)
+        assert chunk, f"the stream was cut, not ended: {rest!r}"
+        rest += chunk
+    stream.close()
+    assert gateway.wait(15) == 0
+    took = time.monotonic() - started
+    assert took < 1 + 5 + 2, took
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2)
+    mesh.processes.pop("gateway")
+    print(f"SIGTERM: /readyz 503 while draining, the 2 s GET answered 200, the stream ended cleanly, exit 0 "
+          f"after {took:.1f} s")
+
+
 def test_signed_in_users_have_their_own_rate_limit_and_bad_credentials_count_against_the_address(
         mesh: Mesh) -> None:
     mesh.start("inventory")
