@@ -7,6 +7,11 @@ with static discovery and SQLite files under the data folder, waits until each
 reports SERVING on gRPC health (the gateway: /healthz), adds a few demo
 products, prints how to call the mesh, and on Ctrl-C (or SIGTERM) stops
 everything gracefully: the gateway, then order, then inventory and notification together.
+
+Before starting anything it checks that every port it will use is free, so a second launcher
+next to a running mesh says which port is taken instead of talking to the first mesh. While it
+runs it supervises: a process that dies is restarted with exponential backoff (and the
+launcher says so), as a supervisor would; clients see the instance gone, then back.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +54,27 @@ DEMO_PRODUCTS = (
 )
 
 
+RESTART_BACKOFF = (0.5, 30.0)  # seconds before the first restart; the most it grows to
+STABLE_AFTER = 30.0  # a process up this long has its backoff start over
+
+
 @dataclass
 class Child:
     service: str
     port: int
     process: asyncio.subprocess.Process
     name: str = ""
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+    restarts: int = 0
 
 
 class Launcher:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.children: list[Child] = []
+        self.stopping = False
+        self._supervisors: list[asyncio.Task[None]] = []
         self.color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         self.ports = {name: getattr(args, f"{name}_port") for name in START_ORDER}
         self.metrics_ports = {name: getattr(args, f"{name}_metrics_port") for name in DEFAULT_METRICS_PORTS}
@@ -112,7 +127,30 @@ class Launcher:
                 found.append((service, name, self.ports[service] + 100 * i))
         return found
 
+    def ports_in_use(self) -> list[tuple[int, str]]:
+        """Every port the mesh will listen on that something else already holds: (port, whose)."""
+        wanted = [(port, name) for _, name, port in self.instances()]
+        wanted += [(port - self.ports[service] + self.metrics_ports[service], f"{name} /metrics")
+                   for service, name, port in self.instances() if service in self.metrics_ports]
+        if self.args.consul == "dev":
+            wanted.append((self.args.consul_port, "consul agent -dev"))
+        host = self.address(0).rsplit(":", 1)[0]
+        taken = []
+        for port, whose in wanted:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    taken.append((port, whose))
+        return taken
+
     async def start(self) -> None:
+        taken = self.ports_in_use()
+        if taken:
+            names = ", ".join(f"{port} ({whose})" for port, whose in taken)
+            raise RuntimeError(f"port{'s' if len(taken) > 1 else ''} {names} already in use (another mesh?); "
+                               "nothing was started. Choose others with --<service>-port, or stop that one first")
         Path(self.args.data_dir).mkdir(parents=True, exist_ok=True)
         if self.args.consul == "dev":
             await self.start_consul()
@@ -127,17 +165,48 @@ class Launcher:
             if self.args.tls:  # each process proves who it is with its own certificate
                 child_env["SHOPMESH_TLS_CERT_FILE"] = str(self.args.tls / f"{service}.pem")
                 child_env["SHOPMESH_TLS_KEY_FILE"] = str(self.args.tls / f"{service}-key.pem")
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", service,
-                env=child_env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops them in order
-            )
-            child = Child(service, port, process, name)
+            child = await self.spawn(Child(service, port, None, name, (sys.executable, "-m", service),  # type: ignore[arg-type]
+                                           child_env))
             self.children.append(child)
-            asyncio.create_task(self._pipe(child))
             await self.wait_serving(child)  # serving (and in Consul) before its clients start
+
+    async def spawn(self, child: Child) -> Child:
+        child.process = await asyncio.create_subprocess_exec(
+            *child.argv, env=child.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops them in order
+        )
+        asyncio.create_task(self._pipe(child))
+        return child
+
+    def supervise(self) -> None:
+        """From now on, a process that dies is started again (until the mesh stops)."""
+        self._supervisors = [asyncio.create_task(self._keep(child)) for child in self.children]
+
+    async def _keep(self, child: Child) -> None:
+        loop = asyncio.get_running_loop()
+        low, high = RESTART_BACKOFF
+        delay = low
+        while True:
+            started = loop.time()
+            code = await child.process.wait()
+            if self.stopping:
+                return
+            if loop.time() - started >= STABLE_AFTER:
+                delay = low
+            child.restarts += 1
+            self.say("mesh", f"{child.name or child.service} exited with code {code}; restarting it in {delay:g} s "
+                             f"(restart {child.restarts})")
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            delay = min(delay * 2, high)
+            await self.spawn(child)
+            try:
+                await self.wait_serving(child)
+                self.say("mesh", f"{child.name or child.service} is serving again")
+            except RuntimeError as error:
+                self.say("mesh", f"{child.name or child.service} restarted but is not serving: {error}")
 
     async def start_consul(self) -> None:
         """`consul agent -dev` from PATH or .tools/bin, on loopback, for --consul dev."""
@@ -155,16 +224,12 @@ class Launcher:
                 "ca_file": str(folder / "ca.pem"), "cert_file": str(folder / "client.pem"),
                 "key_file": str(folder / "client-key.pem")}}}))
             extra = ["-config-file", str(config)]
-        process = await asyncio.create_subprocess_exec(
-            binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", *extra,
-            "-http-port", str(self.args.consul_port), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
-            "-server-port", str(server), "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan),
-            "-log-level", "warn",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        )
-        child = Child("consul", self.args.consul_port, process, "consul")
+        argv = (binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", *extra,
+                "-http-port", str(self.args.consul_port), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+                "-server-port", str(server), "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan),
+                "-log-level", "warn")
+        child = await self.spawn(Child("consul", self.args.consul_port, None, "consul", argv))  # type: ignore[arg-type]
         self.children.insert(0, child)
-        asyncio.create_task(self._pipe(child))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while loop.time() < deadline:
@@ -320,6 +385,9 @@ class Launcher:
         process loses an upstream while it still drains calls; within a tier nothing waits on
         anything else, so one slow leaver does not hold up its neighbours.
         """
+        self.stopping = True
+        for supervisor in self._supervisors:
+            supervisor.cancel()
         worst = 0
         for tier in STOP_TIERS:
             children = [c for c in self.children if c.service in tier]
@@ -356,17 +424,10 @@ class Launcher:
             await self.stop()
             return 1
         self.banner()
-        exits = [asyncio.ensure_future(c.process.wait()) for c in self.children]
-        stopped = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait([stopped, *exits], return_when=asyncio.FIRST_COMPLETED)
-        crashed = stopped not in done
-        if crashed:
-            dead = [c.service for c in self.children if c.process.returncode is not None]
-            self.say("mesh", f"{', '.join(dead)} exited unexpectedly; stopping the mesh")
-        else:
-            self.say("mesh", "stopping")
-        code = await self.stop()
-        return 1 if crashed else code
+        self.supervise()
+        await stop.wait()
+        self.say("mesh", "stopping")
+        return await self.stop()
 
 
 def _instances(value: str) -> tuple[str, int]:

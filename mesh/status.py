@@ -97,6 +97,11 @@ def error_from_rpc(upstream: str, error: grpc.RpcError) -> errors.ShopError:
         field, _, problem = message.partition(": ")
         return errors.InvalidArgument(field, problem) if problem else errors.InvalidArgument("request", message)
     if cls in (errors.Unavailable, errors.DeadlineExceeded):
+        if not _ours(error) and not message.startswith("circuit open"):
+            # gRPC's own transport text ("connections to all backends failing; ... Connection
+            # refused") is for our log, not for the caller.
+            logger.info("%s: %s", upstream, message)
+            message = "unavailable; try again" if cls is errors.Unavailable else "no answer within the deadline"
         return cls(f"{upstream} did not answer: {message}")  # type: ignore[misc]
     if cls is errors.FailedPrecondition:
         kind, subject = _precondition_violation(error)
@@ -104,6 +109,12 @@ def error_from_rpc(upstream: str, error: grpc.RpcError) -> errors.ShopError:
     if cls is not None:
         return cls(message)
     return errors.UpstreamFailed(f"{upstream} failed: {code.name}")
+
+
+def _ours(error: grpc.RpcError) -> bool:
+    """Whether a service of ours said this (its guard sends a google.rpc.Status), not gRPC's transport."""
+    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    return any(key == "grpc-status-details-bin" for key, _ in metadata or ())
 
 
 def _precondition_violation(error: grpc.RpcError) -> tuple[str, str]:

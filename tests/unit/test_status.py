@@ -92,6 +92,7 @@ class FailingServicer:
         raise self.error
 
 
+@pytest.mark.allow_log("failed unexpectedly")  # the bug it provokes is logged with its traceback, as it must be
 async def test_a_shop_error_aborts_with_its_code_and_a_bug_with_a_bland_internal() -> None:
     context = FakeContext(None)
     with pytest.raises(grpc.aio.AbortError):
