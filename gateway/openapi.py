@@ -19,11 +19,18 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.auth import Authenticator, Need
 from gateway.endpoints import Doc, Table
+from gateway.ranges import integer_pattern
 from gateway.routes import Route
 from generated.buf.validate import validate_pb2
 
-_INT64 = {"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"}
-_UINT64 = {"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}
+# 64-bit integers are JSON strings: their range is a pattern, exactly what the gateway reads.
+INT64_RANGE, UINT64_RANGE = (-(2**63), 2**63 - 1), (0, 2**64 - 1)
+_INT64 = {"type": "string", "format": "int64", "pattern": integer_pattern(*INT64_RANGE)}
+_UINT64 = {"type": "string", "format": "uint64", "pattern": integer_pattern(*UINT64_RANGE)}
+# A required string must hold something besides white space (mesh/validate.py says "must not be
+# blank"): at least one character outside Python's str.isspace() set, spelled so that JSON
+# Schema's ECMA-262 regular expressions read it alike.
+NOT_BLANK = "[^\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
 _T = FieldDescriptor
 SCALARS: dict[int, dict[str, Any]] = {
     _T.TYPE_STRING: {"type": "string"},
@@ -56,6 +63,15 @@ STATUS_SCHEMA = {
         "details": {"type": "array", "items": {"$ref": "#/components/schemas/google.protobuf.Any"}},
     },
     "required": ["code", "message", "details"],
+}
+
+
+# Rules the services keep that JSON Schema cannot state, said in words on the fields they bind
+# (tests/e2e/schemathesis_hooks.py teaches schemathesis the same words).
+IN_WORDS = {
+    "page_token": "opaque: the nextPageToken of a previous response of this RPC, or empty for the first page; "
+                  "any other value is refused (400)",
+    "lines": "each SKU at most once: a second line for the same SKU is refused (400)",
 }
 
 
@@ -97,13 +113,18 @@ def _constrain(schema: dict[str, Any], field: FieldDescriptor) -> dict[str, Any]
         bounds = {key: getattr(numbers, name) for name, key in _BOUNDS.items() if numbers.HasField(name)}
         if kind == "int32":
             schema = {**schema, **bounds}
-        elif bounds:  # a JSON string, by the proto3 mapping: the range can only be said in words
-            schema = {**schema, "description": " and ".join(
+        elif bounds:  # a JSON string, by the proto3 mapping: the range is its pattern, and in words
+            low = bounds.get("minimum", INT64_RANGE[0])
+            high = bounds.get("maximum", INT64_RANGE[1])
+            schema = {**schema, "pattern": integer_pattern(low, high), "description": " and ".join(
                 f"{'at least' if key == 'minimum' else 'at most'} {value}" for key, value in bounds.items())}
         if list(numbers.not_in):
             schema = {**schema, "not": {"enum": [str(v) if kind == "int64" else v for v in numbers.not_in]}}
-    if rules.required and field.type == _T.TYPE_STRING and "minLength" not in schema:
-        schema = {**schema, "minLength": 1}
+    if rules.required and field.type == _T.TYPE_STRING:
+        if "minLength" not in schema:
+            schema = {**schema, "minLength": 1}
+        if "pattern" not in schema:
+            schema = {**schema, "pattern": NOT_BLANK, "x-not-blank": True}  # the extension: for readers (/docs)
     return schema
 
 
@@ -120,8 +141,13 @@ class _Builder:
             return {"type": "object", "additionalProperties": self.single(value)}
         single = self.single(field)
         if field.is_repeated:
-            return _constrain({"type": "array", "items": single}, field)
-        return single if "$ref" in single else _constrain(single, field)
+            schema = _constrain({"type": "array", "items": single}, field)
+        else:
+            schema = single if "$ref" in single else _constrain(single, field)
+        words = IN_WORDS.get(field.name)
+        if words and (field.name != "lines" or (field.message_type and "sku" in field.message_type.fields_by_name)):
+            schema = {**schema, "description": words}
+        return schema
 
     def single(self, field: FieldDescriptor) -> dict[str, Any]:
         if field.type == _T.TYPE_ENUM:
@@ -202,15 +228,19 @@ def document(table: Table, *, title: str = "shopmesh", version: str = "1", auth:
         }
         if "request_id" in method.input_type.fields_by_name:
             operation["parameters"].append({
-                "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
-                "description": "Fills requestId: the same key returns the first outcome (Stripe's header)."})
+                "name": "Idempotency-Key", "in": "header", "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NOT_BLANK, "x-not-blank": True},
+                "description": "Instead of requestId, or equal to it: the same key returns the first outcome "
+                               "(Stripe's header)."})
         if auth:
             need = Authenticator.need(route.rpc)
             operation["security"] = [] if need is Need.ANYONE else [{"bearer": []}, {"apiKey": []}]
             if need is not Need.ANYONE:
                 operation["description"] = f"Needs: {need.value}."
         if route.body == "*":
-            filled = {"request_id"} | ({"user_id"} if auth and Authenticator.need(route.rpc) is Need.USER else set())
+            # requestId stays required although the Idempotency-Key header may carry it instead: JSON
+            # Schema cannot say "one of the two", and a document may ask for more than the server.
+            filled = {"user_id"} if auth and Authenticator.need(route.rpc) is Need.USER else set()
             body_name = builder.message(method.input_type, skip=route.path_fields, filled=frozenset(filled))
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body_name)}}}
         elif route.body:

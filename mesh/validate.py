@@ -40,8 +40,10 @@ SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def text(field: str, value: str, limit: int, *, required: bool = True) -> str:
-    if required and not value.strip():
+    if required and not value:
         raise InvalidArgument(field, "value is required")  # protovalidate's words, for one voice
+    if required and not value.strip():
+        raise InvalidArgument(field, "must not be blank: it has only spaces or other white space")
     if len(value) > limit:
         raise InvalidArgument(field, f"must be at most {limit} characters")
     return value

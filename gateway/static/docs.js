@@ -15,7 +15,8 @@ function notes(schema) {
   if (schema.minLength !== undefined && schema.maxLength !== undefined) said.push(`${schema.minLength}-${schema.maxLength} characters`);
   else if (schema.maxLength !== undefined) said.push(`at most ${schema.maxLength} characters`);
   else if (schema.minLength) said.push(`at least ${schema.minLength} character${schema.minLength > 1 ? "s" : ""}`);
-  if (schema.pattern && schema.format === undefined) said.push(`matching ${schema.pattern}`);
+  if (schema["x-not-blank"]) said.push("not blank");
+  else if (schema.pattern && schema.format === undefined) said.push(`matching ${schema.pattern}`);
   if (schema.minimum !== undefined) said.push(`at least ${schema.minimum}`);
   if (schema.maximum !== undefined) said.push(`at most ${schema.maximum}`);
   if (schema.minItems !== undefined) said.push(`at least ${schema.minItems} item${schema.minItems > 1 ? "s" : ""}`);

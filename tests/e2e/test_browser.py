@@ -92,9 +92,9 @@ def test_the_docs_page_lists_every_operation(browser, launcher: Launcher) -> Non
     assert len(operations) >= 14
     assert "/v1/orders/{order_id}:cancel" in browser.find_element(By.ID, "OrderService_CancelOrder").text
     create = browser.find_element(By.ID, "OrderService_CreateOrder").text  # the contract's rules, readable
-    assert "userId (required): string (1-128 characters)" in create, create
-    assert "lines (required): [" in create and "(at least 1 item, at most 100 items)" in create, create
-    assert "requestId: string (1-128 characters)" in create, create  # not required: Idempotency-Key may fill it
+    assert "userId (required): string (1-128 characters, not blank)" in create, create
+    assert "lines (required): [" in create and "(at least 1 item, at most 100 items, each SKU at most once" in create, create
+    assert "requestId (required): string (1-128 characters, not blank)" in create, create  # or Idempotency-Key
     assert "sku (required): string (at least 1 character, matching ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$)" in create
     assert "quantity (required): string (int64) (at least 1 and at most 1000000)" in create, create
     assert browser.execute_script(  # its own stylesheet applied (no inline style any more)

@@ -60,6 +60,7 @@ def test_the_contracts_field_rules_and_the_domains_own_limits_agree() -> None:
         (_rules(order.CancelOrderRequest, "reason").string.max_len, order_domain.MAX_REASON),
         (_rules(inventory.Product, "name").string.max_len, inventory_domain.MAX_NAME),
         (_rules(inventory.Product, "available").int64.lte, inventory_domain.MAX_STOCK),
+        (_rules(money_pb2.Money, "minor_units").int64.lte, money.MAX_MINOR_UNITS),
         (_rules(inventory.AdjustStockRequest, "delta").int64.lte, inventory_domain.MAX_STOCK),
         (_rules(inventory.AdjustStockRequest, "reason").string.max_len, inventory_domain.MAX_REASON),
         (_rules(inventory.ReserveStockRequest, "reservation_id").string.max_len, inventory_domain.MAX_RESERVATION_ID),

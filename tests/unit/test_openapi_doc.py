@@ -38,3 +38,14 @@ def test_without_auth_the_document_claims_no_security() -> None:
     validate(document)
     assert "securitySchemes" not in document["components"]
     assert all("security" not in op for op in operations(document).values())
+
+
+def test_not_blank_is_exactly_pythons_idea_of_white_space() -> None:
+    """The document's NOT_BLANK pattern refuses what mesh/validate.py calls blank, and nothing else."""
+    import re
+    import sys
+
+    character = re.compile(openapi.NOT_BLANK)
+    differ = [hex(c) for c in range(sys.maxunicode + 1)
+              if not 0xD800 <= c <= 0xDFFF and bool(character.fullmatch(chr(c))) == chr(c).isspace()]
+    assert not differ, differ[:20]

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from generated.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/common/v1/money.proto\x12\x0eshop.common.v1\x1a\x1b\x62uf/validate/validate.proto\"O\n\x05Money\x12(\n\rcurrency_code\x18\x01 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[A-Z]{3}$\x12\x1c\n\x0bminor_units\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/common/v1/money.proto\x12\x0eshop.common.v1\x1a\x1b\x62uf/validate/validate.proto\"X\n\x05Money\x12(\n\rcurrency_code\x18\x01 \x01(\tB\x11\xbaH\x0er\x0c\x32\n^[A-Z]{3}$\x12%\n\x0bminor_units\x18\x02 \x01(\x03\x42\x10\xbaH\r\"\x0b\x18\x80\x80\x9a\xa6\xea\xaf\xe3\x01(\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MONEY'].fields_by_name['currency_code']._loaded_options = None
   _globals['_MONEY'].fields_by_name['currency_code']._serialized_options = b'\272H\016r\0142\n^[A-Z]{3}$'
   _globals['_MONEY'].fields_by_name['minor_units']._loaded_options = None
-  _globals['_MONEY'].fields_by_name['minor_units']._serialized_options = b'\272H\004\"\002(\000'
+  _globals['_MONEY'].fields_by_name['minor_units']._serialized_options = b'\272H\r\"\013\030\200\200\232\246\352\257\343\001(\000'
   _globals['_MONEY']._serialized_start=75
-  _globals['_MONEY']._serialized_end=154
+  _globals['_MONEY']._serialized_end=163
 # @@protoc_insertion_point(module_scope)
