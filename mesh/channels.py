@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from mesh import logs, metrics, telemetry, tls
+from mesh import logs, metrics, softerrors, telemetry, tls
 from mesh.breaker import Breaker
 from mesh.discovery import Discovery
 from mesh.errors import Unavailable
@@ -46,7 +46,9 @@ RETRYABLE = {
 }
 SERVICE_CONFIG = json.dumps({
     # gRPC's outlier detection (gRFC A50) around round_robin: an instance failing most of its
-    # calls is ejected for a while (at most half of them), and put back to be tried again.
+    # calls is ejected for a while (at most half of them), and put back to be tried again. It
+    # counts every non-OK status, so our calls take the caller's mistakes soft (mesh/softerrors.py):
+    # only what an instance caused (UNAVAILABLE, INTERNAL, ...) counts against it.
     "loadBalancingConfig": [{"outlier_detection_experimental": {
         "interval": "2s",
         "baseEjectionTime": "10s",
@@ -88,6 +90,9 @@ class _Call:
     def __await__(self) -> Any:
         try:
             response = yield from self._call.__await__()
+            soft = softerrors.error_in((yield from self._call.trailing_metadata().__await__()))
+            if soft is not None:  # a caller's mistake, carried as OK past the outlier detection
+                raise soft
         except grpc.aio.AioRpcError as error:
             self._finish(error.code())
             raise
@@ -177,6 +182,8 @@ class _Method:
         request_id = logs.request_id.get()
         if request_id is not None:  # the request this call serves, named in every process's logs
             kwargs["metadata"] = (*tuple(kwargs.get("metadata") or ()), ("x-request-id", request_id))
+        if self._wrap is _Call:  # unary: the caller's mistakes come soft (mesh/softerrors.py)
+            kwargs["metadata"] = (*tuple(kwargs.get("metadata") or ()), softerrors.ASK)
         span = telemetry.client_span(self._name)
         if span is not None:
             kwargs["metadata"] = span.metadata(kwargs.get("metadata"))

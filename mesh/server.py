@@ -22,9 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mesh import faults, lifecycle, logs, metrics, reflection, telemetry, tls
 from mesh.discovery import Discovery, create_discovery
+from mesh.guard import Admission, Guarded
 from mesh.http import serve_http
 from mesh.settings import Settings, SettingsError
-from mesh.status import Admission, Guarded
 
 logger = logging.getLogger(__name__)
 

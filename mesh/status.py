@@ -1,30 +1,25 @@
-"""The one table between shop errors and gRPC status codes, both ways.
+"""The one table between shop errors and gRPC status codes, both ways, and deadline inheritance.
 
-Servers: `Guarded` wraps a servicer so that it turns a `ShopError` raised anywhere below a servicer
-into its status code with the error's message and a `google.rpc.Status` in the
-`grpc-status-details-bin` trailer (BadRequest / PreconditionFailure details),
-and any other exception into INTERNAL without leaking its text.
-Clients: `error_from_rpc` turns an upstream's status back into a `ShopError`,
-so a service can let its own callers see why an upstream said no.
-It also records each call's deadline so downstream calls can inherit it.
+Servers (`mesh/guard.py`): a `ShopError` raised anywhere below a servicer becomes its status code
+with the error's message and a `google.rpc.Status` in the `grpc-status-details-bin` trailer
+(BadRequest / PreconditionFailure details, `details`); anything else INTERNAL without its text.
+Clients: `error_from_rpc` turns an upstream's status back into a `ShopError`, so a service can
+let its own callers see why an upstream said no. Each call's deadline is recorded
+(`set_deadline`) so downstream calls inherit what is left of it (`remaining`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2
 
-from mesh import errors, faults, logs, metrics, telemetry, validate
-from mesh.metrics import MethodMetrics
+from mesh import errors
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +61,7 @@ def status_code(error: errors.ShopError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _details(error: errors.ShopError, code: grpc.StatusCode) -> bytes:
+def details(error: errors.ShopError, code: grpc.StatusCode) -> bytes:
     status = status_pb2.Status(code=code.value[0], message=str(error))
     detail: Any = None
     if isinstance(error, errors.InvalidArgument):
@@ -128,6 +123,11 @@ def _precondition_violation(error: grpc.RpcError) -> tuple[str, str]:
     return "", ""
 
 
+def set_deadline(left: float | None) -> None:
+    """This call (and what it calls) has `left` seconds, or no deadline."""
+    _deadline.set(None if left is None else time.monotonic() + left)
+
+
 def forget_deadline() -> None:
     """From here on (in this context), downstream calls get their default timeout (mesh.aio.finish_anyway)."""
     _deadline.set(None)
@@ -141,201 +141,11 @@ def remaining(default: float) -> float:
     return max(deadline - time.monotonic(), 0.001)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
-    if isinstance(error, errors.ShopError):
-        code = status_code(error)
-        if code is grpc.StatusCode.INTERNAL:
-            logger.warning("%s failed upstream: %s", method, error)
-        await context.abort(code, str(error), trailing_metadata=(("grpc-status-details-bin", _details(error, code)),))
-    logger.exception("%s failed unexpectedly", method, exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-
-
-def _code_of(error: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
-    if isinstance(error, errors.ShopError):
-        return status_code(error)
-    if isinstance(error, grpc.aio.AbortError):
-        code = context.code()
-        return code if isinstance(code, grpc.StatusCode) else _BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
-    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.INTERNAL
-
-
-_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 # The caller's doing: worth a line, not a warning.
-_CALLER_CODES = {
+CALLER_CODES = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.CANCELLED,
     grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-
-
-def _enter(context: grpc.aio.ServicerContext, method: str,
-           counted: MethodMetrics | None) -> tuple[float, telemetry.ServerSpan | None, str | None]:
-    """What every RPC does first: count it, remember its deadline, open its span, read its request id."""
-    started = time.perf_counter()
-    if counted is not None:
-        counted.started.inc()
-    left = context.time_remaining()
-    _deadline.set(None if left is None else time.monotonic() + left)
-    logs.rpc_method.set(method)
-    return started, telemetry.server_span(method, context.invocation_metadata()), _request_id(context)
-
-
-def _request_id(context: grpc.aio.ServicerContext) -> str | None:
-    """The caller's x-request-id, made the request id of every log line (and downstream call) of this RPC."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id":
-            logs.request_id.set(value)
-            return str(value)
-    return None
-
-
-def _finished(method: str, code: grpc.StatusCode, started: float, metrics: MethodMetrics | None,
-              span: telemetry.ServerSpan | None) -> None:
-    """One log line per RPC (OK ones at DEBUG), its metrics and the end of its span."""
-    if metrics is not None:
-        metrics.done(code, started)
-    level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO if code in _CALLER_CODES else logging.WARNING
-    if logger.isEnabledFor(level):
-        elapsed = (time.perf_counter() - started) * 1000
-        logger.log(level, "%s %s in %.1f ms", method, code.name, elapsed,
-                   extra={"grpc_code": code.name, "duration_ms": round(elapsed, 3)})
-    if span is not None:
-        span.end(code)
-
-
-class Admission:
-    """Load shedding: past `limit` of the service's own calls at once, a call is refused at once
-    with RESOURCE_EXHAUSTED (the gateway: 429) instead of queueing work that would time out anyway.
-
-    Counted here rather than by gRPC's `maximum_concurrent_rpcs`, which counts every call on the
-    server: health checks and reflection are never shed, so an overloaded instance stays in
-    Consul and Kubernetes rather than failing its probe and moving its load onto the others.
-    """
-
-    WARN_EVERY = 10.0
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.in_flight = 0
-        self._warned = -self.WARN_EVERY
-
-    def enter(self) -> bool:
-        if self.in_flight >= self.limit:
-            now = time.monotonic()
-            if now - self._warned >= self.WARN_EVERY:  # one line per burst, not one per refused call
-                self._warned = now
-                logger.warning("shedding load: %d calls in flight, the limit (SHOPMESH_MAX_CONCURRENT_RPCS)",
-                               self.in_flight)
-            return False
-        self.in_flight += 1
-        return True
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-
-    def refusal(self) -> str:
-        return f"server overloaded: {self.limit} calls in flight; retry shortly"
-
-
-class Guarded:
-    """A servicer whose every RPC method sheds load, sets the deadline, maps errors, logs and counts.
-
-    Applied once when the server is built, so a call pays for one wrapper
-    function, not for gRPC's per-call interceptor chain (measured: about 10%
-    of a GetProduct; see BENCHMARKS.md). Metrics are recorded when
-    `mesh.metrics` is enabled.
-    """
-
-    def __init__(self, servicer: Any, service: ServiceDescriptor, admission: Admission | None = None):
-        admission = admission or Admission(1_000_000)
-        for method in service.methods:
-            inner = getattr(servicer, method.name, None)
-            if inner is None:
-                continue
-            full_name = f"/{service.full_name}/{method.name}"
-            if method.client_streaming:  # no contract has one; refuse at start rather than serve it unguarded
-                raise TypeError(f"{full_name}: Guarded wraps unary and server-streaming methods only")
-            kind = "server_stream" if method.server_streaming else "unary"
-            counted = MethodMetrics(full_name, kind, server=True) if metrics.enabled() else None
-            fault = faults.get(f"rpc.{method.name}")
-            if fault is not None:  # test-only: the fault runs where the handler would
-                if method.server_streaming:
-                    raise TypeError(f"SHOPMESH_FAULTS: rpc.{method.name} is a stream; faults fit unary RPCs")
-                inner = _faulty(inner, fault)
-            wrap = _guard_stream if method.server_streaming else _guard_unary
-            setattr(self, method.name, wrap(inner, full_name, counted, admission))
-
-
-def _faulty(inner: Callable[..., Any], fault: faults.Fault) -> Callable[..., Any]:
-    async def with_fault(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await fault.trigger()
-        return await inner(request, context)
-
-    return with_fault
-
-
-async def _shed(context: grpc.aio.ServicerContext, admission: Admission, counted: MethodMetrics | None) -> None:
-    if counted is not None:
-        counted.started.inc()
-        counted.done(grpc.StatusCode.RESOURCE_EXHAUSTED, time.perf_counter())
-    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, admission.refusal())
-
-
-def _guard_unary(
-    inner: Callable[..., Awaitable[Any]], method: str, counted: MethodMetrics | None, admission: Admission
-) -> Callable[..., Awaitable[Any]]:
-    async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not admission.enter():
-            await _shed(context, admission, counted)
-        started, span, request_id = _enter(context, method, counted)
-        code = grpc.StatusCode.OK
-        try:
-            validate.contract(request)
-            reply = await inner(request, context)
-            if request_id is not None:
-                # Echoed with the reply, not before: a call that fails before answering
-                # has sent nothing yet, so the caller's gRPC may still retry it.
-                await context.send_initial_metadata((("x-request-id", request_id),))
-            return reply
-        except BaseException as error:
-            code = _code_of(error, context)
-            if not isinstance(error, Exception) or isinstance(error, grpc.aio.AbortError):
-                raise
-            if request_id is not None:
-                context.set_trailing_metadata((("x-request-id", request_id),))
-            await _abort(context, error, method)
-        finally:
-            admission.leave()
-            _finished(method, code, started, counted, span)
-
-    return unary_unary
-
-
-def _guard_stream(
-    inner: Callable[..., AsyncIterator[Any]], method: str, counted: MethodMetrics | None, admission: Admission
-) -> Callable[..., AsyncIterator[Any]]:
-    async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        if not admission.enter():  # an open stream holds its place until it ends
-            await _shed(context, admission, counted)
-        started, span, _ = _enter(context, method, counted)
-        code = grpc.StatusCode.OK
-        try:  # (a stream's handler sends its own headers; its request id goes to the logs only)
-            validate.contract(request)
-            async for response in inner(request, context):
-                yield response
-                if counted is not None and counted.sent is not None:
-                    counted.sent.inc()
-        except BaseException as error:
-            code = _code_of(error, context)
-            if not isinstance(error, Exception) or isinstance(error, grpc.aio.AbortError):
-                raise
-            await _abort(context, error, method)
-        finally:
-            admission.leave()
-            _finished(method, code, started, counted, span)
-
-    return unary_stream
+})

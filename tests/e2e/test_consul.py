@@ -364,3 +364,73 @@ async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_take
     finally:
         services.stop_all()
         agent.stop()
+
+
+async def test_a_client_asking_for_unknown_skus_ejects_no_healthy_instance(tmp_path: Path) -> None:
+    """Issue 11.6: gRPC's outlier detection counts any non-OK status, so NOT_FOUND by the thousand
+    ejected a healthy instance (at most half of them). Our channels take the caller's mistakes soft
+    (mesh/softerrors.py): both instances keep serving, and the polite client never notices."""
+    from mesh.channels import Upstreams
+    from mesh.discovery import ConsulDiscovery
+    from mesh.settings import Settings
+
+    agent = Agent(tmp_path)
+    agent.start()
+    services = Services(tmp_path, agent)
+    try:
+        services.start("inventory-a", "inventory")
+        services.start("inventory-b", "inventory")
+        agent.wait_passing("inventory", 2)
+        sku = new_product(services, 5)
+        settings = Settings.from_env("gateway", {"SHOPMESH_DISCOVERY": "consul", "SHOPMESH_CONSUL_ADDR": agent.address})
+        discovery = ConsulDiscovery(settings)
+        upstreams = Upstreams(discovery, settings)
+        await upstreams.watch("inventory")
+        try:
+            stub = upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
+
+            async def hammer(seconds: float) -> Counter:
+                codes: Counter = Counter()
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    try:
+                        await stub.GetProduct(inventory_pb2.GetProductRequest(sku=f"no-such-{uuid.uuid4().hex[:6]}"),
+                                              timeout=2)
+                        codes["OK"] += 1
+                    except grpc.aio.AioRpcError as error:
+                        codes[error.code().name] += 1
+                return codes
+
+            async def polite(seconds: float) -> Counter:
+                codes: Counter = Counter()
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    try:
+                        await stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=2)
+                        codes["OK"] += 1
+                    except grpc.aio.AioRpcError as error:
+                        codes[error.code().name] += 1
+                    await asyncio.sleep(0.05)
+                return codes
+
+            abuse, kind = await asyncio.gather(hammer(5), polite(5))  # two ejection intervals and more
+            a_before = started_calls(services, "inventory-a", "GetProduct")
+            b_before = started_calls(services, "inventory-b", "GetProduct")
+            later = await polite(3)
+            a_later = started_calls(services, "inventory-a", "GetProduct") - a_before
+            b_later = started_calls(services, "inventory-b", "GetProduct") - b_before
+            # What the client sees is plain gRPC: the code, its message, its details.
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetProduct(inventory_pb2.GetProductRequest(sku="no-such-mug"), timeout=2)
+        finally:
+            await upstreams.close()
+            await discovery.close()
+        assert set(abuse) == {"NOT_FOUND"} and abuse["NOT_FOUND"] >= 200, abuse
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-mug" in missing.value.details()
+        assert set(kind) == {"OK"} and set(later) == {"OK"}, (kind, later)
+        assert a_later >= 10 and b_later >= 10, (a_later, b_later)  # neither instance was ejected
+        print(f"abusive client: {dict(abuse)}; polite one {dict(kind)} then {dict(later)}; "
+              f"afterwards inventory-a took {a_later:.0f} calls, inventory-b {b_later:.0f}")
+    finally:
+        services.stop_all()
+        agent.stop()

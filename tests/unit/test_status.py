@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from generated.shop.inventory.v1 import inventory_pb2
-from mesh import errors, status
+from mesh import errors, guard, status
 
 A_REQUEST = inventory_pb2.GetProductRequest(sku="MUG-1")
 
@@ -96,11 +96,11 @@ class FailingServicer:
 async def test_a_shop_error_aborts_with_its_code_and_a_bug_with_a_bland_internal() -> None:
     context = FakeContext(None)
     with pytest.raises(grpc.aio.AbortError):
-        await status.Guarded(FailingServicer(errors.NotFound("no mug")), inventory_service()).GetProduct(A_REQUEST, context)
+        await guard.Guarded(FailingServicer(errors.NotFound("no mug")), inventory_service()).GetProduct(A_REQUEST, context)
     assert context.aborted == (grpc.StatusCode.NOT_FOUND, "no mug")
     context = FakeContext(None)
     with pytest.raises(grpc.aio.AbortError):
-        await status.Guarded(FailingServicer(KeyError("secret")), inventory_service()).GetProduct(A_REQUEST, context)
+        await guard.Guarded(FailingServicer(KeyError("secret")), inventory_service()).GetProduct(A_REQUEST, context)
     assert context.aborted[0] == grpc.StatusCode.INTERNAL and "secret" not in context.aborted[1]
 
 
@@ -122,7 +122,7 @@ def inventory_service():
 
 async def test_a_downstream_call_gets_what_is_left_of_the_callers_deadline() -> None:
     servicer = SleepyServicer()
-    guarded = status.Guarded(servicer, inventory_service())
+    guarded = guard.Guarded(servicer, inventory_service())
     await guarded.GetProduct(A_REQUEST, FakeContext(2.0))
     await guarded.GetProduct(A_REQUEST, FakeContext(None))
     assert 1.9 < servicer.seen[0] < 1.96
