@@ -20,6 +20,8 @@ logger = logging.getLogger("gateway")
 class Running:
     """The gateway's HTTP server with what it calls, as `mesh.lifecycle` stops it."""
 
+    not_ready_means = "/readyz 503"
+
     def __init__(self, gateway: Gateway, server: HttpServer, upstreams: Upstreams):
         self.gateway, self.server, self.upstreams = gateway, server, upstreams
 

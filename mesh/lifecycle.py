@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 class Stoppable(Protocol):
+    not_ready_means: str  # what "not ready" is for this process, for the log line
+
     async def not_ready(self) -> None: ...
     async def stop(self, grace: float) -> None: ...
     async def close(self) -> None: ...
@@ -39,7 +41,7 @@ async def until_signalled() -> None:
 
 
 async def shut_down(target: Stoppable, settings: Settings, discovery: Discovery | None = None) -> None:
-    logger.info("shutting down: not ready")
+    logger.info("shutting down: %s", target.not_ready_means)
     await target.not_ready()
     if discovery is not None and settings.discovery != "static":
         # Consul's gRPC check sees NOT_SERVING; then clients' blocking queries drop us (a moment

@@ -63,6 +63,7 @@ class App:
 class Running:
     """A started server, as `mesh.lifecycle` stops it."""
 
+    not_ready_means = "health NOT_SERVING"
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer

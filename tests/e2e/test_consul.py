@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -315,12 +316,41 @@ def started_calls(services: Services, name: str, method: str) -> float:
     return rpc_calls(services.metrics_ports[name], method)
 
 
-async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_takes_them(tmp_path: Path) -> None:
-    """gRPC's outlier detection in our channels, with the instance set from a real Consul."""
+@contextlib.asynccontextmanager
+async def consul_upstreams(agent: Agent):  # type: ignore[no-untyped-def]
+    """Our channels to inventory, their instance set followed in the real Consul (as the gateway's)."""
     from mesh.channels import Upstreams
     from mesh.discovery import ConsulDiscovery
     from mesh.settings import Settings
 
+    settings = Settings.from_env("gateway", {"SHOPMESH_DISCOVERY": "consul", "SHOPMESH_CONSUL_ADDR": agent.address})
+    discovery = ConsulDiscovery(settings)
+    upstreams = Upstreams(discovery, settings)
+    await upstreams.watch("inventory")
+    try:
+        yield upstreams
+    finally:
+        await upstreams.close()
+        await discovery.close()
+
+
+async def get_products(upstreams, seconds: float, sku=lambda: "mug", pause: float = 0.0) -> Counter:  # type: ignore[no-untyped-def]
+    """GetProduct for `seconds`, each call on the current channel; the codes the caller saw."""
+    codes: Counter = Counter()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        stub = upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
+        try:
+            await stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku()), timeout=2)
+            codes["OK"] += 1
+        except grpc.aio.AioRpcError as error:
+            codes[error.code().name] += 1
+        await asyncio.sleep(pause)
+    return codes
+
+
+async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_takes_them(tmp_path: Path) -> None:
+    """gRPC's outlier detection in our channels, with the instance set from a real Consul."""
     agent = Agent(tmp_path)
     agent.start()
     services = Services(tmp_path, agent)
@@ -328,34 +358,14 @@ async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_take
         services.start("inventory-good", "inventory")
         services.start("inventory-bad", "inventory", SHOPMESH_FAULTS="rpc.GetProduct=fail:1000000000")
         agent.wait_passing("inventory", 2)  # both pass health: only their calls tell them apart
-        sku = new_product(services, 5)  # gRPC's outlier detection counts any non-OK status as a failure
-        settings = Settings.from_env("gateway", {"SHOPMESH_DISCOVERY": "consul", "SHOPMESH_CONSUL_ADDR": agent.address})
-        discovery = ConsulDiscovery(settings)
-        upstreams = Upstreams(discovery, settings)
-        await upstreams.watch("inventory")
-        try:
-            async def burst(seconds: float) -> Counter:
-                codes: Counter = Counter()
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    stub = upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
-                    try:
-                        await stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=2)
-                        codes["OK"] += 1
-                    except grpc.aio.AioRpcError as error:
-                        codes[error.code().name] += 1
-                    await asyncio.sleep(0.01)
-                return codes
-
-            first = await burst(5)  # the bad instance answers UNAVAILABLE; ejected at an interval's end
+        sku = new_product(services, 5)
+        async with consul_upstreams(agent) as upstreams:
+            first = await get_products(upstreams, 5, lambda: sku, 0.01)  # the bad one answers UNAVAILABLE
             bad_before = started_calls(services, "inventory-bad", "GetProduct")
             good_before = started_calls(services, "inventory-good", "GetProduct")
-            later = await burst(3)
+            later = await get_products(upstreams, 3, lambda: sku, 0.01)
             bad_later = started_calls(services, "inventory-bad", "GetProduct") - bad_before
             good_later = started_calls(services, "inventory-good", "GetProduct") - good_before
-        finally:
-            await upstreams.close()
-            await discovery.close()
         assert bad_before >= 20  # it was tried, and failed, at first
         assert bad_later == 0 and good_later >= 50, (bad_later, good_later)
         assert set(later) == {"OK"}  # every answer now comes from the healthy instance
@@ -370,10 +380,6 @@ async def test_a_client_asking_for_unknown_skus_ejects_no_healthy_instance(tmp_p
     """Issue 11.6: gRPC's outlier detection counts any non-OK status, so NOT_FOUND by the thousand
     ejected a healthy instance (at most half of them). Our channels take the caller's mistakes soft
     (mesh/softerrors.py): both instances keep serving, and the polite client never notices."""
-    from mesh.channels import Upstreams
-    from mesh.discovery import ConsulDiscovery
-    from mesh.settings import Settings
-
     agent = Agent(tmp_path)
     agent.start()
     services = Services(tmp_path, agent)
@@ -382,49 +388,19 @@ async def test_a_client_asking_for_unknown_skus_ejects_no_healthy_instance(tmp_p
         services.start("inventory-b", "inventory")
         agent.wait_passing("inventory", 2)
         sku = new_product(services, 5)
-        settings = Settings.from_env("gateway", {"SHOPMESH_DISCOVERY": "consul", "SHOPMESH_CONSUL_ADDR": agent.address})
-        discovery = ConsulDiscovery(settings)
-        upstreams = Upstreams(discovery, settings)
-        await upstreams.watch("inventory")
-        try:
-            stub = upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
-
-            async def hammer(seconds: float) -> Counter:
-                codes: Counter = Counter()
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    try:
-                        await stub.GetProduct(inventory_pb2.GetProductRequest(sku=f"no-such-{uuid.uuid4().hex[:6]}"),
-                                              timeout=2)
-                        codes["OK"] += 1
-                    except grpc.aio.AioRpcError as error:
-                        codes[error.code().name] += 1
-                return codes
-
-            async def polite(seconds: float) -> Counter:
-                codes: Counter = Counter()
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    try:
-                        await stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=2)
-                        codes["OK"] += 1
-                    except grpc.aio.AioRpcError as error:
-                        codes[error.code().name] += 1
-                    await asyncio.sleep(0.05)
-                return codes
-
-            abuse, kind = await asyncio.gather(hammer(5), polite(5))  # two ejection intervals and more
+        async with consul_upstreams(agent) as upstreams:
+            abuse, kind = await asyncio.gather(  # two ejection intervals and more
+                get_products(upstreams, 5, lambda: f"no-such-{uuid.uuid4().hex[:6]}"),
+                get_products(upstreams, 5, lambda: sku, 0.05))
             a_before = started_calls(services, "inventory-a", "GetProduct")
             b_before = started_calls(services, "inventory-b", "GetProduct")
-            later = await polite(3)
+            later = await get_products(upstreams, 3, lambda: sku, 0.05)
             a_later = started_calls(services, "inventory-a", "GetProduct") - a_before
             b_later = started_calls(services, "inventory-b", "GetProduct") - b_before
             # What the client sees is plain gRPC: the code, its message, its details.
+            stub = upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
             with pytest.raises(grpc.aio.AioRpcError) as missing:
                 await stub.GetProduct(inventory_pb2.GetProductRequest(sku="no-such-mug"), timeout=2)
-        finally:
-            await upstreams.close()
-            await discovery.close()
         assert set(abuse) == {"NOT_FOUND"} and abuse["NOT_FOUND"] >= 200, abuse
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-mug" in missing.value.details()
         assert set(kind) == {"OK"} and set(later) == {"OK"}, (kind, later)

@@ -101,10 +101,12 @@ def test_an_error_names_its_trace_in_body_header_and_log_line(traced: tuple[Laun
         body = json.load(error)
     assert len(trace_id) == 32
     assert body["code"] == 5 and missing in body["message"]
-    assert {"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": trace_id} in body["details"]
+    # The request is named by the id the client gave it, its trace beside it.
+    assert {"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": "req-trace-1",
+            "servingData": f"trace_id={trace_id}"} in body["details"]
     deadline = time.monotonic() + 10
     while True:
-        lines = [e for e in log_lines(mesh) if e.get("trace_id") == trace_id]
+        lines = [e for e in log_lines(mesh) if e.get("trace_id") == trace_id and e["service"] == "order"]
         if lines or time.monotonic() > deadline:
             break
         time.sleep(0.1)
