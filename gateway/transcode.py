@@ -62,7 +62,7 @@ def build_request(
     elif body.strip():
         raise BadRequest([("request body", "this method takes no request body; send its fields in the query")])
     for name, value in path.items():
-        said = ".".join(_json_name(descriptor, name))
+        said = _json_names(descriptor, name)
         if body_field == "*":
             given = _current(message, name)
             if given not in ("", 0) and str(given) != value:
@@ -86,13 +86,20 @@ def build_request(
     return message
 
 
-def _json_name(descriptor: Descriptor, proto_path: str) -> list[str]:
-    names = []
-    for name in proto_path.split("."):
-        field: FieldDescriptor = descriptor.fields_by_name[name]
-        names.append(field.json_name)
-        descriptor = field.message_type
-    return names
+_SAID: dict[tuple[str, str], str] = {}
+
+
+def _json_names(descriptor: Descriptor, proto_path: str) -> str:
+    """`book.page_count` as a JSON client spells it (`book.pageCount`), worked out once."""
+    said = _SAID.get((descriptor.full_name, proto_path))
+    if said is None:
+        names, message = [], descriptor
+        for name in proto_path.split("."):
+            field: FieldDescriptor = message.fields_by_name[name]
+            names.append(field.json_name)
+            message = field.message_type
+        said = _SAID[(descriptor.full_name, proto_path)] = ".".join(names)
+    return said
 
 
 # --- response message -> JSON --------------------------------------------------------------

@@ -90,9 +90,10 @@ class _Call:
     def __await__(self) -> Any:
         try:
             response = yield from self._call.__await__()
-            soft = softerrors.error_in((yield from self._call.trailing_metadata().__await__()))
-            if soft is not None:  # a caller's mistake, carried as OK past the outlier detection
-                raise soft
+            if not response.ByteSize():  # a soft error's answer is empty (mesh/softerrors.py): look why
+                soft = softerrors.error_in((yield from self._call.trailing_metadata().__await__()))
+                if soft is not None:  # a caller's mistake, carried as OK past the outlier detection
+                    raise soft
         except grpc.aio.AioRpcError as error:
             self._finish(error.code())
             raise

@@ -10,7 +10,9 @@ In one run, against one inventory process with SQLite:
 - the floor: our HTTP server making the one grpc.aio call and printing JSON, with
   nothing else a gateway does (the least CPU any front over grpc.aio can spend);
   and the same with grpclib, the other Python gRPC client (installed for the benchmark only);
-- the gRPC call alone, driven by ghz, for scale.
+- the gRPC call alone, driven by ghz, for scale;
+- with `--baseline REF`, the gateway as it was at git REF (a worktree of it, same venv), so a
+  change's cost is measured beside it in the same run, not remembered.
 It prints requests/s, p50/p99 and each front process's CPU microseconds per
 request (user+system from /proc), median of interleaved rounds.
 Needs wrk (Debian: apt-get install wrk) and ghz (scripts/install-tools.sh).
@@ -176,10 +178,16 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline", metavar="REF", help="also run the gateway of this git ref, e.g. 8e834ca")
     args = parser.parse_args()
     ensure_benchmark_packages()
     work = Path(tempfile.mkdtemp(prefix="shopmesh-gwbench-"))
-    ports = {name: free_port() for name in ("inventory", "gateway", "fastapi", "floor", "floor_grpclib")}
+    ports = {name: free_port() for name in ("inventory", "gateway", "baseline", "fastapi", "floor", "floor_grpclib")}
+    baseline = None
+    if args.baseline:
+        baseline = work / "baseline"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
+                       check=True, capture_output=True)
     env = dict(os.environ, SHOPMESH_DATA_DIR=str(work), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
                SHOPMESH_INVENTORY_PORT=str(ports["inventory"]), SHOPMESH_GATEWAY_PORT=str(ports["gateway"]),
                SHOPMESH_INVENTORY_METRICS_PORT=str(free_port()),
@@ -207,7 +215,11 @@ def main() -> None:
         start("floor", [sys.executable, str(work / "floor_app.py"), str(ports["floor"])])
         start("floor_grpclib", [sys.executable, str(work / "floor_app.py"), str(ports["floor_grpclib"])],
               FLOOR_CLIENT="grpclib")
-        fronts = ("gateway", "fastapi", "floor", "floor_grpclib")
+        fronts: tuple[str, ...] = ("gateway", "fastapi", "floor", "floor_grpclib")
+        if baseline is not None:
+            start("baseline", [sys.executable, "-m", "gateway"], cwd=baseline, PYTHONPATH=str(baseline),
+                  SHOPMESH_GATEWAY_PORT=str(ports["baseline"]))
+            fronts = ("gateway", "baseline", *fronts[1:])
         urls = {name: f"http://127.0.0.1:{ports[name]}/v1/products/bench" for name in fronts}
         for url in urls.values():
             wait_http(url)
@@ -224,7 +236,9 @@ def main() -> None:
               f"for gRPC alone) on {os.cpu_count()} cores; median of {args.repeat} interleaved rounds\n")
         print("| front | requests/s | p50 ms | p99 ms | errors | front process CPU µs/request |")
         print("|---|---:|---:|---:|---|---:|")
-        labels = {"gateway": "shopmesh gateway (asyncio + httptools)", "fastapi": "FastAPI + uvicorn[standard]",
+        labels = {"gateway": "shopmesh gateway (asyncio + httptools)",
+                  **({"baseline": f"the gateway at {args.baseline}"} if baseline is not None else {}),
+                  "fastapi": "FastAPI + uvicorn[standard]",
                   "grpc": "gRPC GetProduct alone (ghz, no HTTP)",
                   "floor": "floor: our HTTP server + one grpc.aio call + JSON, nothing else",
                   "floor_grpclib": "the same floor with grpclib instead of grpc.aio"}
@@ -238,8 +252,14 @@ def main() -> None:
         floor = median["floor"]
         print(f"floor (HTTP + one grpc.aio call + JSON, nothing else): {100 * floor['cpu_us'] / f['cpu_us']:.0f}% of "
               f"FastAPI's CPU per request; the gateway's own work above it: {g['cpu_us'] - floor['cpu_us']:.0f} µs")
+        if baseline is not None:
+            b = median["baseline"]
+            print(f"the gateway at {args.baseline}: {b['cpu_us']:.0f} µs a request, its own work above the floor "
+                  f"{b['cpu_us'] - floor['cpu_us']:.0f} µs; now {g['cpu_us'] - b['cpu_us']:+.0f} µs a request")
     finally:
         stop_all(processes.values())
+        if baseline is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
