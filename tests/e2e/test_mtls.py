@@ -103,3 +103,35 @@ def test_consul_checks_every_service_over_mtls(tmp_path: Path) -> None:
     finally:
         mesh.interrupt()
     print("inventory, order and notification pass Consul's gRPC check over mTLS")
+
+
+def test_only_the_gateways_certificate_may_name_the_user_a_call_acts_for(secured: tuple[Launcher, Path]) -> None:
+    """The caller's identity travels as metadata (mesh/identity.py); over mTLS a service believes it only
+    from a trusted certificate (the gateway's), so another holder of a mesh certificate cannot claim to
+    be a user, and the gateway's claim decides what that user may see."""
+    from generated.shop.order.v1 import order_pb2, order_pb2_grpc
+
+    mesh, certs = secured
+    ca = (certs / "ca.pem").read_bytes()
+
+    def orders(name: str) -> order_pb2_grpc.OrderServiceStub:
+        credentials = grpc.ssl_channel_credentials(ca, (certs / f"{name}-key.pem").read_bytes(),
+                                                   (certs / f"{name}.pem").read_bytes())
+        channel = grpc.secure_channel(mesh.address("order"), credentials,
+                                      options=[("grpc.ssl_target_name_override", "shopmesh.internal")])
+        return order_pb2_grpc.OrderServiceStub(channel)
+
+    order = orders("client").CreateOrder(order_pb2.CreateOrderRequest(
+        request_id=str(uuid.uuid4()), user_id="alice", lines=[order_pb2.OrderLine(sku="coffee-mug", quantity=1)]),
+        timeout=10)
+    get = order_pb2.GetOrderRequest(order_id=order.order_id)
+    assert orders("client").GetOrder(get, timeout=5).user_id == "alice"  # no claim: a service's own call
+    with pytest.raises(grpc.RpcError) as claimed:
+        orders("client").GetOrder(get, metadata=(("x-shopmesh-user", "alice"),), timeout=5)
+    assert claimed.value.code() == grpc.StatusCode.PERMISSION_DENIED and "gateway" in claimed.value.details()
+    assert orders("gateway").GetOrder(get, metadata=(("x-shopmesh-user", "alice"),), timeout=5).user_id == "alice"
+    with pytest.raises(grpc.RpcError) as other:
+        orders("gateway").GetOrder(get, metadata=(("x-shopmesh-user", "mallory"),), timeout=5)
+    assert other.value.code() == grpc.StatusCode.NOT_FOUND  # someone else's order is as good as missing
+    admin = (("x-shopmesh-user", "ops"), ("x-shopmesh-admin", "true"))
+    assert orders("gateway").GetOrder(get, metadata=admin, timeout=5).order_id == order.order_id
