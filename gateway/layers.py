@@ -3,9 +3,9 @@
     route -> observe -> cors -> admission -> dispatch -> endpoint (the proxy, or an own endpoint)
 
 - route: finds the request's endpoint in the table once (`request.state["match"]`).
-- observe: names the request (its id, in every log line, in the metadata of every call it makes
-  and in every error body), counts it, traces it, and is the one place a `Failure` becomes a
-  response.
+- observe: names the request (its id in its reply and every error body; a client's own id also
+  in every log line and every call it makes), counts it, traces it, and is the one place a
+  `Failure` becomes a response.
 - cors: answers preflights from the table's methods; marks answers to allowed pages.
 - admission: who is calling (authentication) and whether they may, now (policy, rate limit).
 - dispatch: the endpoint, or 405 with Allow, or 404.
@@ -16,7 +16,6 @@ Layers talk through `request.state`: `match`, `request_id`, `principal`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import random
 import re
@@ -34,8 +33,6 @@ from mesh import logs, metrics, telemetry
 from mesh.http import Handler, Request, Response
 from mesh.metrics import HTTP_IN_FLIGHT, HTTP_REQUESTS, HTTP_SECONDS
 from mesh.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 Layer = Callable[[Handler], Handler]
 PREFLIGHT = "cors_preflight"  # the metric label of CORS preflights

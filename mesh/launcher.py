@@ -165,19 +165,26 @@ class Launcher:
             if self.args.tls:  # each process proves who it is with its own certificate
                 child_env["SHOPMESH_TLS_CERT_FILE"] = str(self.args.tls / f"{service}.pem")
                 child_env["SHOPMESH_TLS_KEY_FILE"] = str(self.args.tls / f"{service}-key.pem")
-            child = await self.spawn(Child(service, port, None, name, (sys.executable, "-m", service),  # type: ignore[arg-type]
-                                           child_env))
+            child = await self.spawn(service, port, name, (sys.executable, "-m", service), child_env)
             self.children.append(child)
             await self.wait_serving(child)  # serving (and in Consul) before its clients start
 
-    async def spawn(self, child: Child) -> Child:
-        child.process = await asyncio.create_subprocess_exec(
-            *child.argv, env=child.env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops them in order
-        )
+    async def spawn(self, service: str, port: int, name: str, argv: tuple[str, ...],
+                    env: dict[str, str] | None = None) -> Child:
+        child = Child(service, port, await self._exec(argv, env), name, argv, env)
         asyncio.create_task(self._pipe(child))
         return child
+
+    async def respawn(self, child: Child) -> None:
+        child.process = await self._exec(child.argv, child.env)
+        asyncio.create_task(self._pipe(child))
+
+    @staticmethod
+    async def _exec(argv: tuple[str, ...], env: dict[str, str] | None) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops them in order
+        )
 
     def supervise(self) -> None:
         """From now on, a process that dies is started again (until the mesh stops)."""
@@ -201,7 +208,7 @@ class Launcher:
             if self.stopping:
                 return
             delay = min(delay * 2, high)
-            await self.spawn(child)
+            await self.respawn(child)
             try:
                 await self.wait_serving(child)
                 self.say("mesh", f"{child.name or child.service} is serving again")
@@ -228,7 +235,7 @@ class Launcher:
                 "-http-port", str(self.args.consul_port), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
                 "-server-port", str(server), "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan),
                 "-log-level", "warn")
-        child = await self.spawn(Child("consul", self.args.consul_port, None, "consul", argv))  # type: ignore[arg-type]
+        child = await self.spawn("consul", self.args.consul_port, "consul", argv)
         self.children.insert(0, child)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
