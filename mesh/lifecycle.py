@@ -72,11 +72,16 @@ async def shut_down(target: Stoppable, settings: Settings, discovery: Discovery 
 
 
 async def _bounded(step: Awaitable[None], seconds: float, what: str) -> None:
-    try:
-        await asyncio.wait_for(step, seconds)
-    except TimeoutError:
-        logger.warning("shutdown: %s took more than %g s; going on without it. Tasks still waiting:\n%s",
-                       what, seconds, _stacks())
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        task.result()  # its error, if any, is the caller's to hear
+        return
+    # The stacks while it still waits (after cancelling, they would show only the cancellation).
+    logger.warning("shutdown: %s took more than %g s; going on without it. Tasks still waiting:\n%s",
+                   what, seconds, _stacks())
+    task.cancel()
+    await asyncio.wait({task}, timeout=1)
 
 
 def _stacks() -> str:
