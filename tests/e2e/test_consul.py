@@ -121,19 +121,26 @@ class Services:
 
 
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[tuple[Agent, Services]]:
+def consul(tmp_path: Path) -> Iterator[tuple[Agent, Services]]:
+    """A real Consul agent and a place to start instances in; everything stops at the end."""
     agent = Agent(tmp_path)
     agent.start()
     services = Services(tmp_path, agent)
     try:
-        services.start("inventory-a", "inventory")
-        services.start("inventory-b", "inventory")
-        services.start("notification-1", "notification")
-        services.start("order-1", "order")
         yield agent, services
     finally:
         services.stop_all()
         agent.stop()
+
+
+@pytest.fixture
+def mesh(consul: tuple[Agent, Services]) -> tuple[Agent, Services]:
+    """Two inventories, a notification and an order instance on the real Consul."""
+    _, services = consul
+    for name, service in (("inventory-a", "inventory"), ("inventory-b", "inventory"),
+                          ("notification-1", "notification"), ("order-1", "order")):
+        services.start(name, service)
+    return consul
 
 
 def new_product(services: Services, stock: int, instance: str = "") -> str:
@@ -349,64 +356,52 @@ async def get_products(upstreams, seconds: float, sku=lambda: "mug", pause: floa
     return codes
 
 
-async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_takes_them(tmp_path: Path) -> None:
+async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_takes_them(consul) -> None:
     """gRPC's outlier detection in our channels, with the instance set from a real Consul."""
-    agent = Agent(tmp_path)
-    agent.start()
-    services = Services(tmp_path, agent)
-    try:
-        services.start("inventory-good", "inventory")
-        services.start("inventory-bad", "inventory", SHOPMESH_FAULTS="rpc.GetProduct=fail:1000000000")
-        agent.wait_passing("inventory", 2)  # both pass health: only their calls tell them apart
-        sku = new_product(services, 5)
-        async with consul_upstreams(agent) as upstreams:
-            first = await get_products(upstreams, 5, lambda: sku, 0.01)  # the bad one answers UNAVAILABLE
-            bad_before = started_calls(services, "inventory-bad", "GetProduct")
-            good_before = started_calls(services, "inventory-good", "GetProduct")
-            later = await get_products(upstreams, 3, lambda: sku, 0.01)
-            bad_later = started_calls(services, "inventory-bad", "GetProduct") - bad_before
-            good_later = started_calls(services, "inventory-good", "GetProduct") - good_before
-        assert bad_before >= 20  # it was tried, and failed, at first
-        assert bad_later == 0 and good_later >= 50, (bad_later, good_later)
-        assert set(later) == {"OK"}  # every answer now comes from the healthy instance
-        print(f"first 5 s: {dict(first)}, bad instance tried {bad_before:.0f} times; next 3 s: {dict(later)}, "
-              f"bad instance {bad_later:.0f}, good {good_later:.0f}")
-    finally:
-        services.stop_all()
-        agent.stop()
+    agent, services = consul
+    services.start("inventory-good", "inventory")
+    services.start("inventory-bad", "inventory", SHOPMESH_FAULTS="rpc.GetProduct=fail:1000000000")
+    agent.wait_passing("inventory", 2)  # both pass health: only their calls tell them apart
+    sku = new_product(services, 5)
+    async with consul_upstreams(agent) as upstreams:
+        first = await get_products(upstreams, 5, lambda: sku, 0.01)  # the bad one answers UNAVAILABLE
+        bad_before = started_calls(services, "inventory-bad", "GetProduct")
+        good_before = started_calls(services, "inventory-good", "GetProduct")
+        later = await get_products(upstreams, 3, lambda: sku, 0.01)
+        bad_later = started_calls(services, "inventory-bad", "GetProduct") - bad_before
+        good_later = started_calls(services, "inventory-good", "GetProduct") - good_before
+    assert bad_before >= 20  # it was tried, and failed, at first
+    assert bad_later == 0 and good_later >= 50, (bad_later, good_later)
+    assert set(later) == {"OK"}  # every answer now comes from the healthy instance
+    print(f"first 5 s: {dict(first)}, bad instance tried {bad_before:.0f} times; next 3 s: {dict(later)}, "
+          f"bad instance {bad_later:.0f}, good {good_later:.0f}")
 
 
-async def test_a_client_asking_for_unknown_skus_ejects_no_healthy_instance(tmp_path: Path) -> None:
+async def test_a_client_asking_for_unknown_skus_ejects_no_healthy_instance(consul) -> None:
     """Issue 11.6: gRPC's outlier detection counts any non-OK status, so NOT_FOUND by the thousand
     ejected a healthy instance (at most half of them). Our channels take the caller's mistakes soft
     (mesh/softerrors.py): both instances keep serving, and the polite client never notices."""
-    agent = Agent(tmp_path)
-    agent.start()
-    services = Services(tmp_path, agent)
-    try:
-        services.start("inventory-a", "inventory")
-        services.start("inventory-b", "inventory")
-        agent.wait_passing("inventory", 2)
-        sku = new_product(services, 5)
-        async with consul_upstreams(agent) as upstreams:
-            abuse, kind = await asyncio.gather(  # two ejection intervals and more
-                get_products(upstreams, 5, lambda: f"no-such-{uuid.uuid4().hex[:6]}"),
-                get_products(upstreams, 5, lambda: sku, 0.05))
-            a_before = started_calls(services, "inventory-a", "GetProduct")
-            b_before = started_calls(services, "inventory-b", "GetProduct")
-            later = await get_products(upstreams, 3, lambda: sku, 0.05)
-            a_later = started_calls(services, "inventory-a", "GetProduct") - a_before
-            b_later = started_calls(services, "inventory-b", "GetProduct") - b_before
-            # What the client sees is plain gRPC: the code, its message, its details.
-            stub = upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
-            with pytest.raises(grpc.aio.AioRpcError) as missing:
-                await stub.GetProduct(inventory_pb2.GetProductRequest(sku="no-such-mug"), timeout=2)
-        assert set(abuse) == {"NOT_FOUND"} and abuse["NOT_FOUND"] >= 200, abuse
-        assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-mug" in missing.value.details()
-        assert set(kind) == {"OK"} and set(later) == {"OK"}, (kind, later)
-        assert a_later >= 10 and b_later >= 10, (a_later, b_later)  # neither instance was ejected
-        print(f"abusive client: {dict(abuse)}; polite one {dict(kind)} then {dict(later)}; "
-              f"afterwards inventory-a took {a_later:.0f} calls, inventory-b {b_later:.0f}")
-    finally:
-        services.stop_all()
-        agent.stop()
+    agent, services = consul
+    services.start("inventory-a", "inventory")
+    services.start("inventory-b", "inventory")
+    agent.wait_passing("inventory", 2)
+    sku = new_product(services, 5)
+    async with consul_upstreams(agent) as upstreams:
+        abuse, kind = await asyncio.gather(  # two ejection intervals and more
+            get_products(upstreams, 5, lambda: f"no-such-{uuid.uuid4().hex[:6]}"),
+            get_products(upstreams, 5, lambda: sku, 0.05))
+        a_before = started_calls(services, "inventory-a", "GetProduct")
+        b_before = started_calls(services, "inventory-b", "GetProduct")
+        later = await get_products(upstreams, 3, lambda: sku, 0.05)
+        a_later = started_calls(services, "inventory-a", "GetProduct") - a_before
+        b_later = started_calls(services, "inventory-b", "GetProduct") - b_before
+        # What the client sees is plain gRPC: the code, its message, its details.
+        stub = upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetProduct(inventory_pb2.GetProductRequest(sku="no-such-mug"), timeout=2)
+    assert set(abuse) == {"NOT_FOUND"} and abuse["NOT_FOUND"] >= 200, abuse
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-mug" in missing.value.details()
+    assert set(kind) == {"OK"} and set(later) == {"OK"}, (kind, later)
+    assert a_later >= 10 and b_later >= 10, (a_later, b_later)  # neither instance was ejected
+    print(f"abusive client: {dict(abuse)}; polite one {dict(kind)} then {dict(later)}; "
+          f"afterwards inventory-a took {a_later:.0f} calls, inventory-b {b_later:.0f}")

@@ -70,6 +70,12 @@ def test_a_second_launcher_names_the_taken_port_and_starts_nothing(launcher: Lau
     assert not any(line.startswith(("inventory", "order", "gateway")) for line in done.stdout.splitlines())
     assert not (tmp_path / "second").exists()  # not even its data folder
     assert time.monotonic() - started < 10
+    # The first mesh noticed nothing: still ready, its catalogue as it was.
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{launcher.address('gateway')}/readyz", timeout=10) as reply:
+        assert json.load(reply)["ready"] is True
+    assert "demo products" in launcher.output() and launcher.output().count("demo products") == 1
 
 
 def test_kill_9_of_one_of_two_inventories_under_load_the_other_takes_the_orders(tmp_path: Path) -> None:
