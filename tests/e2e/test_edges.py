@@ -173,3 +173,25 @@ def test_an_http_1_1_request_without_one_host_is_a_400(api: Http) -> None:
     with socket.create_connection((api.host, api.port), timeout=10) as sock:
         sock.sendall(b"GET /v1/products/coffee-mug HTTP/1.0\r\n\r\n")  # HTTP/1.0 has no such rule
         assert _read_response(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_header_and_path_values_are_refused_naming_what_is_wrong(api: Http) -> None:
+    """Issue 11.12: an empty Idempotency-Key was taken as a key differing from requestId, and a path id of
+    white space was answered 'value is required'. Each now says what is wrong, and the document states it."""
+    sku = new_product(api)
+    body = {"requestId": str(uuid.uuid4()), "userId": "hdr", "lines": [{"sku": sku, "quantity": 1}]}
+    for key, says in (("", "must not be empty"), ("k" * 129, "at most 128 characters")):
+        status, _, error = api.call("POST", "/v1/orders", body, headers={"Idempotency-Key": key})
+        assert status == 400 and list(violations(error)) == ["Idempotency-Key"], error
+        assert says in error["message"]
+    for blank in ("%09", "%20%20"):
+        status, _, error = api.call("GET", f"/v1/orders/{blank}")
+        assert status == 400 and violations(error) == {
+            "orderId": "must not be blank: it has only spaces or other white space"}, error
+    status, _, document = api.call("GET", "/openapi.json")
+    header = next(p for p in document["paths"]["/v1/orders"]["post"]["parameters"] if p["name"] == "Idempotency-Key")
+    assert header["schema"]["minLength"] == 1 and header["schema"]["maxLength"] == 128
+    order_id = document["paths"]["/v1/orders/{order_id}"]["get"]["parameters"][0]["schema"]
+    assert order_id["x-not-blank"] is True
+    page_token = next(p for p in document["paths"]["/v1/products"]["get"]["parameters"] if p["name"] == "pageToken")
+    assert page_token["schema"]["description"].startswith("opaque")  # refused unless we issued it, and it says so
