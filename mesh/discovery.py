@@ -134,7 +134,12 @@ class ConsulDiscovery:
                 f"{e['Service']['Address'] or e['Node']['Address']}:{e['Service']['Port']}" for e in entries
             )
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._update, service, addresses, first)
+            if self._stop.is_set():
+                return  # closed while the blocking query waited: nobody to tell
+            try:
+                self._loop.call_soon_threadsafe(self._update, service, addresses, first)
+            except RuntimeError:  # the loop closed between the check and the call
+                return
 
     def _update(self, service: str, addresses: list[str], first: asyncio.Event) -> None:
         first.set()
