@@ -36,6 +36,9 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 1),
+    # DNS discovery: a connection that ends (a server's maximum age, a pod gone) has the name
+    # resolved again at once, at most this often, so a new instance is called within seconds.
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
 )
 RETRYABLE = {
     "shop.inventory.v1.InventoryService": ["GetProduct", "ListProducts", "ReserveStock", "CommitReservation",
@@ -215,6 +218,8 @@ class InstrumentedChannel:
 
 
 def target(addresses: Sequence[str]) -> str:
+    if len(addresses) == 1 and "://" in addresses[0]:
+        return addresses[0]  # a target gRPC resolves itself (mesh.discovery.dns_target)
     if len(addresses) == 1 and not addresses[0][0].isdigit() and not addresses[0].startswith("["):
         return addresses[0]  # a host name: let gRPC's DNS resolver find every address behind it
     scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"

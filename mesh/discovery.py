@@ -1,6 +1,9 @@
-"""Where the other services are, behind one small interface: static addresses or Consul.
+"""Where the other services are, behind one small interface: static addresses, DNS or Consul.
 
-Static (the default) reads fixed addresses from settings. Consul registers this
+Static (the default) reads fixed addresses from settings. DNS hands each `name:port` to gRPC's
+own DNS resolver (`dns:///name:port`): on Kubernetes a headless Service's name resolves to every
+ready pod, and gRPC resolves it again whenever a connection ends, which the servers' maximum
+connection age makes happen often enough for new pods to get calls. Consul registers this
 process with a native gRPC health check against our grpc.health.v1 service and
 follows each upstream's passing instances with blocking queries; if Consul is
 unreachable it keeps the last set it knew, says so once per outage, and
@@ -261,9 +264,16 @@ class ConsulDiscovery:
             logger.info("Consul reachable again (%s)", what)
 
 
+def dns_target(address: str, server: str = "") -> str:
+    """gRPC's target for `name:port` through its DNS resolver, asking `server` when one is named."""
+    return f"dns://{server}/{address}"
+
+
 def create_discovery(settings: Settings) -> Discovery:
     if settings.discovery == "static":
         return StaticDiscovery(dict(settings.addresses))
+    if settings.discovery == "dns":
+        return StaticDiscovery({name: dns_target(a, settings.dns_server) for name, a in settings.addresses.items()})
     if settings.discovery == "consul":
         return ConsulDiscovery(settings)
     raise ValueError(f"unsupported discovery {settings.discovery!r}")

@@ -53,7 +53,7 @@ async def shut_down(target: Stoppable, settings: Settings, discovery: Discovery 
     idle; which step waited is what that log line will tell.)"""
     logger.info("shutting down: %s", target.not_ready_means)
     await _bounded(target.not_ready(), STEP_MARGIN, "turning not ready")
-    if discovery is not None and settings.discovery != "static":
+    if discovery is not None and settings.discovery == "consul":
         # Consul's gRPC check sees NOT_SERVING; then clients' blocking queries drop us (a moment
         # later), and only then do we leave the catalog and stop taking calls.
         loop = asyncio.get_running_loop()

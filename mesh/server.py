@@ -5,6 +5,10 @@ A service describes itself as an `App` (its servicers and what to close);
 SIGTERM/SIGINT and shuts down gracefully the way every process does (`mesh/lifecycle.py`):
 health NOT_SERVING for every service name, the drain, no new calls while those in flight get
 the grace period, then the app closes (database, channels) and the process exits 0.
+
+Health names: each service's own full name (and "") say whether it takes calls, readiness;
+`LIVENESS` says only that the process is alive and stays SERVING while it drains, so an
+orchestrator takes a stopping instance out of its endpoints rather than killing it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from mesh.http import serve_http
 from mesh.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
+
+LIVENESS = "liveness"
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,8 @@ class Running:
     app: App
 
     async def not_ready(self) -> None:
-        await self.health.enter_graceful_shutdown()
+        for name in ["", *(b.name for b in self.app.bindings)]:  # LIVENESS stays SERVING
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.app.stopping.set()  # long-lived streams end
 
     async def stop(self, grace: float) -> None:
@@ -81,13 +88,14 @@ class Running:
 
 
 async def create_server(settings: Settings, app: App) -> Running:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ],
-    )
+    options: list[tuple[str, int]] = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    if settings.max_connection_age:  # no grace: calls and streams on an old connection finish
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)))
+    server = grpc.aio.server(options=options)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     admission = Admission(settings.max_concurrent_rpcs)  # one budget for all of the process's services
@@ -106,7 +114,7 @@ async def create_server(settings: Settings, app: App) -> Running:
     if port == 0:
         raise OSError(f"cannot listen on {settings.bind_address}: the address is in use or not this host's")
     await server.start()
-    for name in ["", *names]:
+    for name in ["", LIVENESS, *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Running(server, port, health_servicer, app)
 

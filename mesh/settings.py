@@ -20,7 +20,7 @@ DEFAULT_PORTS = {"inventory": 50051, "order": 50052, "notification": 50053, "gat
 # Each gRPC service serves Prometheus' /metrics on its own HTTP port; the gateway on its own port.
 DEFAULT_METRICS_PORTS = {"inventory": 9101, "order": 9102, "notification": 9103}
 LOG_FORMATS = ("text", "json")
-DISCOVERY_KINDS = ("static", "consul")
+DISCOVERY_KINDS = ("static", "dns", "consul")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TRACE_EXPORTERS = ("none", "console", "otlp", "file")
 
@@ -205,7 +205,15 @@ class Settings:
     database_url: str = ""
     discovery: str = "static"
     # Static discovery: where each service listens, `host:port` (or `ip:port,ip:port` for several).
+    # DNS discovery: one `name:port` per service whose DNS answer lists every instance (a
+    # Kubernetes headless Service), resolved by gRPC itself; `dns_server` (`host:port`) asks
+    # that server instead of the system's resolver.
     addresses: Mapping[str, str] = field(default_factory=dict)
+    dns_server: str = ""
+    # Every gRPC server: a client connection older than this is asked to go away (GOAWAY; calls on
+    # it finish, streams too), so clients resolve names again and new instances get calls within
+    # about this long (+10% jitter). 0: connections live forever.
+    max_connection_age: float = 30.0
     instance_id: str = ""
     log_level: str = "INFO"
     log_format: str = "text"
@@ -294,6 +302,15 @@ class Settings:
             name: env.address(f"SHOPMESH_{name.upper()}_ADDR", f"{connect_host}:{ports[name]}")
             for name in SERVICES
         }
+        discovery = env.choice("SHOPMESH_DISCOVERY", "static", DISCOVERY_KINDS)
+        if discovery == "dns":
+            for name, value in addresses.items():
+                if "," in value:
+                    raise SettingsError(f"SHOPMESH_{name.upper()}_ADDR: with SHOPMESH_DISCOVERY=dns each service is "
+                                        f"one name:port that DNS resolves to every instance; got {value!r}")
+        dns_server = env.str("SHOPMESH_DNS_SERVER", "")
+        if dns_server:
+            env.address("SHOPMESH_DNS_SERVER", dns_server)
         data_dir = Path(env.str("SHOPMESH_DATA_DIR", "data"))
         database_url = env.str(f"{prefix}DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / service}.db")
         if "://" not in database_url:
@@ -304,8 +321,10 @@ class Settings:
             port=ports[service],
             data_dir=data_dir,
             database_url=database_url,
-            discovery=env.choice("SHOPMESH_DISCOVERY", "static", DISCOVERY_KINDS),
+            discovery=discovery,
             addresses=addresses,
+            dns_server=dns_server,
+            max_connection_age=env.seconds("SHOPMESH_MAX_CONNECTION_AGE_SECONDS", 30.0, high=86400),
             instance_id=env.str("SHOPMESH_INSTANCE_ID", f"{service}-{socket.gethostname()}-{os.getpid()}"),
             log_level=env.choice("SHOPMESH_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             log_format=env.choice("SHOPMESH_LOG_FORMAT", "text", LOG_FORMATS),

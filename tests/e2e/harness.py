@@ -183,13 +183,14 @@ def new_product(mesh: Mesh | Launcher, stock: int, prefix: str = "e2e", cents: i
     return sku
 
 
-def rpc_calls(metrics_port: int, method: str, *, ended: bool = False, code: str | None = None) -> float:
+def rpc_calls(metrics_port: int, method: str, *, ended: bool = False, code: str | None = None,
+              host: str = "127.0.0.1") -> float:
     """A server's count of `method` calls from its /metrics: started, or ended (with `code`, with that status)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+    with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=10) as page:
         text = page.read().decode()
     name = "grpc_server_handled_total" if ended or code is not None else "grpc_server_started_total"
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from mesh.server import LIVENESS
 from tests.conftest import ROOT
 from tests.e2e.harness import Launcher, Mesh
 
@@ -33,7 +34,7 @@ def probe(health_probe: str, address: str, service: str = "") -> subprocess.Comp
 
 @pytest.mark.parametrize("service", sorted(NAMES))
 def test_every_service_reports_serving_overall_and_by_name(health_probe: str, launcher: Launcher, service: str) -> None:
-    for name in ("", NAMES[service]):
+    for name in ("", NAMES[service], LIVENESS):
         result = probe(health_probe, launcher.address(service), name)
         assert result.returncode == 0, result.stderr
         assert "status: SERVING" in result.stdout + result.stderr
@@ -45,7 +46,9 @@ def test_an_unknown_service_name_is_not_found(health_probe: str, launcher: Launc
     assert "NotFound" in result.stderr or "not found" in result.stderr.lower()
 
 
-def test_sigterm_turns_health_not_serving_then_exits_zero(health_probe: str, tmp_path: Path) -> None:
+def test_sigterm_turns_readiness_not_serving_while_liveness_stays_serving_then_exits_zero(
+        health_probe: str, tmp_path: Path) -> None:
+    """A draining pod must leave the endpoints (readiness) without being killed (liveness)."""
     mesh = Mesh(tmp_path)
     try:
         process = mesh.start("inventory", SHOPMESH_SHUTDOWN_DRAIN_SECONDS="3")
@@ -56,6 +59,8 @@ def test_sigterm_turns_health_not_serving_then_exits_zero(health_probe: str, tmp
             draining = probe(health_probe, mesh.address("inventory"), name)
             assert draining.returncode == NOT_SERVING_EXIT, draining.stdout + draining.stderr
             assert "NOT_SERVING" in draining.stderr + draining.stdout
+        alive = probe(health_probe, mesh.address("inventory"), LIVENESS)
+        assert alive.returncode == 0, alive.stdout + alive.stderr
         assert process.wait(30) == 0
         assert "stopped" in mesh.logs["inventory"].read_text()
         refused = probe(health_probe, mesh.address("inventory"))

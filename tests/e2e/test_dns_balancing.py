@@ -1,0 +1,147 @@
+"""Client-side balancing over DNS, as on Kubernetes with a headless Service.
+
+A small DNS server of the test's own (dnslib) answers `inventory.shop.test` with the instances
+the test chooses, on 127.0.0.2, 127.0.0.3; the gateway runs with `SHOPMESH_DISCOVERY=dns` and asks
+that server (`dns://127.0.0.1:PORT/inventory.shop.test:P`, gRPC's own DNS resolver). The answer
+changes under the running gateway: a second instance added gets calls within the documented bound
+(the servers' maximum connection age, +10% jitter, + a moment), and one removed stops getting them
+within the same bound, with not one failed request throughout.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from dnslib import QTYPE, RR, A, DNSRecord
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+from tests.conftest import ROOT, free_port
+from tests.e2e.harness import Mesh, rpc_calls, wait_serving
+
+MAX_AGE = 2.0  # SHOPMESH_MAX_CONNECTION_AGE_SECONDS of the inventories here
+BOUND = MAX_AGE * 1.1 + 3.0  # the age with gRPC's jitter, plus re-resolving and connecting
+NAME = "inventory.shop.test."
+
+
+class Answers(BaseResolver):
+    """Answers A queries for the names it holds, from whichever thread asks."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[str]] = {}
+        self.lock = threading.Lock()
+
+    def set(self, name: str, *addresses: str) -> None:
+        with self.lock:
+            self.records[name] = list(addresses)
+
+    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
+        reply = request.reply()
+        name = str(request.q.qname)
+        with self.lock:
+            addresses = list(self.records.get(name, []))
+        if request.q.qtype == QTYPE.A:
+            for address in addresses:
+                reply.add_answer(RR(name, QTYPE.A, rdata=A(address), ttl=1))
+        return reply
+
+
+@pytest.fixture
+def dns() -> tuple[Answers, int]:
+    answers = Answers()
+    port = free_port()
+    quiet = DNSLogger(logf=lambda _: None)
+    servers = [DNSServer(answers, address="127.0.0.1", port=port, tcp=tcp, logger=quiet) for tcp in (False, True)]
+    for server in servers:
+        server.start_thread()
+    yield answers, port
+    for server in servers:
+        server.stop()
+
+
+def _list_products(gateway: str) -> int:
+    with urllib.request.urlopen(f"http://{gateway}/v1/products?pageSize=1", timeout=10) as reply:
+        return reply.status
+
+
+def test_a_new_instance_behind_the_name_gets_calls_and_a_removed_one_stops(dns: tuple[Answers, int],
+                                                                          tmp_path: Path) -> None:
+    answers, dns_port = dns
+    port = free_port()
+    ips = ["127.0.0.2", "127.0.0.3"]
+    metrics = {ip: free_port() for ip in ips}
+    answers.set(NAME, ips[0])
+    mesh = Mesh(tmp_path)
+    instances: dict[str, subprocess.Popen] = {}
+    try:
+        for ip in ips[:1]:
+            instances[ip] = _inventory(mesh, ip, port, metrics[ip])
+        mesh.start("gateway", SHOPMESH_DISCOVERY="dns", SHOPMESH_DNS_SERVER=f"127.0.0.1:{dns_port}",
+                   SHOPMESH_INVENTORY_ADDR=f"inventory.shop.test:{port}",
+                   SHOPMESH_ORDER_ADDR=f"order.shop.test:{mesh.ports['order']}",
+                   SHOPMESH_NOTIFICATION_ADDR=f"notification.shop.test:{mesh.ports['notification']}")
+        gateway = mesh.address("gateway")
+
+        def calls(ip: str) -> float:
+            return rpc_calls(metrics[ip], "ListProducts", host=ip)
+
+        for _ in range(20):
+            assert _list_products(gateway) == 200
+        assert calls(ips[0]) >= 20
+
+        # A second instance comes up and DNS lists it: it is called within the bound.
+        instances[ips[1]] = _inventory(mesh, ips[1], port, metrics[ips[1]])
+        answers.set(NAME, *ips)
+        added = time.monotonic()
+        while calls(ips[1]) == 0:
+            assert time.monotonic() - added < BOUND, f"{ips[1]} got no call {BOUND:.1f}s after DNS listed it"
+            assert _list_products(gateway) == 200
+            time.sleep(0.05)
+        took_to_add = time.monotonic() - added
+        for _ in range(40):  # both share the calls now
+            assert _list_products(gateway) == 200
+        before = {ip: calls(ip) for ip in ips}
+        for _ in range(40):
+            assert _list_products(gateway) == 200
+        assert all(calls(ip) > before[ip] for ip in ips), "round_robin should use both instances"
+
+        # DNS drops the first (it keeps running, as a pod leaving a Service's endpoints does):
+        # once its connection ages out, the gateway re-resolves and calls only the second.
+        answers.set(NAME, ips[1])
+        removed = time.monotonic()
+        while True:
+            last = calls(ips[0])
+            for _ in range(20):
+                assert _list_products(gateway) == 200
+            if calls(ips[0]) == last:
+                break
+            assert time.monotonic() - removed < BOUND, f"{ips[0]} still called {BOUND:.1f}s after DNS dropped it"
+            time.sleep(0.05)
+        still = calls(ips[0])
+        for _ in range(40):
+            assert _list_products(gateway) == 200
+        assert calls(ips[0]) == still, "an instance DNS no longer lists must get no calls"
+        print(f"new instance called after {took_to_add:.2f}s; bound {BOUND:.1f}s")
+    finally:
+        for process in instances.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+        mesh.stop_all()
+
+
+def _inventory(mesh: Mesh, ip: str, port: int, metrics_port: int) -> subprocess.Popen:
+    """One inventory instance on its own loopback address, as a pod on its own IP (same port)."""
+    log = mesh.data_dir / f"inventory-{ip}.log"
+    mesh.data_dir.mkdir(parents=True, exist_ok=True)
+    env = mesh.env(SHOPMESH_HOST=ip, SHOPMESH_INVENTORY_PORT=str(port), SHOPMESH_INVENTORY_METRICS_PORT=str(metrics_port),
+                   SHOPMESH_MAX_CONNECTION_AGE_SECONDS=str(MAX_AGE))
+    process = subprocess.Popen([sys.executable, "-m", "inventory"], cwd=ROOT, env=env,
+                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    wait_serving(f"{ip}:{port}", process=process)
+    return process
