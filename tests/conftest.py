@@ -26,6 +26,15 @@ def tool(name: str, install: str = "run scripts/install-tools.sh") -> str:
 
 
 @pytest.fixture
+def dns_server() -> Iterator[tuple[object, int]]:
+    """A DNS server whose answers the test sets (tests/dns.py): (answers, port)."""
+    from tests.dns import serving
+
+    with serving() as found:
+        yield found
+
+
+@pytest.fixture
 def grpcurl() -> str:
     return tool("grpcurl")
 

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-from dnslib import QTYPE, RR, A, DNSRecord
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
-
 from tests.conftest import ROOT, free_port
+from tests.dns import Answers
 from tests.e2e.harness import Mesh, rpc_calls, wait_serving
 
 MAX_AGE = 2.0  # SHOPMESH_MAX_CONNECTION_AGE_SECONDS of the inventories here
@@ -29,49 +25,14 @@ BOUND = MAX_AGE * 1.1 + 3.0  # the age with gRPC's jitter, plus re-resolving and
 NAME = "inventory.shop.test."
 
 
-class Answers(BaseResolver):
-    """Answers A queries for the names it holds, from whichever thread asks."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, list[str]] = {}
-        self.lock = threading.Lock()
-
-    def set(self, name: str, *addresses: str) -> None:
-        with self.lock:
-            self.records[name] = list(addresses)
-
-    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
-        reply = request.reply()
-        name = str(request.q.qname)
-        with self.lock:
-            addresses = list(self.records.get(name, []))
-        if request.q.qtype == QTYPE.A:
-            for address in addresses:
-                reply.add_answer(RR(name, QTYPE.A, rdata=A(address), ttl=1))
-        return reply
-
-
-@pytest.fixture
-def dns() -> tuple[Answers, int]:
-    answers = Answers()
-    port = free_port()
-    quiet = DNSLogger(logf=lambda _: None)
-    servers = [DNSServer(answers, address="127.0.0.1", port=port, tcp=tcp, logger=quiet) for tcp in (False, True)]
-    for server in servers:
-        server.start_thread()
-    yield answers, port
-    for server in servers:
-        server.stop()
-
-
 def _list_products(gateway: str) -> int:
     with urllib.request.urlopen(f"http://{gateway}/v1/products?pageSize=1", timeout=10) as reply:
         return reply.status
 
 
-def test_a_new_instance_behind_the_name_gets_calls_and_a_removed_one_stops(dns: tuple[Answers, int],
+def test_a_new_instance_behind_the_name_gets_calls_and_a_removed_one_stops(dns_server: tuple[Answers, int],
                                                                           tmp_path: Path) -> None:
-    answers, dns_port = dns
+    answers, dns_port = dns_server
     port = free_port()
     ips = ["127.0.0.2", "127.0.0.3"]
     metrics = {ip: free_port() for ip in ips}
