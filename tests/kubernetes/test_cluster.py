@@ -1,0 +1,240 @@
+"""The chart on a real Kubernetes (tests/kubernetes/cluster.py): `helm install --wait` succeeds
+because the kubelet ran our gRPC probes against our containers; then, through the gateway's
+Service, an order is placed and notified, a deleted pod is replaced with no failed request, a
+rolling update of order under load fails no request, and inventory scaled to 3 gets calls on
+all three (headless DNS + the servers' maximum connection age)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI, needed
+from tests.kubernetes.chart import CHART
+from tests.kubernetes.cluster import Cluster, images_built
+
+MAX_AGE = 5  # grpc.maxConnectionAgeSeconds here: how soon clients see a new pod
+VALUES = [
+    "image.repository=localhost/shopmesh", "image.tag=local", "image.pullPolicy=Never",
+    "postgresql.image.repository=localhost/postgres", "postgresql.image.tag=15-bookworm",
+    "postgresql.image.pullPolicy=Never", f"grpc.maxConnectionAgeSeconds={MAX_AGE}",
+    "shutdown.drainSeconds=3", "shutdown.graceSeconds=5",
+    # Two cores for nine pods: requests small enough that the scheduler places them all.
+    *(f"{name}.resources.requests.cpu=50m" for name in ("gateway", "inventory", "order", "notification")),
+    "postgresql.resources.requests.cpu=50m",
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        needed("root (containerd, the pods' bridge)", "run the suite as root, as CI does")
+    images_built()
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        started = time.monotonic()
+        cluster.start()
+        print(f"cluster up in {time.monotonic() - started:.0f}s")
+        args = ["install", "shopmesh", str(CHART), "--wait", "--timeout", "6m"]
+        for item in VALUES:
+            args += ["--set", item]
+        started = time.monotonic()
+        result = cluster.helm(*args, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr + _diagnose(cluster)
+        print(f"helm install --wait took {time.monotonic() - started:.0f}s")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _diagnose(cluster: Cluster) -> str:
+    pods = cluster.kubectl("get", "pods", "-o", "wide", check=False).stdout
+    events = cluster.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False).stdout[-4000:]
+    return f"\n--- pods ---\n{pods}\n--- events ---\n{events}"
+
+
+class Shop:
+    """The gateway's Service, through `kubectl port-forward` to 127.0.0.1."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers={"content-type": "application/json"} if data else {})
+            reply = conn.getresponse()
+            text = reply.read()
+            return reply.status, json.loads(text) if text else None
+        finally:
+            conn.close()
+
+    def product(self, stock: int) -> str:
+        sku = f"k8s-{uuid.uuid4().hex[:8]}"
+        status, body = self.call("POST", "/v1/products", {
+            "sku": sku, "name": "Cluster mug", "price": {"currencyCode": "USD", "minorUnits": "900"},
+            "available": stock})
+        assert status == 200, body
+        return sku
+
+    def order(self, sku: str, user: str) -> tuple[int, Any]:
+        return self.call("POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": user,
+                                                "lines": [{"sku": sku, "quantity": 1}]})
+
+
+@pytest.fixture(scope="module")
+def shop(cluster: Cluster) -> Iterator[Shop]:
+    with cluster.port_forward("svc/shopmesh-gateway", 80) as port:
+        yield Shop(port)
+
+
+class Load:
+    """Orders and reads at a steady pace from two threads; every answer that is not 2xx is kept."""
+
+    def __init__(self, shop: Shop, sku: str):
+        self.shop, self.sku = shop, sku
+        self.done = threading.Event()
+        self.sent = 0
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(kind,), daemon=True) for kind in ("order", "read")]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def _run(self, kind: str) -> None:
+        while not self.done.is_set():
+            try:
+                if kind == "order":
+                    status, body = self.shop.order(self.sku, "load")
+                else:
+                    status, body = self.shop.call("GET", f"/v1/products/{self.sku}")
+            except OSError as error:
+                status, body = 0, str(error)
+            self.sent += 1
+            if not 200 <= status < 300:
+                self.failures.append(f"{kind}: {status} {body}")
+            time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def test_helm_install_waited_for_the_kubelets_grpc_probes(cluster: Cluster) -> None:
+    for name in ("inventory", "order", "notification", "gateway"):
+        assert len(cluster.ready_pods(name)) == 2, name
+        deployment = cluster.get("deployment", f"shopmesh-{name}")
+        probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+        assert ("grpc" in probe) == (name != "gateway"), name
+    assert len(cluster.ready_pods("postgresql")) == 1
+    # The kubelet's own count of the probes it ran, by kind and result.
+    metrics = cluster.kubectl("get", "--raw", "/api/v1/nodes/shopmesh-node/proxy/metrics/probes").stdout
+    for kind in ("Startup", "Readiness", "Liveness"):
+        ran = [line for line in metrics.splitlines() if line.startswith("prober_probe_total")
+               and f'probe_type="{kind}"' in line and 'container="inventory"' in line
+               and 'result="successful"' in line]
+        assert ran and float(ran[0].rsplit(" ", 1)[1]) > 0, kind
+    policies = cluster.get("networkpolicies")["items"]  # the API server accepted all five
+    assert len(policies) == 5
+
+
+def test_an_order_is_placed_and_its_notification_arrives(shop: Shop) -> None:
+    sku = shop.product(stock=5)
+    user = f"k8s-{uuid.uuid4().hex[:6]}"
+    status, order = shop.order(sku, user)
+    assert status == 200, order
+    assert order["status"] == "CONFIRMED", order
+    deadline = time.monotonic() + 30
+    while True:
+        status, page = shop.call("GET", f"/v1/users/{user}/notifications")
+        assert status == 200, page
+        if any(order["orderId"] in n.get("body", "") + n.get("subject", "") + json.dumps(n)
+               for n in page.get("notifications", [])):
+            break
+        assert time.monotonic() < deadline, f"no notification for {order['orderId']}: {page}"
+        time.sleep(0.5)
+    assert shop.call("GET", f"/v1/products/{sku}")[1]["available"] == "4"  # int64: a JSON string
+
+
+def test_a_deleted_pod_is_replaced_with_no_failed_request(cluster: Cluster, shop: Shop) -> None:
+    sku = shop.product(stock=100_000)
+    victim = cluster.ready_pods("inventory")[0]["metadata"]["name"]
+    with Load(shop, sku) as load:
+        time.sleep(2)
+        cluster.kubectl("delete", "pod", victim, "--wait=true", timeout=60)
+        deadline = time.monotonic() + 120
+        while len(cluster.ready_pods("inventory")) < 2:
+            assert time.monotonic() < deadline, "the deleted pod was not replaced"
+            time.sleep(1)
+        time.sleep(MAX_AGE * 1.1 + 2)  # and the new pod takes calls
+    assert victim not in {p["metadata"]["name"] for p in cluster.ready_pods("inventory")}
+    assert load.sent > 50
+    assert not load.failures, load.failures[:5]
+
+
+def test_a_rolling_update_of_order_under_load_fails_no_request(cluster: Cluster, shop: Shop) -> None:
+    sku = shop.product(stock=100_000)
+    before = {p["metadata"]["name"] for p in cluster.ready_pods("order")}
+    with Load(shop, sku) as load:
+        time.sleep(2)
+        cluster.kubectl("rollout", "restart", "deployment/shopmesh-order")
+        cluster.kubectl("rollout", "status", "deployment/shopmesh-order", "--timeout=180s", timeout=200)
+        time.sleep(MAX_AGE * 1.1 + 2)
+    after = {p["metadata"]["name"] for p in cluster.ready_pods("order")}
+    assert not before & after, "every order pod was replaced"
+    assert load.sent > 50
+    assert not load.failures, load.failures[:5]
+
+
+def _list_calls(cluster: Cluster, pod: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(cluster.pod_metrics(pod, 9101)) for s in f.samples
+               if s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == "ListProducts")
+
+
+def test_inventory_scaled_to_three_gets_calls_on_all_three(cluster: Cluster, shop: Shop) -> None:
+    cluster.kubectl("scale", "deployment/shopmesh-inventory", "--replicas=3")
+    deadline = time.monotonic() + 120
+    while len(cluster.ready_pods("inventory")) < 3:
+        assert time.monotonic() < deadline, "inventory did not reach 3 ready pods"
+        time.sleep(1)
+    pods = [p["metadata"]["name"] for p in cluster.ready_pods("inventory")]
+    before = {pod: _list_calls(cluster, pod) for pod in pods}
+    scaled = time.monotonic()
+    while True:
+        for _ in range(30):
+            assert shop.call("GET", "/v1/products?pageSize=1")[0] == 200
+        grown = {pod: _list_calls(cluster, pod) - before[pod] for pod in pods}
+        if all(n > 0 for n in grown.values()):
+            break
+        bound = MAX_AGE * 1.1 + 10
+        assert time.monotonic() - scaled < bound, f"not every pod got calls within {bound:.0f}s: {grown}"
+    print(f"all three inventory pods called {time.monotonic() - scaled:.1f}s after the third was ready: {grown}")
+
+
+def test_helm_refuses_bad_values_against_the_cluster(cluster: Cluster) -> None:
+    result = cluster.helm("install", "bad", str(CHART), "--set", "database.type=sqlite", check=False)
+    assert result.returncode != 0
+    assert "database.type is sqlite" in result.stderr and "inventory.replicas is 2" in result.stderr
+    result = cluster.helm("install", "bad", str(CHART), "--set", "discovery.type=etcd", check=False)
+    assert "at '/discovery/type'" in result.stderr
+    assert "bad" not in cluster.helm("list", "-q").stdout.split()
+
+
+pytestmark = [pytest.mark.timeout(900)]  # the cluster and the release come up in the first test's time
+if not IN_CI and not Path("/usr/bin/containerd").exists():  # a developer's machine without the node's parts
+    pytestmark.append(pytest.mark.skip(reason="containerd not installed; scripts/test.sh installs it"))
