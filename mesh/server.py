@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import sqlalchemy
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -162,6 +163,10 @@ def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -
         asyncio.run(serve(settings, build))
     except OSError as error:
         logger.error("cannot start: %s", error)
+        sys.exit(1)
+    except sqlalchemy.exc.OperationalError as error:  # the database is out of reach or unwritable
+        url = sqlalchemy.engine.make_url(settings.database_url).render_as_string(hide_password=True)
+        logger.error("cannot start: the database %s cannot be used: %s", url, error.orig)
         sys.exit(1)
     finally:
         telemetry.shutdown()

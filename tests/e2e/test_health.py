@@ -109,3 +109,16 @@ def test_ctrl_c_stops_the_launchers_every_service_with_exit_zero(tmp_path: Path)
     out = mesh.output()
     for service in [*NAMES, "gateway"]:
         assert f"{service} exited with code 0" in out
+
+
+def test_a_database_it_cannot_open_is_a_one_line_error_and_exit_one(tmp_path: Path) -> None:
+    """A read-only root filesystem without the data volume, say: one line naming the database."""
+    mesh = Mesh(tmp_path)
+    url = "sqlite+aiosqlite:////proc/inventory.db"  # a folder nobody, not even root, may create files in
+    process = subprocess.run([sys.executable, "-m", "inventory"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, env=mesh.env(SHOPMESH_INVENTORY_DATABASE_URL=url))
+    output = process.stdout + process.stderr
+    assert process.returncode == 1, output
+    error = next(line for line in output.splitlines() if "cannot start" in line)
+    assert "/proc/inventory.db" in error and "unable to open database file" in error, output
+    assert "Traceback" not in output, output
