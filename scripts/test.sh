@@ -12,7 +12,7 @@ TOOLS_BIN="$(scripts/install-tools.sh)"
 # Debian's packages the tests drive, installed when missing (as root): chromium and
 # chromedriver (the browser tests), postgresql (the tests start throwaway servers), podman and
 # mmdebstrap (the image, built from the Dockerfile on base images made from Debian's packages,
-# and compose), containerd, runc and the CNI plugins (the node of the tests' Kubernetes).
+# and compose), containerd, runc, the CNI plugins and nftables (the node of the tests' Kubernetes).
 missing=()
 need() { command -v "$1" >/dev/null || compgen -G "$1" >/dev/null || missing+=("$2"); }
 need chromium chromium
@@ -23,6 +23,7 @@ need mmdebstrap mmdebstrap
 need containerd containerd
 need runc runc
 need /usr/lib/cni/bridge containernetworking-plugins
+need nft nftables
 if ((${#missing[@]})); then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     echo "test: installing Debian's ${missing[*]}" >&2

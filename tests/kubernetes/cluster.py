@@ -10,7 +10,8 @@ Its networks are its own: pods get 10.244.0.0/24 on a bridge the cluster creates
 10.244.0.1 is the node), Services 10.96.0.0/24. The control plane listens on 127.0.0.1; the
 node's kubelet and CoreDNS on 10.244.0.1, the bridge's address, which nothing outside this
 machine reaches. Test traffic goes to 127.0.0.1 through `kubectl port-forward`, or to the pods
-the tests created. Everything is torn down at the end: pods killed, mounts and the bridge gone.
+the tests created (a Service's virtual IP, which kube-proxy, in nftables mode and in its own
+tables, turns into a pod's). Everything is torn down at the end: pods killed, mounts and the bridge gone.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ class Cluster:
         self._containerd()
         self._coredns()
         self._kubelet(pki)
+        self._kube_proxy()
         self._until(lambda: '"Ready"' in self.kubectl("get", "node", NODE, "-o", "json", check=False).stdout
                     and self._node_ready(), 90, "node Ready")
         self._volumes()
@@ -308,6 +310,22 @@ state = "{root}/state"
                     "--kubeconfig", self.home / "kubelet.kubeconfig", "--hostname-override", NODE,
                     "--node-ip", NODE_IP, "--root-dir", self.home / "kubelet")
 
+    def _kube_proxy(self) -> None:
+        """Services' virtual IPs, in nftables mode: kube-proxy's rules live in its own tables
+        (`ip kube-proxy`), touching no other rule of this machine's."""
+        (self.home / "kube-proxy.yaml").write_text(json.dumps({
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "mode": "nftables", "clientConnection": {"kubeconfig": str(self.home / "admin.kubeconfig")},
+            "hostnameOverride": NODE, "clusterCIDR": POD_CIDR, "bindAddress": "127.0.0.1",
+            "healthzBindAddress": f"127.0.0.1:{free_port()}", "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            "nodePortAddresses": [f"{NODE_IP}/32"],
+            "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        }))
+        self._spawn("kube-proxy", CLUSTER_BIN / "kube-proxy", "--config", self.home / "kube-proxy.yaml")
+
+    def service_ip(self, name: str) -> str:
+        return str(self.get("service", name)["spec"]["clusterIP"])
+
     def _volumes(self) -> None:
         """hostPath PersistentVolumes under the cluster's folder: the node's storage."""
         for n in range(6):
@@ -322,7 +340,7 @@ state = "{root}/state"
     # --- taking it down ---
 
     def stop(self) -> None:
-        for name in ("kubelet", "kube-scheduler", "kube-controller-manager", "coredns"):
+        for name in ("kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager", "coredns"):
             self._stop(name)
         if "containerd" in self.processes:
             for task in self.ctr("tasks", "ls", "-q", check=False).stdout.split():
@@ -343,6 +361,8 @@ state = "{root}/state"
                 if netns.startswith("cni-"):
                     _run("ip", "netns", "del", netns, check=False)
         _run("ip", "link", "del", BRIDGE, check=False)
+        for family in ("ip", "ip6"):  # kube-proxy's own tables, and nothing else
+            _run("nft", "delete", "table", family, "kube-proxy", check=False)
         shutil.rmtree(self.home / "containerd", ignore_errors=True)
 
     def _stop(self, name: str) -> None:

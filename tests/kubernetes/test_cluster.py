@@ -63,13 +63,13 @@ def _diagnose(cluster: Cluster) -> str:
 
 
 class Shop:
-    """The gateway's Service, through `kubectl port-forward` to 127.0.0.1."""
+    """The gateway's Service: its virtual IP (kube-proxy), or `kubectl port-forward` on 127.0.0.1."""
 
-    def __init__(self, port: int):
-        self.port = port
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=20)
         try:
             data = json.dumps(body).encode() if body is not None else None
             conn.request(method, path, body=data, headers={"content-type": "application/json"} if data else {})
@@ -93,9 +93,14 @@ class Shop:
 
 
 @pytest.fixture(scope="module")
-def shop(cluster: Cluster) -> Iterator[Shop]:
+def shop(cluster: Cluster) -> Shop:
+    return Shop(cluster.service_ip("shopmesh-gateway"), 80)
+
+
+def test_the_shop_is_reachable_as_notes_txt_says_through_port_forward(cluster: Cluster) -> None:
     with cluster.port_forward("svc/shopmesh-gateway", 80) as port:
-        yield Shop(port)
+        status, ready = Shop("127.0.0.1", port).call("GET", "/readyz")
+    assert status == 200 and ready["ready"] is True, ready
 
 
 class Load:
@@ -169,18 +174,21 @@ def test_an_order_is_placed_and_its_notification_arrives(shop: Shop) -> None:
     assert shop.call("GET", f"/v1/products/{sku}")[1]["available"] == "4"  # int64: a JSON string
 
 
-def test_a_deleted_pod_is_replaced_with_no_failed_request(cluster: Cluster, shop: Shop) -> None:
+@pytest.mark.parametrize("component", ["inventory", "gateway"])
+def test_a_deleted_pod_is_replaced_with_no_failed_request(cluster: Cluster, shop: Shop, component: str) -> None:
+    """A gRPC service's pod (its clients re-resolve the headless name) and a gateway pod (the
+    Service's virtual IP moves to the other) go under load, drain, and are replaced."""
     sku = shop.product(stock=100_000)
-    victim = cluster.ready_pods("inventory")[0]["metadata"]["name"]
+    victim = cluster.ready_pods(component)[0]["metadata"]["name"]
     with Load(shop, sku) as load:
         time.sleep(2)
         cluster.kubectl("delete", "pod", victim, "--wait=true", timeout=60)
         deadline = time.monotonic() + 120
-        while len(cluster.ready_pods("inventory")) < 2:
+        while len(cluster.ready_pods(component)) < 2:
             assert time.monotonic() < deadline, "the deleted pod was not replaced"
             time.sleep(1)
         time.sleep(MAX_AGE * 1.1 + 2)  # and the new pod takes calls
-    assert victim not in {p["metadata"]["name"] for p in cluster.ready_pods("inventory")}
+    assert victim not in {p["metadata"]["name"] for p in cluster.ready_pods(component)}
     assert load.sent > 50
     assert not load.failures, load.failures[:5]
 

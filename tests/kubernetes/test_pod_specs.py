@@ -11,6 +11,7 @@ Secrets come from a dict, and `$(VAR)` references are expanded by the kubelet's 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ import pytest
 
 from tests.conftest import ROOT, tool
 from tests.dns import Answers
+from tests.e2e.test_consul import Agent
 from tests.kubernetes.chart import CHART, component, of_kind, render
 
 NOT_SERVING_EXIT = 4
@@ -158,10 +160,11 @@ def stopper() -> Iterator[list[Pod]]:
         pod.process.wait(10)
 
 
+SQLITE = ("database.type=sqlite", "inventory.replicas=1", "order.replicas=1", "notification.replicas=1")
 CASES = {
     "sqlite-single": ((CHART.parent / "examples" / "sqlite-single.yaml",), ()),
-    "mtls-auth": ((CHART.parent / "examples" / "mtls-auth.yaml",),
-                  ("database.type=sqlite", "inventory.replicas=1", "order.replicas=1", "notification.replicas=1")),
+    "mtls-auth": ((CHART.parent / "examples" / "mtls-auth.yaml",), SQLITE),
+    "consul": ((CHART.parent / "examples" / "consul.yaml",), SQLITE),  # + the agent's address, below
 }
 
 
@@ -170,7 +173,20 @@ def test_each_container_runs_answers_its_probes_and_drains_as_the_kubelet_expect
         case: str, dns_server: tuple[Answers, int], tmp_path: Path, stopper: list[Pod]) -> None:
     answers, dns_port = dns_server
     values, sets = CASES[case]
-    docs = render(*values, sets=sets)
+    with contextlib.ExitStack() as stack:
+        if case == "consul":  # a real agent: the pods register with it and find each other there
+            (tmp_path / "consul").mkdir()
+            agent = Agent(tmp_path / "consul")
+            agent.start()
+            stack.callback(agent.stop)
+            sets = (*sets, f"discovery.consul.address={agent.address}")
+        else:
+            agent = None
+        _run_release(case, render(*values, sets=sets), answers, dns_port, tmp_path, stopper, agent)
+
+
+def _run_release(case: str, docs: list[dict[str, Any]], answers: Answers, dns_port: int, tmp_path: Path,
+                 stopper: list[Pod], agent: Agent | None) -> None:
     for name, ip in POD_IPS.items():
         answers.set(f"shopmesh-{name}.default.svc.cluster.local.", ip)
     secrets: dict[str, dict[str, str]] = {}
@@ -201,6 +217,9 @@ def test_each_container_runs_answers_its_probes_and_drains_as_the_kubelet_expect
     order = _post(f"{gateway}/v1/orders", {"requestId": str(uuid.uuid4()), "userId": "ops",
                                             "lines": [{"sku": sku, "quantity": 1}]}, headers)
     assert order["status"] == "CONFIRMED", order
+    if agent is not None:  # the order went through instances found in Consul's catalog
+        registered = agent.get("/v1/catalog/services")
+        assert {"inventory", "order", "notification"} <= set(registered), registered
 
     # SIGTERM, as the kubelet sends it: readiness fails at once, liveness holds through the drain.
     for name in ("inventory", "gateway"):
