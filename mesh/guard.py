@@ -95,8 +95,9 @@ class Admission:
 
     WARN_EVERY = 10.0
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, what: str = "calls", setting: str = "SHOPMESH_MAX_CONCURRENT_RPCS"):
         self.limit = limit
+        self.what, self.setting = what, setting
         self.in_flight = 0
         self._warned = -self.WARN_EVERY
 
@@ -105,8 +106,8 @@ class Admission:
             now = time.monotonic()
             if now - self._warned >= self.WARN_EVERY:  # one line per burst, not one per refused call
                 self._warned = now
-                logger.warning("shedding load: %d calls in flight, the limit (SHOPMESH_MAX_CONCURRENT_RPCS)",
-                               self.in_flight)
+                logger.warning("shedding load: %d %s in flight, the limit (%s)", self.in_flight, self.what,
+                               self.setting)
             return False
         self.in_flight += 1
         return True
@@ -115,7 +116,7 @@ class Admission:
         self.in_flight -= 1
 
     def refusal(self) -> str:
-        return f"server overloaded: {self.limit} calls in flight; retry shortly"
+        return f"server overloaded: {self.limit} {self.what} at once; retry shortly"
 
 
 class Shedding(Hook):
@@ -215,8 +216,12 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
 class Guarded:
     """A servicer whose every unary and server-streaming method passes the hooks and the answer."""
 
-    def __init__(self, servicer: Any, service: ServiceDescriptor, admission: Admission | None = None):
+    def __init__(self, servicer: Any, service: ServiceDescriptor, admission: Admission | None = None,
+                 streams: Admission | None = None):
+        """`admission` counts unary calls; `streams` the server-streaming ones, which stay open for
+        as long as a page follows them and so must not take the places short calls need."""
         admission = admission or Admission(1_000_000)
+        streams = streams or Admission(1_000_000, "streams", "SHOPMESH_MAX_OPEN_STREAMS")
         for method in service.methods:
             inner = getattr(servicer, method.name, None)
             if inner is None:
@@ -230,7 +235,7 @@ class Guarded:
                     raise TypeError(f"SHOPMESH_FAULTS: rpc.{method.name} is a stream; faults fit unary RPCs")
                 inner = _faulty(inner, fault)
             kind = "server_stream" if method.server_streaming else "unary"
-            hooks = hooks_for(full_name, kind, admission)
+            hooks = hooks_for(full_name, kind, streams if method.server_streaming else admission)
             if method.server_streaming:
                 sent = next((h.metrics.sent for h in hooks if isinstance(h, Counted)), None)
                 setattr(self, method.name, _guard_stream(inner, full_name, hooks, sent))

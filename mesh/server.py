@@ -99,10 +99,12 @@ async def create_server(settings: Settings, app: App) -> Running:
     server = grpc.aio.server(options=options)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    admission = Admission(settings.max_concurrent_rpcs)  # one budget for all of the process's services
+    # One budget for all of the process's services: unary calls, and open streams apart.
+    admission = Admission(settings.max_concurrent_rpcs)
+    streams = Admission(settings.max_open_streams, "streams", "SHOPMESH_MAX_OPEN_STREAMS")
     for binding in app.bindings:
         service = descriptor_pool.Default().FindServiceByName(binding.name)
-        binding.add_to_server(Guarded(binding.servicer, service, admission), server)
+        binding.add_to_server(Guarded(binding.servicer, service, admission, streams), server)
     names = [b.name for b in app.bindings]
     reflection.enable([*names, health.SERVICE_NAME], server)
     try:

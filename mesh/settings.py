@@ -266,6 +266,9 @@ class Settings:
     breaker_min_deadline: float = 1.0
     # Every gRPC server: calls served at once; more are refused at once with RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1000
+    # ... and server streams open at once, counted apart: a page following its notifications holds
+    # one for as long as it is open, and must not take the place of the calls that make orders.
+    max_open_streams: int = 10_000
     # Consul discovery: the agent's HTTP address, the host this process is
     # reached at, and its gRPC check's timing.
     consul_addr: str = "127.0.0.1:8500"
@@ -349,6 +352,7 @@ class Settings:
             breaker_cooldown=env.seconds("SHOPMESH_BREAKER_COOLDOWN_SECONDS", 5.0, high=600),
             breaker_min_deadline=env.seconds("SHOPMESH_BREAKER_MIN_DEADLINE_SECONDS", 1.0, high=600),
             max_concurrent_rpcs=env.int("SHOPMESH_MAX_CONCURRENT_RPCS", 1000, low=1, high=1_000_000),
+            max_open_streams=env.int("SHOPMESH_MAX_OPEN_STREAMS", 10_000, low=1, high=1_000_000),
             consul_addr=env.str("SHOPMESH_CONSUL_ADDR", env.str("CONSUL_HTTP_ADDR", "127.0.0.1:8500")),
             advertise_host=env.str("SHOPMESH_ADVERTISE_HOST", _own_address() if host in WILDCARDS else connect_host),
             consul_check_interval=env.seconds("SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS", 1.0, high=60),

@@ -724,3 +724,40 @@ def test_silent_and_slow_clients_do_not_hold_the_gateway_but_streams_and_keep_al
             received += stream.recv(65536)
         event = json.loads(received.split(b"data: ", 1)[1].split(b"\n", 1)[0])
         assert event["subject"] == "still here", received
+
+
+def test_open_streams_have_their_own_limit_and_never_take_the_places_of_calls(mesh: Mesh) -> None:
+    """Pages following their notifications hold streams for as long as they are open: with the
+    stream limit full, and more streams than the call limit, notifications are still sent at once,
+    and one stream more is refused naming its own limit."""
+    mesh.start("notification", SHOPMESH_MAX_CONCURRENT_RPCS="3", SHOPMESH_MAX_OPEN_STREAMS="20")
+
+    async def scenario() -> tuple[list[float], grpc.StatusCode, str]:
+        async with grpc.aio.insecure_channel(mesh.address("notification")) as channel:
+            stub = notification_pb2_grpc.NotificationServiceStub(channel)
+            streams = [stub.StreamNotifications(notification_pb2.StreamNotificationsRequest(user_id=f"page-{n}"))
+                       for n in range(20)]
+            for stream in streams:
+                await stream.initial_metadata()  # open, held, as a page would
+            await asyncio.sleep(0.3)
+            took = []
+            for n in range(10):  # the order relay's calls go through at once
+                started = time.monotonic()
+                await stub.SendNotification(notification_pb2.SendNotificationRequest(
+                    event_id=f"limit:{uuid.uuid4()}", user_id=f"page-{n}", kind="test.ping", subject="hi"), timeout=5)
+                took.append(time.monotonic() - started)
+            extra = stub.StreamNotifications(notification_pb2.StreamNotificationsRequest(user_id="one-too-many"))
+            try:
+                await extra.read()
+                code, details = grpc.StatusCode.OK, ""
+            except grpc.aio.AioRpcError as error:
+                code, details = error.code(), error.details() or ""
+            delivered = [await streams[n].read() for n in range(10)]  # the streams still work
+            assert [d.user_id for d in delivered] == [f"page-{n}" for n in range(10)]
+            for stream in streams:
+                stream.cancel()
+            return took, code, details
+
+    took, code, details = asyncio.run(scenario())
+    assert max(took) < 1.0, took
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "20 streams at once" in details, (code, details)
