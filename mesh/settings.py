@@ -227,6 +227,9 @@ class Settings:
     stream_poll_interval: float = 1.0
     # How often the order service retries undelivered outbox events.
     outbox_interval: float = 2.0
+    # How long the order service keeps an event once delivered (longer than any retry or replay
+    # can need: a delivered event is never read again), then purges it.
+    outbox_retention: float = 7 * 86400.0
     # Inventory: how long an uncommitted reservation holds its stock before it is released.
     reservation_ttl: float = 60.0
     # Gateway: largest request body, and the deadline of a call (default and the
@@ -336,6 +339,8 @@ class Settings:
             shutdown_grace=env.seconds("SHOPMESH_SHUTDOWN_GRACE_SECONDS", 10.0, high=300),
             stream_poll_interval=env.seconds("SHOPMESH_STREAM_POLL_SECONDS", 1.0, high=60),
             outbox_interval=env.seconds("SHOPMESH_OUTBOX_INTERVAL_SECONDS", 2.0, high=300),
+            outbox_retention=max(env.seconds("SHOPMESH_OUTBOX_RETENTION_SECONDS", 7 * 86400.0, high=366 * 86400),
+                                 60.0),
             reservation_ttl=max(env.seconds("SHOPMESH_RESERVATION_TTL_SECONDS", 60.0, high=86400), 0.1),
             http_max_body=env.int("SHOPMESH_HTTP_MAX_BODY_BYTES", 1024 * 1024, low=1, high=1024**3),
             http_read_timeout=max(env.seconds("SHOPMESH_HTTP_READ_TIMEOUT_SECONDS", 30.0, high=3600), 0.1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from datetime import timedelta
 from pathlib import Path
 
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
@@ -31,7 +32,7 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     store = OrderStore(db)
     inventory = InventoryClient(upstreams, settings.call_timeout)
     notifier = NotificationClient(upstreams, settings.call_timeout)
-    relay = OutboxRelay(store, notifier, settings.outbox_interval)
+    relay = OutboxRelay(store, notifier, settings.outbox_interval, timedelta(seconds=settings.outbox_retention))
     # Orders in flight on any instance finish within their deadline; older half-done ones are ours to settle.
     recovery = Recovery(store, inventory, relay, settings.outbox_interval, grace=settings.call_timeout * 2)
     api = OrderApi(store, inventory, relay, recovery,

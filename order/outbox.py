@@ -4,6 +4,11 @@
 delivered (notification down) with exponential backoff and jitter (up to
 BACKOFF_CAP intervals apart), so the outbox drains by itself when it returns.
 Several order instances may deliver one event twice; notification keeps one.
+
+Delivered events are kept `retention` (SHOPMESH_OUTBOX_RETENTION_SECONDS, 7 days), then purged in
+batches of PURGE_BATCH, each its own short write, at most every PURGE_EVERY seconds: at 100
+orders a second the outbox would otherwise gain 8.6 million rows a day. An undelivered event is
+never purged.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from datetime import timedelta
 from typing import Any, Protocol
 
 from mesh import telemetry
+from mesh.clock import now
 from mesh.errors import ShopError
 from order.domain import Event
 from order.store import OrderStore
@@ -24,6 +32,8 @@ BATCH = 64
 # Retries back off to at most this many intervals apart while deliveries keep failing.
 BACKOFF_CAP = 15
 MAX_REMEMBERED = 10_000
+PURGE_BATCH = 500
+PURGE_EVERY = 60.0
 
 
 class Notifier(Protocol):
@@ -31,10 +41,13 @@ class Notifier(Protocol):
 
 
 class OutboxRelay:
-    def __init__(self, store: OrderStore, notifier: Notifier, interval: float):
+    def __init__(self, store: OrderStore, notifier: Notifier, interval: float,
+                 retention: timedelta = timedelta(days=7)):
         self._store = store
         self._notifier = notifier
         self._interval = interval
+        self._retention = retention
+        self._purged_at = time.monotonic()
         self._wake = asyncio.Event()
         self._failing = False
         # The trace each event was written in, so its delivery joins that trace.
@@ -84,9 +97,26 @@ class OutboxRelay:
             try:
                 while await self.deliver_pending() == BATCH:
                     pass
+                if time.monotonic() - self._purged_at >= PURGE_EVERY:
+                    self._purged_at = time.monotonic()
+                    await self.purge()
             except Exception:
                 logger.exception("outbox relay failed")
             failures = failures + 1 if self._failing else 0
+
+    async def purge(self) -> int:
+        """Deletes the events delivered more than `retention` ago, a batch per transaction."""
+        purged = 0
+        while True:
+            async with self._store.write() as tx:
+                gone = await tx.purge_delivered(now() - self._retention, PURGE_BATCH)
+            purged += gone
+            if gone < PURGE_BATCH:
+                break
+            await asyncio.sleep(0)  # the write lock is let go between batches: orders go on
+        if purged:
+            logger.info("outbox: purged %d events delivered more than %s ago", purged, self._retention)
+        return purged
 
     async def deliver_pending(self) -> int:
         """Delivers one batch of pending events; how many were delivered."""

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -243,6 +244,16 @@ class OrderTx:
         await self.conn.execute(
             update(outbox).where(outbox.c.event_id.in_(event_ids)).values(delivered_time=now())
         )
+
+    async def purge_delivered(self, delivered_before: datetime, limit: int) -> int:
+        """Deletes up to `limit` events delivered before `delivered_before`, oldest first.
+
+        Only delivered ones: an undelivered event is a notification still owed, whatever its age.
+        A delivered one is never read again (notification keeps the event id it deduplicates on)."""
+        oldest = (select(outbox.c.sequence).where(outbox.c.delivered_time < delivered_before)
+                  .order_by(outbox.c.sequence).limit(limit))
+        result = await self.conn.execute(delete(outbox).where(outbox.c.sequence.in_(oldest.scalar_subquery())))
+        return int(result.rowcount or 0)
 
     async def record_failure(self, event_ids: Sequence[str], error: str) -> None:
         await self.conn.execute(

@@ -1,0 +1,55 @@
+"""Storage that does not grow without bound: delivered outbox events are purged after their
+retention, in batches; an event still owed, or delivered recently, stays. On SQLite and on a real
+PostgreSQL server."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+
+from mesh.clock import now
+from mesh.db import Database
+from order import outbox as relay_module
+from order.domain import Event
+from order.outbox import OutboxRelay
+from order.store import OrderStore, metadata, outbox
+
+MIGRATIONS = Path(relay_module.__file__).resolve().parent / "migrations"
+
+
+class Unused:
+    async def send(self, event: Event) -> None:
+        raise AssertionError("purging delivers nothing")
+
+
+async def test_delivered_events_past_retention_go_and_owed_or_recent_ones_stay(
+        tmp_path: Path, database: object | None) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/order.db" if database is None else database.create_database()  # type: ignore[attr-defined]
+    db = Database.connect(url)
+    await db.migrate(MIGRATIONS, metadata)
+    store = OrderStore(db)
+    try:
+        old_delivered = [f"old-delivered-{n}" for n in range(relay_module.PURGE_BATCH * 2 + 7)]
+        async with store.write() as tx:
+            for event_id in [*old_delivered, "old-owed", "recent-delivered", "new-owed"]:
+                await tx.add_event(Event(event_id, "u", "order.confirmed", "s", "b"))
+            await tx.mark_delivered([*old_delivered, "recent-delivered"])
+            eight_days = now() - timedelta(days=8)
+            await tx.conn.execute(update(outbox).where(outbox.c.event_id.in_(old_delivered))
+                                  .values(delivered_time=eight_days))
+            await tx.conn.execute(update(outbox).where(outbox.c.event_id == "old-owed")
+                                  .values(create_time=eight_days))
+        relay = OutboxRelay(store, Unused(), 1.0, retention=timedelta(days=7))
+        assert await relay.purge() == len(old_delivered)  # three batches
+        async with store.read() as tx:
+            left = {row[0] for row in await tx.conn.execute(select(outbox.c.event_id))}
+            pending = await tx.count_pending()
+        assert left == {"old-owed", "recent-delivered", "new-owed"}
+        assert pending == 2, "an event still owed is never purged, however old"
+        assert await relay.purge() == 0
+        async with store.read() as tx:
+            assert (await tx.conn.execute(select(func.count()).select_from(outbox))).scalar_one() == 3
+    finally:
+        await db.close()
