@@ -30,5 +30,6 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     )
     # Every instance sweeps; the guarded release lets exactly one win per reservation.
     sweep_every = min(max(settings.reservation_ttl / 4, 0.2), 5.0)
-    app.background.append(asyncio.create_task(handlers.sweep_expired(store, sweep_every, app.stopping), name="expiry"))
+    app.background.append(asyncio.create_task(handlers.sweep_expired(
+        store, sweep_every, app.stopping, timedelta(seconds=settings.reservation_retention)), name="expiry"))
     return app

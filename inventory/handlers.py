@@ -172,6 +172,26 @@ async def purge_refusals(store: InventoryStore, kept: timedelta = REFUSALS_KEPT)
         return await tx.purge_rejections(now() - kept)
 
 
+PURGE_BATCH = 500
+PURGE_EVERY = 60.0
+
+
+async def purge_settled(store: InventoryStore, kept: timedelta) -> int:
+    """Forgets reservations committed or released more than `kept` ago, a batch per transaction:
+    a retried Commit or Release of one is answered from it only within that time."""
+    purged = 0
+    while True:
+        async with store.write() as tx:
+            gone = await tx.purge_settled(now() - kept, PURGE_BATCH)
+        purged += gone
+        if gone < PURGE_BATCH:
+            break
+        await asyncio.sleep(0)  # the write lock is let go between batches
+    if purged:
+        logger.info("purged %d reservations settled more than %s ago", purged, kept)
+    return purged
+
+
 async def expire_reservations(store: InventoryStore, limit: int = 100) -> int:
     """Releases reservations held past their expiry; returns how many. Safe on every instance at once."""
     async with store.read() as tx:
@@ -190,13 +210,18 @@ async def expire_reservations(store: InventoryStore, limit: int = 100) -> int:
     return expired
 
 
-async def sweep_expired(store: InventoryStore, interval: float, stopping: asyncio.Event) -> None:
-    """The expiry loop every inventory instance runs."""
+async def sweep_expired(store: InventoryStore, interval: float, stopping: asyncio.Event,
+                        settled_kept: timedelta = timedelta(days=7)) -> None:
+    """The expiry loop every inventory instance runs; it also purges what is kept too long."""
+    purged_at = -PURGE_EVERY
     while not stopping.is_set():
         try:
             while await expire_reservations(store) == 100:
                 pass
-            await purge_refusals(store)
+            if asyncio.get_running_loop().time() - purged_at >= PURGE_EVERY:
+                purged_at = asyncio.get_running_loop().time()
+                await purge_refusals(store)
+                await purge_settled(store, settled_kept)
         except Exception:  # a locked or unreachable database: try again next round
             logger.exception("expiring reservations failed")
         try:

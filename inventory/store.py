@@ -252,6 +252,20 @@ class InventoryTx:
         )
         return int(result.rowcount or 0)
 
+    async def purge_settled(self, settled_before: datetime, limit: int) -> int:
+        """Deletes up to `limit` reservations committed or released before `settled_before`, with
+        their lines. A held (RESERVED) one is never purged; refusals have their own, shorter keep."""
+        ids = [row[0] for row in await self.conn.execute(
+            select(reservations.c.reservation_id)
+            .where(reservations.c.state.in_([ReservationState.COMMITTED, ReservationState.RELEASED]),
+                   reservations.c.update_time < settled_before)
+            .limit(limit))]
+        if not ids:
+            return 0
+        await self.conn.execute(delete(reservation_lines).where(reservation_lines.c.reservation_id.in_(ids)))
+        await self.conn.execute(delete(reservations).where(reservations.c.reservation_id.in_(ids)))
+        return len(ids)
+
     async def expired(self, at: datetime, limit: int) -> list[str]:
         """Reservations still RESERVED whose expiry has passed, oldest first."""
         query = (

@@ -53,3 +53,38 @@ async def test_delivered_events_past_retention_go_and_owed_or_recent_ones_stay(
             assert (await tx.conn.execute(select(func.count()).select_from(outbox))).scalar_one() == 3
     finally:
         await db.close()
+
+
+async def test_settled_reservations_past_retention_go_and_held_or_recent_ones_stay(
+        tmp_path: Path, database: object | None) -> None:
+    from inventory import handlers
+    from inventory.domain import Line, Product
+    from inventory.store import InventoryStore, reservation_lines, reservations
+    from inventory.store import metadata as inventory_metadata
+    from mesh.money import Money
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/inventory.db" if database is None else database.create_database()  # type: ignore[attr-defined]
+    db = Database.connect(url)
+    await db.migrate(Path(handlers.__file__).resolve().parent / "migrations", inventory_metadata)
+    store = InventoryStore(db)
+    try:
+        await handlers.create_product(store, Product("ret-mug", "Mug", Money("USD", 100), available=100))
+        ids = {name: f"{name}-0001" for name in ("old-committed", "old-released", "old-held", "new-committed")}
+        for rid in ids.values():
+            await handlers.reserve_stock(store, rid, [Line("ret-mug", 1)], ttl=timedelta(days=30))
+        await handlers.commit_reservation(store, ids["old-committed"])
+        await handlers.release_reservation(store, ids["old-released"])
+        await handlers.commit_reservation(store, ids["new-committed"])
+        async with store.write() as tx:
+            old = [ids["old-committed"], ids["old-released"], ids["old-held"]]
+            await tx.conn.execute(update(reservations).where(reservations.c.reservation_id.in_(old))
+                                  .values(update_time=now() - timedelta(days=8)))
+        assert await handlers.purge_settled(store, timedelta(days=7)) == 2
+        async with store.read() as tx:
+            left = {row[0] for row in await tx.conn.execute(select(reservations.c.reservation_id))}
+            lines = {row[0] for row in await tx.conn.execute(select(reservation_lines.c.reservation_id))}
+        assert left == lines == {ids["old-held"], ids["new-committed"]}, "a held reservation is never purged"
+        product = await handlers.get_product(store, "ret-mug")
+        assert (product.available, product.reserved, product.sold) == (97, 1, 2), "stock is untouched"
+    finally:
+        await db.close()
