@@ -1,6 +1,13 @@
 """gRPC benchmark: a bare grpc.aio ceiling, GetProduct, and CreateOrder end to end, in one run.
 
-    .venv/bin/python scripts/bench_grpc.py [--duration 10] [--concurrency 32]
+    .venv/bin/python scripts/bench_grpc.py [--duration 10] [--concurrency 32] [--baseline REF]
+        [--open-loop 25,50,75]
+
+With `--baseline REF` the three services as they were at git REF (a worktree of it, the same
+venv) run beside today's, each with its own data, and every target is measured for both in
+the same interleaved rounds, so the ratio is measured, not remembered. With `--open-loop`, each
+target is then driven at those percentages of the rate it reached (ghz --rps, with enough
+workers that the rate, not the answers, sets the pace): latency as users feel it.
 
 Drives each target with ghz (from scripts/install-tools.sh) at a fixed
 concurrency and prints requests/s, p50/p99 latency, errors and the server
@@ -80,14 +87,16 @@ def ghz_path() -> str:
     return found
 
 
-def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argparse.Namespace) -> dict:
+def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argparse.Namespace,
+            rps: int = 0, concurrency: int = 0) -> dict:
     command = [
         ghz_path(), "--insecure", "--protoset", str(ROOT / "generated" / "shopmesh.protoset"),
         "--call", method, "-d", json.dumps(data),
-        "-c", str(args.concurrency), "--connections", str(args.connections), "-O", "json",
+        "-c", str(concurrency or args.concurrency), "--connections", str(args.connections), "-O", "json",
+        *(["--rps", str(rps)] if rps else []),
     ]
     # A short warm-up so caches and connections are steady before measuring.
-    subprocess.run([*command, "-n", "1000", address], capture_output=True, check=True)
+    subprocess.run([*command, "-n", str(max(rps, 50) if rps else 1000), address], capture_output=True, check=True)
     before = [cpu_seconds(p) for p in pids]
     # --duration-stop=wait: calls still in flight at the end finish and count, not show up as errors.
     timed = [*command, "-z", f"{args.duration}s", "--duration-stop", "wait", address]
@@ -132,8 +141,42 @@ def stop_all(processes) -> None:
             process.kill()
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+def start_services(tree: Path, work: Path, processes: dict[str, subprocess.Popen], tag: str) -> dict[str, int]:
+    """inventory, notification and order from the checkout at `tree`, on their own ports and data."""
+    data = work / (tag or "current")
+    data.mkdir()
+    env = dict(os.environ, SHOPMESH_DATA_DIR=str(data), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(tree))
+    ports = {name: free_port() for name in ("inventory", "order", "notification")}
+    for name in ports:
+        env[f"SHOPMESH_{name.upper()}_PORT"] = str(ports[name])
+        env[f"SHOPMESH_{name.upper()}_METRICS_PORT"] = str(free_port())
+    for name in ("inventory", "notification", "order"):
+        processes[f"{name}{tag}"] = start([sys.executable, "-m", name], env, data / f"{name}.log", cwd=tree)
+    for port in ports.values():
+        wait_port(f"127.0.0.1:{port}")
+    with grpc.insecure_channel(f"127.0.0.1:{ports['inventory']}") as channel:
+        product = inventory_pb2.Product(
+            sku="bench", name="Bench", price=money_pb2.Money(currency_code="USD", minor_units=100), available=10**9
+        )
+        inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(product=product))
+    return ports
+
+
+def rows_for(ports: dict[str, int], processes: dict[str, subprocess.Popen], tag: str, label: str) -> list[tuple]:
+    pid = {name: processes[f"{name}{tag}"].pid for name in ports}
+    suffix = f" @ {label}" if label else ""
+    order = {"request_id": "{{newUUID}}", "user_id": "bench-{{.RequestNumber}}", "lines": [{"sku": "bench", "quantity": 1}]}
+    return [
+        (f"GetProduct (inventory + SQLite){suffix}", f"127.0.0.1:{ports['inventory']}",
+         "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [pid["inventory"]]),
+        (f"CreateOrder end to end (3 services){suffix}", f"127.0.0.1:{ports['order']}",
+         "shop.order.v1.OrderService.CreateOrder", order, [pid["order"], pid["inventory"], pid["notification"]]),
+    ]
 
 
 def wait_port(address: str, timeout: float = 30) -> None:
@@ -154,6 +197,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="rounds over all targets; the median round is shown")
+    parser.add_argument("--baseline", metavar="REF", help="also measure the services of this git ref, e.g. 8e834ca")
+    parser.add_argument("--open-loop", metavar="PCTS", help="then drive each target at these %% of its rate")
+    parser.add_argument("--open-loop-workers", type=int, default=200, help="ghz workers in open loop")
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
@@ -161,37 +207,22 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="shopmesh-bench-"))
-    env = dict(os.environ, SHOPMESH_DATA_DIR=str(work), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
-    ports = {name: free_port() for name in ("echo", "inventory", "order", "notification")}
-    for name in ("inventory", "order", "notification"):
-        env[f"SHOPMESH_{name.upper()}_PORT"] = str(ports[name])
-        env[f"SHOPMESH_{name.upper()}_METRICS_PORT"] = str(free_port())
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    echo_port = free_port()
     processes: dict[str, subprocess.Popen] = {}
+    baseline = None
     try:
-        processes["echo"] = start([sys.executable, __file__, "--serve-echo", str(ports["echo"])], env, work / "echo.log")
-        for name in ("inventory", "notification", "order"):
-            processes[name] = start([sys.executable, "-m", name], env, work / f"{name}.log")
-        for port in ports.values():
-            wait_port(f"127.0.0.1:{port}")
-        with grpc.insecure_channel(f"127.0.0.1:{ports['inventory']}") as channel:
-            product = inventory_pb2.Product(
-                sku="bench", name="Bench", price=money_pb2.Money(currency_code="USD", minor_units=100), available=10**9
-            )
-            inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(
-                inventory_pb2.CreateProductRequest(product=product)
-            )
-        pid = {name: p.pid for name, p in processes.items()}
-        rows = [
-            ("ceiling: bare grpc.aio GetProduct", f"127.0.0.1:{ports['echo']}",
-             "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [pid["echo"]]),
-            ("GetProduct (inventory + SQLite)", f"127.0.0.1:{ports['inventory']}",
-             "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [pid["inventory"]]),
-            ("CreateOrder end to end (3 services)", f"127.0.0.1:{ports['order']}",
-             "shop.order.v1.OrderService.CreateOrder",
-             {"request_id": "{{newUUID}}", "user_id": "bench-{{.RequestNumber}}",
-              "lines": [{"sku": "bench", "quantity": 1}]},
-             [pid["order"], pid["inventory"], pid["notification"]]),
-        ]
+        processes["echo"] = start([sys.executable, __file__, "--serve-echo", str(echo_port)], env, work / "echo.log")
+        wait_port(f"127.0.0.1:{echo_port}")
+        rows = [("ceiling: bare grpc.aio GetProduct", f"127.0.0.1:{echo_port}",
+                 "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [processes["echo"].pid])]
+        rows += rows_for(start_services(ROOT, work, processes, ""), processes, "", "")
+        if args.baseline:
+            baseline = work / "baseline-tree"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
+                           check=True, capture_output=True)
+            rows += rows_for(start_services(baseline, work, processes, "-baseline"), processes, "-baseline",
+                             args.baseline)
         rounds: dict[str, list[dict]] = {label: [] for label, *_ in rows}
         for round_ in range(args.repeat):  # interleaved, so a noisy moment hits every target alike
             for label, address, method, data, pids in rows:
@@ -209,9 +240,34 @@ def main() -> None:
                   f"| {r['errors'] or 'none'} | {r['cpu_ms']:.3f}{f' ({each})' if each else ''} |")
         print("\nCreateOrder's CPU is order + inventory + notification. CPU is user+system time of the server")
         print("processes from /proc over the measured run, divided by the successful calls.")
+        if args.baseline:
+            by = dict(results)
+            for now, then in zip(rows[1:3], rows[3:5], strict=True):
+                a, b = by[now[0]], by[then[0]]
+                print(f"\n{now[0]}: {a['rps'] / b['rps']:.2f}x the requests/s of {args.baseline}, "
+                      f"{a['cpu_ms'] / b['cpu_ms']:.2f}x its CPU per request")
+        if args.open_loop:
+            open_loop(rows[1:], dict(results), args)
     finally:
         stop_all(processes.values())
+        if baseline is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def open_loop(rows: list[tuple], closed: dict[str, dict], args: argparse.Namespace) -> None:
+    """Each target at fixed shares of the rate it reached closed-loop: latency at a given load."""
+    shares = [int(x) for x in args.open_loop.split(",")]
+    print(f"\nOpen loop: ghz --rps at {', '.join(f'{x}%' for x in shares)} of each target's closed-loop rate, "
+          f"-c {args.open_loop_workers} workers, {args.duration}s each\n")
+    print("| target | load | requests/s sent | p50 ms | p99 ms | errors | server CPU ms/request |")
+    print("|---|---:|---:|---:|---:|---|---:|")
+    for label, address, method, data, pids in rows:
+        for share in shares:
+            rate = max(int(closed[label]["rps"] * share / 100), 1)
+            r = run_ghz(address, method, data, pids, args, rps=rate, concurrency=args.open_loop_workers)
+            print(f"| {label} | {share}% | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                  f"{r['errors'] or 'none'} | {r['cpu_ms']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
