@@ -51,8 +51,8 @@ async def finish_anyway(work: Coroutine[Any, Any, T], what: str) -> T:
         raise
 
 
-async def first_set(*events: asyncio.Event, timeout: float) -> None:
-    """Returns when any event is set or `timeout` seconds pass."""
+async def first_set(*events: asyncio.Event, timeout: float | None = None) -> bool:
+    """Returns when any event is set (True) or `timeout` seconds pass (False)."""
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -60,3 +60,4 @@ async def first_set(*events: asyncio.Event, timeout: float) -> None:
         for waiter in waiters:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
+    return any(event.is_set() for event in events)

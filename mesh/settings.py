@@ -223,7 +223,7 @@ class Settings:
     # `shutdown_grace` seconds for in-flight calls to finish.
     shutdown_drain: float = 0.0
     shutdown_grace: float = 10.0
-    # How often a stream looks for rows other instances wrote.
+    # How often the notification process's one watcher looks for rows other instances wrote.
     stream_poll_interval: float = 1.0
     # How often the order service retries undelivered outbox events.
     outbox_interval: float = 2.0

@@ -28,11 +28,10 @@ def notification_pb(n: Notification) -> notification_pb2.Notification:
 
 
 class NotificationApi(notification_pb2_grpc.NotificationServiceServicer):
-    def __init__(self, store: NotificationStore, wakeups: Wakeups, stopping: asyncio.Event, poll_interval: float):
+    def __init__(self, store: NotificationStore, wakeups: Wakeups, stopping: asyncio.Event):
         self._store = store
         self._wakeups = wakeups
         self._stopping = stopping
-        self._poll_interval = poll_interval
 
     async def SendNotification(self, request: notification_pb2.SendNotificationRequest, context: grpc.aio.ServicerContext) -> notification_pb2.Notification:
         wanted = domain.new_notification(request.event_id, request.user_id, request.kind, request.subject, request.body)
@@ -51,7 +50,7 @@ class NotificationApi(notification_pb2_grpc.NotificationServiceServicer):
         # SSE response) learns at once that the stream is open and valid.
         await context.send_initial_metadata(())
         stream = handlers.stream_notifications(
-            self._store, self._wakeups, request.user_id, self._stopping, self._poll_interval, start
+            self._store, self._wakeups, request.user_id, self._stopping, start
         )
         async for notification in stream:
             yield notification_pb(notification)

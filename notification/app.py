@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
@@ -9,6 +10,7 @@ from mesh.db import Database
 from mesh.discovery import Discovery
 from mesh.server import App, Binding
 from mesh.settings import Settings
+from notification import handlers
 from notification.api import NotificationApi
 from notification.handlers import Wakeups
 from notification.store import NotificationStore, metadata
@@ -20,6 +22,10 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
     await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     app = App(bindings=[], closers=[db.close])
-    api = NotificationApi(NotificationStore(db), Wakeups(), app.stopping, settings.stream_poll_interval)
+    store, wakeups = NotificationStore(db), Wakeups()
+    api = NotificationApi(store, wakeups, app.stopping)
+    # One reader per process for what other instances store, however many streams are open.
+    app.background.append(asyncio.create_task(
+        handlers.watch(store, wakeups, settings.stream_poll_interval, app.stopping), name="notification-watch"))
     app.bindings = [Binding(SERVICE_NAME, notification_pb2_grpc.add_NotificationServiceServicer_to_server, api)]
     return app

@@ -26,10 +26,10 @@ STREAMS = Gauge("shop_notification_streams_open", "Live notification streams thi
 
 
 class Wakeups:
-    """Wakes this process's streams when it stores a notification.
+    """Wakes this process's streams of a user when a notification for them is stored.
 
-    Streams also poll the database, so a notification stored by another
-    instance reaches them too; this only makes local ones arrive at once.
+    At once for one this process stored; for one another instance stored, when the process's one
+    watcher (`watch`) sees it. An idle stream costs nothing: it waits, it never polls.
     """
 
     def __init__(self) -> None:
@@ -38,6 +38,10 @@ class Wakeups:
     def notify(self, user_id: str) -> None:
         for event in self._waiting.get(user_id, ()):
             event.set()
+
+    @property
+    def watched(self) -> bool:
+        return bool(self._waiting)
 
     def subscribe(self, user_id: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -50,6 +54,37 @@ class Wakeups:
             waiting.discard(event)
             if not waiting:
                 del self._waiting[user_id]
+
+
+WATCH_BATCH = 1000
+# Sequences are taken at insert and become visible at commit, so on PostgreSQL a row may appear
+# behind one already seen: each round looks this far back too (waking a stream for nothing costs
+# one read; missing one would leave a notification waiting for the next).
+LOOKBACK = 256
+
+
+async def watch(store: NotificationStore, wakeups: Wakeups, interval: float, stopping: asyncio.Event) -> None:
+    """The process's one reader of notifications other instances stored: every `interval`, while
+    any stream is open, one query, and the streams of the users it names are woken."""
+    async with store.read() as tx:
+        mark = await tx.max_sequence()
+        # The sequences within LOOKBACK of `mark` already stored (streams read those themselves).
+        seen = {sequence for sequence, _ in await tx.users_after(max(mark - LOOKBACK, 0), WATCH_BATCH)}
+    while not await aio.first_set(stopping, timeout=interval):
+        if not wakeups.watched:
+            continue
+        try:
+            async with store.read() as tx:
+                fresh = await tx.users_after(max(mark - LOOKBACK, 0), WATCH_BATCH)
+        except Exception:  # a locked or unreachable database: next round
+            logger.exception("watching for notifications failed")
+            continue
+        for sequence, user_id in fresh:
+            if sequence not in seen:
+                wakeups.notify(user_id)
+            seen.add(sequence)
+            mark = max(mark, sequence)
+        seen = {s for s in seen if s > mark - LOOKBACK}
 
 
 async def send_notification(store: NotificationStore, wakeups: Wakeups, wanted: Notification) -> Notification:
@@ -96,11 +131,10 @@ async def stream_notifications(
     wakeups: Wakeups,
     user_id: str,
     stopping: asyncio.Event,
-    poll_interval: float,
     start: int | None = None,
 ) -> AsyncIterator[Notification]:
     """Every notification for `user_id` stored after the call starts (or after `start`, from
-    `resume_point`), until `stopping`."""
+    `resume_point`), until `stopping`. It reads when woken (`Wakeups`), never on a timer."""
     domain.check_user_id(user_id)
     wake = wakeups.subscribe(user_id)
     logger.info("stream opened for user %s", user_id)
@@ -119,7 +153,7 @@ async def stream_notifications(
                 yield notification
             if len(fresh) == STREAM_BATCH:
                 continue
-            await aio.first_set(wake, stopping, timeout=poll_interval)
+            await aio.first_set(wake, stopping)
     finally:
         wakeups.unsubscribe(user_id, wake)
         STREAMS.dec()

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    func,
     insert,
     select,
 )
@@ -110,6 +111,16 @@ class NotificationTx:
         query = select(notifications.c.sequence).where(notifications.c.notification_id == notification_id,
                                                        notifications.c.user_id == user_id)
         return (await self.conn.execute(query)).scalar()
+
+    async def users_after(self, after: int, limit: int) -> list[tuple[int, str]]:
+        """(sequence, user_id) of the notifications stored after `after`, oldest first: the
+        process's one watcher reads this, whatever the number of streams it serves."""
+        query = (select(notifications.c.sequence, notifications.c.user_id)
+                 .where(notifications.c.sequence > after).order_by(notifications.c.sequence).limit(limit))
+        return [(int(row[0]), str(row[1])) for row in await self.conn.execute(query)]
+
+    async def max_sequence(self) -> int:
+        return int((await self.conn.execute(select(func.max(notifications.c.sequence)))).scalar() or 0)
 
     async def last_sequence(self, user_id: str) -> int:
         query = (

@@ -7,6 +7,7 @@ which is off unless a test sets it.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections import Counter
@@ -761,3 +762,40 @@ def test_open_streams_have_their_own_limit_and_never_take_the_places_of_calls(me
     took, code, details = asyncio.run(scenario())
     assert max(took) < 1.0, took
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "20 streams at once" in details, (code, details)
+
+
+def test_idle_streams_cost_the_notification_service_nothing(mesh: Mesh) -> None:
+    """500 pages following their notifications with nothing happening: one watcher per process
+    reads the database, not one poll per stream, so the process is all but idle; a notification
+    for one of them still arrives at once."""
+    notification = mesh.start("notification")
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{notification.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def scenario() -> tuple[float, float]:
+        async with grpc.aio.insecure_channel(mesh.address("notification")) as channel:
+            stub = notification_pb2_grpc.NotificationServiceStub(channel)
+            streams = [stub.StreamNotifications(notification_pb2.StreamNotificationsRequest(user_id=f"idle-{n}"))
+                       for n in range(500)]
+            for stream in streams:
+                await stream.initial_metadata()
+            await asyncio.sleep(2)  # settled
+            before, started = cpu_seconds(), time.monotonic()
+            await asyncio.sleep(5)
+            share = (cpu_seconds() - before) / (time.monotonic() - started)
+            sent = time.monotonic()
+            await stub.SendNotification(notification_pb2.SendNotificationRequest(
+                event_id=f"idle:{uuid.uuid4()}", user_id="idle-7", kind="test.ping", subject="hi"), timeout=5)
+            got = await asyncio.wait_for(streams[7].read(), 5)
+            assert got.user_id == "idle-7"
+            took = time.monotonic() - sent
+            for stream in streams:
+                stream.cancel()
+            return share, took
+
+    share, took = asyncio.run(scenario())
+    print(f"500 idle streams: notification used {100 * share:.1f}% of a core; a notification arrived in {took * 1000:.0f} ms")
+    assert share < 0.03, f"{100 * share:.1f}% of a core for idle streams"
+    assert took < 0.5
