@@ -250,6 +250,26 @@ class Database:
                 async with conn.begin():
                     yield conn
 
+    @contextlib.asynccontextmanager
+    async def listening(self, channel: str, heard: Callable[[str], None]) -> AsyncIterator[bool]:
+        """On PostgreSQL, `heard(payload)` for every NOTIFY on `channel` (from any instance), on a
+        connection of its own held for as long as this lasts; True. On SQLite, nothing; False."""
+        if self.is_sqlite:
+            yield False
+            return
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection  # asyncpg's own connection
+
+            def on_notify(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+                heard(payload)
+
+            await driver.add_listener(channel, on_notify)  # type: ignore[union-attr]
+            try:
+                yield True
+            finally:
+                with contextlib.suppress(Exception):  # the connection may be gone already
+                    await driver.remove_listener(channel, on_notify)  # type: ignore[union-attr]
+
     async def close(self) -> None:
         await self.engine.dispose()
         for inline in (self._reader, self._writer):

@@ -63,9 +63,21 @@ WATCH_BATCH = 1000
 LOOKBACK = 256
 
 
+CHANNEL = "shopmesh_notifications"
+
+
 async def watch(store: NotificationStore, wakeups: Wakeups, interval: float, stopping: asyncio.Event) -> None:
-    """The process's one reader of notifications other instances stored: every `interval`, while
-    any stream is open, one query, and the streams of the users it names are woken."""
+    """The process's one reader of notifications other instances stored. On PostgreSQL it
+    LISTENs: every instance's commit NOTIFYs the user's id, and their streams wake at once. It
+    also reads (everywhere; the only way on SQLite, and a net should a NOTIFY be missed) every
+    `interval` while any stream is open: one query, and the streams of the users it names wake."""
+    async with store.db.listening(CHANNEL, wakeups.notify) as listening:
+        if listening:
+            logger.info("streams follow other instances through LISTEN %s", CHANNEL)
+        await _poll(store, wakeups, interval, stopping)
+
+
+async def _poll(store: NotificationStore, wakeups: Wakeups, interval: float, stopping: asyncio.Event) -> None:
     async with store.read() as tx:
         mark = await tx.max_sequence()
         # The sequences within LOOKBACK of `mark` already stored (streams read those themselves).
@@ -92,6 +104,7 @@ async def send_notification(store: NotificationStore, wakeups: Wakeups, wanted: 
     try:
         async with store.write() as tx:
             stored = await tx.insert(wanted, str(uuid.uuid4()))
+            await tx.announce(CHANNEL, stored.user_id)
     except IntegrityError:  # this event was stored before, or concurrently
         async with store.read() as tx:
             existing = await tx.by_event(wanted.event_id)

@@ -112,6 +112,12 @@ class NotificationTx:
                                                        notifications.c.user_id == user_id)
         return (await self.conn.execute(query)).scalar()
 
+    async def announce(self, channel: str, user_id: str) -> None:
+        """On PostgreSQL, tells every instance's watcher (LISTEN) at commit; on SQLite, nothing."""
+        dialect = getattr(self.conn, "dialect", None)  # SQLite's inline connection has none
+        if dialect is not None and dialect.name == "postgresql":
+            await self.conn.execute(select(func.pg_notify(channel, user_id)))
+
     async def users_after(self, after: int, limit: int) -> list[tuple[int, str]]:
         """(sequence, user_id) of the notifications stored after `after`, oldest first: the
         process's one watcher reads this, whatever the number of streams it serves."""

@@ -127,3 +127,30 @@ async def test_a_stream_resumes_after_the_last_notification_its_client_saw(stub)
             await stream.read()
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert caught.value.details().startswith("resume_after:")
+
+
+async def test_on_postgresql_another_instances_notification_wakes_a_stream_at_once(
+        start: Start, database: object | None) -> None:
+    """The watchers LISTEN, every commit NOTIFYs: with the poll 30 s apart, only that explains a
+    notification stored by another instance arriving within half a second. On SQLite (no
+    NOTIFY) the poll is the way, so it is set short there and the bound is the poll's."""
+    poll = "30" if database is not None else "0.2"
+    here = await start("notification", SHOPMESH_STREAM_POLL_SECONDS=poll)
+    url = here.app.bindings[0].servicer._store.db.engine.url.render_as_string(hide_password=False)
+    other = await start("notification", SHOPMESH_STREAM_POLL_SECONDS=poll, SHOPMESH_NOTIFICATION_DATABASE_URL=url)
+    async with channel(here) as ch, channel(other) as other_ch:
+        stream = notification_pb2_grpc.NotificationServiceStub(ch).StreamNotifications(
+            pb.StreamNotificationsRequest(user_id="bob"))
+        await stream.initial_metadata()
+        await asyncio.sleep(0.3)  # the watcher is listening
+        loop = asyncio.get_running_loop()
+        took = []
+        for n in range(5):
+            sent = loop.time()
+            await notification_pb2_grpc.NotificationServiceStub(other_ch).SendNotification(
+                send(f"listen-{n}", user="bob"))
+            got = await asyncio.wait_for(stream.read(), 5)
+            took.append(loop.time() - sent)
+            assert got.event_id == f"listen-{n}"
+        stream.cancel()
+    assert max(took) < 0.5, took
