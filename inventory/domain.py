@@ -110,6 +110,17 @@ class OutOfStock(FailedPrecondition):
         self.sku = sku
 
 
+class StockWouldExceedMaximum(FailedPrecondition):
+    """The contract bounds available stock (0..MAX_STOCK); a restock may not carry it past that."""
+
+    def __init__(self, sku: str, delta: int, available: int):
+        super().__init__(
+            f"cannot add {delta} units to SKU {sku!r}: {available} available, and at most {MAX_STOCK} may be",
+            subject=f"sku/{sku}",
+            kind="STOCK",
+        )
+
+
 class StockWouldGoNegative(FailedPrecondition):
     def __init__(self, sku: str, delta: int, available: int):
         super().__init__(

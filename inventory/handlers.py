@@ -69,10 +69,12 @@ async def list_products(store: InventoryStore, page_size: int, page_token: str) 
 async def adjust_stock(store: InventoryStore, sku: str, delta: int, reason: str) -> Product:
     sku, delta, reason = domain.check_adjustment(sku, delta, reason)
     async with store.write() as tx:
-        if not await tx.add_available(sku, delta):
+        if not await tx.add_available(sku, delta, domain.MAX_STOCK):
             product = await tx.get_product(sku)
             if product is None:
                 raise domain.ProductNotFound(sku)
+            if delta > 0:
+                raise domain.StockWouldExceedMaximum(sku, delta, product.available)
             raise domain.StockWouldGoNegative(sku, delta, product.available)
         await tx.record_movement(sku, delta, reason)
         return await tx.get_product(sku)  # type: ignore[return-value]

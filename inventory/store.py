@@ -169,11 +169,11 @@ class InventoryTx:
             query = query.where(products.c.sku > after_sku)
         return [_product(row) for row in await self.conn.execute(query)]
 
-    async def add_available(self, sku: str, delta: int) -> bool:
-        """available += delta unless that would make it negative."""
+    async def add_available(self, sku: str, delta: int, ceiling: int) -> bool:
+        """available += delta unless that would make it negative or more than `ceiling`."""
         result = await self.conn.execute(
             update(products)
-            .where(products.c.sku == sku, products.c.available + delta >= 0)
+            .where(products.c.sku == sku, products.c.available + delta >= 0, products.c.available + delta <= ceiling)
             .values(available=products.c.available + delta, update_time=now())
         )
         return result.rowcount == 1

@@ -299,3 +299,16 @@ async def test_refusals_are_forgotten_after_their_keeping_period(start: Start) -
         await handlers.reserve_stock(store, "r-ghost", [Line("ghost", 1)])
     assert await handlers.purge_refusals(store, kept=timedelta(hours=24)) == 0
     assert await handlers.purge_refusals(store, kept=timedelta(seconds=-1)) == 1
+
+
+async def test_a_restock_past_the_contracts_maximum_is_refused_and_changes_nothing(stub) -> None:
+    """available is 0..10^12 in the contract (and the OpenAPI document): repeated restocks must not
+    carry it past that, or a later read answers what the schema says cannot be (found by
+    schemathesis' random seed)."""
+    await create(stub, sku="big", available=10**12 - 5)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.AdjustStock(pb.AdjustStockRequest(sku="big", delta=6, reason="restock"))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "at most 1000000000000" in refused.value.details()
+    assert (await stub.GetProduct(pb.GetProductRequest(sku="big"))).available == 10**12 - 5
+    assert (await stub.AdjustStock(pb.AdjustStockRequest(sku="big", delta=5, reason="restock"))).available == 10**12
