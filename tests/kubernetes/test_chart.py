@@ -252,3 +252,31 @@ def test_mtls_probes_present_the_pods_own_certificate() -> None:
             continue
         command = spec["containers"][0]["readinessProbe"]["exec"]["command"]
         assert command[0] == "grpc-health-probe" and f"-tls-client-cert=/etc/shopmesh/tls/{service}.pem" in command
+
+
+def test_operations_pieces_are_there_when_asked() -> None:
+    """Scrape annotations and spread over nodes and zones by default; the Ingress, the
+    ServiceMonitors and the OTLP endpoint when an example asks for them."""
+    for name, template in pod_templates(render()):
+        if name.endswith("postgresql"):
+            continue
+        annotations = template["metadata"]["annotations"]
+        container = template["spec"]["containers"][0]
+        ports = {p["containerPort"] for p in container["ports"]}
+        assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) in ports
+        keys = [c["topologyKey"] for c in template["spec"]["topologySpreadConstraints"]]
+        assert keys == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], name
+        assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in template["spec"]["topologySpreadConstraints"])
+    secured = render(CHART.parent / "examples" / "mtls-auth.yaml")
+    ingress = of_kind(secured, "Ingress")["shopmesh-gateway"]["spec"]
+    assert ingress["rules"][0]["host"] == "shop.example.com" and ingress["tls"][0]["secretName"] == "shop-example-com-tls"
+    monitors = of_kind(secured, "ServiceMonitor")
+    assert len(monitors) == 4 and all(m["metadata"]["labels"]["release"] == "prometheus" for m in monitors.values())
+    assert not of_kind(render(), "Ingress") and not of_kind(render(), "ServiceMonitor")
+    traced = render(CHART.parent / "examples" / "autoscaling.yaml")
+    for name, template in pod_templates(traced):
+        if name.endswith("postgresql"):
+            continue
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env["SHOPMESH_TRACE_EXPORTER"] == "otlp"
+        assert env["SHOPMESH_OTLP_ENDPOINT"] == "otel-collector.observability.svc:4317"
