@@ -15,6 +15,7 @@ from inventory.domain import Line, Product, Reservation, ReservationState
 from inventory.store import InventoryStore
 from mesh import paging
 from mesh.clock import now
+from mesh.db import PURGE_BATCH, PURGE_EVERY, in_batches
 from mesh.errors import ShopError
 
 logger = logging.getLogger(__name__)
@@ -174,21 +175,14 @@ async def purge_refusals(store: InventoryStore, kept: timedelta = REFUSALS_KEPT)
         return await tx.purge_rejections(now() - kept)
 
 
-PURGE_BATCH = 500
-PURGE_EVERY = 60.0
-
-
 async def purge_settled(store: InventoryStore, kept: timedelta) -> int:
     """Forgets reservations committed or released more than `kept` ago, a batch per transaction:
     a retried Commit or Release of one is answered from it only within that time."""
-    purged = 0
-    while True:
+    async def one_batch() -> int:
         async with store.write() as tx:
-            gone = await tx.purge_settled(now() - kept, PURGE_BATCH)
-        purged += gone
-        if gone < PURGE_BATCH:
-            break
-        await asyncio.sleep(0)  # the write lock is let go between batches
+            return await tx.purge_settled(now() - kept, PURGE_BATCH)
+
+    purged = await in_batches(one_batch)
     if purged:
         logger.info("purged %d reservations settled more than %s ago", purged, kept)
     return purged
@@ -215,7 +209,7 @@ async def expire_reservations(store: InventoryStore, limit: int = 100) -> int:
 async def sweep_expired(store: InventoryStore, interval: float, stopping: asyncio.Event,
                         settled_kept: timedelta = timedelta(days=7)) -> None:
     """The expiry loop every inventory instance runs; it also purges what is kept too long."""
-    purged_at = -PURGE_EVERY
+    purged_at = -PURGE_EVERY  # first round purges
     while not stopping.is_set():
         try:
             while await expire_reservations(store) == 100:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from mesh import telemetry
 from mesh.clock import now
+from mesh.db import PURGE_BATCH, PURGE_EVERY, in_batches
 from mesh.errors import ShopError
 from order.domain import Event
 from order.store import OrderStore
@@ -32,8 +33,6 @@ BATCH = 64
 # Retries back off to at most this many intervals apart while deliveries keep failing.
 BACKOFF_CAP = 15
 MAX_REMEMBERED = 10_000
-PURGE_BATCH = 500
-PURGE_EVERY = 60.0
 
 
 class Notifier(Protocol):
@@ -106,14 +105,11 @@ class OutboxRelay:
 
     async def purge(self) -> int:
         """Deletes the events delivered more than `retention` ago, a batch per transaction."""
-        purged = 0
-        while True:
+        async def one_batch() -> int:
             async with self._store.write() as tx:
-                gone = await tx.purge_delivered(now() - self._retention, PURGE_BATCH)
-            purged += gone
-            if gone < PURGE_BATCH:
-                break
-            await asyncio.sleep(0)  # the write lock is let go between batches: orders go on
+                return await tx.purge_delivered(now() - self._retention, PURGE_BATCH)
+
+        purged = await in_batches(one_batch)
         if purged:
             logger.info("outbox: purged %d events delivered more than %s ago", purged, self._retention)
         return purged

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 
 from mesh.clock import now
-from mesh.db import Database
+from mesh.db import PURGE_BATCH, Database
 from order import outbox as relay_module
 from order.domain import Event
 from order.outbox import OutboxRelay
@@ -31,7 +31,7 @@ async def test_delivered_events_past_retention_go_and_owed_or_recent_ones_stay(
     await db.migrate(MIGRATIONS, metadata)
     store = OrderStore(db)
     try:
-        old_delivered = [f"old-delivered-{n}" for n in range(relay_module.PURGE_BATCH * 2 + 7)]
+        old_delivered = [f"old-delivered-{n}" for n in range(PURGE_BATCH * 2 + 7)]
         async with store.write() as tx:
             for event_id in [*old_delivered, "old-owed", "recent-delivered", "new-owed"]:
                 await tx.add_event(Event(event_id, "u", "order.confirmed", "s", "b"))
