@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+MAX_RECONNECT_BACKOFF_MS = 5_000
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -39,6 +40,12 @@ CHANNEL_OPTIONS = (
     # DNS discovery: a connection that ends (a server's maximum age, a pod gone) has the name
     # resolved again at once, at most this often, so a new instance is called within seconds.
     ("grpc.dns_min_time_between_resolutions_ms", 1_000),
+    # An instance that died and came back on its address is called again within seconds:
+    # gRPC's default backoff grows to 120 s, and a restarted instance sat idle that long.
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    # Each channel its own connections: a new set of instances (discovery changed) starts
+    # fresh, not from the old channel's subchannel still waiting out a dead address's backoff.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 RETRYABLE = {
     "shop.inventory.v1.InventoryService": ["GetProduct", "ListProducts", "ReserveStock", "CommitReservation",

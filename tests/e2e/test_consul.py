@@ -251,11 +251,19 @@ async def test_kill_9_of_one_inventory_loses_no_order_and_a_restart_rejoins(mesh
 
     services.start("inventory-b", "inventory")
     agent.wait_passing("inventory", 2)
-    time.sleep(2)  # the order service's blocking query sees the new set
-    before = services.cpu("inventory-b")
+    both = "inventory instances: " + ", ".join(
+        sorted(f"127.0.0.1:{services.ports[name]}" for name in ("inventory-a", "inventory-b"))) + "\n"
+    deadline = time.monotonic() + 15  # the order service's blocking query sees the new set
+    while both not in (services.workdir / "order-1.log").read_text():
+        assert time.monotonic() < deadline, "the order service never saw the restarted instance"
+        time.sleep(0.2)
     acknowledged, failures = await place_orders(services, sku, 5)
     assert acknowledged and not failures
-    assert services.cpu("inventory-b") - before > 0.2, "the restarted instance receives no calls"
+    # Round robin over two: the restarted one takes its share at once (not after a reconnect
+    # backoff left from while it was dead, which a shared subchannel would still be waiting out).
+    reserved_b = started_calls(services, "inventory-b", "ReserveStock")
+    print(f"orders {len(acknowledged)}, ReserveStock on the restarted instance {reserved_b:.0f}")
+    assert reserved_b > len(acknowledged) / 4, "the restarted instance receives too few calls"
 
 
 async def test_calls_continue_while_consul_is_down_and_services_register_again(mesh) -> None:

@@ -799,3 +799,47 @@ def test_idle_streams_cost_the_notification_service_nothing(mesh: Mesh) -> None:
     print(f"500 idle streams: notification used {100 * share:.1f}% of a core; a notification arrived in {took * 1000:.0f} ms")
     assert share < 0.03, f"{100 * share:.1f}% of a core for idle streams"
     assert took < 0.5
+
+
+async def test_an_instance_back_on_its_address_after_a_long_outage_is_called_again_within_seconds(
+        mesh: Mesh) -> None:
+    """gRPC's reconnect backoff grows to 120 s by default: after 30 s down, a restarted inventory
+    sat unused for 10 to 20 s. Ours is capped (mesh.channels.MAX_RECONNECT_BACKOFF_MS)."""
+    from mesh.channels import MAX_RECONNECT_BACKOFF_MS, Upstreams
+    from mesh.discovery import StaticDiscovery
+
+    mesh.start("inventory")
+    upstreams = Upstreams(StaticDiscovery({"inventory": mesh.address("inventory")}))
+
+    def call():
+        stub = upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
+        return stub.ListProducts(inventory_pb2.ListProductsRequest(page_size=1), timeout=1)
+
+    try:
+        await call()
+        mesh.processes["inventory"].kill()
+        mesh.processes["inventory"].wait()
+        end = time.monotonic() + 30  # long enough for the default backoff to pass 15 s
+        failed = 0
+        while time.monotonic() < end:
+            try:
+                await call()
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                failed += 1
+            await asyncio.sleep(0.2)
+        assert failed > 50
+        mesh.start("inventory")
+        back = time.monotonic()
+        while True:
+            try:
+                await call()
+                break
+            except grpc.aio.AioRpcError:
+                assert time.monotonic() - back < 20, "never called again"
+                await asyncio.sleep(0.05)
+        took = time.monotonic() - back
+        print(f"called again {took:.2f} s after it was serving")
+        assert took < MAX_RECONNECT_BACKOFF_MS / 1000 * 1.2 + 0.5  # the cap, its jitter, a moment
+    finally:
+        await upstreams.close()
