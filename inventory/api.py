@@ -67,7 +67,8 @@ class InventoryApi(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def ReserveStock(self, request: inventory_pb2.ReserveStockRequest, context: grpc.aio.ServicerContext) -> inventory_pb2.Reservation:
         lines = [Line(line.sku, line.quantity) for line in request.lines]
-        return reservation_pb(await handlers.reserve_stock(self._store, request.reservation_id, lines, self._ttl))
+        return reservation_pb(await handlers.reserve_stock(self._store, request.reservation_id, lines, self._ttl,
+                                                           commit=request.commit))
 
     async def CommitReservation(self, request: inventory_pb2.CommitReservationRequest, context: grpc.aio.ServicerContext) -> inventory_pb2.Reservation:
         return reservation_pb(await handlers.commit_reservation(self._store, request.reservation_id))

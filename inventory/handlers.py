@@ -82,37 +82,54 @@ async def adjust_stock(store: InventoryStore, sku: str, delta: int, reason: str)
 
 
 async def reserve_stock(store: InventoryStore, reservation_id: str, lines: Sequence[Line],
-                        ttl: timedelta = DEFAULT_TTL) -> Reservation:
+                        ttl: timedelta = DEFAULT_TTL, *, commit: bool = False) -> Reservation:
     """All lines or none; a repeated reservation_id with the same lines replays the original.
 
     Held for `ttl`: a reservation nobody commits by then is released by `expire_reservations`.
+    With `commit`, sold at once in the same transaction (no hold, nothing to expire).
+
+    A new id costs no lookup: its row goes in first, and only a taken id (a repeat) reads what
+    was stored.
     """
     domain.check_reservation_id(reservation_id)
     lines = domain.check_lines(lines)
     try:
         async with store.write() as tx:
-            existing = await tx.get_reservation(reservation_id)
-            if existing is not None:
-                if not existing.same_request(lines):
-                    raise domain.ReservationConflict(reservation_id)
-                if existing.failure is not None:
-                    raise existing.failure  # the first answer, word for word
-                return existing
+            at = await tx.claim_reservation(reservation_id, ttl, committed=commit)  # IntegrityError: a repeat
             priced = []
             for line in lines:  # sorted by SKU: every writer takes rows in one order
-                price = await tx.hold(line.sku, line.quantity)
+                price = await tx.take(line.sku, line.quantity, sell=commit)
                 if price is None:  # raising rolls back every line held so far
                     product = await tx.get_product(line.sku)
                     if product is None:
                         raise _Refused(domain.ProductNotFound(line.sku))
                     raise _Refused(domain.OutOfStock(line.sku, line.quantity, product.available))
                 priced.append(Line(line.sku, line.quantity, price))
-            reservation = await tx.insert_reservation(reservation_id, priced, ttl)
+            reservation = await tx.insert_lines(reservation_id, at, priced, ttl, committed=commit)
     except _Refused as refused:
         await _remember_refusal(store, reservation_id, lines, refused.error)
         raise refused.error from None
+    except IntegrityError:
+        return await _replay(store, reservation_id, lines, commit)
     UNITS.labels("reserved").inc(reservation.units)
+    if commit:
+        UNITS.labels("sold").inc(reservation.units)
     return reservation
+
+
+async def _replay(store: InventoryStore, reservation_id: str, lines: Sequence[Line], commit: bool) -> Reservation:
+    """What a repeated reservation_id gets: the stored reservation, or its refusal word for word."""
+    async with store.read() as tx:
+        existing = await tx.get_reservation(reservation_id)
+    if existing is None:  # purged between our insert and this read: long settled and forgotten
+        raise domain.ReservationChanged(reservation_id)
+    if not existing.same_request(lines):
+        raise domain.ReservationConflict(reservation_id)
+    if existing.failure is not None:
+        raise existing.failure
+    if commit and existing.state is ReservationState.RESERVED:
+        return await commit_reservation(store, reservation_id)
+    return existing
 
 
 class _Refused(Exception):

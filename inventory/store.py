@@ -110,6 +110,16 @@ _HOLD = (
     )
     .returning(products.c.currency_code, products.c.price_minor)
 )
+_SELL = (
+    update(products)
+    .where(products.c.sku == bindparam("b_sku"), products.c.available >= bindparam("qty"))
+    .values(
+        available=products.c.available - bindparam("qty"),
+        sold=products.c.sold + bindparam("qty"),
+        update_time=bindparam("at"),
+    )
+    .returning(products.c.currency_code, products.c.price_minor)
+)
 _INSERT_RESERVATION = insert(reservations)
 _INSERT_LINES = insert(reservation_lines)
 _SET_STATE = (
@@ -181,9 +191,10 @@ class InventoryTx:
     async def record_movement(self, sku: str, delta: int, reason: str) -> None:
         await self.conn.execute(insert(stock_movements).values(sku=sku, delta=delta, reason=reason, create_time=now()))
 
-    async def hold(self, sku: str, quantity: int) -> Money | None:
-        """Moves `quantity` from available to reserved if there is that much; its price, else None."""
-        result = await self.conn.execute(_HOLD, {"b_sku": sku, "qty": quantity, "at": now()})
+    async def take(self, sku: str, quantity: int, *, sell: bool = False) -> Money | None:
+        """Moves `quantity` from available to reserved (to sold, with `sell`) if there is that
+        much; its price, else None."""
+        result = await self.conn.execute(_SELL if sell else _HOLD, {"b_sku": sku, "qty": quantity, "at": now()})
         row = result.first()
         return None if row is None else Money(row.currency_code, row.price_minor)
 
@@ -205,13 +216,20 @@ class InventoryTx:
         return Reservation(reservation_id, lines, ReservationState(head.state), head.create_time, head.update_time,
                            head.expire_time, head.fingerprint or "", failure)
 
-    async def insert_reservation(self, reservation_id: str, lines: Sequence[Line], ttl: timedelta) -> Reservation:
+    async def claim_reservation(self, reservation_id: str, ttl: timedelta, *, committed: bool = False) -> datetime:
+        """Writes the reservation's row before its lines, and its time; IntegrityError when the id is taken."""
         at = now()
+        state = ReservationState.COMMITTED if committed else ReservationState.RESERVED
         await self.conn.execute(
             _INSERT_RESERVATION,
-            {"reservation_id": reservation_id, "state": ReservationState.RESERVED, "create_time": at,
-             "update_time": at, "expire_time": at + ttl},
+            {"reservation_id": reservation_id, "state": state, "create_time": at, "update_time": at,
+             "expire_time": None if committed else at + ttl},
         )
+        return at
+
+    async def insert_lines(self, reservation_id: str, at: datetime, lines: Sequence[Line], ttl: timedelta, *,
+                           committed: bool = False) -> Reservation:
+        """The lines of the reservation `claim_reservation` wrote at `at`, and the whole of it."""
         await self.conn.execute(
             _INSERT_LINES,
             [
@@ -225,6 +243,8 @@ class InventoryTx:
                 for line in lines
             ],
         )
+        if committed:
+            return Reservation(reservation_id, tuple(lines), ReservationState.COMMITTED, at, at, None)
         return Reservation(reservation_id, tuple(lines), ReservationState.RESERVED, at, at, at + ttl)
 
     async def open_reservations(self) -> tuple[int, int]:

@@ -51,7 +51,7 @@ RETRYABLE = {
     "shop.inventory.v1.InventoryService": ["GetProduct", "ListProducts", "ReserveStock", "CommitReservation",
                                            "ReleaseReservation"],
     "shop.order.v1.OrderService": ["CreateOrder", "GetOrder", "ListOrders", "CancelOrder"],
-    "shop.notification.v1.NotificationService": ["SendNotification", "ListNotifications"],
+    "shop.notification.v1.NotificationService": ["SendNotification", "BatchSendNotifications", "ListNotifications"],
     "grpc.health.v1.Health": ["Check"],
 }
 SERVICE_CONFIG = json.dumps({

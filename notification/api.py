@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from mesh.errors import InvalidArgument
 from mesh.protoconv import timestamp
 from notification import domain, handlers
 from notification.domain import Notification
@@ -36,6 +37,22 @@ class NotificationApi(notification_pb2_grpc.NotificationServiceServicer):
     async def SendNotification(self, request: notification_pb2.SendNotificationRequest, context: grpc.aio.ServicerContext) -> notification_pb2.Notification:
         wanted = domain.new_notification(request.event_id, request.user_id, request.kind, request.subject, request.body)
         return notification_pb(await handlers.send_notification(self._store, self._wakeups, wanted))
+
+    async def BatchSendNotifications(self, request: notification_pb2.BatchSendNotificationsRequest, context: grpc.aio.ServicerContext) -> notification_pb2.BatchSendNotificationsResponse:
+        wanted = []
+        for i, r in enumerate(request.requests):
+            try:
+                wanted.append(domain.new_notification(r.event_id, r.user_id, r.kind, r.subject, r.body))
+            except InvalidArgument as error:  # named as the caller wrote it: requests[i].field
+                named = [(f"requests[{i}].{field}", problem) for field, problem in error.violations]
+                raise InvalidArgument(*named[0], more=named[1:]) from None
+        seen = set()
+        for i, w in enumerate(wanted):
+            if w.event_id in seen:
+                raise InvalidArgument(f"requests[{i}].event_id", f"event {w.event_id!r} appears more than once")
+            seen.add(w.event_id)
+        stored = await handlers.send_notifications(self._store, self._wakeups, wanted)
+        return notification_pb2.BatchSendNotificationsResponse(notifications=[notification_pb(n) for n in stored])
 
     async def ListNotifications(self, request: notification_pb2.ListNotificationsRequest, context: grpc.aio.ServicerContext) -> notification_pb2.ListNotificationsResponse:
         page, token = await handlers.list_notifications(self._store, request.user_id, request.page_size, request.page_token)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
@@ -115,6 +115,32 @@ async def send_notification(store: NotificationStore, wakeups: Wakeups, wanted: 
     logger.info("notified user %s: %s (%s)", stored.user_id, stored.subject, stored.event_id)
     wakeups.notify(stored.user_id)
     return stored
+
+
+async def send_notifications(store: NotificationStore, wakeups: Wakeups,
+                             wanted: Sequence[Notification]) -> list[Notification]:
+    """Stores and delivers them in one transaction, all or none, in the order given; an event
+    stored before gives back its first notification (and delivers nothing new)."""
+    for attempt in (1, 2):
+        try:
+            async with store.write() as tx:
+                known = await tx.by_events([w.event_id for w in wanted])
+                for w in wanted:
+                    if w.event_id in known and not known[w.event_id].same_event(w):
+                        raise domain.EventConflict(w.event_id)
+                new = await tx.insert_many([w for w in wanted if w.event_id not in known])
+                for user_id in dict.fromkeys(n.user_id for n in new):
+                    await tx.announce(CHANNEL, user_id)
+            break
+        except IntegrityError:  # a concurrent call stored one of them first: read it this time
+            if attempt == 2:
+                raise
+    SENT.inc(len(new))
+    for stored in new:
+        logger.info("notified user %s: %s (%s)", stored.user_id, stored.subject, stored.event_id)
+        wakeups.notify(stored.user_id)
+    by_event = {**known, **{n.event_id: n for n in new}}
+    return [by_event[w.event_id] for w in wanted]
 
 
 async def list_notifications(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -42,7 +45,9 @@ notifications = Table(
 
 
 _BY_EVENT = select(notifications).where(notifications.c.event_id == bindparam("event_id"))
+_BY_EVENTS = select(notifications).where(notifications.c.event_id.in_(bindparam("ids", expanding=True)))
 _INSERT = insert(notifications).returning(notifications.c.sequence)
+_INSERT_MANY = insert(notifications).returning(notifications.c.sequence, sort_by_parameter_order=True)
 
 
 def _notification(row: object) -> Notification:
@@ -66,6 +71,23 @@ class NotificationTx:
     async def by_event(self, event_id: str) -> Notification | None:
         row = (await self.conn.execute(_BY_EVENT, {"event_id": event_id})).first()
         return None if row is None else _notification(row)
+
+    async def by_events(self, event_ids: Sequence[str]) -> dict[str, Notification]:
+        """The notifications stored for any of `event_ids`, by event id: one query."""
+        rows = await self.conn.execute(_BY_EVENTS, {"ids": list(event_ids)})
+        return {row.event_id: _notification(row) for row in rows}
+
+    async def insert_many(self, wanted: Sequence[Notification]) -> list[Notification]:
+        """Stores them in one statement, in order; IntegrityError when an event id is taken."""
+        if not wanted:
+            return []
+        at = now()
+        rows = [{"notification_id": str(uuid.uuid4()), "event_id": n.event_id, "user_id": n.user_id, "kind": n.kind,
+                 "subject": n.subject, "body": n.body, "create_time": at} for n in wanted]
+        result = await self.conn.execute(_INSERT_MANY, rows)
+        sequences = [row.sequence for row in result]
+        return [Notification(n.event_id, n.user_id, n.kind, n.subject, n.body, row["notification_id"], at, sequence)
+                for n, row, sequence in zip(wanted, rows, sequences, strict=True)]
 
     async def insert(self, notification: Notification, notification_id: str) -> Notification:
         """Raises IntegrityError when the event id is taken."""

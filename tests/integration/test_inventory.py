@@ -312,3 +312,53 @@ async def test_a_restock_past_the_contracts_maximum_is_refused_and_changes_nothi
     assert "at most 1000000000000" in refused.value.details()
     assert (await stub.GetProduct(pb.GetProductRequest(sku="big"))).available == 10**12 - 5
     assert (await stub.AdjustStock(pb.AdjustStockRequest(sku="big", delta=5, reason="restock"))).available == 10**12
+
+
+async def test_a_sale_at_once_moves_stock_straight_to_sold_and_replays(stub) -> None:
+    await create(stub, available=5)
+    request = pb.ReserveStockRequest(reservation_id="s1", lines=[pb.ReservationLine(sku="mug", quantity=2)], commit=True)
+    first = await stub.ReserveStock(request)
+    assert first.state == pb.Reservation.COMMITTED and first.lines[0].unit_price.minor_units == 1299
+    assert await stub.ReserveStock(request) == first  # a repeat sells nothing more
+    assert await stub.CommitReservation(pb.CommitReservationRequest(reservation_id="s1")) == first
+    mug = await stub.GetProduct(pb.GetProductRequest(sku="mug"))
+    assert (mug.available, mug.reserved, mug.sold) == (3, 0, 2)
+    released = await stub.ReleaseReservation(pb.ReleaseReservationRequest(reservation_id="s1"))  # a cancelled order
+    assert released.state == pb.Reservation.RELEASED
+    mug = await stub.GetProduct(pb.GetProductRequest(sku="mug"))
+    assert (mug.available, mug.reserved, mug.sold) == (5, 0, 0)
+    assert (await stub.ReserveStock(request)).state == pb.Reservation.RELEASED  # spent: never sold twice
+
+
+async def test_a_held_reservation_repeated_with_commit_is_sold_and_a_refused_sale_replays_its_refusal(stub) -> None:
+    await create(stub, available=1)
+    lines = [pb.ReservationLine(sku="mug", quantity=1)]
+    held = await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="h1", lines=lines))
+    assert held.state == pb.Reservation.RESERVED
+    sold = await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="h1", lines=lines, commit=True))
+    assert sold.state == pb.Reservation.COMMITTED
+    mug = await stub.GetProduct(pb.GetProductRequest(sku="mug"))
+    assert (mug.available, mug.reserved, mug.sold) == (0, 0, 1)
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="h2", lines=lines, commit=True))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "0 available" in caught.value.details()
+
+
+async def test_concurrent_sales_of_the_last_units_sell_each_once(stub) -> None:
+    await create(stub, available=10)
+
+    async def buy(i: int) -> bool:
+        try:
+            await stub.ReserveStock(pb.ReserveStockRequest(
+                reservation_id=f"c{i % 30}", lines=[pb.ReservationLine(sku="mug", quantity=1)], commit=True))
+            return True
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error
+            return False
+
+    results = await asyncio.gather(*(buy(i) for i in range(90)))  # 30 ids, each sent 3 times at once
+    mug = await stub.GetProduct(pb.GetProductRequest(sku="mug"))
+    assert (mug.available, mug.reserved, mug.sold) == (0, 0, 10)
+    sold_ids = {i % 30 for i, ok in enumerate(results) if ok}
+    assert len(sold_ids) == 10  # every repeat of a sold id replays its sale; the others are refused

@@ -154,3 +154,46 @@ async def test_on_postgresql_another_instances_notification_wakes_a_stream_at_on
             assert got.event_id == f"listen-{n}"
         stream.cancel()
     assert max(took) < 0.5, took
+
+
+async def test_a_batch_is_stored_in_one_go_in_order_and_an_event_stored_before_gives_back_its_notification(
+        stub) -> None:
+    first = await stub.SendNotification(send("b1"))
+    batch = pb.BatchSendNotificationsRequest(requests=[send("b2"), send("b1"), send("b3", user="bob")])
+    replies = await asyncio.gather(*(stub.BatchSendNotifications(batch) for _ in range(5)))  # concurrent repeats
+    assert all(r == replies[0] for r in replies)
+    assert [n.event_id for n in replies[0].notifications] == ["b2", "b1", "b3"]
+    assert replies[0].notifications[1] == first
+    listed = await stub.ListNotifications(pb.ListNotificationsRequest(user_id="alice"))
+    assert [n.event_id for n in listed.notifications] == ["b2", "b1"]  # once each, newest first
+
+
+async def test_a_batch_with_one_conflicting_event_stores_none_of_it(stub) -> None:
+    await stub.SendNotification(send("c1"))
+    batch = pb.BatchSendNotificationsRequest(requests=[send("c2"), send("c1", subject="Other")])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.BatchSendNotifications(batch)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS and "'c1'" in caught.value.details()
+    listed = await stub.ListNotifications(pb.ListNotificationsRequest(user_id="alice"))
+    assert [n.event_id for n in listed.notifications] == ["c1"]
+
+
+@pytest.mark.parametrize(
+    ("requests", "field"),
+    [
+        ([], "requests"),
+        ([send("d1"), pb.SendNotificationRequest(event_id="d2", user_id="u", kind="Not A Kind", subject="s")],
+         "requests[1].kind"),
+        ([send("d1"), pb.SendNotificationRequest(event_id="d3", user_id="u", kind="k", subject="   ")],
+         "requests[1].subject"),
+        ([send("d1"), send("d1")], "requests[1].event_id"),
+        ([send(f"d{i}") for i in range(101)], "requests"),
+    ],
+)
+async def test_a_bad_batch_names_the_field_as_the_caller_wrote_it(stub, requests, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.BatchSendNotifications(pb.BatchSendNotificationsRequest(requests=requests))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field + ":"), caught.value.details()
+    listed = await stub.ListNotifications(pb.ListNotificationsRequest(user_id="alice"))
+    assert list(listed.notifications) == []

@@ -107,8 +107,8 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReserveStock(self, request, context):
-        """Holds stock for every line or for none. Repeating a call with the same
-        reservation_id and lines returns the original reservation.
+        """Holds stock for every line or for none (or, with `commit`, sells it at once). Repeating a
+        call with the same reservation_id and lines returns the original reservation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,8 +44,8 @@ class InventoryServiceStub:
     AdjustStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.AdjustStockRequest, _inventory_pb2.Product]
     """Restocks (positive delta) or corrects (negative delta) available stock."""
     ReserveStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ReserveStockRequest, _inventory_pb2.Reservation]
-    """Holds stock for every line or for none. Repeating a call with the same
-    reservation_id and lines returns the original reservation.
+    """Holds stock for every line or for none (or, with `commit`, sells it at once). Repeating a
+    call with the same reservation_id and lines returns the original reservation.
     """
     CommitReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.CommitReservationRequest, _inventory_pb2.Reservation]
     """Turns held stock into sold stock. Idempotent."""
@@ -69,8 +69,8 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     AdjustStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.AdjustStockRequest, _inventory_pb2.Product]  # type: ignore[assignment]
     """Restocks (positive delta) or corrects (negative delta) available stock."""
     ReserveStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReserveStockRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
-    """Holds stock for every line or for none. Repeating a call with the same
-    reservation_id and lines returns the original reservation.
+    """Holds stock for every line or for none (or, with `commit`, sells it at once). Repeating a
+    call with the same reservation_id and lines returns the original reservation.
     """
     CommitReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.CommitReservationRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
     """Turns held stock into sold stock. Idempotent."""
@@ -121,8 +121,8 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inventory_pb2.ReserveStockRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.Reservation, _abc.Awaitable[_inventory_pb2.Reservation]]:
-        """Holds stock for every line or for none. Repeating a call with the same
-        reservation_id and lines returns the original reservation.
+        """Holds stock for every line or for none (or, with `commit`, sells it at once). Repeating a
+        call with the same reservation_id and lines returns the original reservation.
         """
 
     @_abc_1.abstractmethod

@@ -29,7 +29,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'shop/notification/v1/notification.proto\x12\x14shop.notification.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcb\x01\n\x17SendNotificationRequest\x12!\n\x08\x65vent_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\x12 \n\x07user_id\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x31\n\x04kind\x18\x03 \x01(\tB#\xe2\x41\x01\x02\xbaH\x1cr\x17\x18@2\x13^[a-z][a-z0-9_.-]*$\xc8\x01\x01\x12 \n\x07subject\x18\x04 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\x12\x16\n\x04\x62ody\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\xa0\x1f\"v\n\x18ListNotificationsRequest\x12 \n\x07user_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"o\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x1aStreamNotificationsRequest\x12 \n\x07user_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x1e\n\x0cresume_after\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x32\xdf\x03\n\x13NotificationService\x12\x83\x01\n\x10SendNotification\x12-.shop.notification.v1.SendNotificationRequest\x1a\".shop.notification.v1.Notification\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/notifications:\x01*\x12\x9f\x01\n\x11ListNotifications\x12..shop.notification.v1.ListNotificationsRequest\x1a/.shop.notification.v1.ListNotificationsResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/users/{user_id}/notifications\x12\x9f\x01\n\x13StreamNotifications\x12\x30.shop.notification.v1.StreamNotificationsRequest\x1a\".shop.notification.v1.Notification\"0\x82\xd3\xe4\x93\x02*\x12(/v1/users/{user_id}/notifications:stream0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'shop/notification/v1/notification.proto\x12\x14shop.notification.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcb\x01\n\x17SendNotificationRequest\x12!\n\x08\x65vent_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\x12 \n\x07user_id\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x31\n\x04kind\x18\x03 \x01(\tB#\xe2\x41\x01\x02\xbaH\x1cr\x17\x18@2\x13^[a-z][a-z0-9_.-]*$\xc8\x01\x01\x12 \n\x07subject\x18\x04 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\x12\x16\n\x04\x62ody\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\xa0\x1f\"p\n\x1d\x42\x61tchSendNotificationsRequest\x12O\n\x08requests\x18\x01 \x03(\x0b\x32-.shop.notification.v1.SendNotificationRequestB\x0e\xe2\x41\x01\x02\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\"[\n\x1e\x42\x61tchSendNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\"v\n\x18ListNotificationsRequest\x12 \n\x07user_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x1a\n\tpage_size\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"o\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x1aStreamNotificationsRequest\x12 \n\x07user_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x1e\n\x0cresume_after\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x32\x8d\x05\n\x13NotificationService\x12\x83\x01\n\x10SendNotification\x12-.shop.notification.v1.SendNotificationRequest\x1a\".shop.notification.v1.Notification\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/notifications:\x01*\x12\xab\x01\n\x16\x42\x61tchSendNotifications\x12\x33.shop.notification.v1.BatchSendNotificationsRequest\x1a\x34.shop.notification.v1.BatchSendNotificationsResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/notifications:batchSend:\x01*\x12\x9f\x01\n\x11ListNotifications\x12..shop.notification.v1.ListNotificationsRequest\x1a/.shop.notification.v1.ListNotificationsResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/users/{user_id}/notifications\x12\x9f\x01\n\x13StreamNotifications\x12\x30.shop.notification.v1.StreamNotificationsRequest\x1a\".shop.notification.v1.Notification\"0\x82\xd3\xe4\x93\x02*\x12(/v1/users/{user_id}/notifications:stream0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['subject']._serialized_options = b'\342A\001\002\272H\010r\003\030\310\001\310\001\001'
   _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['body']._loaded_options = None
   _globals['_SENDNOTIFICATIONREQUEST'].fields_by_name['body']._serialized_options = b'\272H\005r\003\030\240\037'
+  _globals['_BATCHSENDNOTIFICATIONSREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_BATCHSENDNOTIFICATIONSREQUEST'].fields_by_name['requests']._serialized_options = b'\342A\001\002\272H\007\222\001\004\010\001\020d'
   _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['user_id']._loaded_options = None
   _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002\272H\010r\003\030\200\001\310\001\001'
   _globals['_LISTNOTIFICATIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -58,6 +60,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMNOTIFICATIONSREQUEST'].fields_by_name['resume_after']._serialized_options = b'\272H\005r\003\030\200\001'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['SendNotification']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['SendNotification']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/notifications:\001*'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['BatchSendNotifications']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['BatchSendNotifications']._serialized_options = b'\202\323\344\223\002 \"\033/v1/notifications:batchSend:\001*'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._serialized_options = b'\202\323\344\223\002#\022!/v1/users/{user_id}/notifications'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamNotifications']._loaded_options = None
@@ -66,12 +70,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATION']._serialized_end=359
   _globals['_SENDNOTIFICATIONREQUEST']._serialized_start=362
   _globals['_SENDNOTIFICATIONREQUEST']._serialized_end=565
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=567
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=685
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=687
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=798
-  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_start=800
-  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_end=894
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=897
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=1376
+  _globals['_BATCHSENDNOTIFICATIONSREQUEST']._serialized_start=567
+  _globals['_BATCHSENDNOTIFICATIONSREQUEST']._serialized_end=679
+  _globals['_BATCHSENDNOTIFICATIONSRESPONSE']._serialized_start=681
+  _globals['_BATCHSENDNOTIFICATIONSRESPONSE']._serialized_end=772
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=774
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=892
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=894
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=1005
+  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_start=1007
+  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_end=1101
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=1104
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=1757
 # @@protoc_insertion_point(module_scope)

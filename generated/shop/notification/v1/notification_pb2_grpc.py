@@ -41,6 +41,11 @@ class NotificationServiceStub:
                 request_serializer=shop_dot_notification_dot_v1_dot_notification__pb2.SendNotificationRequest.SerializeToString,
                 response_deserializer=shop_dot_notification_dot_v1_dot_notification__pb2.Notification.FromString,
                 _registered_method=True)
+        self.BatchSendNotifications = channel.unary_unary(
+                '/shop.notification.v1.NotificationService/BatchSendNotifications',
+                request_serializer=shop_dot_notification_dot_v1_dot_notification__pb2.BatchSendNotificationsRequest.SerializeToString,
+                response_deserializer=shop_dot_notification_dot_v1_dot_notification__pb2.BatchSendNotificationsResponse.FromString,
+                _registered_method=True)
         self.ListNotifications = channel.unary_unary(
                 '/shop.notification.v1.NotificationService/ListNotifications',
                 request_serializer=shop_dot_notification_dot_v1_dot_notification__pb2.ListNotificationsRequest.SerializeToString,
@@ -60,6 +65,15 @@ class NotificationServiceServicer:
     def SendNotification(self, request, context):
         """Records and delivers a notification. Repeating an event_id returns the
         original notification and delivers nothing new.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSendNotifications(self, request, context):
+        """Records and delivers several notifications in one transaction (AIP-233): all or none.
+        An event_id stored before gives back its original notification, as SendNotification does.
+        The order service's outbox delivers its events this way, many per call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,6 +100,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.SendNotification,
                     request_deserializer=shop_dot_notification_dot_v1_dot_notification__pb2.SendNotificationRequest.FromString,
                     response_serializer=shop_dot_notification_dot_v1_dot_notification__pb2.Notification.SerializeToString,
+            ),
+            'BatchSendNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSendNotifications,
+                    request_deserializer=shop_dot_notification_dot_v1_dot_notification__pb2.BatchSendNotificationsRequest.FromString,
+                    response_serializer=shop_dot_notification_dot_v1_dot_notification__pb2.BatchSendNotificationsResponse.SerializeToString,
             ),
             'ListNotifications': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNotifications,
@@ -126,6 +145,33 @@ class NotificationService:
             '/shop.notification.v1.NotificationService/SendNotification',
             shop_dot_notification_dot_v1_dot_notification__pb2.SendNotificationRequest.SerializeToString,
             shop_dot_notification_dot_v1_dot_notification__pb2.Notification.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSendNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.notification.v1.NotificationService/BatchSendNotifications',
+            shop_dot_notification_dot_v1_dot_notification__pb2.BatchSendNotificationsRequest.SerializeToString,
+            shop_dot_notification_dot_v1_dot_notification__pb2.BatchSendNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

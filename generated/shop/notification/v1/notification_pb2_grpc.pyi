@@ -38,6 +38,11 @@ class NotificationServiceStub:
     """Records and delivers a notification. Repeating an event_id returns the
     original notification and delivers nothing new.
     """
+    BatchSendNotifications: _grpc.UnaryUnaryMultiCallable[_notification_pb2.BatchSendNotificationsRequest, _notification_pb2.BatchSendNotificationsResponse]
+    """Records and delivers several notifications in one transaction (AIP-233): all or none.
+    An event_id stored before gives back its original notification, as SendNotification does.
+    The order service's outbox delivers its events this way, many per call.
+    """
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_notification_pb2.ListNotificationsRequest, _notification_pb2.ListNotificationsResponse]
     """A user's notifications, newest first."""
     StreamNotifications: _grpc.UnaryStreamMultiCallable[_notification_pb2.StreamNotificationsRequest, _notification_pb2.Notification]
@@ -51,6 +56,11 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     SendNotification: _aio.UnaryUnaryMultiCallable[_notification_pb2.SendNotificationRequest, _notification_pb2.Notification]  # type: ignore[assignment]
     """Records and delivers a notification. Repeating an event_id returns the
     original notification and delivers nothing new.
+    """
+    BatchSendNotifications: _aio.UnaryUnaryMultiCallable[_notification_pb2.BatchSendNotificationsRequest, _notification_pb2.BatchSendNotificationsResponse]  # type: ignore[assignment]
+    """Records and delivers several notifications in one transaction (AIP-233): all or none.
+    An event_id stored before gives back its original notification, as SendNotification does.
+    The order service's outbox delivers its events this way, many per call.
     """
     ListNotifications: _aio.UnaryUnaryMultiCallable[_notification_pb2.ListNotificationsRequest, _notification_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     """A user's notifications, newest first."""
@@ -68,6 +78,17 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_notification_pb2.Notification, _abc.Awaitable[_notification_pb2.Notification]]:
         """Records and delivers a notification. Repeating an event_id returns the
         original notification and delivers nothing new.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchSendNotifications(
+        self,
+        request: _notification_pb2.BatchSendNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notification_pb2.BatchSendNotificationsResponse, _abc.Awaitable[_notification_pb2.BatchSendNotificationsResponse]]:
+        """Records and delivers several notifications in one transaction (AIP-233): all or none.
+        An event_id stored before gives back its original notification, as SendNotification does.
+        The order service's outbox delivers its events this way, many per call.
         """
 
     @_abc_1.abstractmethod
