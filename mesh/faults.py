@@ -9,7 +9,8 @@ reserve and commit, an upstream that is slow or briefly unavailable.
 - `fail:N`     the first N times, fail with UNAVAILABLE (an RPC point: as the server's answer)
 - `delay:S`    wait S seconds each time
 
-Points: `order.after_reserve`, `order.after_store` (in the order flow) and
+Points: `order.after_reserve` (sold, not stored), `order.storing` (in the shielded store, before
+its transaction), `order.after_store` (in the order flow) and
 `rpc.<Method>` (before a served RPC's handler runs).
 """
 

@@ -34,7 +34,8 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     notifier = NotificationClient(upstreams, settings.call_timeout)
     relay = OutboxRelay(store, notifier, settings.outbox_interval, timedelta(seconds=settings.outbox_retention))
     # Orders in flight on any instance finish within their deadline; older half-done ones are ours to settle.
-    recovery = Recovery(store, inventory, relay, settings.outbox_interval, grace=settings.call_timeout * 2)
+    recovery = Recovery(store, inventory, relay, settings.outbox_interval, grace=settings.call_timeout * 2,
+                        cancelled=handlers.ORDERS.labels("cancelled"))
     api = OrderApi(store, inventory, relay, recovery,
                    functools.partial(identity.caller, trusted=settings.trusted_callers, tls=settings.tls))
     app = App(

@@ -56,6 +56,39 @@ class OrderRequest:
         return f"order:{self.request_id}"
 
 
+class HeldState(enum.IntEnum):
+    """Where inventory has an order's stock: held, sold, or back in stock."""
+
+    RESERVED = 1
+    COMMITTED = 2
+    RELEASED = 3
+
+
+@dataclass(frozen=True)
+class Held:
+    """What inventory holds for an order: the state and each SKU's unit price."""
+
+    state: HeldState
+    unit_prices: dict[str, Money]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """An order being placed, recorded before any stock moves: what recovery returns the stock
+    of, should the process placing it die between the sale and the order."""
+
+    request_id: str
+    reservation_id: str
+
+
+class RequestIdTaken(Exception):
+    """The store holds a row under this request id already (a repeat, or a concurrent call)."""
+
+
+class AttemptTaken(Exception):
+    """Recovery began returning this attempt's stock: the order may no longer be stored."""
+
+
 @dataclass(frozen=True)
 class Order:
     order_id: str

@@ -7,15 +7,14 @@ import uuid
 from typing import Protocol
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy.exc import IntegrityError
 
 from mesh import aio, faults, paging
 from mesh.errors import AlreadyExists, DeadlineExceeded, ShopError, Unavailable
 from mesh.identity import Caller
+from mesh.money import Money
 from order import domain
-from order.domain import Order, OrderRequest, OrderStatus
+from order.domain import AttemptTaken, Held, HeldState, Order, OrderLine, OrderRequest, OrderStatus, RequestIdTaken
 from order.store import OrderStore
-from order.upstreams import Held, HeldState
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ async def refresh_gauges(store: OrderStore) -> None:
 
 
 class Inventory(Protocol):
-    async def reserve(self, reservation_id: str, lines: tuple[tuple[str, int], ...]) -> Held: ...
+    async def sell(self, reservation_id: str, lines: tuple[tuple[str, int], ...]) -> Held: ...
     async def commit(self, reservation_id: str) -> None: ...
     async def release(self, reservation_id: str) -> None: ...
 
@@ -60,38 +59,117 @@ async def _replay(store: OrderStore, request: OrderRequest) -> Order | None:
 
 async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, request: OrderRequest,
                        commits: Commits | None = None) -> Order:
-    """Reserve, price, store with its event, commit; idempotent on request_id.
+    """Records the attempt, sells, stores the order with its event; idempotent on request_id.
 
-    A repeated request finds its reservation already held (inventory replays
-    it) and its order already stored (the insert conflicts and the stored one
-    is returned), so new orders pay for no lookup up front.
+    1. The attempt is written before any stock moves, so a sale whose order this process's death
+       left unstored is found (order/recovery.py) and its stock returned.
+    2. Inventory sells every line in one call and one transaction, or refuses.
+    3. The order, its event and the end of the attempt are one transaction; then it is
+       acknowledged. Sold before stored: an acknowledged order is always a committed sale.
 
-    An order is acknowledged only once inventory has committed its sale: if the
-    commit fails, the caller gets UNAVAILABLE and its retry (same request_id)
-    completes the commit, or order/recovery.py settles the stored order.
+    A repeated request finds the attempt or the order already there and inventory replays the
+    sale, so a new order pays for no lookup up front.
     """
+    fresh = await _begin(store, request)
     try:
-        held = await inventory.reserve(request.reservation_id, request.lines)
+        held = await inventory.sell(request.reservation_id, request.lines)
     except AlreadyExists:  # inventory holds this key's reservation for other lines
+        await _forget(store, request, fresh)
         raise domain.RequestIdReused(request.request_id) from None
-    except ShopError:
+    except (Unavailable, DeadlineExceeded):
+        # Sold or not, we cannot tell: the attempt stays for a retry to finish, else for recovery.
         ORDERS.labels("rejected").inc()
         raise
+    except ShopError:  # refused (unknown product, out of stock...): nothing moved
+        ORDERS.labels("rejected").inc()
+        await _forget(store, request, fresh)
+        raise
     if held.state is HeldState.RELEASED:
-        # Either the order was stored and later cancelled, or its attempt failed.
+        # Either the order was stored and later cancelled, or its attempt failed and was returned.
+        await _forget(store, request, fresh)
         if (order := await _replay(store, request)) is not None:
             return order
         raise domain.RequestIdSpent(request.request_id)
+    try:
+        priced = domain.price(request, held.unit_prices)
+    except ShopError:  # not an order we take (mixed currencies): its stock goes back at once
+        ORDERS.labels("rejected").inc()
+        await aio.finish_anyway(_return(store, inventory, request), f"returning the stock of request {request.request_id}")
+        raise
     await faults.point("order.after_reserve")
-    # Once stock is held, storing the order (or else releasing the stock) and
-    # committing must run to the end even if the caller hangs up mid-way, each with a deadline of
-    # its own (not the caller's remains) and its outcome read even if nobody waits for it.
-    order = await aio.finish_anyway(_store_or_release(store, inventory, request, held),
-                                    f"storing the order of request {request.request_id}")
+    # Once sold, storing the order must run to the end even if the caller hangs up, with a
+    # deadline of its own and its outcome read even if nobody waits for it.
+    order = await aio.finish_anyway(_store(store, request, held, priced), f"storing the order of request {request.request_id}")
     outbox.kick(domain.created_event(order).event_id)
     await faults.point("order.after_store")
-    if held.state is HeldState.COMMITTED:  # a repeat of a completed order
-        return order
+    if held.state is HeldState.RESERVED:  # an inventory older than selling at once: commit as before
+        await _commit(inventory, order, request, commits)
+    return order
+
+
+async def _begin(store: OrderStore, request: OrderRequest) -> bool:
+    """Records the attempt; False when one is open under this id already (a concurrent or earlier call)."""
+    try:
+        async with store.write() as tx:
+            await tx.begin_attempt(request)
+    except RequestIdTaken:
+        return False
+    return True
+
+
+async def _forget(store: OrderStore, request: OrderRequest, fresh: bool) -> None:
+    """Ends the attempt this call began: nothing was sold for it."""
+    if fresh:
+        async with store.write() as tx:
+            await tx.end_attempt(request.request_id)
+
+
+async def _return(store: OrderStore, inventory: Inventory, request: OrderRequest) -> None:
+    """Gives back what inventory took for a request refused after the sale; if inventory cannot
+    be reached, the attempt stays and recovery does it."""
+    try:
+        await inventory.release(request.reservation_id)
+    except ShopError as error:
+        logger.warning("request %s refused after its sale; recovery returns its stock: %s", request.request_id, error)
+        return
+    async with store.write() as tx:
+        await tx.end_attempt(request.request_id)
+
+
+async def _store(store: OrderStore, request: OrderRequest, held: Held,
+                 priced: tuple[tuple[OrderLine, ...], Money]) -> Order:
+    lines, total = priced
+    order = Order(
+        order_id=str(uuid.uuid4()),
+        user_id=request.user_id,
+        lines=lines,
+        total=total,
+        status=OrderStatus.CONFIRMED,
+        request_id=request.request_id,
+        reservation_id=request.reservation_id,
+    )
+    await faults.point("order.storing")
+    try:
+        async with store.write() as tx:
+            order = await tx.insert(order, request.fingerprint, committed=held.state is HeldState.COMMITTED)
+            await tx.add_event(domain.created_event(order))
+            if not await tx.end_attempt(request.request_id):
+                raise AttemptTaken(request.request_id)  # rolls the order back: recovery returns its stock
+    except RequestIdTaken:  # stored before (a repeat) or by a concurrent call with this request_id
+        found = await _replay(store, request)
+        if found is None:  # pragma: no cover - the unique request_id was taken by an order
+            raise
+        async with store.write() as tx:
+            await tx.end_attempt(request.request_id)  # a repeat's own attempt, now finished
+        return found
+    except AttemptTaken:
+        raise Unavailable(f"the attempt of request {request.request_id} took too long and is being rolled "
+                          "back; send it again with the same request_id to learn its outcome") from None
+    ORDERS.labels("confirmed").inc()
+    return order
+
+
+async def _commit(inventory: Inventory, order: Order, request: OrderRequest, commits: Commits | None) -> None:
     try:
         await aio.finish_anyway(inventory.commit(request.reservation_id), f"committing the sale of order {order.order_id}")
     except (Unavailable, DeadlineExceeded) as error:
@@ -102,43 +180,6 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
                           f"retry with the same request_id ({error})") from None
     if commits is not None:
         commits.committed(order.order_id)
-    return order
-
-
-async def _store_or_release(store: OrderStore, inventory: Inventory, request: OrderRequest, held: Held) -> Order:
-    try:
-        lines, total = domain.price(request, held.unit_prices)
-        order = Order(
-            order_id=str(uuid.uuid4()),
-            user_id=request.user_id,
-            lines=lines,
-            total=total,
-            status=OrderStatus.CONFIRMED,
-            request_id=request.request_id,
-            reservation_id=request.reservation_id,
-        )
-        async with store.write() as tx:
-            order = await tx.insert(order, request.fingerprint)
-            await tx.add_event(domain.created_event(order))
-        ORDERS.labels("confirmed").inc()
-        return order
-    except IntegrityError:
-        # A concurrent call with this request_id stored its order first; that
-        # call owns the shared reservation, so there is nothing to release.
-        if (order := await _replay(store, request)) is not None:
-            return order
-        await _release_quietly(inventory, request.reservation_id)
-        raise
-    except BaseException:
-        await _release_quietly(inventory, request.reservation_id)
-        raise
-
-
-async def _release_quietly(inventory: Inventory, reservation_id: str) -> None:
-    try:
-        await inventory.release(reservation_id)
-    except Exception as error:  # the original failure matters more to the caller
-        logger.error("could not release reservation %s: %s", reservation_id, error)
 
 
 async def get_order(store: OrderStore, order_id: str, viewer: Caller | None = None) -> Order:

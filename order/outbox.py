@@ -1,6 +1,7 @@
 """Delivers the outbox's events to notification, at least once, in the background.
 
-`kick()` after a commit delivers at once; a timer retries what could not be
+`kick()` after a commit delivers at once, every event pending in one call (and one
+transaction of notification's: BatchSendNotifications); a timer retries what could not be
 delivered (notification down) with exponential backoff and jitter (up to
 BACKOFF_CAP intervals apart), so the outbox drains by itself when it returns.
 Several order instances may deliver one event twice; notification keeps one.
@@ -17,13 +18,14 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
 from mesh import telemetry
 from mesh.clock import now
 from mesh.db import PURGE_BATCH, PURGE_EVERY, in_batches
-from mesh.errors import ShopError
+from mesh.errors import DeadlineExceeded, ShopError, Unavailable
 from order.domain import Event
 from order.store import OrderStore
 
@@ -36,7 +38,7 @@ MAX_REMEMBERED = 10_000
 
 
 class Notifier(Protocol):
-    async def send(self, event: Event) -> None: ...
+    async def send(self, events: Sequence[Event]) -> None: ...
 
 
 class OutboxRelay:
@@ -62,15 +64,16 @@ class OutboxRelay:
             self._contexts[event_id] = context.get_current()
         self._wake.set()
 
-    async def _send(self, event: Event) -> None:
-        remembered = self._contexts.pop(event.event_id, None)
-        if remembered is None:
-            return await self._notifier.send(event)
+    async def _send(self, events: Sequence[Event]) -> None:
+        # The call joins the trace of the first event written in one (a span has one parent).
+        remembered = [c for c in (self._contexts.pop(e.event_id, None) for e in events) if c is not None]
+        if not remembered:
+            return await self._notifier.send(events)
         from opentelemetry import context
 
-        token = context.attach(remembered)
+        token = context.attach(remembered[0])
         try:
-            return await self._notifier.send(event)
+            return await self._notifier.send(events)
         finally:
             context.detach(token)
 
@@ -120,7 +123,14 @@ class OutboxRelay:
             events = await tx.pending_events(BATCH)
         if not events:
             return 0
-        results = await asyncio.gather(*(self._send(e) for e in events), return_exceptions=True)
+        try:
+            await self._send(events)
+            results: list[BaseException | None] = [None] * len(events)
+        except (Unavailable, DeadlineExceeded) as error:  # notification down or slow: all wait
+            results = [error] * len(events)
+        except ShopError:
+            # The batch was refused for one of its events: one at a time, so the rest go through.
+            results = await asyncio.gather(*(self._send([e]) for e in events), return_exceptions=True)
         delivered = [e.event_id for e, r in zip(events, results, strict=True) if r is None]
         failed = [(e.event_id, r) for e, r in zip(events, results, strict=True) if r is not None]
         async with self._store.write() as tx:

@@ -1,10 +1,17 @@
-"""Finishes orders that a crash or an outage left half-done, and records finished ones.
+"""Settles what a crash or an outage left half-done, and records finished orders.
 
-An order is stored (with its event) before inventory is asked to commit its
-reservation. If this process dies in between, or inventory cannot be reached,
-the order is CONFIRMED with no `commit_time`. Every interval (and at start),
-each instance looks for such orders older than the grace period (so calls in
-flight on any instance finish first) and settles each one way, never both:
+An order's attempt is recorded before inventory sells its stock, and ended in the
+transaction that stores the order. An attempt older than the grace period (so calls in
+flight on any instance finish first) lost its process or its caller between the two: it is
+marked abandoned (from then on no call may store its order), its stock is returned if it was
+sold and no order stands for it, and it is removed. A caller that retries with the same
+request_id learns the outcome from inventory's replay.
+
+With an inventory older than selling at once, an order is stored (with its event) before
+inventory is asked to commit its reservation. If this process dies in between, or inventory
+cannot be reached, the order is CONFIRMED with no `commit_time`. Every interval (and at
+start), each instance looks for such orders older than the grace period and settles each one
+way, never both:
 
 - inventory commits the reservation (idempotent): the order is marked committed;
 - the reservation expired or was released: the stock is gone, so the order is
@@ -25,8 +32,7 @@ from typing import Protocol
 from mesh.clock import now
 from mesh.errors import FailedPrecondition, NotFound, ShopError
 from order import domain
-from order.domain import Order
-from order.handlers import ORDERS
+from order.domain import Attempt, Order
 from order.store import OrderStore
 
 logger = logging.getLogger(__name__)
@@ -37,6 +43,11 @@ EXPIRED_REASON = "not completed in time: its stock reservation expired"
 
 class Inventory(Protocol):
     async def commit(self, reservation_id: str) -> None: ...
+    async def release(self, reservation_id: str) -> None: ...
+
+
+class Cancellations(Protocol):
+    def inc(self) -> None: ...
 
 
 class Outbox(Protocol):
@@ -44,10 +55,12 @@ class Outbox(Protocol):
 
 
 class Recovery:
-    def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox, interval: float, grace: float):
+    def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox, interval: float, grace: float,
+                 cancelled: Cancellations):
         self._store = store
         self._inventory = inventory
         self._outbox = outbox
+        self._cancelled = cancelled  # counts the orders recovery cancels
         self._interval = interval
         self._grace = timedelta(seconds=grace)
         self._committed: set[str] = set()
@@ -84,11 +97,43 @@ class Recovery:
         while True:
             try:
                 await self.mark_committed()
+                while await self.settle_attempts() == BATCH:
+                    pass
                 while await self.resolve_pending() == BATCH:
                     pass
             except Exception:
                 logger.exception("resolving half-done orders failed; retrying in %.1fs", self._interval)
             await asyncio.sleep(self._interval)
+
+    async def settle_attempts(self) -> int:
+        """Returns the stock of one batch of abandoned attempts; how many were settled."""
+        async with self._store.read() as tx:
+            stale = await tx.stale_attempts(now() - self._grace, BATCH)
+        settled = 0
+        for attempt in stale:
+            if await self._settle(attempt):
+                settled += 1
+        return settled
+
+    async def _settle(self, attempt: Attempt) -> bool:
+        async with self._store.write() as tx:
+            if not await tx.abandon_attempt(attempt.request_id):
+                return True  # finished (or settled by another instance) since we read it
+        async with self._store.read() as tx:
+            stored = await tx.by_request(attempt.request_id)
+        if stored is None:  # sold or not, no order stands for it: return what inventory took
+            try:
+                await self._inventory.release(attempt.reservation_id)
+            except (FailedPrecondition, NotFound):
+                pass  # refused, or the call never reached inventory: nothing was taken
+            except ShopError as error:  # inventory unreachable: next round (the attempt stays abandoned)
+                logger.warning("abandoned order attempt %s still waits for inventory: %s", attempt.request_id, error)
+                return False
+            logger.warning("order attempt %s abandoned by its caller or its process; its stock is back",
+                           attempt.request_id)
+        async with self._store.write() as tx:
+            await tx.drop_attempt(attempt.request_id)
+        return True
 
     async def resolve_pending(self) -> int:
         """Settles one batch of half-done orders; how many were settled."""
@@ -123,6 +168,6 @@ class Recovery:
                 await tx.add_event(event)
             await tx.mark_committed([order.order_id])  # settled: nothing left to commit
         if event is not None:
-            ORDERS.labels("cancelled").inc()
+            self._cancelled.inc()
             logger.warning("order %s cancelled: %s (%s)", order.order_id, EXPIRED_REASON, why)
             self._outbox.kick(event.event_id)

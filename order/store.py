@@ -28,12 +28,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mesh.clock import now
 from mesh.db import Store
 from mesh.money import Money
-from order.domain import Event, Order, OrderLine, OrderStatus
+from order.domain import Attempt, Event, Order, OrderLine, OrderRequest, OrderStatus, RequestIdTaken
 
 metadata = MetaData()
 _SEQUENCE = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
@@ -70,6 +71,20 @@ order_lines = Table(
     Column("unit_price_minor", BigInteger, nullable=False),
 )
 
+# Orders being placed: written before inventory sells, gone in the transaction that stores the
+# order (or once recovery has returned the stock of one whose process died in between).
+order_attempts = Table(
+    "order_attempts",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("reservation_id", String(160), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    # 1 once recovery began returning its stock: from then on the order may not be stored.
+    Column("abandoned", SmallInteger, nullable=False, default=0),
+    Column("create_time", DateTime, nullable=False),
+    Index("order_attempts_by_age", "create_time"),
+)
+
 outbox = Table(
     "outbox",
     metadata,
@@ -97,6 +112,9 @@ _BY_REQUEST = select(orders).where(orders.c.request_id == bindparam("request_id"
 _INSERT_ORDER = insert(orders).returning(orders.c.sequence)
 _INSERT_LINES = insert(order_lines)
 _INSERT_EVENT = insert(outbox)
+_INSERT_ATTEMPT = insert(order_attempts)
+_END_ATTEMPT = delete(order_attempts).where(order_attempts.c.request_id == bindparam("rid"),
+                                            order_attempts.c.abandoned == 0)
 
 
 class OrderTx:
@@ -145,12 +163,41 @@ class OrderTx:
             query = query.where(orders.c.sequence < before)
         return await self._load((await self.conn.execute(query)).all())
 
-    async def insert(self, order: Order, fingerprint: str) -> Order:
-        """Raises IntegrityError when the request id is taken."""
-        at = now()
+    async def begin_attempt(self, request: OrderRequest) -> None:
+        """Records that `request` is being placed; RequestIdTaken when an attempt under its id is open."""
+        try:
+            await self.conn.execute(_INSERT_ATTEMPT, {
+                "request_id": request.request_id, "reservation_id": request.reservation_id,
+                "user_id": request.user_id, "abandoned": 0, "create_time": now()})
+        except IntegrityError:
+            raise RequestIdTaken(request.request_id) from None
+
+    async def end_attempt(self, request_id: str) -> bool:
+        """Removes the open attempt under `request_id`; False if there is none (recovery took it)."""
+        return (await self.conn.execute(_END_ATTEMPT, {"rid": request_id})).rowcount == 1
+
+    async def stale_attempts(self, started_before: datetime, limit: int) -> list[Attempt]:
+        """Attempts begun before `started_before` and never finished, oldest first."""
+        query = (select(order_attempts.c.request_id, order_attempts.c.reservation_id)
+                 .where(order_attempts.c.create_time < started_before)
+                 .order_by(order_attempts.c.create_time).limit(limit))
+        return [Attempt(*row) for row in await self.conn.execute(query)]
+
+    async def abandon_attempt(self, request_id: str) -> bool:
+        """Marks the attempt as recovery's to settle (no order may be stored for it after this);
+        False if it is gone."""
         result = await self.conn.execute(
-            _INSERT_ORDER,
-            {
+            update(order_attempts).where(order_attempts.c.request_id == request_id).values(abandoned=1))
+        return result.rowcount == 1
+
+    async def drop_attempt(self, request_id: str) -> None:
+        await self.conn.execute(delete(order_attempts).where(order_attempts.c.request_id == request_id))
+
+    async def insert(self, order: Order, fingerprint: str, *, committed: bool = False) -> Order:
+        """Stores the order (sold already, with `committed`); RequestIdTaken when its request id is."""
+        at = now()
+        try:
+            result = await self.conn.execute(_INSERT_ORDER, {
                 "order_id": order.order_id,
                 "request_id": order.request_id,
                 "fingerprint": fingerprint,
@@ -162,8 +209,10 @@ class OrderTx:
                 "cancel_reason": "",
                 "create_time": at,
                 "update_time": at,
-            },
-        )
+                "commit_time": at if committed else None,
+            })
+        except IntegrityError:
+            raise RequestIdTaken(order.request_id) from None
         sequence = result.scalar_one()
         await self.conn.execute(
             _INSERT_LINES,

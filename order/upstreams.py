@@ -5,9 +5,7 @@ Each call's deadline is what is left of the caller's (mesh.status.remaining).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -17,23 +15,9 @@ from generated.shop.notification.v1 import notification_pb2, notification_pb2_gr
 from mesh.channels import Upstreams
 from mesh.money import Money
 from mesh.status import error_from_rpc, remaining
-from order.domain import Event
+from order.domain import Event, Held, HeldState
 
 T = TypeVar("T")
-
-
-class HeldState(enum.IntEnum):
-    RESERVED = 1
-    COMMITTED = 2
-    RELEASED = 3
-
-
-@dataclass(frozen=True)
-class Held:
-    """What inventory holds for an order: the state and each SKU's unit price."""
-
-    state: HeldState
-    unit_prices: dict[str, Money]
 
 
 async def _call(upstream: str, call: Awaitable[T]) -> T:
@@ -54,10 +38,13 @@ class InventoryClient:
         # The stub of the current channel: it changes when the instances do.
         return self._upstreams.bound("inventory", "stub", inventory_pb2_grpc.InventoryServiceStub)
 
-    async def reserve(self, reservation_id: str, lines: Sequence[tuple[str, int]]) -> Held:
+    async def sell(self, reservation_id: str, lines: Sequence[tuple[str, int]]) -> Held:
+        """Sells every line at once (ReserveStock with commit): one call, one transaction. An
+        inventory older than `commit` holds instead, and says RESERVED."""
         request = inventory_pb2.ReserveStockRequest(
             reservation_id=reservation_id,
             lines=[inventory_pb2.ReservationLine(sku=sku, quantity=quantity) for sku, quantity in lines],
+            commit=True,
         )
         reply = await _call("inventory", self._stub.ReserveStock(request, timeout=remaining(self._timeout)))
         return Held(
@@ -83,9 +70,12 @@ class NotificationClient:
     def _stub(self) -> notification_pb2_grpc.NotificationServiceStub:
         return self._upstreams.bound("notification", "stub", notification_pb2_grpc.NotificationServiceStub)
 
-    async def send(self, event: Event) -> None:
-        request = notification_pb2.SendNotificationRequest(
-            event_id=event.event_id, user_id=event.user_id, kind=event.kind, subject=event.subject, body=event.body
-        )
+    async def send(self, events: Sequence[Event]) -> None:
+        """Delivers `events` in one call and one transaction of notification's: all or none."""
+        request = notification_pb2.BatchSendNotificationsRequest(requests=[
+            notification_pb2.SendNotificationRequest(
+                event_id=e.event_id, user_id=e.user_id, kind=e.kind, subject=e.subject, body=e.body)
+            for e in events
+        ])
         # The outbox relay calls this outside any request, so its own timeout applies.
-        await _call("notification", self._stub.SendNotification(request, timeout=self._timeout))
+        await _call("notification", self._stub.BatchSendNotifications(request, timeout=self._timeout))

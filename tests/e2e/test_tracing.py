@@ -62,11 +62,11 @@ def test_an_order_through_the_gateway_is_one_trace_with_correct_parents(traced: 
 
     expected = {"POST /v1/orders", "/shop.order.v1.OrderService/CreateOrder",
                 "/shop.inventory.v1.InventoryService/ReserveStock",
-                "/shop.notification.v1.NotificationService/SendNotification"}
+                "/shop.notification.v1.NotificationService/BatchSendNotifications"}
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         # A span is written when it ends: the relay's delivery ends last.
-        sends = [s for s in ours() if s["name"].endswith("/SendNotification")]
+        sends = [s for s in ours() if s["name"].endswith("/BatchSendNotifications")]
         if len(sends) >= 2 and expected <= {s["name"] for s in ours()}:
             break
         time.sleep(0.2)
@@ -84,7 +84,7 @@ def test_an_order_through_the_gateway_is_one_trace_with_correct_parents(traced: 
     assert notified and notified[-1]["trace_id"] == trace_id and notified[-1]["span_id"] in {
         s["context"]["span_id"][2:] for s in found}
     assert notified[-1]["service"] == "notification" and notified[-1]["instance"]
-    assert notified[-1]["rpc_method"] == "/shop.notification.v1.NotificationService/SendNotification"
+    assert notified[-1]["rpc_method"] == "/shop.notification.v1.NotificationService/BatchSendNotifications"
 
 
 def test_an_error_names_its_trace_in_body_header_and_log_line(traced: tuple[Launcher, Path]) -> None:

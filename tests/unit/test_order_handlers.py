@@ -1,28 +1,32 @@
-"""create_order's failure paths, with fakes for the store and inventory."""
+"""create_order's paths, with fakes for the store and inventory (pure logic; the real ones are
+exercised in tests/integration and tests/e2e)."""
 
 from __future__ import annotations
 
 import contextlib
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 
 from mesh.errors import AlreadyExists, Unavailable
 from mesh.money import Money
 from order import domain, handlers
-from order.upstreams import Held, HeldState
+from order.domain import Held, HeldState, RequestIdTaken
 
 
 class FakeInventory:
-    def __init__(self, state: HeldState = HeldState.RESERVED, fail_commit: bool = False, conflict: bool = False):
-        self.state, self.fail_commit, self.conflict = state, fail_commit, conflict
+    def __init__(self, state: HeldState = HeldState.COMMITTED, *, fail_sell: bool = False, fail_commit: bool = False,
+                 conflict: bool = False, currencies: dict[str, str] | None = None):
+        self.state, self.fail_sell, self.fail_commit, self.conflict = state, fail_sell, fail_commit, conflict
+        self.currencies = currencies or {}
         self.calls: list[tuple[str, str]] = []
 
-    async def reserve(self, reservation_id, lines):
-        self.calls.append(("reserve", reservation_id))
+    async def sell(self, reservation_id, lines):
+        self.calls.append(("sell", reservation_id))
         if self.conflict:
             raise AlreadyExists("reservation exists with other lines")
-        return Held(self.state, {sku: Money("USD", 100) for sku, _ in lines})
+        if self.fail_sell:
+            raise Unavailable("inventory did not answer")
+        return Held(self.state, {sku: Money(self.currencies.get(sku, "USD"), 100) for sku, _ in lines})
 
     async def commit(self, reservation_id):
         self.calls.append(("commit", reservation_id))
@@ -34,22 +38,38 @@ class FakeInventory:
 
 
 class FakeTx:
+    """A transaction over FakeStore's dicts; changes apply only if the block ends without error."""
+
     def __init__(self, store: FakeStore):
         self.store = store
+        self.orders, self.events = dict(store.orders), list(store.events)
+        self.attempts = dict(store.attempts)
 
     async def by_request(self, request_id):
-        return self.store.orders.get(request_id)
+        return self.orders.get(request_id)
 
-    async def insert(self, order, fingerprint):
+    async def begin_attempt(self, request):
+        if request.request_id in self.attempts:
+            raise RequestIdTaken(request.request_id)
+        self.attempts[request.request_id] = False
+
+    async def end_attempt(self, request_id):
+        if self.attempts.get(request_id) is False:
+            del self.attempts[request_id]
+            return True
+        return False
+
+    async def insert(self, order, fingerprint, *, committed=False):
         if self.store.broken:
             raise OSError("disk full")
-        if order.request_id in self.store.orders:  # the unique constraint on request_id
-            raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed: orders.request_id"))
-        self.store.orders[order.request_id] = (order, fingerprint)
+        if order.request_id in self.orders:  # the unique constraint on request_id
+            raise RequestIdTaken(order.request_id)
+        self.orders[order.request_id] = (order, fingerprint)
+        self.store.committed[order.request_id] = committed
         return order
 
     async def add_event(self, event):
-        self.store.events.append(event)
+        self.events.append(event)
 
 
 class FakeStore:
@@ -57,10 +77,14 @@ class FakeStore:
         self.broken = broken
         self.orders: dict = {}
         self.events: list = []
+        self.attempts: dict[str, bool] = {}  # request id -> abandoned
+        self.committed: dict[str, bool] = {}
 
     @contextlib.asynccontextmanager
     async def read(self):
-        yield FakeTx(self)
+        tx = FakeTx(self)
+        yield tx
+        self.orders, self.events, self.attempts = tx.orders, tx.events, tx.attempts
 
     write = read
 
@@ -75,43 +99,56 @@ class FakeOutbox:
 REQUEST = domain.check_request("r1", "alice", [("mug", 2)])
 
 
-async def test_a_stored_order_is_committed_and_its_event_queued() -> None:
+async def test_an_order_is_one_sale_and_stored_sold_with_its_event_and_no_attempt_left() -> None:
     store, inventory, outbox = FakeStore(), FakeInventory(), FakeOutbox()
     order = await handlers.create_order(store, inventory, outbox, REQUEST)
-    assert inventory.calls == [("reserve", "order:r1"), ("commit", "order:r1")]
+    assert inventory.calls == [("sell", "order:r1")]
     assert [e.event_id for e in store.events] == [f"order.created:{order.order_id}"]
     assert outbox.kicks == 1 and order.total == Money("USD", 200)
+    assert store.attempts == {} and store.committed == {"r1": True}
 
 
-async def test_when_storing_fails_the_reservation_is_released() -> None:
-    inventory = FakeInventory()
+async def test_when_storing_fails_the_attempt_stays_for_recovery_to_return_the_stock() -> None:
+    store, inventory = FakeStore(broken=True), FakeInventory()
     with pytest.raises(OSError):
-        await handlers.create_order(FakeStore(broken=True), inventory, FakeOutbox(), REQUEST)
-    assert inventory.calls == [("reserve", "order:r1"), ("release", "order:r1")]
+        await handlers.create_order(store, inventory, FakeOutbox(), REQUEST)
+    assert inventory.calls == [("sell", "order:r1")]  # nothing released here: recovery does it
+    assert store.attempts == {"r1": False} and store.orders == {}
 
 
-async def test_when_commit_fails_the_order_stands_unacknowledged_and_a_retry_completes_it() -> None:
-    store, inventory = FakeStore(), FakeInventory(fail_commit=True)
+async def test_when_the_sale_is_unanswered_the_attempt_stays_and_a_retry_completes_it() -> None:
+    store = FakeStore()
+    with pytest.raises(Unavailable):
+        await handlers.create_order(store, FakeInventory(fail_sell=True), FakeOutbox(), REQUEST)
+    assert store.attempts == {"r1": False}
+    order = await handlers.create_order(store, FakeInventory(), FakeOutbox(), REQUEST)
+    assert store.orders["r1"][0] == order and store.attempts == {} and len(store.events) == 1
+
+
+async def test_an_abandoned_attempt_is_not_stored_and_the_caller_told_to_retry() -> None:
+    store = FakeStore()
+    store.attempts["r1"] = True  # recovery began returning its stock
+    with pytest.raises(Unavailable, match="send it again with the same request_id"):
+        await handlers.create_order(store, FakeInventory(), FakeOutbox(), REQUEST)
+    assert store.orders == {} and store.events == []
+
+
+async def test_an_inventory_that_only_holds_is_committed_as_before_and_a_failed_commit_is_retried() -> None:
+    store, inventory = FakeStore(), FakeInventory(HeldState.RESERVED, fail_commit=True)
     with pytest.raises(Unavailable, match="retry with the same request_id"):
         await handlers.create_order(store, inventory, FakeOutbox(), REQUEST)
     stored = store.orders["r1"][0]
-    assert ("release", "order:r1") not in inventory.calls  # its stock stays held for the retry
+    assert store.committed == {"r1": False}  # recovery commits it if nobody retries
     inventory.fail_commit = False
     assert await handlers.create_order(store, inventory, FakeOutbox(), REQUEST) == stored
-    assert inventory.calls.count(("commit", "order:r1")) == 2 and len(store.events) == 1
-
-
-async def test_a_repeat_of_a_completed_order_does_not_commit_again() -> None:
-    store = FakeStore()
-    first = await handlers.create_order(store, FakeInventory(), FakeOutbox(), REQUEST)
-    inventory = FakeInventory(HeldState.COMMITTED)
-    assert await handlers.create_order(store, inventory, FakeOutbox(), REQUEST) == first
-    assert ("commit", "order:r1") not in inventory.calls
+    assert inventory.calls.count(("commit", "order:r1")) == 2 and len(store.events) == 1 and store.attempts == {}
 
 
 async def test_a_request_id_whose_attempt_was_rolled_back_is_refused() -> None:
+    store = FakeStore()
     with pytest.raises(domain.RequestIdSpent):
-        await handlers.create_order(FakeStore(), FakeInventory(HeldState.RELEASED), FakeOutbox(), REQUEST)
+        await handlers.create_order(store, FakeInventory(HeldState.RELEASED), FakeOutbox(), REQUEST)
+    assert store.attempts == {}
 
 
 async def test_a_repeated_request_returns_the_stored_order_and_stores_nothing_new() -> None:
@@ -119,7 +156,7 @@ async def test_a_repeated_request_returns_the_stored_order_and_stores_nothing_ne
     first = await handlers.create_order(store, FakeInventory(), FakeOutbox(), REQUEST)
     again = await handlers.create_order(store, FakeInventory(), FakeOutbox(), REQUEST)
     assert again == first
-    assert len(store.orders) == 1 and len(store.events) == 1
+    assert len(store.orders) == 1 and len(store.events) == 1 and store.attempts == {}
     with pytest.raises(domain.RequestIdReused):
         await handlers.create_order(store, FakeInventory(), FakeOutbox(), domain.check_request("r1", "alice", [("mug", 3)]))
 
@@ -131,5 +168,15 @@ async def test_a_request_whose_order_was_cancelled_returns_that_order() -> None:
 
 
 async def test_a_reservation_conflict_is_reported_as_a_reused_request_id() -> None:
+    store = FakeStore()
     with pytest.raises(domain.RequestIdReused):
-        await handlers.create_order(FakeStore(), FakeInventory(conflict=True), FakeOutbox(), REQUEST)
+        await handlers.create_order(store, FakeInventory(conflict=True), FakeOutbox(), REQUEST)
+    assert store.attempts == {}
+
+
+async def test_a_sale_in_mixed_currencies_is_given_back_at_once() -> None:
+    store = FakeStore()
+    inventory = FakeInventory(currencies={"tee": "EUR"})
+    with pytest.raises(domain.MixedCurrencies):
+        await handlers.create_order(store, inventory, FakeOutbox(), domain.check_request("r2", "alice", [("mug", 1), ("tee", 1)]))
+    assert inventory.calls == [("sell", "order:r2"), ("release", "order:r2")] and store.attempts == {} and store.orders == {}
