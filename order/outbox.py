@@ -32,6 +32,9 @@ from order.store import OrderStore
 logger = logging.getLogger(__name__)
 
 BATCH = 64
+# After a kick, how long the relay waits for more events to deliver in one call: a notification
+# this much later, for a fraction of the calls and transactions per order (BENCHMARKS.md).
+GATHER_SECONDS = 0.02
 # Retries back off to at most this many intervals apart while deliveries keep failing.
 BACKOFF_CAP = 15
 MAX_REMEMBERED = 10_000
@@ -93,6 +96,8 @@ class OutboxRelay:
             else:
                 try:
                     await asyncio.wait_for(self._wake.wait(), wait)
+                    # Orders come in bursts: the events of the next few ms ride in the same call.
+                    await asyncio.sleep(GATHER_SECONDS)
                 except TimeoutError:
                     pass
             self._wake.clear()
