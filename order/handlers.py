@@ -23,6 +23,8 @@ ORDERS = Counter("shop_orders_total", "Orders by outcome: confirmed when placed,
                  "rejected when placing failed (out of stock, unknown product, upstream down).", ("status",))
 OUTBOX_PENDING = Gauge("shop_order_outbox_pending", "Order events not yet delivered to notification "
                        "(read from the database at each scrape).")
+ATTEMPTS_OPEN = Gauge("shop_order_attempts_open", "Orders being placed, or abandoned by their process or caller "
+                      "and not yet settled by recovery (read from the database at each scrape).")
 for _status in ("confirmed", "cancelled", "rejected"):
     ORDERS.labels(_status)
 
@@ -30,6 +32,7 @@ for _status in ("confirmed", "cancelled", "rejected"):
 async def refresh_gauges(store: OrderStore) -> None:
     async with store.read() as tx:
         OUTBOX_PENDING.set(await tx.count_pending())
+        ATTEMPTS_OPEN.set(await tx.count_attempts())
 
 
 class Inventory(Protocol):

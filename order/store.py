@@ -190,6 +190,9 @@ class OrderTx:
             update(order_attempts).where(order_attempts.c.request_id == request_id).values(abandoned=1))
         return result.rowcount == 1
 
+    async def count_attempts(self) -> int:
+        return int((await self.conn.execute(select(func.count()).select_from(order_attempts))).scalar_one())
+
     async def drop_attempt(self, request_id: str) -> None:
         await self.conn.execute(delete(order_attempts).where(order_attempts.c.request_id == request_id))
 

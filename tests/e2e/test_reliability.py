@@ -120,6 +120,8 @@ def assert_settled(mesh: Mesh, sku: str, initial: int, user: str, acknowledged: 
 
     wait_for(lambda: set(notified()) == expected, 30, "one notification per order event")
     assert all(count == 1 for count in notified().values())
+    if "order" in mesh.processes:  # and no attempt is left unsettled (order/recovery.py)
+        wait_for(lambda: scrape_pending(mesh, "shop_order_attempts_open") == 0, 30, "every order attempt settled")
     return statuses
 
 
@@ -364,14 +366,14 @@ def test_orders_keep_flowing_while_notification_is_down_and_every_one_is_notifie
           f"after it came back: outbox empty, {len(notified)} notifications, one each")
 
 
-def scrape_pending(mesh: Mesh) -> float:
+def scrape_pending(mesh: Mesh, name: str = "shop_order_outbox_pending") -> float:
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{mesh.metrics_ports['order']}/metrics", timeout=10) as page:
         for line in page.read().decode().splitlines():
-            if line.startswith("shop_order_outbox_pending "):
+            if line.startswith(f"{name} "):
                 return float(line.split()[1])
-    raise AssertionError("no shop_order_outbox_pending on the order service's /metrics")
+    raise AssertionError(f"no {name} on the order service's /metrics")
 
 
 def test_an_inventory_slower_than_the_deadline_gives_deadline_exceeded_on_time_and_loses_no_stock(mesh: Mesh) -> None:
