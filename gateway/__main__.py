@@ -8,7 +8,7 @@ import sys
 
 from gateway.app import Gateway
 from gateway.errors import own_error
-from mesh import lifecycle, logs, metrics, telemetry
+from mesh import lifecycle, logs, metrics, telemetry, workers
 from mesh.channels import Upstreams
 from mesh.discovery import create_discovery
 from mesh.http import HttpServer
@@ -42,7 +42,8 @@ async def serve(settings: Settings) -> None:
     gateway = Gateway(settings, upstreams)
     server = await HttpServer().start(gateway.handle, settings.host, settings.port, settings.http_max_body,
                                       "shopmesh-gateway", idle_timeout=settings.http_idle_timeout,
-                                      read_timeout=settings.http_read_timeout, errors=own_error)
+                                      read_timeout=settings.http_read_timeout, errors=own_error,
+                                      reuse_port=settings.reuse_port)
     logger.info("gateway serving http://%s:%d (%d routes)", settings.host, settings.port, len(gateway.routes))
     await lifecycle.until_signalled()
     await lifecycle.shut_down(Running(gateway, server, upstreams), settings, discovery)
@@ -55,6 +56,8 @@ def main() -> None:
         print(f"gateway: bad setting: {error}", file=sys.stderr)
         sys.exit(2)
     logs.configure("gateway", settings.instance_id, settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        sys.exit(workers.supervise("gateway", settings))
     telemetry.setup(settings)
     metrics.setup(settings.metrics)
     try:

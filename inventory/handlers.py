@@ -27,8 +27,8 @@ REFUSALS_KEPT = timedelta(hours=24)
 UNITS = Counter("shop_inventory_units_total", "Units moved by reservations: reserved, then sold, released, "
                 "or expired (released because nobody committed them in time).", ("movement",))
 OPEN_RESERVATIONS = Gauge("shop_inventory_open_reservations", "Reservations held now, neither committed nor released "
-                          "(read from the database at each scrape: the same for every instance).")
-RESERVED_UNITS = Gauge("shop_inventory_reserved_units", "Units held by open reservations (from the database).")
+                          "(read from the database at each scrape: the same for every instance).", multiprocess_mode="mostrecent")
+RESERVED_UNITS = Gauge("shop_inventory_reserved_units", "Units held by open reservations (from the database).", multiprocess_mode="mostrecent")
 for _movement in ("reserved", "sold", "released", "expired"):
     UNITS.labels(_movement)
 

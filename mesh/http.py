@@ -382,12 +382,12 @@ class HttpServer:
 
     async def start(self, handler: Handler, host: str, port: int, max_body: int, server_name: str = "shopmesh", *,
                     idle_timeout: float = 75.0, read_timeout: float = 30.0,
-                    errors: Errors = plain_error) -> HttpServer:
+                    errors: Errors = plain_error, reuse_port: bool = False) -> HttpServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: HttpProtocol(handler, max_body, server_name, idle_timeout=idle_timeout,
                                  read_timeout=read_timeout, errors=errors, server=self),
-            host, port, reuse_address=True)
+            host, port, reuse_address=True, reuse_port=reuse_port or None)
         return self
 
     @property
@@ -420,6 +420,6 @@ class HttpServer:
 
 async def serve_http(handler: Handler, host: str, port: int, max_body: int, server_name: str = "shopmesh", *,
                      idle_timeout: float = 75.0, read_timeout: float = 30.0,
-                     errors: Errors = plain_error) -> HttpServer:
+                     errors: Errors = plain_error, reuse_port: bool = False) -> HttpServer:
     return await HttpServer().start(handler, host, port, max_body, server_name, idle_timeout=idle_timeout,
-                                    read_timeout=read_timeout, errors=errors)
+                                    read_timeout=read_timeout, errors=errors, reuse_port=reuse_port)

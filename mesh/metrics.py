@@ -18,6 +18,7 @@ friends, so CPU per request can be read from the same page.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -47,7 +48,7 @@ CLIENT_SECONDS = Histogram("grpc_client_handling_seconds", "Time from an RPC's s
 HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests answered by the gateway.", ("route", "method", "code"))
 HTTP_SECONDS = Histogram("http_request_duration_seconds", "Time to answer an HTTP request (to the first byte "
                          "of a stream).", ("route", "method"), buckets=BUCKETS)
-HTTP_IN_FLIGHT = Gauge("http_requests_in_flight", "HTTP requests being answered now.")
+HTTP_IN_FLIGHT = Gauge("http_requests_in_flight", "HTTP requests being answered now.", multiprocess_mode="livesum")
 
 # The classic text format every Prometheus (2.x and 3.x) and agent parses; our names need nothing newer.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -101,7 +102,19 @@ async def exposition(refreshers: Sequence[Callable[[], Awaitable[None]]] = ()) -
             await refresh()
         except Exception as error:  # a scrape still answers with what it has
             logger.warning("could not refresh a gauge: %s", error)
-    return Response(200, generate_latest(REGISTRY), CONTENT_TYPE)
+    return Response(200, generate_latest(_registry()), CONTENT_TYPE)
+
+
+def _registry() -> Any:
+    """This process's series; for a worker of several (SHOPMESH_WORKERS), all workers' merged."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return REGISTRY
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, directory)
+    return registry
 
 
 def endpoint(refreshers: Sequence[Callable[[], Awaitable[None]]] = ()) -> Callable[[Request], Awaitable[Response]]:

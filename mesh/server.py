@@ -25,7 +25,7 @@ import sqlalchemy
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mesh import faults, lifecycle, logs, metrics, reflection, telemetry, tls
+from mesh import faults, lifecycle, logs, metrics, reflection, telemetry, tls, workers
 from mesh.discovery import Discovery, create_discovery
 from mesh.guard import Admission, Guarded
 from mesh.http import serve_http
@@ -90,7 +90,9 @@ class Running:
 
 async def create_server(settings: Settings, app: App) -> Running:
     options: list[tuple[str, int]] = [
-        ("grpc.so_reuseport", 0),
+        # Off, so that a second process on our port fails to start; on for the workers of one
+        # service (SHOPMESH_WORKERS), which share it.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
@@ -131,7 +133,7 @@ async def serve(settings: Settings, build: Callable[[Settings, Discovery], Await
     try:
         if settings.metrics:
             metrics_server = await serve_http(metrics.endpoint(app.gauges), settings.host, settings.metrics_port,
-                                              1024, f"shopmesh-{settings.service}")
+                                              1024, f"shopmesh-{settings.service}", reuse_port=settings.reuse_port)
         running = await create_server(settings, app)
     except Exception:
         if metrics_server is not None:
@@ -158,6 +160,8 @@ def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -
         print(f"{service}: bad setting: {error}", file=sys.stderr)
         sys.exit(2)
     logs.configure(service, settings.instance_id, settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        sys.exit(workers.supervise(service, settings))
     telemetry.setup(settings)
     metrics.setup(settings.metrics)
     faults.configure(settings.faults)

@@ -294,6 +294,10 @@ class Settings:
     # Prometheus metrics: recorded and served at /metrics when on.
     metrics: bool = True
     metrics_port: int = 0
+    # Processes of this service on its one port (mesh/workers.py), and whether this one is a
+    # worker of such a group (its sockets then share the port: SO_REUSEPORT).
+    workers: int = 1
+    reuse_port: bool = False
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -324,6 +328,10 @@ class Settings:
         database_url = env.str(f"{prefix}DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / service}.db")
         if "://" not in database_url:
             raise SettingsError(f"{prefix}DATABASE_URL must be a SQLAlchemy URL; got {database_url!r}")
+        workers = env.int("SHOPMESH_WORKERS", 1, low=1, high=256)
+        if workers > 1 and ports[service] == 0:
+            raise SettingsError(f"SHOPMESH_WORKERS={workers} needs a fixed SHOPMESH_{service.upper()}_PORT for them "
+                                "to share; got 0 (any free port)")
         return cls(
             service=service,
             host=host,
@@ -376,6 +384,8 @@ class Settings:
             metrics=env.choice("SHOPMESH_METRICS", "on", ("on", "off")) == "on",
             metrics_port=env.int(f"{prefix}METRICS_PORT", DEFAULT_METRICS_PORTS.get(service, ports[service]),
                                  low=0, high=65535),
+            workers=workers,
+            reuse_port=env.str("SHOPMESH_WORKER_OF", "") != "",
         )
 
     @property

@@ -22,7 +22,7 @@ STREAM_BATCH = 100
 # Business metrics (the RPC ones are in mesh/metrics.py). A repeated event counts nothing.
 # No label by kind: callers choose kinds freely, and a label must not grow without bound.
 SENT = Counter("shop_notifications_sent_total", "Notifications stored and delivered, one per event.")
-STREAMS = Gauge("shop_notification_streams_open", "Live notification streams this instance serves now.")
+STREAMS = Gauge("shop_notification_streams_open", "Live notification streams this instance serves now.", multiprocess_mode="livesum")
 
 
 class Wakeups:

@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 ORDERS = Counter("shop_orders_total", "Orders by outcome: confirmed when placed, cancelled when cancelled, "
                  "rejected when placing failed (out of stock, unknown product, upstream down).", ("status",))
 OUTBOX_PENDING = Gauge("shop_order_outbox_pending", "Order events not yet delivered to notification "
-                       "(read from the database at each scrape).")
+                       "(read from the database at each scrape).", multiprocess_mode="mostrecent")
 ATTEMPTS_OPEN = Gauge("shop_order_attempts_open", "Orders being placed, or abandoned by their process or caller "
-                      "and not yet settled by recovery (read from the database at each scrape).")
+                      "and not yet settled by recovery (read from the database at each scrape).", multiprocess_mode="mostrecent")
 for _status in ("confirmed", "cancelled", "rejected"):
     ORDERS.labels(_status)
 

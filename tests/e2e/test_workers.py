@@ -1,0 +1,167 @@
+"""SHOPMESH_WORKERS (mesh/workers.py): several processes of one service on one port, real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from tests.conftest import ROOT, free_port
+from tests.e2e.harness import Mesh, new_product, wait_http
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    mesh = Mesh(tmp_path / "mesh")
+    yield mesh
+    mesh.stop_all()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return sorted(found)
+
+
+def cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def served(port: int, method: str) -> float:
+    return sum(v for (name, labels), v in scrape(port).items()
+               if name == "grpc_server_handled_total" and ("grpc_method", method) in labels)
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def reads_over_fresh_connections(mesh: Mesh, sku: str, connections: int, calls: int) -> None:
+    for i in range(connections):
+        # A channel of its own each (distinct options, so gRPC shares no subchannel): a new TCP
+        # connection, which the kernel gives to one of the workers.
+        with grpc.insecure_channel(mesh.address("inventory"), options=[("shopmesh.test.connection", i)]) as channel:
+            stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+            for _ in range(calls):
+                assert stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=5).sku == sku
+
+
+def test_two_workers_share_the_port_and_the_calls_and_report_one_merged_count(mesh: Mesh) -> None:
+    supervisor = mesh.start("inventory", SHOPMESH_WORKERS="2")
+    wait_until(lambda: len(children(supervisor.pid)) == 2, 15, "two workers")
+    sku = new_product(mesh, 10)
+    workers = children(supervisor.pid)
+    before = {pid: cpu(pid) for pid in workers}
+    metrics_port = mesh.metrics_ports["inventory"]
+    wait_until(lambda: served(metrics_port, "CreateProduct") == 1, 10, "the merged count of the product created")
+    reads_over_fresh_connections(mesh, sku, 16, 60)
+    used = {pid: cpu(pid) - before[pid] for pid in workers}
+    print(f"CPU per worker over 16 connections x 60 calls: {used}")
+    assert all(seconds > 0.05 for seconds in used.values()), f"a worker got no calls: {used}"
+    # Whichever worker answers the scrape reports both workers' calls, exactly.
+    for _ in range(6):
+        assert served(metrics_port, "GetProduct") == 16 * 60
+    gauge = [k for k in scrape(metrics_port) if k[0] == "shop_inventory_open_reservations"]
+    assert len(gauge) == 1, gauge  # one series, not one per worker
+
+
+def test_a_killed_worker_is_started_again_and_sigterm_stops_them_all_cleanly(mesh: Mesh) -> None:
+    supervisor = mesh.start("inventory", SHOPMESH_WORKERS="2")
+    wait_until(lambda: len(children(supervisor.pid)) == 2, 15, "two workers")
+    sku = new_product(mesh, 10)
+    time.sleep(5.5)  # past STARTUP_SECONDS: a death now is a crash to recover from, not a bad start
+    reads_over_fresh_connections(mesh, sku, 4, 10)
+    first, second = children(supervisor.pid)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: len(children(supervisor.pid)) == 2 and first not in children(supervisor.pid), 10,
+               "the killed worker to be replaced")
+    assert second in children(supervisor.pid)
+    wait_until(lambda: mesh.logs["inventory"].read_text().count("inventory serving on") == 3, 15,
+               "the replacement to serve")
+    reads_over_fresh_connections(mesh, sku, 8, 5)
+    # The dead worker's counts stay in the merged total (counters never go back).
+    assert served(mesh.metrics_ports["inventory"], "GetProduct") == 4 * 10 + 8 * 5
+    workers = children(supervisor.pid)
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    log = mesh.logs["inventory"].read_text()
+    assert "starting it again" in log and "Traceback" not in log
+
+
+def test_workers_die_with_a_supervisor_killed_by_sigkill(mesh: Mesh) -> None:
+    supervisor = mesh.start("inventory", SHOPMESH_WORKERS="2")
+    wait_until(lambda: len(children(supervisor.pid)) == 2, 15, "two workers")
+    workers = children(supervisor.pid)
+    supervisor.kill()
+    supervisor.wait(10)
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "the workers to die too")
+    mesh.processes.pop("inventory")
+    mesh.start("inventory")  # the port is free again
+
+
+def test_gateway_workers_answer_on_one_port_with_merged_metrics(mesh: Mesh) -> None:
+    import http.client
+
+    mesh.start("inventory")
+    mesh.start("notification")
+    mesh.start("order")
+    supervisor = mesh.start("gateway", SHOPMESH_WORKERS="2")
+    wait_until(lambda: len(children(supervisor.pid)) == 2, 15, "two gateway workers")
+    host, port = mesh.address("gateway").split(":")
+    for _ in range(20):  # a connection each: both workers answer some
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("GET", "/v1/products?pageSize=1")
+        assert connection.getresponse().status == 200
+        connection.close()
+    wait_http(f"http://{mesh.address('gateway')}/healthz")
+    answered = [v for (name, labels), v in scrape(int(port)).items()
+                if name == "http_requests_total" and ("route", "/v1/products") in labels]
+    assert sum(answered) == 20, answered
+
+
+def test_workers_need_a_fixed_port() -> None:
+    env = dict(os.environ, SHOPMESH_WORKERS="2", SHOPMESH_INVENTORY_PORT="0", SHOPMESH_DATA_DIR="/tmp")
+    done = subprocess.run([sys.executable, "-m", "inventory"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2
+    assert "SHOPMESH_WORKERS=2 needs a fixed SHOPMESH_INVENTORY_PORT" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert free_port()  # nothing left bound
+
+
+def test_workers_that_cannot_bind_stop_the_group_with_their_error(mesh: Mesh) -> None:
+    """A port held by a single process (no SO_REUSEPORT) is not silently shared by a group."""
+    mesh.start("inventory")
+    env = mesh.env(SHOPMESH_WORKERS="2", SHOPMESH_INVENTORY_METRICS_PORT=str(free_port()),
+                   SHOPMESH_DATA_DIR=str(mesh.data_dir / "second"))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "inventory"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert time.monotonic() - started < 30
+    output = done.stdout + done.stderr
+    assert "cannot listen on" in output and "stopping the others" in output and "Traceback" not in output
