@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -42,8 +43,14 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    """utime + stime of the process and of its live children (a service's SHOPMESH_WORKERS)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / TICKS
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 def free_port() -> int:
@@ -98,9 +105,12 @@ def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argpar
     # A short warm-up so caches and connections are steady before measuring.
     subprocess.run([*command, "-n", str(max(rps, 50) if rps else 1000), address], capture_output=True, check=True)
     before = [cpu_seconds(p) for p in pids]
+    ghz_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # --duration-stop=wait: calls still in flight at the end finish and count, not show up as errors.
     timed = [*command, "-z", f"{args.duration}s", "--duration-stop", "wait", address]
     out = subprocess.run(timed, capture_output=True, text=True, check=True).stdout
+    ghz_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ghz_cpu = (ghz_after.ru_utime + ghz_after.ru_stime) - (ghz_before.ru_utime + ghz_before.ru_stime)
     settle(pids)  # work the calls left behind (the outbox's deliveries) counts too, and cannot spill into the next run
     per_process = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
     cpu = sum(per_process)
@@ -115,6 +125,8 @@ def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argpar
         "errors": {k: v for k, v in report["statusCodeDistribution"].items() if k != "OK"},
         "cpu_ms": 1000 * cpu / max(ok, 1),
         "cpu_ms_each": [1000 * c / max(ok, 1) for c in per_process],
+        "ghz_cpu_ms": 1000 * ghz_cpu / max(ok, 1),
+        "ghz_cores": ghz_cpu / args.duration,
     }
 
 
@@ -145,12 +157,13 @@ def start(args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> 
     return subprocess.Popen(args, cwd=cwd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
 
-def start_services(tree: Path, work: Path, processes: dict[str, subprocess.Popen], tag: str) -> dict[str, int]:
+def start_services(tree: Path, work: Path, processes: dict[str, subprocess.Popen], tag: str,
+                   workers: int = 1) -> dict[str, int]:
     """inventory, notification and order from the checkout at `tree`, on their own ports and data."""
     data = work / (tag or "current")
     data.mkdir()
     env = dict(os.environ, SHOPMESH_DATA_DIR=str(data), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(tree))
+               PYTHONPATH=str(tree), SHOPMESH_WORKERS=str(workers))
     ports = {name: free_port() for name in ("inventory", "order", "notification")}
     for name in ports:
         env[f"SHOPMESH_{name.upper()}_PORT"] = str(ports[name])
@@ -200,6 +213,8 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REF", help="also measure the services of this git ref, e.g. 8e834ca")
     parser.add_argument("--open-loop", metavar="PCTS", help="then drive each target at these %% of its rate")
     parser.add_argument("--open-loop-workers", type=int, default=200, help="ghz workers in open loop")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also measure today's services with SHOPMESH_WORKERS=N (use --connections > 1)")
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
@@ -223,6 +238,10 @@ def main() -> None:
                            check=True, capture_output=True)
             rows += rows_for(start_services(baseline, work, processes, "-baseline"), processes, "-baseline",
                              args.baseline)
+        if args.workers > 1:
+            tag = f"-w{args.workers}"
+            rows += rows_for(start_services(ROOT, work, processes, tag, workers=args.workers), processes, tag,
+                             f"{args.workers} workers")
         rounds: dict[str, list[dict]] = {label: [] for label, *_ in rows}
         for round_ in range(args.repeat):  # interleaved, so a noisy moment hits every target alike
             for label, address, method, data, pids in rows:
@@ -232,12 +251,14 @@ def main() -> None:
         ceiling = results[0][1]["rps"]
         print(f"\nghz -c {args.concurrency} -z {args.duration}s --connections {args.connections} "
               f"on {os.cpu_count()} cores (ghz shares them); median of {args.repeat} interleaved rounds\n")
-        print("| target | requests/s | % of ceiling | p50 ms | p99 ms | errors | server CPU ms/request |")
-        print("|---|---:|---:|---:|---:|---|---:|")
+        print("| target | requests/s | % of ceiling | p50 ms | p99 ms | errors | server CPU ms/request "
+              "| ghz CPU ms/request (cores) |")
+        print("|---|---:|---:|---:|---:|---|---:|---:|")
         for label, r in results:
             each = " + ".join(f"{c:.2f}" for c in r["cpu_ms_each"]) if len(r["cpu_ms_each"]) > 1 else ""
             print(f"| {label} | {r['rps']:.0f} | {100 * r['rps'] / ceiling:.0f}% | {r['p50']:.2f} | {r['p99']:.2f} "
-                  f"| {r['errors'] or 'none'} | {r['cpu_ms']:.3f}{f' ({each})' if each else ''} |")
+                  f"| {r['errors'] or 'none'} | {r['cpu_ms']:.3f}{f' ({each})' if each else ''} "
+                  f"| {r['ghz_cpu_ms']:.3f} ({r['ghz_cores']:.2f}) |")
         print("\nCreateOrder's CPU is order + inventory + notification. CPU is user+system time of the server")
         print("processes from /proc over the measured run, divided by the successful calls.")
         if args.baseline:
@@ -245,6 +266,12 @@ def main() -> None:
             for now, then in zip(rows[1:3], rows[3:5], strict=True):
                 a, b = by[now[0]], by[then[0]]
                 print(f"\n{now[0]}: {a['rps'] / b['rps']:.2f}x the requests/s of {args.baseline}, "
+                      f"{a['cpu_ms'] / b['cpu_ms']:.2f}x its CPU per request")
+        if args.workers > 1:
+            by = dict(results)
+            for one, many in zip(rows[1:3], rows[-2:], strict=True):
+                a, b = by[many[0]], by[one[0]]
+                print(f"\n{many[0]}: {a['rps'] / b['rps']:.2f}x the requests/s of 1 worker, "
                       f"{a['cpu_ms'] / b['cpu_ms']:.2f}x its CPU per request")
         if args.open_loop:
             open_loop(rows[1:], dict(results), args)

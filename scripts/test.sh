@@ -12,7 +12,8 @@ TOOLS_BIN="$(scripts/install-tools.sh)"
 # Debian's packages the tests drive, installed when missing (as root): chromium and
 # chromedriver (the browser tests), postgresql (the tests start throwaway servers), podman and
 # mmdebstrap (the image, built from the Dockerfile on base images made from Debian's packages,
-# and compose), containerd, runc, the CNI plugins and nftables (the node of the tests' Kubernetes).
+# and compose), containerd, runc, the CNI plugins and nftables (the node of the tests' Kubernetes),
+# wrk (the gateway benchmark's smoke run).
 missing=()
 need() { command -v "$1" >/dev/null || compgen -G "$1" >/dev/null || missing+=("$2"); }
 need chromium chromium
@@ -24,6 +25,7 @@ need containerd containerd
 need runc runc
 need /usr/lib/cni/bridge containernetworking-plugins
 need nft nftables
+need wrk wrk
 if ((${#missing[@]})); then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     echo "test: installing Debian's ${missing[*]}" >&2
