@@ -1,0 +1,100 @@
+"""A flash sale: orders for one hot SKU against the same load spread over 100 SKUs, on PostgreSQL.
+
+    .venv/bin/python scripts/bench_hot_sku.py --duration 10
+
+Two order and two inventory instances (and one notification) on a throwaway PostgreSQL
+(Debian's binaries, as the tests start it), one ghz per order instance. On PostgreSQL every
+sale of a SKU takes that product's row lock from its UPDATE to its COMMIT, so sales of one SKU
+run one at a time however many instances there are; sales of different SKUs do not wait for
+each other. The script prints both loads side by side, measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.bench_grpc import cpu_seconds, ghz_path  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.e2e.test_postgres import Replicas  # noqa: E402
+from tests.postgres import PostgresServer, bin_dir  # noqa: E402
+
+SPREAD = 100
+
+
+def ghz(address: str, data: dict, concurrency: int, duration: int, out: list[dict]) -> None:
+    command = [ghz_path(), "--insecure", "--protoset", str(ROOT / "generated" / "shopmesh.protoset"),
+               "--call", "shop.order.v1.OrderService.CreateOrder", "-d", json.dumps(data), "-c", str(concurrency),
+               "-z", f"{duration}s", "--duration-stop", "wait", "-O", "json", address]
+    out.append(json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout))
+
+
+def load(replicas: Replicas, sku: str, concurrency: int, duration: int) -> dict:
+    order = {"request_id": "{{newUUID}}", "user_id": "flash-{{.RequestNumber}}", "lines": [{"sku": sku, "quantity": 1}]}
+    pids = [p.pid for p in replicas.processes]
+    before = sum(cpu_seconds(p) for p in pids)
+    reports: list[dict] = []
+    threads = [threading.Thread(target=ghz, args=(f"127.0.0.1:{replicas.ports[('order', i)]}", order, concurrency,
+                                                  duration, reports)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cpu = sum(cpu_seconds(p) for p in pids) - before
+    ok = sum(r["statusCodeDistribution"].get("OK", 0) for r in reports)
+    errors: dict[str, int] = {}
+    for r in reports:
+        for code, count in r["statusCodeDistribution"].items():
+            if code != "OK":
+                errors[code] = errors.get(code, 0) + count
+    p99 = max(next((d["latency"] for d in r.get("latencyDistribution") or [] if d["percentage"] == 99), 0)
+              for r in reports) / 1e6
+    p50 = max(next((d["latency"] for d in r.get("latencyDistribution") or [] if d["percentage"] == 50), 0)
+              for r in reports) / 1e6
+    return {"rps": sum(r["rps"] for r in reports), "ok": ok, "errors": errors, "p50": p50, "p99": p99,
+            "cpu_ms": 1000 * cpu / max(ok, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=16, help="ghz workers per order instance")
+    args = parser.parse_args()
+    binaries = bin_dir()
+    if binaries is None:
+        sys.exit("PostgreSQL's binaries are not installed (Debian: apt-get install postgresql)")
+    postgres = PostgresServer(binaries, free_port())
+    postgres.start()
+    folder = Path(tempfile.mkdtemp(prefix="shopmesh-hot-"))
+    replicas = Replicas(postgres, folder)
+    try:
+        replicas.start()
+        replicas.create_product("hot", 10**9)
+        for i in range(SPREAD):
+            replicas.create_product(f"cool-{i}", 10**9)
+        load(replicas, "hot", 4, 2)  # warm-up: connections, caches, pools
+        hot = load(replicas, "hot", args.concurrency, args.duration)
+        spread = load(replicas, f"cool-{{{{randomInt 0 {SPREAD}}}}}", args.concurrency, args.duration)
+    finally:
+        replicas.stop()
+        postgres.stop()
+    print(f"\n2 order + 2 inventory instances + 1 notification on PostgreSQL, ghz -c {args.concurrency} against "
+          f"each order instance for {args.duration}s (ghz on the same cores)\n")
+    print("| load | orders/s | p50 ms | p99 ms | errors | server CPU ms/order |")
+    print("|---|---:|---:|---:|---|---:|")
+    for label, r in (("one hot SKU", hot), (f"spread over {SPREAD} SKUs", spread)):
+        print(f"| {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors'] or 'none'} "
+              f"| {r['cpu_ms']:.2f} |")
+    print(f"\nhot / spread: {hot['rps'] / spread['rps']:.2f}x the orders/s")
+
+
+if __name__ == "__main__":
+    main()
