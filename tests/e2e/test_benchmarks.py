@@ -56,3 +56,37 @@ def test_bench_gateway_observability_and_validate_run_and_print_their_tables() -
     assert "|---" in observability
     validate = run("scripts/bench_validate.py", "--rounds", "200")
     assert validate.strip()
+
+
+def test_storage_per_order_measures_every_table_and_projects_a_day() -> None:
+    out = run("scripts/storage_per_order.py", "--orders", "300")
+    rows = {(row[0], row[1]): float(row[2]) for row in table_rows(out, "| database | table |")}
+    for table in (("order", "orders"), ("order", "order_lines"), ("order", "outbox"), ("inventory", "reservations"),
+                  ("notification", "notifications")):
+        assert rows[table] * 300 > 5 * 4096, (table, rows)  # every order left a row there: pages of them
+    assert rows[("order", "order_attempts")] * 300 <= 4 * 4096  # and none here (empty root pages): every attempt ended
+    assert len(table_rows(out, "| database | after one day |")) == 3
+
+
+def _postgres() -> None:
+    from tests.postgres import bin_dir
+
+    if bin_dir() is None:
+        from tests.conftest import needed
+
+        needed("PostgreSQL", "apt-get install postgresql (scripts/test.sh does, as root)")
+
+
+def test_bench_hot_sku_compares_one_hot_sku_with_a_spread_load_on_postgresql() -> None:
+    _postgres()
+    out = run("scripts/bench_hot_sku.py", "--duration", "1", "--concurrency", "4")
+    rows = table_rows(out, "| load | orders/s |")
+    assert [row[0] for row in rows] == ["one hot SKU", "spread over 100 SKUs"]
+    assert all(float(row[1]) > 0 and row[4] == "none" for row in rows), rows
+
+
+def test_bench_streams_opens_streams_and_times_events_across_instances() -> None:
+    _postgres()
+    out = run("scripts/bench_streams.py", "--streams", "50", "--idle", "1", "--events", "5")
+    [row] = table_rows(out, "| code | streams open |")
+    assert row[0] == "today" and row[1] == "50" and row[-1] == "0", row  # all open, every event arrived
