@@ -400,6 +400,12 @@ class Settings:
                 f"SHOPMESH_RESERVATION_TTL_SECONDS={self.reservation_ttl:g} is under twice "
                 f"SHOPMESH_CALL_TIMEOUT_SECONDS={self.call_timeout:g}: an order that takes its full time can find "
                 "its reservation expired and is then cancelled (nothing is lost, but the customer is refused)")
+        if self.workers > 1 and self.database_url.startswith("sqlite") and self.service in ("order", "inventory",
+                                                                                             "notification"):
+            found.append(
+                f"SHOPMESH_WORKERS={self.workers} on SQLite: the workers take the database's write lock one at a "
+                "time (correct, but an order service measured 0.32x the orders/s of one worker, BENCHMARKS.md); "
+                "use PostgreSQL for the writers, or workers for reads and the gateway")
         return found
 
     @property

@@ -119,6 +119,9 @@ def supervise(service: str, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logger.info("%s: %d workers on port %d (SO_REUSEPORT)", service, settings.workers, settings.port)
+    for concern in settings.concerns():
+        if "SHOPMESH_WORKERS" in concern:  # the workers themselves see SHOPMESH_WORKERS=1
+            logger.warning("%s", concern)
     try:
         return group.run()
     finally:

@@ -85,6 +85,8 @@ def test_two_workers_share_the_port_and_the_calls_and_report_one_merged_count(me
         assert served(metrics_port, "GetProduct") == 16 * 60
     gauge = [k for k in scrape(metrics_port) if k[0] == "shop_inventory_open_reservations"]
     assert len(gauge) == 1, gauge  # one series, not one per worker
+    # On SQLite the workers share one write lock: said once, at start.
+    assert mesh.logs["inventory"].read_text().count("SHOPMESH_WORKERS=2 on SQLite") == 1
 
 
 def test_a_killed_worker_is_started_again_and_sigterm_stops_them_all_cleanly(mesh: Mesh) -> None:
