@@ -182,6 +182,7 @@ REFUSALS = [
       "order.autoscaling.enabled=true"), "order.replicas is 1 (autoscaling true) but database.type is sqlite"),
     (("database.type=mysql",), "at '/database/type': value must be one of 'postgresql', 'sqlite'"),
     (("inventory.replicas=-1",), "at '/inventory/replicas': minimum: got -1, want 0"),
+    (("order.workers=0",), "at '/order/workers': minimum: got 0, want 1"),
     (("gateway.colour=red",), "at '/gateway': additional properties 'colour' not allowed"),
     (("discovery.type=consul",), "discovery.type is consul: set discovery.consul.address"),
     (("auth.enabled=true",), "auth.enabled needs auth.existingSecret"),
@@ -280,3 +281,15 @@ def test_operations_pieces_are_there_when_asked() -> None:
         env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
         assert env["SHOPMESH_TRACE_EXPORTER"] == "otlp"
         assert env["SHOPMESH_OTLP_ENDPOINT"] == "otel-collector.observability.svc:4317"
+
+
+def test_workers_per_pod_come_from_values_and_reach_every_container() -> None:
+    seen = set()
+    for _, template in pod_templates(render(sets=("inventory.workers=4",))):
+        name = template["metadata"]["labels"]["app.kubernetes.io/name"]
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            if "SHOPMESH_WORKERS" in env:
+                seen.add(name)
+                assert env["SHOPMESH_WORKERS"] == ("4" if name == "inventory" else "1"), (name, env)
+    assert seen == {"gateway", "inventory", "order", "notification"}
