@@ -39,6 +39,13 @@ def _path(elements: Any) -> str:
 SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def not_blank(field: str, value: str) -> str:
+    """What no length or pattern rule of ours says: a value of only white space."""
+    if value and not value.strip():
+        raise InvalidArgument(field, "must not be blank: it has only spaces or other white space")
+    return value
+
+
 def text(field: str, value: str, limit: int, *, required: bool = True) -> str:
     if required and not value:
         raise InvalidArgument(field, "value is required")  # protovalidate's words, for one voice

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from generated.shop.inventory.v1 import inventory_pb2
+from generated.shop.order.v1 import order_pb2
 from inventory import domain as inv
+from mesh import validate
 from mesh.errors import InvalidArgument
 from mesh.money import Money
 from order import domain as orders
@@ -15,18 +18,38 @@ def test_reservation_lines_come_back_sorted_by_sku_so_rows_lock_in_one_order() -
     assert [l.sku for l in lines] == ["a", "b"]
 
 
+def test_a_sku_twice_is_what_the_domain_refuses_itself() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        inv.check_lines([inv.Line("a", 1), inv.Line("a", 1)])
+    assert caught.value.field == "lines[1].sku"
+    with pytest.raises(InvalidArgument) as caught:
+        orders.check_request("r", "u", [("a", 1), ("b", 1), ("a", 2)])
+    assert caught.value.field == "lines[2].sku"
+    with pytest.raises(InvalidArgument) as caught:
+        orders.check_request("   ", "u", [("a", 1)])
+    assert caught.value.field == "request_id"
+
+
 @pytest.mark.parametrize(
-    ("lines", "field"),
+    ("message", "field"),
     [
-        ([], "lines"),
-        ([inv.Line("a", 0)], "lines[0].quantity"),
-        ([inv.Line("a", 1), inv.Line("a", 1)], "lines[1].sku"),
-        ([inv.Line("bad sku", 1)], "lines[0].sku"),
+        (inventory_pb2.ReserveStockRequest(reservation_id="r"), "lines"),
+        (inventory_pb2.ReserveStockRequest(reservation_id="r", lines=[inventory_pb2.ReservationLine(sku="a")]),
+         "lines[0].quantity"),
+        (inventory_pb2.ReserveStockRequest(reservation_id="r", lines=[
+            inventory_pb2.ReservationLine(sku="bad sku", quantity=1)]), "lines[0].sku"),
+        (order_pb2.CreateOrderRequest(request_id="r", user_id="u"), "lines"),
+        (order_pb2.CreateOrderRequest(request_id="r" * 129, user_id="u", lines=[order_pb2.OrderLine(sku="a", quantity=1)]),
+         "request_id"),
+        (order_pb2.CreateOrderRequest(request_id="r", user_id="u", lines=[order_pb2.OrderLine(sku="a", quantity=10**7)]),
+         "lines[0].quantity"),
     ],
 )
-def test_bad_reservation_lines_name_the_line(lines, field: str) -> None:
+def test_the_shape_of_a_sale_or_an_order_is_the_contracts_to_check(message, field: str) -> None:
+    """Checked once, at the edge (every server's guard runs mesh.validate.contract before a
+    handler): the domain keeps only what a rule cannot say (above)."""
     with pytest.raises(InvalidArgument) as caught:
-        inv.check_lines(lines)
+        validate.contract(message)
     assert caught.value.field == field
 
 
