@@ -46,11 +46,6 @@ class NotificationApi(notification_pb2_grpc.NotificationServiceServicer):
             except InvalidArgument as error:  # named as the caller wrote it: requests[i].field
                 named = [(f"requests[{i}].{field}", problem) for field, problem in error.violations]
                 raise InvalidArgument(*named[0], more=named[1:]) from None
-        seen = set()
-        for i, w in enumerate(wanted):
-            if w.event_id in seen:
-                raise InvalidArgument(f"requests[{i}].event_id", f"event {w.event_id!r} appears more than once")
-            seen.add(w.event_id)
         stored = await handlers.send_notifications(self._store, self._wakeups, wanted)
         return notification_pb2.BatchSendNotificationsResponse(notifications=[notification_pb(n) for n in stored])
 

@@ -120,15 +120,21 @@ async def send_notification(store: NotificationStore, wakeups: Wakeups, wanted: 
 async def send_notifications(store: NotificationStore, wakeups: Wakeups,
                              wanted: Sequence[Notification]) -> list[Notification]:
     """Stores and delivers them in one transaction, all or none, in the order given; an event
-    stored before gives back its first notification (and delivers nothing new)."""
+    stored before, or earlier in the same batch, gives back its first notification (and
+    delivers nothing new), as SendNotification does for a repeat."""
+    unique: dict[str, Notification] = {}
+    for w in wanted:
+        first = unique.setdefault(w.event_id, w)
+        if not first.same_event(w):
+            raise domain.EventConflict(w.event_id)
     for attempt in (1, 2):
         try:
             async with store.write() as tx:
-                known = await tx.by_events([w.event_id for w in wanted])
-                for w in wanted:
+                known = await tx.by_events(list(unique))
+                for w in unique.values():
                     if w.event_id in known and not known[w.event_id].same_event(w):
                         raise domain.EventConflict(w.event_id)
-                new = await tx.insert_many([w for w in wanted if w.event_id not in known])
+                new = await tx.insert_many([w for w in unique.values() if w.event_id not in known])
                 for user_id in dict.fromkeys(n.user_id for n in new):
                     await tx.announce(CHANNEL, user_id)
             break
