@@ -160,19 +160,37 @@ class Gateway:
 
     async def _ready(self, request: Request) -> Response:
         async def check(service: str) -> tuple[str, str]:
-            try:
-                stub = self._upstreams.bound(service, "health", health_pb2_grpc.HealthStub)
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                return service, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            except grpc.aio.AioRpcError as error:
-                return service, error.code().name
-            except Unavailable:
-                return service, "UNAVAILABLE"
+            # An upstream is ready when one of its instances says SERVING. A health check goes to
+            # whichever instance the channel picks, and one that is draining says NOT_SERVING: on
+            # that answer alone, every gateway pod would leave its endpoints during an upstream's
+            # rolling update (a real cluster test saw connection refused). Round robin sends the
+            # next check to another instance; all within the kubelet's probe timeout.
+            deadline = asyncio.get_running_loop().time() + READY_CHECK_SECONDS
+            status = "UNAVAILABLE"
+            for _ in range(READY_CHECK_TRIES):
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    stub = self._upstreams.bound(service, "health", health_pb2_grpc.HealthStub)
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=left)
+                    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                except grpc.aio.AioRpcError as error:
+                    status = error.code().name
+                except Unavailable:
+                    return service, "UNAVAILABLE"  # no instance is known at all
+                if status == "SERVING":
+                    break
+            return service, status
 
         results = dict(await asyncio.gather(*(check(s) for s in self._services)))
         ready = not self.draining and all(status == "SERVING" for status in results.values())
         return _json(200 if ready else 503, {"ready": ready, "upstreams": results,
                                              **({"draining": True} if self.draining else {})})
+
+
+READY_CHECK_TRIES = 3
+READY_CHECK_SECONDS = 1.5  # under the chart's readiness timeoutSeconds (2)
 
 
 def _constant(response: Response) -> Serve:

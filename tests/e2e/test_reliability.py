@@ -850,3 +850,39 @@ async def test_an_instance_back_on_its_address_after_a_long_outage_is_called_aga
         assert took < MAX_RECONNECT_BACKOFF_MS / 1000 * 1.2 + 0.5  # the cap, its jitter, a moment
     finally:
         await upstreams.close()
+
+
+def test_the_gateway_stays_ready_while_one_instance_of_an_upstream_drains(mesh: Mesh, tmp_path: Path) -> None:
+    """A draining instance says NOT_SERVING; the gateway's readiness asked whichever instance the
+    channel picked, so during a rolling update of order a real cluster saw both gateway pods
+    leave their endpoints (connection refused). Ready while any instance of each upstream serves."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+    from tests.e2e.harness import wait_serving
+
+    second = free_port()
+    env = mesh.env(SHOPMESH_INVENTORY_PORT=str(second), SHOPMESH_INVENTORY_METRICS_PORT=str(free_port()),
+                   SHOPMESH_SHUTDOWN_DRAIN_SECONDS="6")
+    draining = subprocess.Popen([sys.executable, "-m", "inventory"], cwd=ROOT, env=env,
+                                stdout=open(tmp_path / "inventory-2.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    try:
+        wait_serving(f"127.0.0.1:{second}", process=draining)
+        both = f"{mesh.address('inventory')},127.0.0.1:{second}"
+        mesh.start("inventory")
+        mesh.start("notification")
+        mesh.start("order")
+        mesh.start("gateway", SHOPMESH_INVENTORY_ADDR=both)
+        assert call(mesh, "GET", "/readyz")[0] == 200
+        draining.send_signal(signal.SIGTERM)  # NOT_SERVING for 6 s, still answering
+        time.sleep(0.5)
+        answers = [call(mesh, "GET", "/readyz") for _ in range(12)]
+        statuses = [status for status, _, _ in answers]
+        print(f"/readyz while one of two inventories drains: {statuses}")
+        assert statuses == [200] * 12, answers
+        assert draining.wait(30) == 0
+    finally:
+        if draining.poll() is None:
+            draining.kill()
