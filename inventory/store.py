@@ -100,26 +100,19 @@ _LINES_BY_RESERVATION = (
     .order_by(reservation_lines.c.sku)
 )
 
-_HOLD = (
-    update(products)
-    .where(products.c.sku == bindparam("b_sku"), products.c.available >= bindparam("qty"))
-    .values(
-        available=products.c.available - bindparam("qty"),
-        reserved=products.c.reserved + bindparam("qty"),
-        update_time=bindparam("at"),
+def _take_into(column: str):  # noqa: ANN202 - an UPDATE statement
+    """available -= qty, `column` += qty, only if that much is available; the price comes back."""
+    return (
+        update(products)
+        .where(products.c.sku == bindparam("b_sku"), products.c.available >= bindparam("qty"))
+        .values({"available": products.c.available - bindparam("qty"),
+                 column: products.c[column] + bindparam("qty"), "update_time": bindparam("at")})
+        .returning(products.c.currency_code, products.c.price_minor)
     )
-    .returning(products.c.currency_code, products.c.price_minor)
-)
-_SELL = (
-    update(products)
-    .where(products.c.sku == bindparam("b_sku"), products.c.available >= bindparam("qty"))
-    .values(
-        available=products.c.available - bindparam("qty"),
-        sold=products.c.sold + bindparam("qty"),
-        update_time=bindparam("at"),
-    )
-    .returning(products.c.currency_code, products.c.price_minor)
-)
+
+
+_HOLD = _take_into("reserved")
+_SELL = _take_into("sold")
 _INSERT_RESERVATION = insert(reservations)
 _INSERT_LINES = insert(reservation_lines)
 _SET_STATE = (

@@ -109,11 +109,7 @@ class Recovery:
         """Returns the stock of one batch of abandoned attempts; how many were settled."""
         async with self._store.read() as tx:
             stale = await tx.stale_attempts(now() - self._grace, BATCH)
-        settled = 0
-        for attempt in stale:
-            if await self._settle(attempt):
-                settled += 1
-        return settled
+        return sum([await self._settle(attempt) for attempt in stale])
 
     async def _settle(self, attempt: Attempt) -> bool:
         async with self._store.write() as tx:
@@ -139,11 +135,7 @@ class Recovery:
         """Settles one batch of half-done orders; how many were settled."""
         async with self._store.read() as tx:
             pending = await tx.uncommitted(now() - self._grace, BATCH)
-        settled = 0
-        for order in pending:
-            if await self._resolve(order):
-                settled += 1
-        return settled
+        return sum([await self._resolve(order) for order in pending])  # one at a time, in order
 
     async def _resolve(self, order: Order) -> bool:
         try:

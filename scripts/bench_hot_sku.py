@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.bench_grpc import cpu_seconds, ghz_path  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.e2e.test_postgres import Replicas  # noqa: E402
-from tests.postgres import PostgresServer, bin_dir  # noqa: E402
+from tests.postgres import throwaway_server  # noqa: E402
 
 SPREAD = 100
 
@@ -68,24 +68,19 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=16, help="ghz workers per order instance")
     args = parser.parse_args()
-    binaries = bin_dir()
-    if binaries is None:
-        sys.exit("PostgreSQL's binaries are not installed (Debian: apt-get install postgresql)")
-    postgres = PostgresServer(binaries, free_port())
-    postgres.start()
     folder = Path(tempfile.mkdtemp(prefix="shopmesh-hot-"))
-    replicas = Replicas(postgres, folder)
-    try:
-        replicas.start()
-        replicas.create_product("hot", 10**9)
-        for i in range(SPREAD):
-            replicas.create_product(f"cool-{i}", 10**9)
-        load(replicas, "hot", 4, 2)  # warm-up: connections, caches, pools
-        hot = load(replicas, "hot", args.concurrency, args.duration)
-        spread = load(replicas, f"cool-{{{{randomInt 0 {SPREAD}}}}}", args.concurrency, args.duration)
-    finally:
-        replicas.stop()
-        postgres.stop()
+    with throwaway_server(free_port()) as postgres:
+        replicas = Replicas(postgres, folder)
+        try:
+            replicas.start()
+            replicas.create_product("hot", 10**9)
+            for i in range(SPREAD):
+                replicas.create_product(f"cool-{i}", 10**9)
+            load(replicas, "hot", 4, 2)  # warm-up: connections, caches, pools
+            hot = load(replicas, "hot", args.concurrency, args.duration)
+            spread = load(replicas, f"cool-{{{{randomInt 0 {SPREAD}}}}}", args.concurrency, args.duration)
+        finally:
+            replicas.stop()
     print(f"\n2 order + 2 inventory instances + 1 notification on PostgreSQL, ghz -c {args.concurrency} against "
           f"each order instance for {args.duration}s (ghz on the same cores)\n")
     print("| load | orders/s | p50 ms | p99 ms | errors | server CPU ms/order |")

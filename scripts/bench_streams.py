@@ -34,7 +34,7 @@ import grpc  # noqa: E402
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc  # noqa: E402
 from scripts.bench_grpc import cpu_seconds, free_port, wait_port  # noqa: E402
-from tests.postgres import PostgresServer, bin_dir  # noqa: E402
+from tests.postgres import PostgresServer, throwaway_server  # noqa: E402
 
 
 class Stream:
@@ -149,22 +149,17 @@ async def run(tree: Path, label: str, postgres: PostgresServer, args: argparse.N
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    binaries = bin_dir()
-    if binaries is None:
-        sys.exit("PostgreSQL's binaries are not installed (Debian: apt-get install postgresql)")
-    postgres = PostgresServer(binaries, free_port())
-    postgres.start()
     work = Path(tempfile.mkdtemp(prefix="shopmesh-streams-"))
     baseline = None
     try:
-        results = [await run(ROOT, "today", postgres, args, work)]
-        if args.baseline:
-            baseline = work / "baseline-tree"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
-                           check=True, capture_output=True)
-            results.append(await run(baseline, args.baseline, postgres, args, work))
+        with throwaway_server(free_port()) as postgres:
+            results = [await run(ROOT, "today", postgres, args, work)]
+            if args.baseline:
+                baseline = work / "baseline-tree"
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
+                               check=True, capture_output=True)
+                results.append(await run(baseline, args.baseline, postgres, args, work))
     finally:
-        postgres.stop()
         if baseline is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -6,12 +6,14 @@ run on SQLite and again on this, so a statement only SQLite accepts fails CI.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 USER = "shopmesh"
@@ -72,3 +74,18 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self._dir / "data"), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_server(port: int) -> Iterator[PostgresServer]:
+    """A started server for a script (the benchmarks), stopped and removed after; exits with a
+    message naming the package when PostgreSQL is not installed."""
+    binaries = bin_dir()
+    if binaries is None:
+        raise SystemExit("PostgreSQL's binaries are not installed (Debian: apt-get install postgresql)")
+    server = PostgresServer(binaries, port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
