@@ -27,9 +27,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, inspect, text
+from sqlalchemy.exc import OperationalError
+
+from mesh.settings import DATABASE_SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("inventory", "order", "notification")
 
 
 def config(versions: Path, metadata: MetaData, connection: Connection | None = None) -> Config:
@@ -98,14 +100,18 @@ async def _run(service: str, action: str, url: str, message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mesh.migrate", description=__doc__.splitlines()[0])
-    parser.add_argument("service", choices=SERVICES)
+    parser.add_argument("service", choices=DATABASE_SERVICES)
     parser.add_argument("action", choices=("upgrade", "revision", "check"))
     parser.add_argument("-m", "--message", default="", help="what a new revision does (revision)")
     parser.add_argument("--database-url", default="", help="default: the service's SHOPMESH_*_DATABASE_URL")
     args = parser.parse_args(argv)
     if args.action == "revision" and not args.message:
         parser.error("revision needs -m MESSAGE")
-    return asyncio.run(_run(args.service, args.action, args.database_url, args.message))
+    try:
+        return asyncio.run(_run(args.service, args.action, args.database_url, args.message))
+    except (OperationalError, OSError) as error:  # out of reach or unwritable: said plainly, as a service says it
+        print(f"{args.service}: the database cannot be used: {getattr(error, 'orig', None) or error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

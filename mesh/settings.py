@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVICES = ("inventory", "order", "notification", "gateway")
+DATABASE_SERVICES = ("inventory", "order", "notification")  # each owns a database and its migrations
+SERVICES = (*DATABASE_SERVICES, "gateway")
 DEFAULT_PORTS = {"inventory": 50051, "order": 50052, "notification": 50053, "gateway": 8080}
 # Each gRPC service serves Prometheus' /metrics on its own HTTP port; the gateway on its own port.
 DEFAULT_METRICS_PORTS = {"inventory": 9101, "order": 9102, "notification": 9103}

@@ -5,6 +5,10 @@ gRPC Python's multiprocessing example does, each worker is a process of its own 
 same port with SO_REUSEPORT, and the kernel spreads new connections over them. This process
 only supervises; it imports no gRPC and opens no socket:
 
+- a service's database is migrated once, by `python -m mesh.migrate` run from here, before any
+  worker starts: N workers migrating a new SQLite file at once raced for its first write
+  (one saw "database is locked" before its busy timeout applied, in CI), and workers that find
+  the schema at its newest revision only read it;
 - every worker gets the supervisor's instance id (one Consul registration, whichever worker
   renews it) and `SHOPMESH_WORKER_OF`, which makes its sockets share the port;
 - metrics are merged across workers by prometheus_client's multiprocess mode: each worker
@@ -31,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from mesh.settings import Settings
+from mesh.settings import DATABASE_SERVICES, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +106,17 @@ def _forget_pid(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
+def _migrate(service: str, settings: Settings, env: dict[str, str]) -> int:
+    """The group's one migration, before its workers start; its exit code."""
+    if service not in DATABASE_SERVICES:
+        return 0
+    done = subprocess.run([sys.executable, "-m", "mesh.migrate", service, "upgrade", "--database-url", settings.database_url],
+                          env=env, stdout=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        logger.error("%s: the database could not be migrated (exit %d): no worker started", service, done.returncode)
+    return done.returncode
+
+
 def supervise(service: str, settings: Settings) -> int:
     """Runs `settings.workers` processes of `python -m <service>` until signalled; the exit code."""
     metrics_dir = tempfile.mkdtemp(prefix=f"shopmesh-{service}-metrics-")
@@ -123,6 +138,7 @@ def supervise(service: str, settings: Settings) -> int:
         if "SHOPMESH_WORKERS" in concern:  # the workers themselves see SHOPMESH_WORKERS=1
             logger.warning("%s", concern)
     try:
-        return group.run()
+        migrated = _migrate(service, settings, env)
+        return migrated if migrated != 0 else group.run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -167,3 +167,35 @@ def test_workers_that_cannot_bind_stop_the_group_with_their_error(mesh: Mesh) ->
     assert time.monotonic() - started < 30
     output = done.stdout + done.stderr
     assert "cannot listen on" in output and "stopping the others" in output and "Traceback" not in output
+
+
+def test_a_group_migrates_its_new_database_once_before_any_worker_starts(tmp_path: Path) -> None:
+    # Workers that each migrated a new SQLite file raced for its first write (CI saw one fail
+    # with "database is locked"). The supervisor migrates; the workers find nothing to do.
+    for attempt in range(2):
+        mesh = Mesh(tmp_path / f"mesh{attempt}")
+        try:
+            supervisor = mesh.start("inventory", SHOPMESH_WORKERS="4")
+            wait_until(lambda: mesh.logs["inventory"].read_text().count("inventory serving on") == 4, 30,
+                       "all four workers to serve")
+            log = mesh.logs["inventory"].read_text()
+            assert "Running upgrade" not in log, log  # no worker migrated: the schema was ready
+            assert len(children(supervisor.pid)) == 4
+            assert new_product(mesh, 3)
+        finally:
+            mesh.stop_all()
+
+
+def test_a_group_whose_database_cannot_be_migrated_starts_no_worker(mesh: Mesh, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    process = subprocess.Popen([sys.executable, "-m", "inventory"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT,
+                               env=mesh.env(SHOPMESH_WORKERS="2",
+                                            SHOPMESH_INVENTORY_DATABASE_URL=f"sqlite+aiosqlite:///{blocker}/inventory.db"))
+    output, _ = process.communicate(timeout=60)
+    text = output.decode()
+    assert process.returncode != 0, text
+    assert "could not be migrated" in text and "no worker started" in text, text
+    assert "worker 1 of 2 started" not in text and "Traceback" not in text, text
+    assert "the database cannot be used" in text, text
