@@ -176,7 +176,8 @@ def test_a_group_migrates_its_new_database_once_before_any_worker_starts(tmp_pat
         mesh = Mesh(tmp_path / f"mesh{attempt}")
         try:
             supervisor = mesh.start("inventory", SHOPMESH_WORKERS="4")
-            wait_until(lambda: mesh.logs["inventory"].read_text().count("inventory serving on") == 4, 30,
+            log_file = mesh.logs["inventory"]
+            wait_until(lambda: log_file.read_text().count("inventory serving on") == 4, 30,  # noqa: B023 - used at once
                        "all four workers to serve")
             log = mesh.logs["inventory"].read_text()
             assert "Running upgrade" not in log, log  # no worker migrated: the schema was ready
