@@ -154,30 +154,36 @@ def upstream_of(service: ServiceDescriptor) -> str:
     return parts[1] if len(parts) >= 3 and parts[0] == "shop" else service.full_name
 
 
-def routes_from(files: Iterable[FileDescriptor]) -> list[Route]:
+def services_of(files: Iterable[FileDescriptor], only: Iterable[str] | None = None) -> list[ServiceDescriptor]:
+    """The files' services; with `only`, just those full names."""
+    wanted = None if only is None else set(only)
+    return [service for file in files for service in file.services_by_name.values()
+            if wanted is None or service.full_name in wanted]
+
+
+def routes_from(files: Iterable[FileDescriptor], only: Iterable[str] | None = None) -> list[Route]:
     found = []
-    for file in files:
-        for service in file.services_by_name.values():
-            for method in service.methods:
-                options = method.GetOptions()
-                if not options.HasExtension(annotations_pb2.http):
-                    continue
-                if method.client_streaming:
-                    raise TemplateError(f"{method.full_name}: client streaming cannot be served over HTTP/1.1 JSON")
-                for rule in _bindings(options.Extensions[annotations_pb2.http]):
-                    verb, path = _verb(rule)
-                    template = compile_template(path)
-                    found.append(
-                        Route(
-                            http_method=verb,
-                            template=template,
-                            body=rule.body,
-                            response_body=rule.response_body,
-                            method=method,
-                            service=upstream_of(service),
-                            path_fields=frozenset(name for name, _ in template.variables),
-                        )
+    for service in services_of(files, only):
+        for method in service.methods:
+            options = method.GetOptions()
+            if not options.HasExtension(annotations_pb2.http):
+                continue
+            if method.client_streaming:
+                raise TemplateError(f"{method.full_name}: client streaming cannot be served over HTTP/1.1 JSON")
+            for rule in _bindings(options.Extensions[annotations_pb2.http]):
+                verb, path = _verb(rule)
+                template = compile_template(path)
+                found.append(
+                    Route(
+                        http_method=verb,
+                        template=template,
+                        body=rule.body,
+                        response_body=rule.response_body,
+                        method=method,
+                        service=upstream_of(service),
+                        path_fields=frozenset(name for name, _ in template.variables),
                     )
+                )
     # Most specific first, so /v1/orders/{id}:cancel is tried before /v1/orders/{id}.
     return sorted(found, key=lambda r: (r.template.specificity, len(r.template.source)), reverse=True)
 
