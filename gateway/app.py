@@ -3,8 +3,13 @@
     route -> observe -> cors -> admission -> dispatch -> the proxy (a contract route) or an own endpoint
 
 The contracts' routes come from their `google.api.http` rules (`gateway/routes.py`), each served
-by the proxy (`gateway/proxy.py`); the gateway's own endpoints are below. Both go into one table
-(`gateway/endpoints.py`) that dispatch, 405/Allow, CORS preflights and /openapi.json all read.
+by the proxy (`gateway/proxy.py`); every unary and server-streaming RPC is also served at
+`/<package.Service>/<Method>` over Connect and gRPC-Web (`gateway/rpc.py`); the gateway's own
+endpoints are below. All go into one table (`gateway/endpoints.py`) that dispatch, 405/Allow,
+CORS preflights and /openapi.json all read.
+
+The contracts are the shop's unless `files` names others (`python -m gateway --descriptors`),
+with `upstream_of` naming the upstream each service is called at.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from gateway.endpoints import Doc, Endpoint, Serve, Table
 from gateway.errors import Failure
 from gateway.proxy import Proxy
 from gateway.ratelimit import within
-from gateway.routes import Route, routes_from
+from gateway.routes import Route, routes_from, services_of, upstream_of
+from gateway.rpc import RpcProtocols, methods_of
 from gateway.transcode import dumps
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
@@ -67,15 +73,26 @@ def _pages() -> dict[str, Response]:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, upstreams: Upstreams, files: Iterable[FileDescriptor] = CONTRACTS):
+    def __init__(self, settings: Settings, upstreams: Upstreams, files: Iterable[FileDescriptor] = CONTRACTS,
+                 services: Iterable[str] | None = None):
         self._settings = settings
         self._upstreams = upstreams
         self._auth = Authenticator(settings)
         self.draining = False  # shutting down: /readyz says 503 so balancers move traffic away
         proxy = Proxy(settings, upstreams)
-        routes = routes_from(files)
-        self._services = sorted({route.service for route in routes})
-        self.table = Table(self._own(), [
+        files = list(files)
+        routes = routes_from(files, services)
+        rpc = RpcProtocols(settings, upstreams)
+        methods = methods_of(services_of(files, services), upstream_of)
+        self._services = sorted({route.service for route in routes} | {m.upstream for m in methods})
+        own = self._own()
+        for method in methods:
+            need = self._auth.need(method.path) if self._auth.enabled else Need.ANYONE
+            serve = rpc.serve(method, need)
+            for verb in ("POST", "GET") if method.side_effect_free else ("POST",):
+                own.append((method.path, Endpoint(verb, serve, method.path, need=need, admitted=True,
+                                                  rpc=method.path, failure_reply=rpc.reply_failure)))
+        self.table = Table(own, [
             (route, Endpoint(route.http_method, proxy.serve(route), route.template.source,
                              need=self._auth.need(route.rpc) if self._auth.enabled else Need.ANYONE,
                              admitted=True, route=route))
@@ -84,7 +101,7 @@ class Gateway:
         self.handle = layers.stack(
             layers.dispatch(),
             layers.route(self.table),
-            layers.observe(),
+            layers.observe(rpc.reply_unrouted),
             layers.cors(Cors(settings.cors_origins), self.table),
             layers.Admission(settings, self._auth),
         )

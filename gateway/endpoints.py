@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from gateway.auth import Need
+from gateway.errors import Failure
 from gateway.routes import Route, Router, with_head
 from mesh.http import Request, Response
 
@@ -41,6 +42,14 @@ class Endpoint:
     admitted: bool = False  # goes through authentication and the rate limit
     route: Route | None = None
     doc: Doc | None = None
+    rpc: str = ""  # a Connect / gRPC-Web endpoint: the method's /package.Service/Method
+    # How a Failure raised for this endpoint is answered, when not as REST's JSON (gateway/rpc.py).
+    failure_reply: Callable[[Request, Failure], Response] | None = None
+
+    @property
+    def method_name(self) -> str:
+        """The gRPC method this endpoint calls, for spans and logs; "" for the gateway's own."""
+        return self.route.rpc if self.route is not None else self.rpc
 
 
 @dataclass(frozen=True)

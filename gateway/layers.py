@@ -16,6 +16,7 @@ Layers talk through `request.state`: `match`, `request_id`, `principal`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import re
@@ -73,17 +74,22 @@ def _label(request: Request, match: Match) -> str:
 
 def _span(request: Request, match: Match) -> Any:
     """A server span for a contract route when tracing is on (the pages and probes are not traced)."""
-    if match.endpoint is None or match.endpoint.route is None or not telemetry.enabled():
+    if match.endpoint is None or not match.endpoint.method_name or not telemetry.enabled():
         return contextlib.nullcontext()
     from opentelemetry import propagate, trace
 
-    template = match.endpoint.route.template.source
+    route = match.endpoint.route
+    template = route.template.source if route is not None else match.endpoint.rpc
     return trace.get_tracer("shopmesh.gateway").start_as_current_span(
         f"{request.method} {template}", context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER,
         attributes={"http.request.method": request.method, "http.route": template, "url.path": request.path})
 
 
-def observe() -> Layer:
+Unrouted = Callable[[Request, Failure, Callable[[], Response]], Response]
+
+
+def observe(unrouted: Unrouted | None = None) -> Layer:
+    """`unrouted` answers a Failure for a request no endpoint took (404, 405), given REST's answer."""
     def layer(inner: Handler) -> Handler:
         async def observed(request: Request) -> Response:
             match: Match = request.state["match"]
@@ -95,8 +101,8 @@ def observe() -> Layer:
                 # logs it; one of ours stays in the gateway (its reply, its error body): sending it along
                 # costs ~75 µs a request in grpc's metadata handling, measured (BENCHMARKS.md).
                 token = logs.request_id.set(rid if named else None)
-                if match.endpoint is not None and match.endpoint.route is not None:
-                    logs.rpc_method.set(match.endpoint.route.rpc)
+                if match.endpoint is not None and match.endpoint.method_name:
+                    logs.rpc_method.set(match.endpoint.method_name)
                 counted = metrics.enabled()
                 started = time.perf_counter()
                 if counted:
@@ -105,7 +111,13 @@ def observe() -> Layer:
                     try:
                         response = await inner(request)
                     except Failure as failure:  # the one place an error becomes an answer
-                        response = errors.reply(failure, rid, trace_id)
+                        endpoint = match.endpoint
+                        if endpoint is not None and endpoint.failure_reply is not None:
+                            response = endpoint.failure_reply(request, failure)  # in Connect's or gRPC-Web's form
+                        elif endpoint is None and unrouted is not None:
+                            response = unrouted(request, failure, functools.partial(errors.reply, failure, rid, trace_id))
+                        else:
+                            response = errors.reply(failure, rid, trace_id)
                 finally:
                     logs.request_id.reset(token)
                     if counted:

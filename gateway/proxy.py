@@ -81,7 +81,7 @@ class Proxy:
             if resumable:
                 _resume_point(request, message)
             if principal is not None and match.endpoint is not None and match.endpoint.need is Need.USER:
-                _own_user_id(message, principal)
+                own_user_id(message, principal)
             timeout = self._timeout(request)
             try:
                 call = self._upstreams.bound(route.service, id(route), bind)
@@ -106,18 +106,23 @@ class Proxy:
 
         return proxied
 
-    def _timeout(self, request: Request) -> float:
+    def _timeout(self, request: Request) -> float | None:
         wanted = request.headers.get("grpc-timeout")
         if not wanted:
-            return self._settings.http_timeout
-        found = _GRPC_TIMEOUT.match(wanted)
-        if found is None:
-            raise Failure(400, f"grpc-timeout header {wanted!r} is not a gRPC timeout such as 500m or 2S",
-                          violations=[("grpc-timeout", "must be 1 to 8 digits and a unit: H, M, S, m, u or n")])
-        timeout = min(int(found.group(1)) * _UNITS[found.group(2)], self._settings.http_max_timeout)
+            return self._settings.http_timeout or None  # 0: no deadline unless the caller sends one
+        timeout = grpc_timeout(wanted, self._settings.http_max_timeout)
         if timeout < MIN_TIMEOUT:  # gRPC keeps time in milliseconds: a shorter deadline could still "succeed"
             raise Failure(504, f"grpc-timeout {wanted} is over before any call could be made (1m is the least)")
         return timeout
+
+
+def grpc_timeout(wanted: str, longest: float) -> float:
+    """A `grpc-timeout` header's seconds (`500m`, `2S`), at most `longest`; a 400 if it is not one."""
+    found = _GRPC_TIMEOUT.match(wanted)
+    if found is None:
+        raise Failure(400, f"grpc-timeout header {wanted!r} is not a gRPC timeout such as 500m or 2S",
+                      violations=[("grpc-timeout", "must be 1 to 8 digits and a unit: H, M, S, m, u or n")])
+    return min(int(found.group(1)) * _UNITS[found.group(2)], longest)
 
 
 def _idempotency_key(request: Request, message: Message) -> None:
@@ -144,7 +149,7 @@ def _resume_point(request: Request, message: Message) -> None:
         message.resume_after = last  # type: ignore[attr-defined]
 
 
-def _own_user_id(message: Message, principal: Principal) -> None:
+def own_user_id(message: Message, principal: Principal) -> None:
     """The user comes from the token: an empty user_id is filled in, another user's is refused."""
     current = message.user_id  # type: ignore[attr-defined]
     if not current:

@@ -100,7 +100,9 @@ class _Call:
     def __await__(self) -> Any:
         try:
             response = yield from self._call.__await__()
-            if not response.ByteSize():  # a soft error's answer is empty (mesh/softerrors.py): look why
+            # A soft error's answer is empty (mesh/softerrors.py): look why. (Bytes when the caller
+            # passes messages through unparsed, as the gateway's Connect and gRPC-Web do.)
+            if not (response if isinstance(response, bytes) else response.ByteSize()):
                 soft = softerrors.error_in((yield from self._call.trailing_metadata().__await__()))
                 if soft is not None:  # a caller's mistake, carried as OK past the outlier detection
                     raise soft
