@@ -1,16 +1,27 @@
-"""`python -m gateway`: serve the REST gateway with settings from the environment."""
+"""`python -m gateway`: serve the gateway with settings from the environment.
+
+    python -m gateway                                       # the shop's contracts, its upstreams by discovery
+    python -m gateway --descriptors api.protoset \
+        --upstream pkg.v1.Service=host:port [...]            # any gRPC service's (gateway/descriptors.py)
+
+Either way REST (its google.api.http rules), SSE, Connect, gRPC-Web and /openapi.json, behind the
+same layers; the shop's gateway is the second form with the shop's contracts and discovery.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from gateway.app import Gateway
+from gateway.descriptors import Contracts, DescriptorError, load
 from gateway.errors import own_error
 from mesh import lifecycle, logs, metrics, telemetry, workers
 from mesh.channels import Upstreams
-from mesh.discovery import create_discovery
+from mesh.discovery import StaticDiscovery, create_discovery
 from mesh.http import HttpServer
 from mesh.settings import Settings, SettingsError
 
@@ -35,11 +46,16 @@ class Running:
         await self.upstreams.close()
 
 
-async def serve(settings: Settings) -> None:
-    discovery = create_discovery(settings)
-    upstreams = Upstreams(discovery, settings)
-    await upstreams.watch("inventory", "order", "notification")
-    gateway = Gateway(settings, upstreams)
+async def serve(settings: Settings, contracts: Contracts | None = None) -> None:
+    if contracts is None:
+        discovery = create_discovery(settings)
+        upstreams = Upstreams(discovery, settings)
+        await upstreams.watch("inventory", "order", "notification")
+        gateway = Gateway(settings, upstreams)
+    else:
+        discovery = StaticDiscovery(contracts.addresses)
+        upstreams = Upstreams(discovery, settings)
+        gateway = Gateway(settings, upstreams, contracts.files, contracts.services)
     server = await HttpServer().start(gateway.handle, settings.host, settings.port, settings.http_max_body,
                                       "shopmesh-gateway", idle_timeout=settings.http_idle_timeout,
                                       read_timeout=settings.http_read_timeout, errors=own_error,
@@ -49,7 +65,26 @@ async def serve(settings: Settings) -> None:
     await lifecycle.shut_down(Running(gateway, server, upstreams), settings, discovery)
 
 
-def main() -> None:
+def _arguments(argv: list[str] | None) -> Contracts | None:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--descriptors", type=Path, action="append", default=[], metavar="FILE",
+                        help="a FileDescriptorSet (protoc --include_imports --descriptor_set_out); repeatable")
+    parser.add_argument("--upstream", action="append", default=[], metavar="package.Service=host:port",
+                        help="a service of the descriptors and where it answers; repeatable")
+    args = parser.parse_args(argv)
+    if not args.descriptors and not args.upstream:
+        return None
+    if not args.descriptors:
+        parser.error("--upstream needs --descriptors FILE (or leave both out to serve the shop)")
+    try:
+        return load(args.descriptors, args.upstream)
+    except DescriptorError as error:
+        parser.error(str(error))
+    raise AssertionError  # parser.error exits
+
+
+def main(argv: list[str] | None = None) -> None:
+    contracts = _arguments(argv)
     try:
         settings = Settings.from_env("gateway")
     except SettingsError as error:
@@ -61,7 +96,7 @@ def main() -> None:
     telemetry.setup(settings)
     metrics.setup(settings.metrics)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, contracts))
     except OSError as error:
         logger.error("cannot start: %s", error)
         sys.exit(1)

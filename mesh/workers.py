@@ -123,7 +123,7 @@ def supervise(service: str, settings: Settings) -> int:
     env = dict(os.environ, SHOPMESH_WORKERS="1", SHOPMESH_WORKER_OF=str(settings.workers),
                SHOPMESH_INSTANCE_ID=settings.instance_id, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # for mark_process_dead here
-    group = Group([sys.executable, "-m", service], settings.workers, env)
+    group = Group([sys.executable, "-m", service, *sys.argv[1:]], settings.workers, env)  # its arguments too
 
     def stop(signum: int, _frame: object) -> None:
         if not group.stopping:

@@ -17,6 +17,7 @@ TOOLS=(
   "grpc-health-probe|github.com/grpc-ecosystem/grpc-health-probe@v0.4.62"
   "ghz|github.com/bojand/ghz/cmd/ghz@v0.120.0"
   "buf|github.com/bufbuild/buf/cmd/buf@v1.75.0"
+  "connectconformance|connectrpc.com/conformance/cmd/connectconformance@v1.0.7"
 )
 
 command -v go >/dev/null || { echo "install-tools: Go is required (https://go.dev/dl)" >&2; exit 1; }
@@ -76,5 +77,20 @@ build_reference() {
   echo "$want" >"$stamp"
 }
 build_reference
+
+# The Connect conformance suite's own contracts (ConformanceService and its messages), from the
+# module go install fetched: the Python service behind the gateway under test is built from them.
+conformance_protos() {
+  local version="${TOOLS[4]##*@}" dest="${SHOPMESH_TOOLS:-$ROOT/.tools}/conformance"
+  if [[ -f "$dest/.version" && "$(cat "$dest/.version")" == "$version" ]]; then
+    return
+  fi
+  local dir
+  dir="$(go mod download -json "connectrpc.com/conformance@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  rm -rf "$dest" && mkdir -p "$dest"
+  cp -r "$dir/proto" "$dest/proto" && chmod -R u+w "$dest"
+  echo "$version" >"$dest/.version"
+}
+conformance_protos
 
 echo "$BIN"
