@@ -34,7 +34,7 @@ def run_block(script: str, launcher: Launcher) -> str:
 def test_the_readme_grpcurl_examples_run_against_the_mesh(launcher: Launcher) -> None:
     tool("grpcurl")
     blocks = readme_blocks()
-    assert len(blocks) == 2, "README lost a tested block"
+    assert len(blocks) == 3, "README lost a tested block"
     out = run_block(blocks[0], launcher)
     assert "shop.order.v1.OrderService" in out
     assert '"status": "CONFIRMED"' in out
@@ -76,3 +76,9 @@ def test_the_quickstart_command_sets_up_runs_and_stops_the_mesh(tmp_path: Path) 
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def test_the_readme_connect_examples_run_against_the_gateway(launcher: Launcher) -> None:
+    out = run_block(readme_blocks()[2], launcher)
+    assert out.count('"sku":"coffee-mug"') == 2  # POST and GET
+    assert '"code":"invalid_argument"' in out and '"type":"google.rpc.BadRequest"' in out
