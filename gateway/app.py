@@ -89,7 +89,7 @@ class Gateway:
         for method in methods:
             need = self._auth.need(method.path) if self._auth.enabled else Need.ANYONE
             serve = rpc.serve(method, need)
-            for verb in ("POST", "GET") if method.side_effect_free else ("POST",):
+            for verb in ("POST", "GET") if method.connect_get else ("POST",):
                 own.append((method.path, Endpoint(verb, serve, method.path, need=need, admitted=True,
                                                   rpc=method.path, failure_reply=rpc.reply_failure)))
         self.table = Table(own, [

@@ -271,9 +271,10 @@ class Method:
         return self.descriptor.server_streaming
 
     @property
-    def side_effect_free(self) -> bool:
+    def connect_get(self) -> bool:
+        """Served over a Connect GET too: a unary method the contracts mark NO_SIDE_EFFECTS."""
         level = self.descriptor.GetOptions().idempotency_level
-        return level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+        return not self.streaming and level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
 
 
 def methods_of(services: Iterable[ServiceDescriptor], upstream_of: Callable[[ServiceDescriptor], str]) -> list[Method]:
@@ -341,7 +342,7 @@ class RpcProtocols:
             wire = wire_of(request)
             if wire is None or (wire.protocol == "connect" and wire.enveloped != method.streaming):
                 return self._unsupported(request, method)
-            if request.method == "GET" and not method.side_effect_free:
+            if request.method == "GET" and not method.connect_get:
                 raise Failure(405, f"{method.path} has side effects: call it with POST",
                               headers=[("allow", "POST")])
             wire, message_bytes, timeout = self._read(request, wire, method)
