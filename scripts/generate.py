@@ -113,9 +113,16 @@ def generate(out: Path) -> None:
     (out / "py.typed").write_text("")
 
 
+TS = "ts"  # generated/ts: the TypeScript stubs, written by scripts/build_web.py (it needs Node)
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p.relative_to(folder) for p in folder.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.relative_to(folder).parts[0] != TS}
+
+
 def _differences(a: Path, b: Path) -> list[str]:
-    names_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    names_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    names_a, names_b = _files(a), _files(b)
     diff = sorted(str(n) for n in names_a ^ names_b)
     diff += sorted(str(n) for n in names_a & names_b if not filecmp.cmp(a / n, b / n, shallow=False))
     return diff
@@ -134,8 +141,13 @@ def main() -> int:
                 print("generated/ is stale; run python scripts/generate.py:", *stale, sep="\n  ")
                 return 1
             return 0
+        kept = Path(tmp) / TS
+        if (OUT / TS).exists():
+            shutil.move(OUT / TS, kept)
         shutil.rmtree(OUT, ignore_errors=True)
         shutil.copytree(fresh, OUT)
+        if kept.exists():
+            shutil.move(kept, OUT / TS)
     return 0
 
 

@@ -254,3 +254,73 @@ def test_a_page_of_an_allowed_origin_may_call_the_gateway_and_others_may_not(
         assert result["closed"]["ok"] is False and "Failed to fetch" in result["closed"]["error"], result
     finally:
         mesh.stop_all()
+
+
+# A script the page runs with its typed clients (window.shop, from gateway/web/src/shop.ts).
+TYPED_CALLS = """
+const [transportKind, sku, user, done] = arguments;
+const s = window.shop;
+const t = s.transport(transportKind);
+const orders = s.createClient(s.OrderService, t), inventory = s.createClient(s.InventoryService, t);
+const outcome = (error) => { const e = s.ConnectError.from(error); return {code: s.Code[e.code], said: s.describe(e)}; };
+(async () => {
+  const result = {};
+  result.product = (await inventory.getProduct({sku})).sku;
+  try { await orders.createOrder({requestId: "r", userId: user, lines: [{sku: "bad sku!", quantity: 0n}]}); }
+  catch (error) { result.invalid = outcome(error); }
+  const started = performance.now();
+  try { await inventory.listProducts({pageSize: 1}, {timeoutMs: 1, headers: {"x-test": "1"}}).then(() => {
+          throw new Error("finished within 1 ms"); }); }
+  catch (error) { result.deadline = outcome(error); }
+  try { for await (const _ of s.createClient(s.NotificationService, t).streamNotifications({userId: user}, {timeoutMs: 400})) {} }
+  catch (error) { result.streamDeadline = {...outcome(error), ms: performance.now() - started}; }
+  try { await orders.listOrders({userId: "someone-else"}); result.others = "read"; }
+  catch (error) { result.others = outcome(error); }
+  result.mine = (await orders.listOrders({userId: user})).orders.length;
+  done(result);
+})().catch((error) => done({failed: String(error)}));
+"""
+
+
+@pytest.mark.parametrize("transport", ["connect", "grpc-web"])
+def test_the_typed_client_speaks_connect_and_grpc_web_with_field_violations_deadlines_and_the_session(
+        browser, signed_mesh, transport: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    sku = new_product(signed_mesh, 5, prefix="typed")
+    wait = WebDriverWait(browser, 15)
+    browser.get(f"http://{signed_mesh.address('gateway')}/?transport={transport}")
+    wait.until(ready.visibility_of_element_located((By.ID, "sign-in")))
+    browser.find_element(By.ID, "credential").send_keys("carol-key-0123")
+    browser.find_element(By.ID, "sign-in-button").click()
+    wait.until(ready.text_to_be_present_in_element((By.ID, "stream-state"), "live"))  # the stream, on this transport
+    # The page's own flow over this transport: an order, and its notification on the open stream.
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, f'#products tr[data-sku="{sku}"]')))
+    Select(browser.find_element(By.ID, "sku")).select_by_value(sku)
+    browser.find_element(By.ID, "place-order").click()
+    status = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#order-status p[data-order-id]")))
+    order_id = status.get_attribute("data-order-id")
+    assert "CONFIRMED" in status.text
+    wait.until(ready.presence_of_element_located(
+        (By.CSS_SELECTOR, f'#notifications li[data-event-id="order.created:{order_id}"]')))
+
+    browser.set_script_timeout(30)
+    result = browser.execute_async_script(TYPED_CALLS, transport, sku, "carol")
+    assert "failed" not in result, result
+    assert result["product"] == sku
+    assert result["invalid"]["code"] == "InvalidArgument"
+    assert "lines[0].sku" in result["invalid"]["said"] and "lines[0].quantity" in result["invalid"]["said"], result
+    assert result["deadline"]["code"] == "DeadlineExceeded", result
+    assert result["streamDeadline"]["code"] == "DeadlineExceeded" and result["streamDeadline"]["ms"] < 5000, result
+    # The session cookie signs these calls in: carol's own orders are hers, another user's are refused.
+    assert result["others"]["code"] == "PermissionDenied", result
+    assert result["mine"] >= 1
+    # The page's reads went as this transport sends them: Connect GETs (cacheable), or gRPC-Web POSTs.
+    urls = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/shop.'))")
+    gets = [u for u in urls if "ListProducts?connect=v1" in u]
+    assert urls and (bool(gets) if transport == "connect" else not gets), urls
+    _no_csp_refusals(browser)
