@@ -3,7 +3,9 @@
     .venv/bin/python scripts/bench_gateway.py [--duration 10] [--connections 32] [--repeat 3]
 
 In one run, against one inventory process with SQLite:
-- our gateway (`python -m gateway`), driven by wrk;
+- our gateway (`python -m gateway`), driven by wrk; the same process also over Connect (the same
+  GetProduct as a Connect unary POST in JSON and in proto, and as a Connect GET), so REST and
+  Connect are measured side by side on one gateway;
 - a FastAPI + uvicorn app doing the same JSON -> gRPC call (the seed article's
   stack; installed into the venv for the benchmark only, with uvicorn's
   `standard` extra so it runs on uvloop + httptools, its fastest setup);
@@ -140,13 +142,24 @@ def _ms(text: str) -> float:
     return value / 1000 if text.endswith("us") else value * 1000 if text.endswith("s") and not text.endswith("ms") else value
 
 
-def run_wrk(url: str, pid: int, args: argparse.Namespace) -> dict:
+# wrk scripts for the Connect rows: a POST with its body and headers (\10\5 are the bytes of field 1, length 5).
+CONNECT_POST = {
+    "json": 'wrk.method = "POST"\nwrk.body = \'{"sku":"bench"}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+            'wrk.headers["Connect-Protocol-Version"] = "1"\n',
+    "proto": 'wrk.method = "POST"\nwrk.body = "\\10\\5bench"\nwrk.headers["Content-Type"] = "application/proto"\n'
+             'wrk.headers["Connect-Protocol-Version"] = "1"\n',
+}
+CONNECT_PATH = "/shop.inventory.v1.InventoryService/GetProduct"
+
+
+def run_wrk(url: str, pid: int, args: argparse.Namespace, script: Path | None = None) -> dict:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk not found (Debian: apt-get install wrk)")
-    subprocess.run([wrk, "-t1", f"-c{args.connections}", "-d2s", url], capture_output=True, check=True)  # warm-up
+    scripted = ["-s", str(script)] if script is not None else []
+    subprocess.run([wrk, "-t1", f"-c{args.connections}", "-d2s", *scripted, url], capture_output=True, check=True)  # warm-up
     before = cpu_seconds(pid)
-    out = subprocess.run([wrk, "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", url],
+    out = subprocess.run([wrk, "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", *scripted, url],
                          capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - before
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -223,11 +236,25 @@ def main() -> None:
         urls = {name: f"http://127.0.0.1:{ports[name]}/v1/products/bench" for name in fronts}
         for url in urls.values():
             wait_http(url)
-        rounds: dict[str, list[dict]] = {name: [] for name in (*fronts, "grpc")}
+        gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+        scripts = {}
+        for codec, lua in CONNECT_POST.items():
+            scripts[f"connect_{codec}"] = work / f"connect_{codec}.lua"
+            scripts[f"connect_{codec}"].write_text(lua)
+        # The Connect rows: the same gateway process, the same call.
+        connect = {"connect_json": (f"{gateway_url}{CONNECT_PATH}", scripts["connect_json"]),
+                   "connect_proto": (f"{gateway_url}{CONNECT_PATH}", scripts["connect_proto"]),
+                   "connect_get": (f"{gateway_url}{CONNECT_PATH}?connect=v1&encoding=json&message=%7B%22sku%22%3A%22bench%22%7D",
+                                   None)}
+        rounds: dict[str, list[dict]] = {name: [] for name in (*fronts, *connect, "grpc")}
         for round_ in range(args.repeat):
             for name in fronts:
                 print(f"round {round_ + 1}: {name} ...", file=sys.stderr, flush=True)
                 rounds[name].append(run_wrk(urls[name], processes[name].pid, args))
+                if name == "gateway":
+                    for variant, (url, script) in connect.items():
+                        print(f"round {round_ + 1}: gateway, {variant} ...", file=sys.stderr, flush=True)
+                        rounds[variant].append(run_wrk(url, processes["gateway"].pid, args, script))
             print(f"round {round_ + 1}: gRPC alone ...", file=sys.stderr, flush=True)
             rounds["grpc"].append(run_ghz_direct(f"127.0.0.1:{ports['inventory']}", args))
         median = {name: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for name, runs in rounds.items()}
@@ -237,6 +264,9 @@ def main() -> None:
         print("| front | requests/s | p50 ms | p99 ms | errors | front process CPU µs/request |")
         print("|---|---:|---:|---:|---|---:|")
         labels = {"gateway": "shopmesh gateway (asyncio + httptools)",
+                  "connect_json": "the same gateway, Connect unary POST, JSON",
+                  "connect_proto": "the same gateway, Connect unary POST, proto",
+                  "connect_get": "the same gateway, Connect GET, JSON",
                   **({"baseline": f"the gateway at {args.baseline}"} if baseline is not None else {}),
                   "fastapi": "FastAPI + uvicorn[standard]",
                   "grpc": "gRPC GetProduct alone (ghz, no HTTP)",
@@ -249,6 +279,11 @@ def main() -> None:
             print(f"| {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {errors} | {cpu} |")
         print(f"\ngateway vs FastAPI: {g['rps'] / f['rps']:.2f}x requests/s (target >= 1.5x), "
               f"{100 * g['cpu_us'] / f['cpu_us']:.0f}% of its CPU per request (target <= 50%)")
+        for variant, said in (("connect_json", "Connect JSON"), ("connect_proto", "Connect proto"),
+                              ("connect_get", "Connect GET")):
+            c = median[variant]
+            print(f"{said} vs REST on the same gateway: {c['cpu_us']:.0f} vs {g['cpu_us']:.0f} µs a request "
+                  f"({100 * c['cpu_us'] / g['cpu_us']:.0f}%), {c['rps'] / g['rps']:.2f}x requests/s")
         floor = median["floor"]
         print(f"floor (HTTP + one grpc.aio call + JSON, nothing else): {100 * floor['cpu_us'] / f['cpu_us']:.0f}% of "
               f"FastAPI's CPU per request; the gateway's own work above it: {g['cpu_us'] - floor['cpu_us']:.0f} µs")

@@ -52,6 +52,11 @@ def test_bench_gateway_observability_and_validate_run_and_print_their_tables() -
     tool("wrk", "apt-get install wrk (scripts/test.sh does, as root)")
     gateway = run("scripts/bench_gateway.py", "--duration", "1", "--repeat", "1")
     assert "|---" in gateway and "Traceback" not in gateway
+    rows = {row[0]: row for row in table_rows(gateway, "| front |")}
+    for label in ("the same gateway, Connect unary POST, JSON", "the same gateway, Connect unary POST, proto",
+                  "the same gateway, Connect GET, JSON"):  # Connect beside REST, answered without an error
+        assert float(rows[label][1]) > 0 and rows[label][4] == "none" and float(rows[label][5]) > 0, rows[label]
+    assert "Connect JSON vs REST on the same gateway" in gateway
     observability = run("scripts/bench_observability.py", "--duration", "1", "--repeat", "1")
     assert "|---" in observability
     validate = run("scripts/bench_validate.py", "--rounds", "200")
