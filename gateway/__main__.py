@@ -3,6 +3,7 @@
     python -m gateway                                       # the shop's contracts, its upstreams by discovery
     python -m gateway --descriptors api.protoset \
         --upstream pkg.v1.Service=host:port [...]            # any gRPC service's (gateway/descriptors.py)
+    python -m gateway --upstream pkg.v1.Service=host:port    # its descriptors from its gRPC reflection
 
 Either way REST (its google.api.http rules), SSE, Connect, gRPC-Web and /openapi.json, behind the
 same layers; the shop's gateway is the second form with the shop's contracts and discovery.
@@ -68,14 +69,13 @@ async def serve(settings: Settings, contracts: Contracts | None = None) -> None:
 def _arguments(argv: list[str] | None) -> Contracts | None:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--descriptors", type=Path, action="append", default=[], metavar="FILE",
-                        help="a FileDescriptorSet (protoc --include_imports --descriptor_set_out); repeatable")
+                        help="a FileDescriptorSet (protoc --include_imports --descriptor_set_out); repeatable; "
+                             "without it, each upstream's gRPC reflection is asked")
     parser.add_argument("--upstream", action="append", default=[], metavar="package.Service=host:port",
                         help="a service of the descriptors and where it answers; repeatable")
     args = parser.parse_args(argv)
     if not args.descriptors and not args.upstream:
         return None
-    if not args.descriptors:
-        parser.error("--upstream needs --descriptors FILE (or leave both out to serve the shop)")
     try:
         return load(args.descriptors, args.upstream)
     except DescriptorError as error:

@@ -1,8 +1,9 @@
-"""`python -m gateway --descriptors ... --upstream ...` in front of a service defined only here.
+"""`python -m gateway [--descriptors ...] --upstream ...` in front of a service defined only here.
 
 A small annotated service (its .proto written by this test, compiled with protoc, served by
 grpc.aio) gets REST from its google.api.http rules, SSE, Connect, gRPC-Web and /openapi.json
-from the gateway with no code: the gateway knows nothing of it but its descriptor set.
+from the gateway with no code: the gateway knows nothing of it but its descriptor set, or
+what the service's own gRPC reflection says.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def _compile(out: Path) -> Path:
     return protoset
 
 
-@pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["descriptors", "reflection"])
+def echo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     out = tmp_path_factory.mktemp("echo")
     protoset = _compile(out)
     # The service runs in its own process: the gateway's pool must not see these modules.
@@ -65,7 +66,8 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(out), str(port)], cwd=ROOT)
     gateway_port = free_port()
     env = {"SHOPMESH_GATEWAY_PORT": str(gateway_port), "SHOPMESH_METRICS": "off", "PATH": "/usr/bin:/bin"}
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--descriptors", str(protoset),
+    source = ["--descriptors", str(protoset)] if request.param == "descriptors" else []  # else: its reflection
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway", *source,
                                 "--upstream", f"echo.v1.EchoService=127.0.0.1:{port}"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -83,6 +85,7 @@ SERVER = """
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])
 import grpc
+from grpc_reflection.v1alpha import reflection
 from echo.v1 import echo_pb2, echo_pb2_grpc
 
 class Echo(echo_pb2_grpc.EchoServiceServicer):
@@ -97,6 +100,8 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
 async def main():
     server = grpc.aio.server()
     echo_pb2_grpc.add_EchoServiceServicer_to_server(Echo(), server)
+    reflection.enable_server_reflection([echo_pb2.DESCRIPTOR.services_by_name["EchoService"].full_name,
+                                         reflection.SERVICE_NAME], server)
     server.add_insecure_port(f"127.0.0.1:{sys.argv[2]}")
     await server.start()
     await server.wait_for_termination()
@@ -143,7 +148,7 @@ def test_a_bad_descriptor_set_or_upstream_is_refused_by_name(tmp_path: Path) -> 
          "no service no.Such"),
         (["--descriptors", str(ROOT / "generated" / "shopmesh.protoset"), "--upstream", "shop.order.v1.OrderService"],
          "expected package.Service=host:port"),
-        (["--upstream", "a.B=1:2"], "--upstream needs --descriptors"),
+        (["--upstream", f"a.B=127.0.0.1:{free_port()}"], "no answer within"),  # reflection, from no one
     ]:
         done = subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=60)
