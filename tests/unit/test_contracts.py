@@ -88,3 +88,49 @@ def test_every_field_of_every_request_has_a_rule() -> None:
                     if not field.GetOptions().HasExtension(validate_pb2.field):
                         unruled.append(f"{method.input_type.name}.{field.name}")
     assert unruled == []
+
+
+def test_every_service_rpc_message_field_and_enum_value_says_what_it_means(tmp_path) -> None:
+    """The API reference (protos/API.md) is made from these comments: none may be missing."""
+    import sys
+
+    from google.protobuf import descriptor_pb2
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from check_contracts import PROTOS, image
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(image(PROTOS, tmp_path / "contracts.binpb").read_bytes()).file
+    missing: list[str] = []
+    for file in (f for f in files if f.name.startswith("shop/")):
+        said = {tuple(where.path): where.leading_comments.strip() for where in file.source_code_info.location}
+
+        def check(path: list[int], what: str, file: descriptor_pb2.FileDescriptorProto = file,
+                  said: dict = said) -> None:
+            if not said.get(tuple(path)):
+                missing.append(f"{file.name}: {what}")
+
+        def message(msg: descriptor_pb2.DescriptorProto, path: list[int], prefix: str) -> None:
+            check(path, f"message {prefix}{msg.name}")
+            for i, field in enumerate(msg.field):
+                check([*path, 2, i], f"field {prefix}{msg.name}.{field.name}")
+            for i, nested in enumerate(msg.nested_type):
+                message(nested, [*path, 3, i], f"{prefix}{msg.name}.")
+            for i, enum in enumerate(msg.enum_type):
+                enumeration(enum, [*path, 4, i], f"{prefix}{msg.name}.")
+
+        def enumeration(enum: descriptor_pb2.EnumDescriptorProto, path: list[int], prefix: str) -> None:
+            check(path, f"enum {prefix}{enum.name}")
+            for i, value in enumerate(enum.value):
+                check([*path, 2, i], f"enum value {prefix}{enum.name}.{value.name}")
+
+        for i, service in enumerate(file.service):  # FileDescriptorProto field numbers: 6 service, 4 message, 5 enum
+            check([6, i], f"service {service.name}")
+            for j, method in enumerate(service.method):
+                check([6, i, 2, j], f"rpc {service.name}.{method.name}")
+        for i, msg in enumerate(file.message_type):
+            message(msg, [4, i], "")
+        for i, enum in enumerate(file.enum_type):
+            enumeration(enum, [5, i], "")
+    assert not missing, missing

@@ -39,6 +39,7 @@ class InventoryServiceStub:
     CreateProduct: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.CreateProductRequest, _inventory_pb2.Product]
     """Adds a product to the catalogue with its price and opening stock."""
     GetProduct: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetProductRequest, _inventory_pb2.Product]
+    """One product with its stock: available, held by open reservations, and sold."""
     ListProducts: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ListProductsRequest, _inventory_pb2.ListProductsResponse]
     """Products ordered by SKU, one page at a time."""
     AdjustStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.AdjustStockRequest, _inventory_pb2.Product]
@@ -64,6 +65,7 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     CreateProduct: _aio.UnaryUnaryMultiCallable[_inventory_pb2.CreateProductRequest, _inventory_pb2.Product]  # type: ignore[assignment]
     """Adds a product to the catalogue with its price and opening stock."""
     GetProduct: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetProductRequest, _inventory_pb2.Product]  # type: ignore[assignment]
+    """One product with its stock: available, held by open reservations, and sold."""
     ListProducts: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ListProductsRequest, _inventory_pb2.ListProductsResponse]  # type: ignore[assignment]
     """Products ordered by SKU, one page at a time."""
     AdjustStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.AdjustStockRequest, _inventory_pb2.Product]  # type: ignore[assignment]
@@ -97,7 +99,8 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _inventory_pb2.GetProductRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_inventory_pb2.Product, _abc.Awaitable[_inventory_pb2.Product]]: ...
+    ) -> _typing.Union[_inventory_pb2.Product, _abc.Awaitable[_inventory_pb2.Product]]:
+        """One product with its stock: available, held by open reservations, and sold."""
 
     @_abc_1.abstractmethod
     def ListProducts(

@@ -39,6 +39,7 @@ class OrderServiceStub:
     returns the original order; reusing it with another body is ALREADY_EXISTS.
     """
     GetOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.GetOrderRequest, _order_pb2.Order]
+    """One order. A signed-in user sees only their own: anyone else's is NOT_FOUND."""
     ListOrders: _grpc.UnaryUnaryMultiCallable[_order_pb2.ListOrdersRequest, _order_pb2.ListOrdersResponse]
     """A user's orders, newest first."""
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.Order]
@@ -56,6 +57,7 @@ class OrderServiceAsyncStub(OrderServiceStub):
     returns the original order; reusing it with another body is ALREADY_EXISTS.
     """
     GetOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.GetOrderRequest, _order_pb2.Order]  # type: ignore[assignment]
+    """One order. A signed-in user sees only their own: anyone else's is NOT_FOUND."""
     ListOrders: _aio.UnaryUnaryMultiCallable[_order_pb2.ListOrdersRequest, _order_pb2.ListOrdersResponse]  # type: ignore[assignment]
     """A user's orders, newest first."""
     CancelOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.Order]  # type: ignore[assignment]
@@ -81,7 +83,8 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _order_pb2.GetOrderRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_order_pb2.Order, _abc.Awaitable[_order_pb2.Order]]: ...
+    ) -> _typing.Union[_order_pb2.Order, _abc.Awaitable[_order_pb2.Order]]:
+        """One order. A signed-in user sees only their own: anyone else's is NOT_FOUND."""
 
     @_abc_1.abstractmethod
     def ListOrders(

@@ -21,6 +21,8 @@ export const file_shop_inventory_v1_inventory: GenFile = /*@__PURE__*/
   fileDesc("CiFzaG9wL2ludmVudG9yeS92MS9pbnZlbnRvcnkucHJvdG8SEXNob3AuaW52ZW50b3J5LnYxItUCCgdQcm9kdWN0EjwKA3NrdRgBIAEoCUIv4kEBArpIKHIjMiFeW0EtWmEtejAtOV1bQS1aYS16MC05Ll8tXXswLDYzfSTIAQESHQoEbmFtZRgCIAEoCUIP4kEBArpICHIDGMgByAEBEjAKBXByaWNlGAMgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXlCCuJBAQK6SAPIAQESIQoJYXZhaWxhYmxlGAQgASgDQg66SAsiCRiAoJSljR0oABIWCghyZXNlcnZlZBgFIAEoA0IE4kEBAxISCgRzb2xkGAYgASgDQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1Cgt1cGRhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMiTwoUQ3JlYXRlUHJvZHVjdFJlcXVlc3QSNwoHcHJvZHVjdBgBIAEoCzIaLnNob3AuaW52ZW50b3J5LnYxLlByb2R1Y3RCCuJBAQK6SAPIAQEiUQoRR2V0UHJvZHVjdFJlcXVlc3QSPAoDc2t1GAEgASgJQi/iQQECukgociMyIV5bQS1aYS16MC05XVtBLVphLXowLTkuXy1dezAsNjN9JMgBASJPChNMaXN0UHJvZHVjdHNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiACCJdChRMaXN0UHJvZHVjdHNSZXNwb25zZRIsCghwcm9kdWN0cxgBIAMoCzIaLnNob3AuaW52ZW50b3J5LnYxLlByb2R1Y3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIqEBChJBZGp1c3RTdG9ja1JlcXVlc3QSPAoDc2t1GAEgASgJQi/iQQECukgociMyIV5bQS1aYS16MC05XVtBLVphLXowLTkuXy1dezAsNjN9JMgBARIsCgVkZWx0YRgCIAEoA0Id4kEBArpIFiIUGICglKWNHSiA4Ova8uL///8BOAASHwoGcmVhc29uGAMgASgJQg/iQQECukgIcgMYyAHIAQEiowEKD1Jlc2VydmF0aW9uTGluZRI8CgNza3UYASABKAlCL+JBAQK6SChyIzIhXltBLVphLXowLTldW0EtWmEtejAtOS5fLV17MCw2M30kyAEBEiEKCHF1YW50aXR5GAIgASgDQg/iQQECukgIIgYYwIQ9KAESLwoKdW5pdF9wcmljZRgDIAEoCzIVLnNob3AuY29tbW9uLnYxLk1vbmV5QgTiQQEDIroCCgtSZXNlcnZhdGlvbhIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIxCgVsaW5lcxgCIAMoCzIiLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uTGluZRIzCgVzdGF0ZRgDIAEoDjIkLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uLlN0YXRlEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSQoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIMCghSRVNFUlZFRBABEg0KCUNPTU1JVFRFRBACEgwKCFJFTEVBU0VEEAMikQEKE1Jlc2VydmVTdG9ja1JlcXVlc3QSJwoOcmVzZXJ2YXRpb25faWQYASABKAlCD+JBAQK6SAhyAxiAAcgBARJBCgVsaW5lcxgCIAMoCzIiLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uTGluZUIO4kEBArpIB5IBBAgBEGQSDgoGY29tbWl0GAMgASgIIkMKGENvbW1pdFJlc2VydmF0aW9uUmVxdWVzdBInCg5yZXNlcnZhdGlvbl9pZBgBIAEoCUIP4kEBArpICHIDGIAByAEBIkQKGVJlbGVhc2VSZXNlcnZhdGlvblJlcXVlc3QSJwoOcmVzZXJ2YXRpb25faWQYASABKAlCD+JBAQK6SAhyAxiAAcgBATKVBwoQSW52ZW50b3J5U2VydmljZRJzCg1DcmVhdGVQcm9kdWN0Eicuc2hvcC5pbnZlbnRvcnkudjEuQ3JlYXRlUHJvZHVjdFJlcXVlc3QaGi5zaG9wLmludmVudG9yeS52MS5Qcm9kdWN0Ih2C0+STAhciDC92MS9wcm9kdWN0czoHcHJvZHVjdBJtCgpHZXRQcm9kdWN0EiQuc2hvcC5pbnZlbnRvcnkudjEuR2V0UHJvZHVjdFJlcXVlc3QaGi5zaG9wLmludmVudG9yeS52MS5Qcm9kdWN0Ih2QAgGC0+STAhQSEi92MS9wcm9kdWN0cy97c2t1fRJ4CgxMaXN0UHJvZHVjdHMSJi5zaG9wLmludmVudG9yeS52MS5MaXN0UHJvZHVjdHNSZXF1ZXN0Gicuc2hvcC5pbnZlbnRvcnkudjEuTGlzdFByb2R1Y3RzUmVzcG9uc2UiF5ACAYLT5JMCDhIML3YxL3Byb2R1Y3RzEnsKC0FkanVzdFN0b2NrEiUuc2hvcC5pbnZlbnRvcnkudjEuQWRqdXN0U3RvY2tSZXF1ZXN0Ghouc2hvcC5pbnZlbnRvcnkudjEuUHJvZHVjdCIpgtPkkwIjIh4vdjEvcHJvZHVjdHMve3NrdX06YWRqdXN0U3RvY2s6ASoScwoMUmVzZXJ2ZVN0b2NrEiYuc2hvcC5pbnZlbnRvcnkudjEuUmVzZXJ2ZVN0b2NrUmVxdWVzdBoeLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uIhuC0+STAhUiEC92MS9yZXNlcnZhdGlvbnM6ASoSlQEKEUNvbW1pdFJlc2VydmF0aW9uEisuc2hvcC5pbnZlbnRvcnkudjEuQ29tbWl0UmVzZXJ2YXRpb25SZXF1ZXN0Gh4uc2hvcC5pbnZlbnRvcnkudjEuUmVzZXJ2YXRpb24iM4LT5JMCLSIoL3YxL3Jlc2VydmF0aW9ucy97cmVzZXJ2YXRpb25faWR9OmNvbW1pdDoBKhKYAQoSUmVsZWFzZVJlc2VydmF0aW9uEiwuc2hvcC5pbnZlbnRvcnkudjEuUmVsZWFzZVJlc2VydmF0aW9uUmVxdWVzdBoeLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uIjSC0+STAi4iKS92MS9yZXNlcnZhdGlvbnMve3Jlc2VydmF0aW9uX2lkfTpyZWxlYXNlOgEqYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp, file_shop_common_v1_money]);
 
 /**
+ * A product of the catalogue: what it is, what it costs, and its stock.
+ *
  * @generated from message shop.inventory.v1.Product
  */
 export type Product = Message<"shop.inventory.v1.Product"> & {
@@ -32,11 +34,15 @@ export type Product = Message<"shop.inventory.v1.Product"> & {
   sku: string;
 
   /**
+   * What shoppers see, 1-200 characters.
+   *
    * @generated from field: string name = 2;
    */
   name: string;
 
   /**
+   * The price of one unit; orders are priced from it, never by the client.
+   *
    * @generated from field: shop.common.v1.Money price = 3;
    */
   price?: Money | undefined;
@@ -63,11 +69,15 @@ export type Product = Message<"shop.inventory.v1.Product"> & {
   sold: bigint;
 
   /**
+   * When the product was created.
+   *
    * @generated from field: google.protobuf.Timestamp create_time = 7;
    */
   createTime?: Timestamp | undefined;
 
   /**
+   * When its stock or details last changed.
+   *
    * @generated from field: google.protobuf.Timestamp update_time = 8;
    */
   updateTime?: Timestamp | undefined;
@@ -81,6 +91,8 @@ export const ProductSchema: GenMessage<Product> = /*@__PURE__*/
   messageDesc(file_shop_inventory_v1_inventory, 0);
 
 /**
+ * CreateProduct's request.
+ *
  * @generated from message shop.inventory.v1.CreateProductRequest
  */
 export type CreateProductRequest = Message<"shop.inventory.v1.CreateProductRequest"> & {
@@ -100,10 +112,14 @@ export const CreateProductRequestSchema: GenMessage<CreateProductRequest> = /*@_
   messageDesc(file_shop_inventory_v1_inventory, 1);
 
 /**
+ * GetProduct's request.
+ *
  * @generated from message shop.inventory.v1.GetProductRequest
  */
 export type GetProductRequest = Message<"shop.inventory.v1.GetProductRequest"> & {
   /**
+   * The product's SKU.
+   *
    * @generated from field: string sku = 1;
    */
   sku: string;
@@ -117,6 +133,8 @@ export const GetProductRequestSchema: GenMessage<GetProductRequest> = /*@__PURE_
   messageDesc(file_shop_inventory_v1_inventory, 2);
 
 /**
+ * ListProducts' request: one page of the catalogue.
+ *
  * @generated from message shop.inventory.v1.ListProductsRequest
  */
 export type ListProductsRequest = Message<"shop.inventory.v1.ListProductsRequest"> & {
@@ -143,10 +161,14 @@ export const ListProductsRequestSchema: GenMessage<ListProductsRequest> = /*@__P
   messageDesc(file_shop_inventory_v1_inventory, 3);
 
 /**
+ * One page of products, ordered by SKU.
+ *
  * @generated from message shop.inventory.v1.ListProductsResponse
  */
 export type ListProductsResponse = Message<"shop.inventory.v1.ListProductsResponse"> & {
   /**
+   * This page's products.
+   *
    * @generated from field: repeated shop.inventory.v1.Product products = 1;
    */
   products: Product[];
@@ -167,10 +189,14 @@ export const ListProductsResponseSchema: GenMessage<ListProductsResponse> = /*@_
   messageDesc(file_shop_inventory_v1_inventory, 4);
 
 /**
+ * AdjustStock's request: a stock movement outside any order.
+ *
  * @generated from message shop.inventory.v1.AdjustStockRequest
  */
 export type AdjustStockRequest = Message<"shop.inventory.v1.AdjustStockRequest"> & {
   /**
+   * The product whose available stock changes.
+   *
    * @generated from field: string sku = 1;
    */
   sku: string;
@@ -198,10 +224,14 @@ export const AdjustStockRequestSchema: GenMessage<AdjustStockRequest> = /*@__PUR
   messageDesc(file_shop_inventory_v1_inventory, 5);
 
 /**
+ * One SKU of a reservation and how many of its units.
+ *
  * @generated from message shop.inventory.v1.ReservationLine
  */
 export type ReservationLine = Message<"shop.inventory.v1.ReservationLine"> & {
   /**
+   * The product reserved.
+   *
    * @generated from field: string sku = 1;
    */
   sku: string;
@@ -229,30 +259,42 @@ export const ReservationLineSchema: GenMessage<ReservationLine> = /*@__PURE__*/
   messageDesc(file_shop_inventory_v1_inventory, 6);
 
 /**
+ * Stock held (or sold, or given back) for one caller's request, all lines or none.
+ *
  * @generated from message shop.inventory.v1.Reservation
  */
 export type Reservation = Message<"shop.inventory.v1.Reservation"> & {
   /**
+   * The caller's id for it (ReserveStockRequest.reservation_id).
+   *
    * @generated from field: string reservation_id = 1;
    */
   reservationId: string;
 
   /**
+   * What it holds, one line per SKU, with each unit's price.
+   *
    * @generated from field: repeated shop.inventory.v1.ReservationLine lines = 2;
    */
   lines: ReservationLine[];
 
   /**
+   * Held, sold or released.
+   *
    * @generated from field: shop.inventory.v1.Reservation.State state = 3;
    */
   state: Reservation_State;
 
   /**
+   * When it was made.
+   *
    * @generated from field: google.protobuf.Timestamp create_time = 4;
    */
   createTime?: Timestamp | undefined;
 
   /**
+   * When its state last changed.
+   *
    * @generated from field: google.protobuf.Timestamp update_time = 5;
    */
   updateTime?: Timestamp | undefined;
@@ -266,10 +308,14 @@ export const ReservationSchema: GenMessage<Reservation> = /*@__PURE__*/
   messageDesc(file_shop_inventory_v1_inventory, 7);
 
 /**
+ * Where a reservation's units are.
+ *
  * @generated from enum shop.inventory.v1.Reservation.State
  */
 export enum Reservation_State {
   /**
+   * Never set: a reservation always has a state.
+   *
    * @generated from enum value: STATE_UNSPECIFIED = 0;
    */
   STATE_UNSPECIFIED = 0,
@@ -303,6 +349,8 @@ export const Reservation_StateSchema: GenEnum<Reservation_State> = /*@__PURE__*/
   enumDesc(file_shop_inventory_v1_inventory, 7, 0);
 
 /**
+ * ReserveStock's request.
+ *
  * @generated from message shop.inventory.v1.ReserveStockRequest
  */
 export type ReserveStockRequest = Message<"shop.inventory.v1.ReserveStockRequest"> & {
@@ -339,10 +387,14 @@ export const ReserveStockRequestSchema: GenMessage<ReserveStockRequest> = /*@__P
   messageDesc(file_shop_inventory_v1_inventory, 8);
 
 /**
+ * CommitReservation's request.
+ *
  * @generated from message shop.inventory.v1.CommitReservationRequest
  */
 export type CommitReservationRequest = Message<"shop.inventory.v1.CommitReservationRequest"> & {
   /**
+   * The reservation to sell.
+   *
    * @generated from field: string reservation_id = 1;
    */
   reservationId: string;
@@ -356,10 +408,14 @@ export const CommitReservationRequestSchema: GenMessage<CommitReservationRequest
   messageDesc(file_shop_inventory_v1_inventory, 9);
 
 /**
+ * ReleaseReservation's request.
+ *
  * @generated from message shop.inventory.v1.ReleaseReservationRequest
  */
 export type ReleaseReservationRequest = Message<"shop.inventory.v1.ReleaseReservationRequest"> & {
   /**
+   * The reservation whose units go back to available stock.
+   *
    * @generated from field: string reservation_id = 1;
    */
   reservationId: string;
@@ -390,6 +446,8 @@ export const InventoryService: GenService<{
     output: typeof ProductSchema;
   },
   /**
+   * One product with its stock: available, held by open reservations, and sold.
+   *
    * @generated from rpc shop.inventory.v1.InventoryService.GetProduct
    */
   getProduct: {

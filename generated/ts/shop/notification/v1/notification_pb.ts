@@ -19,10 +19,14 @@ export const file_shop_notification_v1_notification: GenFile = /*@__PURE__*/
   fileDesc("CidzaG9wL25vdGlmaWNhdGlvbi92MS9ub3RpZmljYXRpb24ucHJvdG8SFHNob3Aubm90aWZpY2F0aW9uLnYxIqgBCgxOb3RpZmljYXRpb24SFwoPbm90aWZpY2F0aW9uX2lkGAEgASgJEhAKCGV2ZW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSDAoEa2luZBgEIAEoCRIPCgdzdWJqZWN0GAUgASgJEgwKBGJvZHkYBiABKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIssBChdTZW5kTm90aWZpY2F0aW9uUmVxdWVzdBIhCghldmVudF9pZBgBIAEoCUIP4kEBArpICHIDGMgByAEBEiAKB3VzZXJfaWQYAiABKAlCD+JBAQK6SAhyAxiAAcgBARIxCgRraW5kGAMgASgJQiPiQQECukgcchcYQDITXlthLXpdW2EtejAtOV8uLV0qJMgBARIgCgdzdWJqZWN0GAQgASgJQg/iQQECukgIcgMYyAHIAQESFgoEYm9keRgFIAEoCUIIukgFcgMYoB8icAodQmF0Y2hTZW5kTm90aWZpY2F0aW9uc1JlcXVlc3QSTwoIcmVxdWVzdHMYASADKAsyLS5zaG9wLm5vdGlmaWNhdGlvbi52MS5TZW5kTm90aWZpY2F0aW9uUmVxdWVzdEIO4kEBArpIB5IBBAgBEGQiWwoeQmF0Y2hTZW5kTm90aWZpY2F0aW9uc1Jlc3BvbnNlEjkKDW5vdGlmaWNhdGlvbnMYASADKAsyIi5zaG9wLm5vdGlmaWNhdGlvbi52MS5Ob3RpZmljYXRpb24idgoYTGlzdE5vdGlmaWNhdGlvbnNSZXF1ZXN0EiAKB3VzZXJfaWQYASABKAlCD+JBAQK6SAhyAxiAAcgBARIaCglwYWdlX3NpemUYAiABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAgibwoZTGlzdE5vdGlmaWNhdGlvbnNSZXNwb25zZRI5Cg1ub3RpZmljYXRpb25zGAEgAygLMiIuc2hvcC5ub3RpZmljYXRpb24udjEuTm90aWZpY2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJeChpTdHJlYW1Ob3RpZmljYXRpb25zUmVxdWVzdBIgCgd1c2VyX2lkGAEgASgJQg/iQQECukgIcgMYgAHIAQESHgoMcmVzdW1lX2FmdGVyGAIgASgJQgi6SAVyAxiAATKTBQoTTm90aWZpY2F0aW9uU2VydmljZRKDAQoQU2VuZE5vdGlmaWNhdGlvbhItLnNob3Aubm90aWZpY2F0aW9uLnYxLlNlbmROb3RpZmljYXRpb25SZXF1ZXN0GiIuc2hvcC5ub3RpZmljYXRpb24udjEuTm90aWZpY2F0aW9uIhyC0+STAhYiES92MS9ub3RpZmljYXRpb25zOgEqEqsBChZCYXRjaFNlbmROb3RpZmljYXRpb25zEjMuc2hvcC5ub3RpZmljYXRpb24udjEuQmF0Y2hTZW5kTm90aWZpY2F0aW9uc1JlcXVlc3QaNC5zaG9wLm5vdGlmaWNhdGlvbi52MS5CYXRjaFNlbmROb3RpZmljYXRpb25zUmVzcG9uc2UiJoLT5JMCICIbL3YxL25vdGlmaWNhdGlvbnM6YmF0Y2hTZW5kOgEqEqIBChFMaXN0Tm90aWZpY2F0aW9ucxIuLnNob3Aubm90aWZpY2F0aW9uLnYxLkxpc3ROb3RpZmljYXRpb25zUmVxdWVzdBovLnNob3Aubm90aWZpY2F0aW9uLnYxLkxpc3ROb3RpZmljYXRpb25zUmVzcG9uc2UiLJACAYLT5JMCIxIhL3YxL3VzZXJzL3t1c2VyX2lkfS9ub3RpZmljYXRpb25zEqIBChNTdHJlYW1Ob3RpZmljYXRpb25zEjAuc2hvcC5ub3RpZmljYXRpb24udjEuU3RyZWFtTm90aWZpY2F0aW9uc1JlcXVlc3QaIi5zaG9wLm5vdGlmaWNhdGlvbi52MS5Ob3RpZmljYXRpb24iM5ACAYLT5JMCKhIoL3YxL3VzZXJzL3t1c2VyX2lkfS9ub3RpZmljYXRpb25zOnN0cmVhbTABYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
+ * A message to a user about one event (an order placed, cancelled, ...).
+ *
  * @generated from message shop.notification.v1.Notification
  */
 export type Notification = Message<"shop.notification.v1.Notification"> & {
   /**
+   * The notification's id; a stream resumes after one (resume_after).
+   *
    * @generated from field: string notification_id = 1;
    */
   notificationId: string;
@@ -35,6 +39,8 @@ export type Notification = Message<"shop.notification.v1.Notification"> & {
   eventId: string;
 
   /**
+   * Whom it is for.
+   *
    * @generated from field: string user_id = 3;
    */
   userId: string;
@@ -47,16 +53,22 @@ export type Notification = Message<"shop.notification.v1.Notification"> & {
   kind: string;
 
   /**
+   * Its one-line summary.
+   *
    * @generated from field: string subject = 5;
    */
   subject: string;
 
   /**
+   * Its text; may be empty.
+   *
    * @generated from field: string body = 6;
    */
   body: string;
 
   /**
+   * When it was recorded.
+   *
    * @generated from field: google.protobuf.Timestamp create_time = 7;
    */
   createTime?: Timestamp | undefined;
@@ -70,6 +82,8 @@ export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
   messageDesc(file_shop_notification_v1_notification, 0);
 
 /**
+ * SendNotification's request (and one notification of a batch).
+ *
  * @generated from message shop.notification.v1.SendNotificationRequest
  */
 export type SendNotificationRequest = Message<"shop.notification.v1.SendNotificationRequest"> & {
@@ -81,21 +95,29 @@ export type SendNotificationRequest = Message<"shop.notification.v1.SendNotifica
   eventId: string;
 
   /**
+   * Whom it is for.
+   *
    * @generated from field: string user_id = 2;
    */
   userId: string;
 
   /**
+   * What happened: lowercase words with '.', '_' or '-', e.g. "order.created".
+   *
    * @generated from field: string kind = 3;
    */
   kind: string;
 
   /**
+   * Its one-line summary, 1-200 characters.
+   *
    * @generated from field: string subject = 4;
    */
   subject: string;
 
   /**
+   * Its text, at most 4000 characters.
+   *
    * @generated from field: string body = 5;
    */
   body: string;
@@ -109,6 +131,8 @@ export const SendNotificationRequestSchema: GenMessage<SendNotificationRequest> 
   messageDesc(file_shop_notification_v1_notification, 1);
 
 /**
+ * BatchSendNotifications' request.
+ *
  * @generated from message shop.notification.v1.BatchSendNotificationsRequest
  */
 export type BatchSendNotificationsRequest = Message<"shop.notification.v1.BatchSendNotificationsRequest"> & {
@@ -128,6 +152,8 @@ export const BatchSendNotificationsRequestSchema: GenMessage<BatchSendNotificati
   messageDesc(file_shop_notification_v1_notification, 2);
 
 /**
+ * BatchSendNotifications' answer.
+ *
  * @generated from message shop.notification.v1.BatchSendNotificationsResponse
  */
 export type BatchSendNotificationsResponse = Message<"shop.notification.v1.BatchSendNotificationsResponse"> & {
@@ -147,20 +173,28 @@ export const BatchSendNotificationsResponseSchema: GenMessage<BatchSendNotificat
   messageDesc(file_shop_notification_v1_notification, 3);
 
 /**
+ * ListNotifications' request: one page of a user's notifications.
+ *
  * @generated from message shop.notification.v1.ListNotificationsRequest
  */
 export type ListNotificationsRequest = Message<"shop.notification.v1.ListNotificationsRequest"> & {
   /**
+   * Whose notifications.
+   *
    * @generated from field: string user_id = 1;
    */
   userId: string;
 
   /**
+   * At most this many; 0 means the default (50), the maximum is 1000.
+   *
    * @generated from field: int32 page_size = 2;
    */
   pageSize: number;
 
   /**
+   * next_page_token from a previous response, or empty for the first page.
+   *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
@@ -174,15 +208,21 @@ export const ListNotificationsRequestSchema: GenMessage<ListNotificationsRequest
   messageDesc(file_shop_notification_v1_notification, 4);
 
 /**
+ * One page of a user's notifications, newest first.
+ *
  * @generated from message shop.notification.v1.ListNotificationsResponse
  */
 export type ListNotificationsResponse = Message<"shop.notification.v1.ListNotificationsResponse"> & {
   /**
+   * This page's notifications.
+   *
    * @generated from field: repeated shop.notification.v1.Notification notifications = 1;
    */
   notifications: Notification[];
 
   /**
+   * Empty when there are no more pages.
+   *
    * @generated from field: string next_page_token = 2;
    */
   nextPageToken: string;
@@ -196,10 +236,14 @@ export const ListNotificationsResponseSchema: GenMessage<ListNotificationsRespon
   messageDesc(file_shop_notification_v1_notification, 5);
 
 /**
+ * StreamNotifications' request.
+ *
  * @generated from message shop.notification.v1.StreamNotificationsRequest
  */
 export type StreamNotificationsRequest = Message<"shop.notification.v1.StreamNotificationsRequest"> & {
   /**
+   * Whose notifications to follow.
+   *
    * @generated from field: string user_id = 1;
    */
   userId: string;

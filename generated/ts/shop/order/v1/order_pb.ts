@@ -21,10 +21,14 @@ export const file_shop_order_v1_order: GenFile = /*@__PURE__*/
   fileDesc("ChlzaG9wL29yZGVyL3YxL29yZGVyLnByb3RvEg1zaG9wLm9yZGVyLnYxIs4BCglPcmRlckxpbmUSPAoDc2t1GAEgASgJQi/iQQECukgociMyIV5bQS1aYS16MC05XVtBLVphLXowLTkuXy1dezAsNjN9JMgBARIhCghxdWFudGl0eRgCIAEoA0IP4kEBArpICCIGGMCEPSgBEi8KCnVuaXRfcHJpY2UYAyABKAsyFS5zaG9wLmNvbW1vbi52MS5Nb25leUIE4kEBAxIvCgpsaW5lX3RvdGFsGAQgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXlCBOJBAQMi3AIKBU9yZGVyEhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSJwoFbGluZXMYAyADKAsyGC5zaG9wLm9yZGVyLnYxLk9yZGVyTGluZRIkCgV0b3RhbBgEIAEoCzIVLnNob3AuY29tbW9uLnYxLk1vbmV5EisKBnN0YXR1cxgFIAEoDjIbLnNob3Aub3JkZXIudjEuT3JkZXIuU3RhdHVzEhIKCnJlcXVlc3RfaWQYBiABKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI+CgZTdGF0dXMSFgoSU1RBVFVTX1VOU1BFQ0lGSUVEEAASDQoJQ09ORklSTUVEEAESDQoJQ0FOQ0VMTEVEEAIilAEKEkNyZWF0ZU9yZGVyUmVxdWVzdBIjCgpyZXF1ZXN0X2lkGAEgASgJQg/iQQECukgIcgMYgAHIAQESIAoHdXNlcl9pZBgCIAEoCUIP4kEBArpICHIDGIAByAEBEjcKBWxpbmVzGAMgAygLMhguc2hvcC5vcmRlci52MS5PcmRlckxpbmVCDuJBAQK6SAeSAQQIARBkIjMKD0dldE9yZGVyUmVxdWVzdBIgCghvcmRlcl9pZBgBIAEoCUIO4kEBArpIB3ICGEDIAQEibwoRTGlzdE9yZGVyc1JlcXVlc3QSIAoHdXNlcl9pZBgBIAEoCUIP4kEBArpICHIDGIAByAEBEhoKCXBhZ2Vfc2l6ZRgCIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAMgASgJQgi6SAVyAxiACCJTChJMaXN0T3JkZXJzUmVzcG9uc2USJAoGb3JkZXJzGAEgAygLMhQuc2hvcC5vcmRlci52MS5PcmRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiUAoSQ2FuY2VsT3JkZXJSZXF1ZXN0EiAKCG9yZGVyX2lkGAEgASgJQg7iQQECukgHcgIYQMgBARIYCgZyZWFzb24YAiABKAlCCLpIBXIDGMgBMrwDCgxPcmRlclNlcnZpY2USXQoLQ3JlYXRlT3JkZXISIS5zaG9wLm9yZGVyLnYxLkNyZWF0ZU9yZGVyUmVxdWVzdBoULnNob3Aub3JkZXIudjEuT3JkZXIiFYLT5JMCDyIKL3YxL29yZGVyczoBKhJiCghHZXRPcmRlchIeLnNob3Aub3JkZXIudjEuR2V0T3JkZXJSZXF1ZXN0GhQuc2hvcC5vcmRlci52MS5PcmRlciIgkAIBgtPkkwIXEhUvdjEvb3JkZXJzL3tvcmRlcl9pZH0SeAoKTGlzdE9yZGVycxIgLnNob3Aub3JkZXIudjEuTGlzdE9yZGVyc1JlcXVlc3QaIS5zaG9wLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXNwb25zZSIlkAIBgtPkkwIcEhovdjEvdXNlcnMve3VzZXJfaWR9L29yZGVycxJvCgtDYW5jZWxPcmRlchIhLnNob3Aub3JkZXIudjEuQ2FuY2VsT3JkZXJSZXF1ZXN0GhQuc2hvcC5vcmRlci52MS5PcmRlciIngtPkkwIhIhwvdjEvb3JkZXJzL3tvcmRlcl9pZH06Y2FuY2VsOgEqYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp, file_shop_common_v1_money]);
 
 /**
+ * One SKU of an order and how many of its units.
+ *
  * @generated from message shop.order.v1.OrderLine
  */
 export type OrderLine = Message<"shop.order.v1.OrderLine"> & {
   /**
+   * The product ordered.
+   *
    * @generated from field: string sku = 1;
    */
   sku: string;
@@ -37,11 +41,15 @@ export type OrderLine = Message<"shop.order.v1.OrderLine"> & {
   quantity: bigint;
 
   /**
+   * One unit's price, from inventory when the order was placed.
+   *
    * @generated from field: shop.common.v1.Money unit_price = 3;
    */
   unitPrice?: Money | undefined;
 
   /**
+   * unit_price times quantity.
+   *
    * @generated from field: shop.common.v1.Money line_total = 4;
    */
   lineTotal?: Money | undefined;
@@ -55,30 +63,42 @@ export const OrderLineSchema: GenMessage<OrderLine> = /*@__PURE__*/
   messageDesc(file_shop_order_v1_order, 0);
 
 /**
+ * An order: its lines priced by inventory, its total, and where it stands.
+ *
  * @generated from message shop.order.v1.Order
  */
 export type Order = Message<"shop.order.v1.Order"> & {
   /**
+   * The order's id, chosen by the order service (a UUID).
+   *
    * @generated from field: string order_id = 1;
    */
   orderId: string;
 
   /**
+   * Whose order it is.
+   *
    * @generated from field: string user_id = 2;
    */
   userId: string;
 
   /**
+   * What was ordered, each line priced.
+   *
    * @generated from field: repeated shop.order.v1.OrderLine lines = 3;
    */
   lines: OrderLine[];
 
   /**
+   * The sum of the lines' totals, in their one currency.
+   *
    * @generated from field: shop.common.v1.Money total = 4;
    */
   total?: Money | undefined;
 
   /**
+   * Confirmed or cancelled.
+   *
    * @generated from field: shop.order.v1.Order.Status status = 5;
    */
   status: Order_Status;
@@ -91,11 +111,15 @@ export type Order = Message<"shop.order.v1.Order"> & {
   requestId: string;
 
   /**
+   * When it was placed.
+   *
    * @generated from field: google.protobuf.Timestamp create_time = 7;
    */
   createTime?: Timestamp | undefined;
 
   /**
+   * When its status last changed.
+   *
    * @generated from field: google.protobuf.Timestamp update_time = 8;
    */
   updateTime?: Timestamp | undefined;
@@ -109,10 +133,14 @@ export const OrderSchema: GenMessage<Order> = /*@__PURE__*/
   messageDesc(file_shop_order_v1_order, 1);
 
 /**
+ * Where an order stands.
+ *
  * @generated from enum shop.order.v1.Order.Status
  */
 export enum Order_Status {
   /**
+   * Never set: a stored order is confirmed or cancelled.
+   *
    * @generated from enum value: STATUS_UNSPECIFIED = 0;
    */
   STATUS_UNSPECIFIED = 0,
@@ -125,6 +153,8 @@ export enum Order_Status {
   CONFIRMED = 1,
 
   /**
+   * Cancelled (CancelOrder); its stock went back to inventory.
+   *
    * @generated from enum value: CANCELLED = 2;
    */
   CANCELLED = 2,
@@ -137,6 +167,8 @@ export const Order_StatusSchema: GenEnum<Order_Status> = /*@__PURE__*/
   enumDesc(file_shop_order_v1_order, 1, 0);
 
 /**
+ * CreateOrder's request.
+ *
  * @generated from message shop.order.v1.CreateOrderRequest
  */
 export type CreateOrderRequest = Message<"shop.order.v1.CreateOrderRequest"> & {
@@ -148,6 +180,9 @@ export type CreateOrderRequest = Message<"shop.order.v1.CreateOrderRequest"> & {
   requestId: string;
 
   /**
+   * Who orders; over the gateway with sign-in on, filled in from the credential
+   * (another user's is PERMISSION_DENIED).
+   *
    * @generated from field: string user_id = 2;
    */
   userId: string;
@@ -168,10 +203,14 @@ export const CreateOrderRequestSchema: GenMessage<CreateOrderRequest> = /*@__PUR
   messageDesc(file_shop_order_v1_order, 2);
 
 /**
+ * GetOrder's request.
+ *
  * @generated from message shop.order.v1.GetOrderRequest
  */
 export type GetOrderRequest = Message<"shop.order.v1.GetOrderRequest"> & {
   /**
+   * The order's id.
+   *
    * @generated from field: string order_id = 1;
    */
   orderId: string;
@@ -185,10 +224,14 @@ export const GetOrderRequestSchema: GenMessage<GetOrderRequest> = /*@__PURE__*/
   messageDesc(file_shop_order_v1_order, 3);
 
 /**
+ * ListOrders' request: one page of a user's orders.
+ *
  * @generated from message shop.order.v1.ListOrdersRequest
  */
 export type ListOrdersRequest = Message<"shop.order.v1.ListOrdersRequest"> & {
   /**
+   * Whose orders.
+   *
    * @generated from field: string user_id = 1;
    */
   userId: string;
@@ -201,6 +244,8 @@ export type ListOrdersRequest = Message<"shop.order.v1.ListOrdersRequest"> & {
   pageSize: number;
 
   /**
+   * next_page_token from a previous response, or empty for the first page.
+   *
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
@@ -214,15 +259,21 @@ export const ListOrdersRequestSchema: GenMessage<ListOrdersRequest> = /*@__PURE_
   messageDesc(file_shop_order_v1_order, 4);
 
 /**
+ * One page of a user's orders, newest first.
+ *
  * @generated from message shop.order.v1.ListOrdersResponse
  */
 export type ListOrdersResponse = Message<"shop.order.v1.ListOrdersResponse"> & {
   /**
+   * This page's orders.
+   *
    * @generated from field: repeated shop.order.v1.Order orders = 1;
    */
   orders: Order[];
 
   /**
+   * Empty when there are no more pages.
+   *
    * @generated from field: string next_page_token = 2;
    */
   nextPageToken: string;
@@ -236,10 +287,14 @@ export const ListOrdersResponseSchema: GenMessage<ListOrdersResponse> = /*@__PUR
   messageDesc(file_shop_order_v1_order, 5);
 
 /**
+ * CancelOrder's request.
+ *
  * @generated from message shop.order.v1.CancelOrderRequest
  */
 export type CancelOrderRequest = Message<"shop.order.v1.CancelOrderRequest"> & {
   /**
+   * The order to cancel.
+   *
    * @generated from field: string order_id = 1;
    */
   orderId: string;
@@ -277,6 +332,8 @@ export const OrderService: GenService<{
     output: typeof OrderSchema;
   },
   /**
+   * One order. A signed-in user sees only their own: anyone else's is NOT_FOUND.
+   *
    * @generated from rpc shop.order.v1.OrderService.GetOrder
    */
   getOrder: {
