@@ -15,8 +15,11 @@ FileDescriptorSet: for grpcurl/ghz without reflection (`-protoset`), and for
 protoc users compiling `protos/` (`--descriptor_set_in`), who then need neither
 googleapis nor buf/validate/validate.proto on disk.
 
-    python scripts/generate.py           # rewrite generated/
-    python scripts/generate.py --check   # exit 1 if generated/ is stale
+    python scripts/generate.py           # rewrite generated/ and protos/API.md
+    python scripts/generate.py --check   # exit 1 if either is stale
+
+protos/API.md, the contracts' reference, is written in the same step (scripts/api_reference.py);
+the TypeScript stubs in generated/ts by scripts/build_web.py (it needs Node).
 """
 
 from __future__ import annotations
@@ -135,12 +138,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "generated"
         generate(fresh)
+        from api_reference import main as api_reference
+
         if args.check:
             stale = _differences(fresh, OUT)
             if stale:
                 print("generated/ is stale; run python scripts/generate.py:", *stale, sep="\n  ")
                 return 1
-            return 0
+            return api_reference(["--check"])
         kept = Path(tmp) / TS
         if (OUT / TS).exists():
             shutil.move(OUT / TS, kept)
@@ -148,7 +153,7 @@ def main() -> int:
         shutil.copytree(fresh, OUT)
         if kept.exists():
             shutil.move(kept, OUT / TS)
-    return 0
+    return api_reference([])
 
 
 if __name__ == "__main__":
