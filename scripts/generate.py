@@ -90,25 +90,27 @@ def _protoc(out: Path) -> None:
             raise SystemExit("generate: protoc failed")
 
 
-def _rewrite(path: Path) -> None:
+def _rewrite(path: Path, package: str) -> None:
+    """protoc's imports (`from shop.x import y`) made imports of `package` (`from generated.shop.x import y`)."""
     text = path.read_text()
-    text = _IMPORT_FROM.sub(lambda m: f"from generated.{m.group(1)}{m.group(2)}", text)
+    text = _IMPORT_FROM.sub(lambda m: f"from {package}.{m.group(1)}{m.group(2)}", text)
     if path.suffix == ".pyi":
-        text = _PYI_REF.sub(r"generated.\1.\2", text)
-        text = _IMPORT.sub(lambda m: f"import generated.{m.group(1)}.", text).replace(
-            "import generated.generated.", "import generated."
+        text = _PYI_REF.sub(rf"{package}.\1.\2", text)
+        text = _IMPORT.sub(lambda m: f"import {package}.{m.group(1)}.", text).replace(
+            f"import {package}.{package}.", f"import {package}."
         )
     else:
-        text = _IMPORT.sub(lambda m: f"import generated.{m.group(1)}.", text)
+        text = _IMPORT.sub(lambda m: f"import {package}.{m.group(1)}.", text)
     path.write_text(HEADER + text)
 
 
-def generate(out: Path) -> None:
+def generate(out: Path, package: str = "generated") -> None:
+    """The stubs in `out`, importable as the package `package` (generated/, or the contracts wheel's)."""
     out.mkdir(parents=True, exist_ok=True)
     _protoc(out)
     for path in sorted(out.rglob("*")):
         if path.suffix in {".py", ".pyi"}:
-            _rewrite(path)
+            _rewrite(path, package)
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         init = folder / "__init__.py"
         if not init.exists():
