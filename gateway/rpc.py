@@ -94,7 +94,7 @@ class Wire:
 
 def wire_of(request: Request) -> Wire | None:
     """The protocol the request's content type (or, for a GET, its query) names; None if neither."""
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):  # HEAD: what the GET would answer, without the body
         return Wire("connect", "proto", False, "application/proto") if "connect=v1" in request.query or \
             "message=" in request.query else None
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -342,7 +342,7 @@ class RpcProtocols:
             wire = wire_of(request)
             if wire is None or (wire.protocol == "connect" and wire.enveloped != method.streaming):
                 return self._unsupported(request, method)
-            if request.method == "GET" and not method.connect_get:
+            if request.method in ("GET", "HEAD") and not method.connect_get:
                 raise Failure(405, f"{method.path} has side effects: call it with POST",
                               headers=[("allow", "POST")])
             wire, message_bytes, timeout = self._read(request, wire, method)
@@ -386,7 +386,7 @@ class RpcProtocols:
             version = request.headers.get("connect-protocol-version")
             if version is not None and version.strip() != "1":
                 raise Failure.of(_C.INVALID_ARGUMENT, f"connect-protocol-version must be 1, not {version!r}")
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             query = parse_qs(request.query, keep_blank_values=True)
             one = {key: values[0] for key, values in query.items()}
             if one.get("connect", "v1") != "v1":
