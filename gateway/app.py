@@ -194,6 +194,9 @@ class Gateway:
                     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
                 except grpc.aio.AioRpcError as error:
                     status = error.code().name
+                    if error.code() is grpc.StatusCode.UNIMPLEMENTED:
+                        # A service without grpc.health (one served by --descriptors) answered: it is up.
+                        return service, SERVING_WITHOUT_HEALTH
                 except Unavailable:
                     return service, "UNAVAILABLE"  # no instance is known at all
                 if status == "SERVING":
@@ -201,12 +204,13 @@ class Gateway:
             return service, status
 
         results = dict(await asyncio.gather(*(check(s) for s in self._services)))
-        ready = not self.draining and all(status == "SERVING" for status in results.values())
+        ready = not self.draining and all(status in ("SERVING", SERVING_WITHOUT_HEALTH) for status in results.values())
         return _json(200 if ready else 503, {"ready": ready, "upstreams": results,
                                              **({"draining": True} if self.draining else {})})
 
 
 READY_CHECK_TRIES = 3
+SERVING_WITHOUT_HEALTH = "UP (no grpc.health service)"
 READY_CHECK_SECONDS = 1.5  # under the chart's readiness timeoutSeconds (2)
 
 

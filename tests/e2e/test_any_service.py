@@ -110,6 +110,11 @@ asyncio.run(main())
 """
 
 
+def test_an_upstream_without_a_health_service_counts_as_ready_once_it_answers(echo: str) -> None:
+    status, _, data = call(echo, "GET", "/readyz")
+    assert status == 200 and json.loads(data)["upstreams"] == {"echo.v1.EchoService": "UP (no grpc.health service)"}
+
+
 def test_rest_from_its_http_rules_and_its_openapi(echo: str) -> None:
     status, _, data = call(echo, "POST", "/v1/echo/hi", json.dumps({"times": "2"}).encode(),
                            {"content-type": "application/json"})
