@@ -36,6 +36,22 @@ def browser(tmp_path: Path) -> Iterator[object]:
     driver.quit()
 
 
+def order_through_the_page(browser, wait, sku: str) -> str:
+    """Orders one unit of `sku` with the page's form; the order id, once confirmed and notified on the stream."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.select import Select
+
+    Select(browser.find_element(By.ID, "sku")).select_by_value(sku)
+    browser.find_element(By.ID, "place-order").click()
+    status = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#order-status p[data-order-id]")))
+    order_id = status.get_attribute("data-order-id")
+    assert "CONFIRMED" in status.text
+    wait.until(ready.presence_of_element_located(
+        (By.CSS_SELECTOR, f'#notifications li[data-event-id="order.created:{order_id}"]')))
+    return str(order_id)
+
+
 def _no_csp_refusals(browser) -> None:
     """The pages run under a strict Content-Security-Policy: nothing of theirs may have been refused."""
     refused = [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
@@ -132,7 +148,6 @@ def test_with_sign_in_on_a_shopper_signs_in_orders_as_themselves_and_follows_the
     import jwt
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
-    from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
 
     sku = new_product(signed_mesh, 5, prefix="signed")
@@ -155,13 +170,7 @@ def test_with_sign_in_on_a_shopper_signs_in_orders_as_themselves_and_follows_the
     # The key went to the gateway once and lives in an HttpOnly cookie: nothing on the page can read it.
     assert browser.execute_script("return [document.cookie, sessionStorage.length, localStorage.length]") == ["", 0, 0]
 
-    Select(browser.find_element(By.ID, "sku")).select_by_value(sku)
-    browser.find_element(By.ID, "place-order").click()
-    status = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#order-status p[data-order-id]")))
-    order_id = status.get_attribute("data-order-id")
-    assert "CONFIRMED" in status.text
-    wait.until(ready.presence_of_element_located(
-        (By.CSS_SELECTOR, f'#notifications li[data-event-id="order.created:{order_id}"]')))
+    order_through_the_page(browser, wait, sku)
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "browser-signed-in.png"))
 
@@ -287,7 +296,6 @@ def test_the_typed_client_speaks_connect_and_grpc_web_with_field_violations_dead
         browser, signed_mesh, transport: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
-    from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
 
     sku = new_product(signed_mesh, 5, prefix="typed")
@@ -299,13 +307,7 @@ def test_the_typed_client_speaks_connect_and_grpc_web_with_field_violations_dead
     wait.until(ready.text_to_be_present_in_element((By.ID, "stream-state"), "live"))  # the stream, on this transport
     # The page's own flow over this transport: an order, and its notification on the open stream.
     wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, f'#products tr[data-sku="{sku}"]')))
-    Select(browser.find_element(By.ID, "sku")).select_by_value(sku)
-    browser.find_element(By.ID, "place-order").click()
-    status = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#order-status p[data-order-id]")))
-    order_id = status.get_attribute("data-order-id")
-    assert "CONFIRMED" in status.text
-    wait.until(ready.presence_of_element_located(
-        (By.CSS_SELECTOR, f'#notifications li[data-event-id="order.created:{order_id}"]')))
+    order_through_the_page(browser, wait, sku)
 
     browser.set_script_timeout(30)
     result = browser.execute_async_script(TYPED_CALLS, transport, sku, "carol")
