@@ -356,7 +356,6 @@ class RpcProtocols:
                 call = self._upstreams.bound(method.upstream, ("rpc", method.path), bind)
             except Unavailable as error:
                 raise Failure.of(_C.UNAVAILABLE, str(error)) from None
-            request.state["wire"] = wire
             if method.streaming:
                 return await self._stream(call, wire, method, message.SerializeToString(), metadata, timeout, request)
             return await self._unary(call, wire, method, message.SerializeToString(), metadata, timeout, request)
@@ -387,7 +386,8 @@ class RpcProtocols:
             if version is not None and version.strip() != "1":
                 raise Failure.of(_C.INVALID_ARGUMENT, f"connect-protocol-version must be 1, not {version!r}")
         if request.method in ("GET", "HEAD"):
-            query = parse_qs(request.query, keep_blank_values=True)
+            # latin-1: each percent-escape is one byte again, so an unencoded proto message survives
+            query = parse_qs(request.query, keep_blank_values=True, encoding="latin-1")
             one = {key: values[0] for key, values in query.items()}
             if one.get("connect", "v1") != "v1":
                 raise Failure.of(_C.INVALID_ARGUMENT, f"connect={one['connect']!r}: this server speaks v1")
@@ -402,7 +402,7 @@ class RpcProtocols:
                 except (binascii.Error, ValueError):
                     raise Failure.of(_C.INVALID_ARGUMENT, "message= is not base64url") from None
             else:
-                data = raw.encode("utf-8", "surrogateescape") if codec == "json" else raw.encode("latin-1", "replace")
+                data = raw.encode("latin-1")  # the bytes the client escaped (JSON is read as UTF-8 from them)
             if _encoding(one.get("compression"), "compression") == "gzip":
                 data = _inflate(data, limit)
             return wire, data, self._connect_timeout(request)

@@ -104,6 +104,9 @@ def test_reads_marked_side_effect_free_answer_a_connect_get_and_writes_do_not(la
     assert status == 200 and inventory_pb2.Product.FromString(data).sku == sku
     status, headers, data = call(gateway, "HEAD", f"{INVENTORY}/GetProduct?connect=v1&encoding=proto&base64=1&message={message}")
     assert status == 200 and data == b"" and int(headers["content-length"]) > len(sku)  # the GET's length, no body
+    raw = quote(inventory_pb2.GetProductRequest(sku=sku).SerializeToString())  # binary, percent-escaped byte by byte
+    status, _, data = call(gateway, "GET", f"{INVENTORY}/GetProduct?connect=v1&encoding=proto&message={raw}")
+    assert status == 200 and inventory_pb2.Product.FromString(data).sku == sku
     text = quote(json.dumps({"sku": sku}))
     status, _, data = call(gateway, "GET", f"{INVENTORY}/GetProduct?connect=v1&encoding=json&message={text}")
     assert status == 200 and json.loads(data)["sku"] == sku
