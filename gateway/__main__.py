@@ -19,7 +19,6 @@ from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.descriptors import Contracts, DescriptorError, load
-from gateway.errors import own_error
 from mesh import lifecycle, logs, metrics, telemetry, workers
 from mesh.channels import Upstreams
 from mesh.discovery import StaticDiscovery, create_discovery
@@ -59,7 +58,7 @@ async def serve(settings: Settings, contracts: Contracts | None = None) -> None:
         gateway = Gateway(settings, upstreams, contracts.files, contracts.services)
     server = await HttpServer().start(gateway.handle, settings.host, settings.port, settings.http_max_body,
                                       "shopmesh-gateway", idle_timeout=settings.http_idle_timeout,
-                                      read_timeout=settings.http_read_timeout, errors=own_error,
+                                      read_timeout=settings.http_read_timeout, errors=gateway.own_error,
                                       reuse_port=settings.reuse_port)
     logger.info("gateway serving http://%s:%d (%d routes)", settings.host, settings.port, len(gateway.routes))
     await lifecycle.until_signalled()

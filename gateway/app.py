@@ -28,7 +28,7 @@ from gateway import layers, openapi
 from gateway.auth import Authenticator, Need, Principal, session_cookie
 from gateway.cors import Cors
 from gateway.endpoints import Doc, Endpoint, Serve, Table
-from gateway.errors import Failure
+from gateway.errors import Failure, own_error
 from gateway.proxy import Proxy
 from gateway.ratelimit import within
 from gateway.routes import Route, routes_from, services_of, upstream_of
@@ -82,7 +82,7 @@ class Gateway:
         proxy = Proxy(settings, upstreams)
         files = list(files)
         routes = routes_from(files, services)
-        rpc = RpcProtocols(settings, upstreams)
+        rpc = self._rpc = RpcProtocols(settings, upstreams)
         methods = methods_of(services_of(files, services), upstream_of)
         self._services = sorted({route.service for route in routes} | {m.upstream for m in methods})
         own = self._own()
@@ -105,6 +105,14 @@ class Gateway:
             layers.cors(Cors(settings.cors_origins), self.table),
             layers.Admission(settings, self._auth),
         )
+
+    def own_error(self, status: int, message: str, request: Request | None = None) -> Response:
+        """The HTTP server's own refusals (413, 431, 408, ...): to a Connect or gRPC-Web request of an RPC's path in
+        its protocol's form (a message too large is RESOURCE_EXHAUSTED there, as gRPC's own limit says), else REST's."""
+        endpoints = self.table.own.get(request.path, {}) if request is not None else {}
+        if request is not None and any(endpoint.rpc for endpoint in endpoints.values()):
+            return self._rpc.refused_by_server(status, message, request) or own_error(status, message)
+        return own_error(status, message)
 
     @property
     def routes(self) -> list[Route]:

@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
 
 from gateway.transcode import dumps
-from mesh.http import Response
+from mesh.http import Request, Response
 
 _C = grpc.StatusCode
 # gRPC code -> HTTP status, grpc-gateway's mapping (runtime.HTTPStatusFromCode).
@@ -79,7 +79,7 @@ def reply(failure: Failure, request_id: str, trace_id: str | None = None) -> Res
     return Response(failure.status, body, headers=list(failure.headers))
 
 
-def own_error(status: int, message: str) -> Response:
+def own_error(status: int, message: str, request: Request | None = None) -> Response:
     """The HTTP server's own refusals (a malformed request, one too large or too slow) in our error form."""
     return reply(Failure(status, message), secrets.token_hex(16))
 

@@ -307,6 +307,13 @@ class RpcProtocols:
             return Response(failure.status, dumps(status.connect_json()), headers=headers)
         return self._error_reply(wire, status, headers, [], compress=False)
 
+    def refused_by_server(self, status: int, message: str, request: Request) -> Response | None:
+        """The HTTP server's own refusal of a Connect or gRPC-Web request, in its form; None for anyone else."""
+        if wire_of(request) is None:
+            return None
+        code = _C.RESOURCE_EXHAUSTED if status == 413 else None
+        return self.reply_failure(request, Failure(status, message, code=code))
+
     def _error_reply(self, wire: Wire, status: Status, headers: list[tuple[str, str]],
                      trailers: Sequence[tuple[str, Any]], *, compress: bool) -> Response:
         if wire.protocol == "grpc-web":  # trailers-only: the status in the headers, no body

@@ -72,7 +72,8 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-Errors = Callable[[int, str], Response]
+# (status, message, the request as far as it came, or None): the server's own refusals, as the app words them.
+Errors = Callable[[int, str, "Request | None"], Response]
 
 _date_cache = (0, "")
 
@@ -85,7 +86,7 @@ def _date() -> str:
     return _date_cache[1]
 
 
-def plain_error(status: int, message: str) -> Response:
+def plain_error(status: int, message: str, request: Request | None = None) -> Response:
     """A refusal as plain text: for servers with no error format of their own (the /metrics pages)."""
     return Response(status, message.encode() + b"\n", "text/plain; charset=utf-8")
 
@@ -112,6 +113,15 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._closing = False  # refused: nothing more is read from this connection
         self._reset()
+
+    def _so_far(self) -> Request | None:
+        """The request being refused, as much of it as arrived (its method, URL and headers so far)."""
+        try:
+            method = self._parser.get_method().decode("latin-1")
+        except Exception:  # noqa: BLE001 - httptools has not read a method yet
+            return None
+        path, _, query = self._url.decode("latin-1").partition("?")
+        return Request(method, path, query, dict(self._headers))
 
     def _reset(self) -> None:
         self._url = b""
@@ -148,7 +158,8 @@ class HttpProtocol(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()  # nothing asked for a while: free the socket
         elif self._receiving and not self._closing:
-            self._refuse(self._errors(408, f"the request did not arrive whole within {self._read_timeout:g}s"))
+            self._refuse(self._errors(408, f"the request did not arrive whole within {self._read_timeout:g}s",
+                                      self._so_far()))
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -157,15 +168,15 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(self._errors(400, "protocol upgrades are not supported"))
+            self._refuse(self._errors(400, "protocol upgrades are not supported", self._so_far()))
         except httptools.HttpParserError as error:
-            self._refuse(self._errors(400, f"malformed HTTP request: {error}"))
+            self._refuse(self._errors(400, f"malformed HTTP request: {error}", self._so_far()))
         if continuing_head and self._in_head and not self._closing:
             # All of this chunk was head: count it (the chunk a request begins in is not counted,
             # so a head may reach one read over the limit before it is cut off).
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(self._errors(431, f"request head exceeds {MAX_HEAD_BYTES} bytes"))
+                self._refuse(self._errors(431, f"request head exceeds {MAX_HEAD_BYTES} bytes", self._so_far()))
 
     def _refuse(self, response: Response) -> None:
         """Answer `response` once the requests before it are answered, then close."""
@@ -193,7 +204,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._refused is not None:
             return
         if len(self._url) + len(url) > MAX_URL_BYTES:
-            self._refuse(self._errors(414, f"request URL exceeds {MAX_URL_BYTES} bytes"))
+            self._refuse(self._errors(414, f"request URL exceeds {MAX_URL_BYTES} bytes", self._so_far()))
             return
         self._url += url
 
@@ -204,7 +215,7 @@ class HttpProtocol(asyncio.Protocol):
             self._hosts += 1
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
-            self._refuse(self._errors(431, f"request headers exceed {MAX_HEADER_BYTES} bytes"))
+            self._refuse(self._errors(431, f"request headers exceed {MAX_HEADER_BYTES} bytes", self._so_far()))
             return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
@@ -216,17 +227,19 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._hosts != 1 and self._parser.get_http_version() == "1.1":
             said = "no Host header" if not self._hosts else f"{self._hosts} Host headers"
-            self._refuse(self._errors(400, f"an HTTP/1.1 request carries exactly one Host header; this one has {said}"))
+            self._refuse(self._errors(400, f"an HTTP/1.1 request carries exactly one Host header; this one has {said}",
+                                      self._so_far()))
             return
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             # Refused before the body arrives; the connection closes after the answer.
-            self._refuse(self._errors(413, f"request body of {length} bytes exceeds the limit of {self._max_body}"))
+            self._refuse(self._errors(413, f"request body of {length} bytes exceeds the limit of {self._max_body}",
+                                      self._so_far()))
             return
         expect = self._headers.get("expect")
         if expect is not None:
             if expect.lower() != "100-continue":
-                self._refuse(self._errors(417, f"Expect: {expect} is not understood; only 100-continue is"))
+                self._refuse(self._errors(417, f"Expect: {expect} is not understood; only 100-continue is", self._so_far()))
             elif self._transport is not None:
                 # The client waits for this before it sends the body (curl does, for large ones).
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -236,7 +249,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._body_size += len(body)
         if self._body_size > self._max_body:
-            self._refuse(self._errors(413, f"request body exceeds the limit of {self._max_body} bytes"))
+            self._refuse(self._errors(413, f"request body exceeds the limit of {self._max_body} bytes", self._so_far()))
             return
         self._body.append(body)
 
@@ -274,7 +287,7 @@ class HttpProtocol(asyncio.Protocol):
                     response = await self._handler(item)
                 except Exception:
                     logger.exception("%s %s failed", item.method, item.path)
-                    response = self._errors(500, "internal error; see the server log")
+                    response = self._errors(500, "internal error; see the server log", item)
                 stopping = self._server is not None and self._server.stopping.is_set()
                 keep_alive = (item.headers.get("connection", "").lower() != "close" and response.stream is None
                               and not stopping)

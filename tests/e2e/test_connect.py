@@ -252,3 +252,17 @@ def test_sign_in_rate_limits_and_identity_hold_over_connect_and_grpc_web(signed:
     assert limited[1]["code"] == "resource_exhausted" and "retry-after" in limited[0]
     status, _, _ = connect_json(gateway, f"{INVENTORY}/GetProduct", {"sku": sku}, **{"x-api-key": "carol-key-0123"})
     assert status == 200  # carol has her own bucket
+
+
+def test_a_body_over_the_limit_is_refused_in_each_protocols_form(gateway: str) -> None:
+    import socket
+
+    host, port = gateway.split(":")
+    for content_type, expect in [("application/json", b'"code":"resource_exhausted"'),
+                                 ("application/grpc-web+proto", b"grpc-status: 8")]:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST {INVENTORY}/GetProduct HTTP/1.1\r\nhost: t\r\ncontent-type: {content_type}\r\n"
+                         "content-length: 50000000\r\n\r\n".encode())
+            answer = sock.recv(4096)  # refused from the headers alone: no body was sent
+        assert b"exceeds the limit" in answer and expect in answer, answer
+    # REST keeps its own form (tests/e2e/test_gateway.py): a 413 with the numeric code.
