@@ -445,3 +445,18 @@ def test_streams_opened_and_closed_by_the_hundred_leave_no_task_behind(launcher:
     for _ in range(200):
         assert Http(launcher).call("GET", f"/v1/users/{user}/notifications")[0] == 200
     time.sleep(1)
+
+
+def test_the_pages_go_gzipped_to_who_takes_gzip_and_as_they_are_to_others(api: Http) -> None:
+    import gzip
+
+    from tests.conftest import ROOT
+
+    bundle = (ROOT / "gateway" / "static" / "shop.js").read_bytes()
+    status, headers, body = api.call("GET", "/static/shop.js", headers={"accept-encoding": "gzip, deflate"})
+    assert status == 200 and headers["content-encoding"] == "gzip" and "accept-encoding" in headers["vary"]
+    assert gzip.decompress(body) == bundle and len(body) < len(bundle) / 2
+    status, headers, body = api.call("GET", "/static/shop.js", headers={"accept-encoding": "identity"})
+    assert status == 200 and "content-encoding" not in headers and body == bundle
+    status, headers, body = api.call("GET", "/static/shop.js", headers={"accept-encoding": "gzip;q=0"})
+    assert "content-encoding" not in headers and body == bundle
