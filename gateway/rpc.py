@@ -21,6 +21,7 @@ Compression: gzip or identity, both ways (Content-Encoding / Accept-Encoding for
 Connect-Content-Encoding / Connect-Accept-Encoding for its streams, grpc-encoding /
 grpc-accept-encoding for gRPC-Web); a compressed body may not inflate past the body limit.
 Deadlines: Connect-Timeout-Ms or grpc-timeout, capped like REST's; none on a stream unless asked.
+The framing itself (envelopes, base64 text, gzip, a status in each form) is gateway/wire.py.
 """
 
 from __future__ import annotations
@@ -29,24 +30,41 @@ import asyncio
 import base64
 import binascii
 import re
-import struct
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 import grpc
-from google.protobuf import any_pb2, descriptor_pb2, json_format, message_factory
+from google.protobuf import descriptor_pb2, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
-from google.rpc import status_pb2
 
 from gateway.auth import Need, Principal
 from gateway.errors import HTTP_STATUS, Failure
 from gateway.protojson import BadRequest, Reader, loads
 from gateway.proxy import MIN_TIMEOUT, grpc_timeout, own_user_id
 from gateway.transcode import dumps, to_json
+from gateway.wire import (
+    COMPRESS_MIN_BYTES,
+    COMPRESSED,
+    END_STREAM,
+    MESH_OWN,
+    TRAILERS,
+    Status,
+    Wire,
+    accepts_gzip,
+    deflate,
+    encoding_of,
+    envelope,
+    grpc_web_text,
+    header_pairs,
+    inflate,
+    refusal,
+    unb64,
+    unenvelope,
+    wire_of,
+)
 from mesh import identity
 from mesh.channels import Upstreams
 from mesh.errors import Unavailable
@@ -55,9 +73,6 @@ from mesh.settings import Settings
 
 _C = grpc.StatusCode
 DEADLINE_OFFSET = 0.02  # seconds: see RpcProtocols._passed_on
-COMPRESS_MIN_BYTES = 1024  # smaller messages are sent as they are: gzip would only add bytes
-ENCODINGS = ("gzip", "identity")
-_END_STREAM, _COMPRESSED, _TRAILERS = 0x02, 0x01, 0x80
 _TIMEOUT_MS = re.compile(r"^\d{1,10}$")
 # Request headers that are the protocols' own, the browser's or the hop's, never metadata; and the
 # identity entries, which only the gateway writes (mesh/identity.py).
@@ -69,188 +84,6 @@ _NOT_METADATA = frozenset({
     identity.USER, identity.ADMIN,
 })
 _METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
-# How gRPC itself words an upstream it could not reach (what the upstream said is never reworded).
-_TRANSPORT_TEXT = ("failed to connect", "Socket closed", "Connection reset", "Broken pipe", "recvmsg",
-                   "connections to all backends failing", "DNS resolution failed", "Endpoint read failed",
-                   "GOAWAY", "keepalive watchdog", "Cancelling all calls", "Connection refused")
-_MESH_OWN = "x-shopmesh-"  # identity, soft errors: between the mesh's processes only
-
-
-def connect_code(code: grpc.StatusCode) -> str:
-    """`INVALID_ARGUMENT` -> `invalid_argument`; CANCELLED is Connect's `canceled`."""
-    return "canceled" if code is _C.CANCELLED else code.name.lower()
-
-
-@dataclass(frozen=True)
-class Wire:
-    """What one request speaks: its protocol, its codec, and whether its messages are enveloped."""
-
-    protocol: str  # "connect" or "grpc-web"
-    codec: str  # "proto" or "json"
-    enveloped: bool  # Connect streaming, and all of gRPC-Web
-    content_type: str  # the reply's
-    text: bool = False  # gRPC-Web's base64 form
-
-
-def wire_of(request: Request) -> Wire | None:
-    """The protocol the request's content type (or, for a GET, its query) names; None if neither."""
-    if request.method in ("GET", "HEAD"):  # HEAD: what the GET would answer, without the body
-        return Wire("connect", "proto", False, "application/proto") if "connect=v1" in request.query or \
-            "message=" in request.query else None
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media in ("application/proto", "application/json"):
-        return Wire("connect", media.rpartition("/")[2], False, media)
-    if media in ("application/connect+proto", "application/connect+json"):
-        return Wire("connect", media.rpartition("+")[2], True, media)
-    for base, text in (("application/grpc-web-text", True), ("application/grpc-web", False)):
-        if media == base or media.startswith(base + "+"):
-            codec = media[len(base) + 1:] or "proto"
-            if codec not in ("proto", "json") or (text and codec != "proto"):
-                return None
-            return Wire("grpc-web", codec, True, f"{base}+{codec}", text)
-    return None
-
-
-@dataclass
-class Status:
-    """An RPC's outcome as the protocols carry it: the code, a message, the details as packed Anys."""
-
-    code: grpc.StatusCode
-    message: str = ""
-    details: list[any_pb2.Any] = field(default_factory=list)
-
-    @classmethod
-    def of_failure(cls, failure: Failure) -> Status:
-        details = []
-        for detail in failure.details:
-            packed = any_pb2.Any()
-            try:
-                json_format.ParseDict(detail, packed)
-            except json_format.ParseError:
-                continue
-            details.append(packed)
-        return cls(failure.code, failure.message, details)
-
-    @classmethod
-    def of_rpc_error(cls, error: grpc.aio.AioRpcError, upstream: str) -> tuple[Status, list[tuple[str, Any]]]:
-        """The upstream's status, and its trailers; gRPC's own transport text (the upstream never
-        answered) becomes a sentence, what the upstream said is kept word for word."""
-        code, message, details, trailers = error.code(), error.details() or "", [], []
-        for key, value in error.trailing_metadata() or ():
-            if key == "grpc-status-details-bin":
-                details = list(status_pb2.Status.FromString(value).details)
-            else:
-                trailers.append((key, value))
-        if code is _C.DEADLINE_EXCEEDED and message in ("", "Deadline Exceeded"):
-            message = f"the {upstream} service did not answer within the deadline"
-        elif code is _C.UNAVAILABLE and (not message or message.startswith(_TRANSPORT_TEXT)):
-            message = f"the {upstream} service is unavailable; try again"
-        return cls(code, message, details), trailers
-
-    def connect_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": connect_code(self.code)}
-        if self.message:
-            body["message"] = self.message
-        if self.details:
-            body["details"] = [{"type": d.TypeName(), "value": _b64(d.value)} for d in self.details]
-        return body
-
-    def grpc_trailers(self) -> list[tuple[str, str]]:
-        said = [("grpc-status", str(self.code.value[0]))]
-        if self.message:
-            said.append(("grpc-message", quote(self.message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")))
-        if self.details:
-            status = status_pb2.Status(code=self.code.value[0], message=self.message, details=self.details)
-            said.append(("grpc-status-details-bin", _b64(status.SerializeToString())))  # unpadded, as gRPC sends it
-        return said
-
-
-def refusal(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
-    """A protocol-level refusal (no such method, verb or content type): the HTTP status says it, and
-    a line of text says why; no RPC error body, which a client would read as the RPC's own."""
-    return Response(status, message.encode() + b"\n", "text/plain; charset=utf-8", headers=list(headers))
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str | bytes, urlsafe: bool = False) -> bytes:
-    raw = text.encode() if isinstance(text, str) else text
-    raw = raw.strip() + b"=" * (-len(raw.strip()) % 4)
-    return base64.urlsafe_b64decode(raw) if urlsafe else base64.b64decode(raw, validate=True)
-
-
-def _header_pairs(metadata: Iterable[tuple[str, Any]]) -> list[tuple[str, str]]:
-    """gRPC metadata as HTTP headers: binary (-bin) values in base64; the mesh's own entries stay inside."""
-    return [(key, base64.b64encode(value).decode() if isinstance(value, bytes) else str(value))
-            for key, value in metadata if not key.startswith(_MESH_OWN)]
-
-
-def _inflate(data: bytes, limit: int) -> bytes:
-    """gzip data, refused once it inflates past `limit` bytes (no bomb makes us hold more)."""
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error:
-        raise Failure.of(_C.INVALID_ARGUMENT, "the request body is not valid gzip") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise Failure.of(_C.RESOURCE_EXHAUSTED, f"the request message inflates past {limit} bytes")
-    return out
-
-
-def _deflate(data: bytes) -> bytes:
-    deflater = zlib.compressobj(6, zlib.DEFLATED, 31)
-    return deflater.compress(data) + deflater.flush()
-
-
-def _encoding(value: str | None, header: str) -> str:
-    value = (value or "identity").strip().lower()
-    if value not in ENCODINGS:
-        raise Failure.of(_C.UNIMPLEMENTED, f"{header} {value!r} is not supported; use one of {', '.join(ENCODINGS)}")
-    return value
-
-
-def _accepts_gzip(value: str | None) -> bool:
-    return any(part.split(";")[0].strip().lower() == "gzip" for part in (value or "").split(","))
-
-
-def envelope(flags: int, data: bytes) -> bytes:
-    return struct.pack(">BI", flags, len(data)) + data
-
-
-def unenvelope(body: bytes) -> list[tuple[int, bytes]]:
-    """The envelopes of an enveloped body; INVALID_ARGUMENT if one is cut short."""
-    frames, at = [], 0
-    while at < len(body):
-        if len(body) - at < 5:
-            raise Failure.of(_C.INVALID_ARGUMENT, "the request body ends inside an envelope's 5-byte prefix")
-        flags, size = struct.unpack_from(">BI", body, at)
-        at += 5
-        if len(body) - at < size:
-            raise Failure.of(_C.INVALID_ARGUMENT, f"an envelope says {size} bytes but {len(body) - at} follow")
-        frames.append((flags, body[at:at + size]))
-        at += size
-    return frames
-
-
-def _grpc_web_text(body: bytes) -> bytes:
-    """gRPC-Web-text's body: base64, possibly several padded chunks one after another."""
-    out, text = [], b"".join(body.split())
-    try:
-        while text:
-            end = text.find(b"=")
-            if end < 0:
-                out.append(_unb64(text))
-                break
-            end += 1
-            while end < len(text) and text[end:end + 1] == b"=":
-                end += 1
-            out.append(_unb64(text[:end]))
-            text = text[end:]
-    except (binascii.Error, ValueError):
-        raise Failure.of(_C.INVALID_ARGUMENT, "the grpc-web-text body is not base64") from None
-    return b"".join(out)
 
 
 @dataclass
@@ -318,11 +151,11 @@ class RpcProtocols:
                      trailers: Sequence[tuple[str, Any]], *, compress: bool) -> Response:
         if wire.protocol == "grpc-web":  # trailers-only: the status in the headers, no body
             return Response(200, b"", wire.content_type,
-                            headers=[*headers, *_header_pairs(trailers), *status.grpc_trailers()])
+                            headers=[*headers, *header_pairs(trailers), *status.grpc_trailers()])
         if wire.enveloped:
             return Response(200, self._end_stream(status, trailers, compress), wire.content_type, headers=headers)
         return Response(HTTP_STATUS.get(status.code, 500), dumps(status.connect_json()),
-                        headers=[*headers, *((f"trailer-{k}", v) for k, v in _header_pairs(trailers))])
+                        headers=[*headers, *((f"trailer-{k}", v) for k, v in header_pairs(trailers))])
 
     @staticmethod
     def _end_stream(status: Status | None, trailers: Sequence[tuple[str, Any]], compress: bool) -> bytes:
@@ -330,12 +163,12 @@ class RpcProtocols:
         if status is not None:
             body["error"] = status.connect_json()
         metadata: dict[str, list[str]] = {}
-        for key, value in _header_pairs(trailers):
+        for key, value in header_pairs(trailers):
             metadata.setdefault(key, []).append(value)
         if metadata:
             body["metadata"] = metadata
         data = dumps(body)
-        return envelope(_END_STREAM | _COMPRESSED, _deflate(data)) if compress else envelope(_END_STREAM, data)
+        return envelope(END_STREAM | COMPRESSED, deflate(data)) if compress else envelope(END_STREAM, data)
 
     # --- serving ---
 
@@ -405,31 +238,31 @@ class RpcProtocols:
             raw = query.get("message", [""])[0]
             if one.get("base64") == "1":
                 try:
-                    data = _unb64(raw, urlsafe=True)
+                    data = unb64(raw, urlsafe=True)
                 except (binascii.Error, ValueError):
                     raise Failure.of(_C.INVALID_ARGUMENT, "message= is not base64url") from None
             else:
                 data = raw.encode("latin-1")  # the bytes the client escaped (JSON is read as UTF-8 from them)
-            if _encoding(one.get("compression"), "compression") == "gzip":
-                data = _inflate(data, limit)
+            if encoding_of(one.get("compression"), "compression") == "gzip":
+                data = inflate(data, limit)
             return wire, data, self._connect_timeout(request)
-        body = _grpc_web_text(request.body) if wire.text else request.body
+        body = grpc_web_text(request.body) if wire.text else request.body
         if wire.protocol == "connect" and not wire.enveloped:
-            if _encoding(request.headers.get("content-encoding"), "content-encoding") == "gzip":
-                body = _inflate(body, limit)
+            if encoding_of(request.headers.get("content-encoding"), "content-encoding") == "gzip":
+                body = inflate(body, limit)
             return wire, body, self._connect_timeout(request)
         header = "connect-content-encoding" if wire.protocol == "connect" else "grpc-encoding"
-        encoding = _encoding(request.headers.get(header), header)
+        encoding = encoding_of(request.headers.get(header), header)
         frames = unenvelope(body)
         if len(frames) != 1:
             said = "no message" if not frames else f"{len(frames)} messages"
             # UNIMPLEMENTED, as gRPC's status codes say of a cardinality violation
             raise Failure.of(_C.UNIMPLEMENTED, f"{method.path} takes exactly one request message; the request carries {said}")
         flags, data = frames[0]
-        if flags & _COMPRESSED:
+        if flags & COMPRESSED:
             if encoding == "identity":
                 raise Failure.of(_C.INTERNAL, f"a compressed message came without a {header}")
-            data = _inflate(data, limit)
+            data = inflate(data, limit)
         timeout = self._connect_timeout(request) if wire.protocol == "connect" else self._grpc_timeout(request)
         return wire, data, timeout
 
@@ -479,12 +312,12 @@ class RpcProtocols:
         found: list[tuple[str, Any]] = []
         for key, value in request.headers.items():
             if key in _NOT_METADATA or key.startswith(("connect-", "sec-", "access-control-", "x-forwarded-", "grpc-",
-                                                      _MESH_OWN)) \
+                                                      MESH_OWN)) \
                     or not _METADATA_KEY.match(key):
                 continue
             if key.endswith("-bin"):
                 try:
-                    found += [(key, _unb64(part.strip())) for part in value.split(",")]
+                    found += [(key, unb64(part.strip())) for part in value.split(",")]
                 except (binascii.Error, ValueError):
                     raise Failure.of(_C.INVALID_ARGUMENT, f"header {key} is not base64") from None
             elif value.isascii() and value.isprintable():
@@ -506,15 +339,15 @@ class RpcProtocols:
             reply: bytes = await rpc
         except grpc.aio.AioRpcError as error:
             status, trailers = Status.of_rpc_error(error, method.upstream)
-            headers = _header_pairs(error.initial_metadata() or ())
+            headers = header_pairs(error.initial_metadata() or ())
             return self._error_reply(wire, status, headers, trailers, compress=False)
-        headers = _header_pairs(await rpc.initial_metadata() or ())
+        headers = header_pairs(await rpc.initial_metadata() or ())
         trailers = list(await rpc.trailing_metadata() or ())
         payload = reply if wire.codec == "proto" else to_json(method.response_class.FromString(reply))
         if wire.protocol == "connect":
-            headers += [(f"trailer-{k}", v) for k, v in _header_pairs(trailers)]
+            headers += [(f"trailer-{k}", v) for k, v in header_pairs(trailers)]
             if compress and len(payload) >= COMPRESS_MIN_BYTES:
-                payload, headers = _deflate(payload), [*headers, ("content-encoding", "gzip")]
+                payload, headers = deflate(payload), [*headers, ("content-encoding", "gzip")]
             return Response(200, payload, wire.content_type, headers=headers)
         body = self._frame(wire, payload, compress) + self._trailer_frame(wire, Status(_C.OK), trailers)
         if compress:
@@ -523,21 +356,21 @@ class RpcProtocols:
 
     def _compress_reply(self, request: Request, wire: Wire) -> bool:
         if wire.protocol == "grpc-web":
-            return _accepts_gzip(request.headers.get("grpc-accept-encoding"))
+            return accepts_gzip(request.headers.get("grpc-accept-encoding"))
         if wire.enveloped:
-            return _accepts_gzip(request.headers.get("connect-accept-encoding"))
-        return _accepts_gzip(request.headers.get("accept-encoding"))
+            return accepts_gzip(request.headers.get("connect-accept-encoding"))
+        return accepts_gzip(request.headers.get("accept-encoding"))
 
     @staticmethod
     def _frame(wire: Wire, payload: bytes, compress: bool) -> bytes:
-        framed = envelope(_COMPRESSED, _deflate(payload)) if compress and len(payload) >= COMPRESS_MIN_BYTES \
+        framed = envelope(COMPRESSED, deflate(payload)) if compress and len(payload) >= COMPRESS_MIN_BYTES \
             else envelope(0, payload)
         return base64.b64encode(framed) if wire.text else framed
 
     @staticmethod
     def _trailer_frame(wire: Wire, status: Status, trailers: Sequence[tuple[str, Any]]) -> bytes:
-        lines = "".join(f"{k}: {v}\r\n" for k, v in [*status.grpc_trailers(), *_header_pairs(trailers)])
-        framed = envelope(_TRAILERS, lines.encode("latin-1"))
+        lines = "".join(f"{k}: {v}\r\n" for k, v in [*status.grpc_trailers(), *header_pairs(trailers)])
+        framed = envelope(TRAILERS, lines.encode("latin-1"))
         return base64.b64encode(framed) if wire.text else framed
 
     async def _stream(self, call: Any, wire: Wire, method: Method, data: bytes, metadata: tuple,
@@ -550,10 +383,10 @@ class RpcProtocols:
         encoding = [("connect-content-encoding" if wire.protocol == "connect" else "grpc-encoding", "gzip")] \
             if compress else []
         try:
-            headers = _header_pairs(await rpc.initial_metadata() or ())
+            headers = header_pairs(await rpc.initial_metadata() or ())
         except grpc.aio.AioRpcError as error:
             status, trailers = Status.of_rpc_error(error, method.upstream)
-            return self._error_reply(wire, status, _header_pairs(error.initial_metadata() or ()), trailers,
+            return self._error_reply(wire, status, header_pairs(error.initial_metadata() or ()), trailers,
                                      compress=False)
         except asyncio.CancelledError:  # the client left before the stream began
             rpc.cancel()

@@ -1,4 +1,4 @@
-"""The pure pieces of gateway/rpc.py: content types, envelopes, base64 text, bounded gzip, Connect's codes."""
+"""The pure pieces of the RPC protocols (gateway/wire.py): content types, envelopes, base64 text, bounded gzip, Connect's codes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from gateway.errors import Failure
-from gateway.rpc import _grpc_web_text, _inflate, connect_code, envelope, unenvelope, wire_of
+from gateway.wire import connect_code, envelope, grpc_web_text, inflate, unenvelope, wire_of
 from mesh.http import Request
 
 
@@ -56,19 +56,19 @@ def test_envelopes_round_trip_and_lies_about_their_size_are_refused() -> None:
 def test_grpc_web_text_reads_chunks_each_padded_and_refuses_what_is_not_base64() -> None:
     frames = [envelope(0, b"a"), envelope(0, b"bc"), envelope(0x80, b"grpc-status: 0\r\n")]
     text = b"".join(base64.b64encode(f) for f in frames)  # each chunk padded on its own, as servers stream them
-    assert _grpc_web_text(text) == b"".join(frames)
-    assert _grpc_web_text(base64.b64encode(b"".join(frames))) == b"".join(frames)
+    assert grpc_web_text(text) == b"".join(frames)
+    assert grpc_web_text(base64.b64encode(b"".join(frames))) == b"".join(frames)
     with pytest.raises(Failure):
-        _grpc_web_text(b"not base64 at all!")
+        grpc_web_text(b"not base64 at all!")
 
 
 def test_gzip_inflates_only_up_to_the_limit() -> None:
-    assert _inflate(gzip.compress(b"x" * 1000), 1000) == b"x" * 1000
+    assert inflate(gzip.compress(b"x" * 1000), 1000) == b"x" * 1000
     with pytest.raises(Failure) as refused:
-        _inflate(gzip.compress(b"x" * 1001), 1000)
+        inflate(gzip.compress(b"x" * 1001), 1000)
     assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     with pytest.raises(Failure) as refused:
-        _inflate(b"not gzip", 1000)
+        inflate(b"not gzip", 1000)
     assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
 
 
