@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real tools the tests and benchmarks drive into .tools/bin:
-# grpcurl, grpc-health-probe, ghz and buf (for `buf curl`) with `go install`, a Consul
+# grpcurl, grpc-health-probe, ghz, buf (for `buf curl` and the contracts' lint and breaking
+# checks) and the Connect conformance suite (connectconformance) with `go install`, a Consul
 # agent built from Consul's published Go module (see build_consul below), and
 # protojson-reference, our small Go program that reads JSON with Go's protojson
 # (grpc-gateway's codec) so the tests compare the gateway's reader with it.
