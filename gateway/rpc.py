@@ -65,7 +65,7 @@ from gateway.wire import (
     unenvelope,
     wire_of,
 )
-from mesh import identity
+from mesh import identity, telemetry
 from mesh.channels import Upstreams
 from mesh.errors import Unavailable
 from mesh.http import Request, Response
@@ -81,9 +81,11 @@ _NOT_METADATA = frozenset({
     "content-type", "cookie", "host", "keep-alive", "origin", "referer", "te", "transfer-encoding", "upgrade",
     "user-agent", "x-user-agent", "x-grpc-web", "x-api-key", "x-requested-with", "grpc-timeout", "grpc-encoding",
     "grpc-accept-encoding", "idempotency-key", "last-event-id", "priority", "dnt", "pragma", "cache-control",
+    "x-request-id",  # the channel sends the request's id itself (mesh/channels.py), once
     identity.USER, identity.ADMIN,
 })
 _METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
+_TRACE_CONTEXT = ("traceparent", "tracestate")
 
 
 @dataclass
@@ -310,8 +312,10 @@ class RpcProtocols:
         """The request's headers as gRPC metadata, but the protocols' and the browser's own; the caller
         named by the gateway, never by the client."""
         found: list[tuple[str, Any]] = []
+        # With tracing on, the channel writes traceparent from the gateway's own span (as for REST).
+        skipped = _TRACE_CONTEXT if telemetry.enabled() else ()
         for key, value in request.headers.items():
-            if key in _NOT_METADATA or key.startswith(("connect-", "sec-", "access-control-", "x-forwarded-", "grpc-",
+            if key in _NOT_METADATA or key in skipped or key.startswith(("connect-", "sec-", "access-control-", "x-forwarded-", "grpc-",
                                                       MESH_OWN)) \
                     or not _METADATA_KEY.match(key):
                 continue

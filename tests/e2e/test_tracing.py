@@ -217,3 +217,35 @@ def test_spans_go_over_otlp_to_a_collector_with_service_version_and_instance(tmp
     assert resource["service.version"]
     get = next(span for _, span in spans if span.name.endswith("/GetProduct"))
     assert any(kv.key == "rpc.grpc.status_code" and kv.value.int_value == 5 for kv in get.attributes)
+
+
+def test_a_connect_call_continues_the_callers_trace_through_every_service(traced: tuple[Launcher, Path]) -> None:
+    mesh, traces = traced
+    trace_id, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    body = json.dumps({"requestId": str(uuid.uuid4()), "userId": "traced-connect",
+                       "lines": [{"sku": "coffee-mug", "quantity": 1}]}).encode()
+    request = urllib.request.Request(
+        f"http://{mesh.address('gateway')}/shop.order.v1.OrderService/CreateOrder", data=body, method="POST",
+        headers={"content-type": "application/json", "connect-protocol-version": "1",
+                 "traceparent": f"00-{trace_id}-{caller_span}-01"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.headers["x-trace-id"] == trace_id
+        assert json.load(reply)["status"] == "CONFIRMED"
+
+    def ours() -> list[dict]:
+        return [s for s in spans(traces) if s["context"]["trace_id"] == f"0x{trace_id}"]
+
+    deadline = time.monotonic() + 15
+    while not any(s["name"] == "/shop.inventory.v1.InventoryService/ReserveStock" for s in ours()):
+        assert time.monotonic() < deadline, [s["name"] for s in ours()]
+        time.sleep(0.2)
+    found = ours()
+    (root,) = [s for s in found if s["name"] == "POST /shop.order.v1.OrderService/CreateOrder"]
+    assert root["parent_id"] == f"0x{caller_span}"  # the gateway's span is the caller's child
+    ids = {s["context"]["span_id"] for s in found}
+    services = {s["resource"]["attributes"]["service.name"] for s in found}
+    assert {"shopmesh-gateway", "shopmesh-order", "shopmesh-inventory"} <= services
+    # Everything else hangs under the gateway's spans: the caller's traceparent was not passed on
+    # beside the gateway's own (the order service would then have parented on the caller).
+    assert all(s["parent_id"] in ids for s in found if s is not root), \
+        [(s["name"], s["parent_id"]) for s in found if s is not root and s["parent_id"] not in ids]
