@@ -27,6 +27,7 @@ from generated.shop.order.v1 import order_pb2
 from tests.e2e.harness import Launcher, Mesh, new_product
 
 INVENTORY = "/shop.inventory.v1.InventoryService"
+PAGE = "http://page.example"  # an origin the signed gateway lets call it
 ORDER = "/shop.order.v1.OrderService"
 NOTIFICATION = "/shop.notification.v1.NotificationService"
 
@@ -217,7 +218,7 @@ def signed(tmp_path: Path) -> Iterator[Mesh]:
         mesh.start(service)
     mesh.start("gateway", SHOPMESH_AUTH="on", SHOPMESH_API_KEYS="carol-key-0123=carol,dave-key-0123=dave",
                SHOPMESH_JWT_SECRET="connect-secret-connect-secret-0123", SHOPMESH_RATE_LIMIT_PER_SECOND="2",
-               SHOPMESH_RATE_LIMIT_BURST="20")
+               SHOPMESH_RATE_LIMIT_BURST="20", SHOPMESH_CORS_ORIGINS=PAGE)
     yield mesh
     mesh.stop_all()
 
@@ -266,3 +267,72 @@ def test_a_body_over_the_limit_is_refused_in_each_protocols_form(gateway: str) -
             answer = sock.recv(4096)  # refused from the headers alone: no body was sent
         assert b"exceeds the limit" in answer and expect in answer, answer
     # REST keeps its own form (tests/e2e/test_gateway.py): a 413 with the numeric code.
+
+
+def test_a_page_of_another_origin_may_speak_connect_and_grpc_web_through_cors(signed: Mesh) -> None:
+    gateway = signed.address("gateway")
+    asked = "content-type,connect-protocol-version,connect-timeout-ms,x-api-key,x-grpc-web,x-user-agent,grpc-timeout"
+    status, headers, _ = call(gateway, "OPTIONS", f"{INVENTORY}/GetProduct", headers={
+        "origin": PAGE, "access-control-request-method": "POST", "access-control-request-headers": asked})
+    assert status == 204 and headers["access-control-allow-origin"] == PAGE, headers
+    assert set(headers["access-control-allow-methods"].split(", ")) >= {"GET", "POST"}  # a read: Connect GETs too
+    assert set(headers["access-control-allow-headers"].split(", ")) == set(asked.split(","))
+    status, _, _ = call(gateway, "OPTIONS", f"{ORDER}/CreateOrder", headers={
+        "origin": "http://evil.example", "access-control-request-method": "POST"})
+    assert status == 403
+    # An error to the page (no sign-in) is readable by it: its grpc-status header is exposed.
+    status, headers, data = call(gateway, "POST", f"{ORDER}/ListOrders", grpc_web_frame(
+        order_pb2.ListOrdersRequest(user_id="carol")), {"content-type": "application/grpc-web+proto", "origin": PAGE})
+    assert status == 200 and headers["grpc-status"] == "16" and headers["access-control-allow-origin"] == PAGE
+    assert headers["access-control-expose-headers"] == "*"
+
+
+def grpc_web_frame(message: Any) -> bytes:
+    data = message.SerializeToString()
+    return struct.pack(">BI", 0, len(data)) + data
+
+
+def test_connect_calls_are_counted_by_their_method_path(launcher: Launcher, gateway: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sku = new_product(launcher, 1, "metrics")
+
+    def answered() -> dict[str, float]:
+        page = call(gateway, "GET", "/metrics")[2].decode()
+        return {s.labels["code"]: s.value for family in text_string_to_metric_families(page) for s in family.samples
+                if s.name == "http_requests_total" and s.labels.get("route") == f"{INVENTORY}/GetProduct"
+                and s.labels.get("method") == "POST"}
+
+    before = answered()
+    for _ in range(3):
+        assert connect_json(gateway, f"{INVENTORY}/GetProduct", {"sku": sku})[0] == 200
+    assert connect_json(gateway, f"{INVENTORY}/GetProduct", {"sku": "no-such-sku"})[0] == 404
+    after = answered()
+    assert after.get("200", 0) - before.get("200", 0) == 3 and after.get("404", 0) - before.get("404", 0) == 1
+
+
+def test_hundreds_of_connect_streams_dropped_mid_flight_leave_nothing_behind_and_a_polite_page_is_notified(
+        launcher: Launcher, gateway: str) -> None:
+    import socket
+    import time
+
+    host, port = gateway.split(":")
+    churner = f"churn-{uuid.uuid4().hex[:8]}"
+    request = json.dumps({"userId": churner}).encode()
+    frame = struct.pack(">BI", 0, len(request)) + request
+    for _ in range(4):
+        socks = [socket.create_connection((host, int(port)), timeout=15) for _ in range(50)]
+        for sock in socks:
+            sock.sendall(f"POST {NOTIFICATION}/StreamNotifications HTTP/1.1\r\nhost: t\r\n"
+                         f"content-type: application/connect+json\r\ncontent-length: {len(frame)}\r\n\r\n".encode()
+                         + frame)
+        for sock in socks:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        for sock in socks:
+            sock.close()  # gone without a word, mid-stream
+    deadline = time.monotonic() + 15
+    while launcher.output().count(f"stream closed for user {churner}") < 200:
+        assert time.monotonic() < deadline, "not every upstream stream ended with its client"
+        time.sleep(0.2)
+    # Meanwhile a polite page's stream still gets its notification at once.
+    test_notifications_stream_over_connect_as_orders_are_placed(launcher, gateway)
