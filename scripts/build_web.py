@@ -43,22 +43,12 @@ def _npm_ci() -> None:
 
 
 def _stubs(out: Path) -> None:
-    import grpc_tools
-    from google.api import annotations_pb2
-    from grpc_tools import protoc
-
     sys.path.insert(0, str(ROOT / "scripts"))
-    from generate import _validate_descriptor_set
+    from generate import protoc
 
-    googleapis = Path(annotations_pb2.__file__).parents[2]
     files = [*sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto")), *DEPENDENCIES]
-    with tempfile.TemporaryDirectory() as folder:
-        args = ["grpc_tools.protoc", f"-I{PROTOS}", f"-I{googleapis}", f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
-                f"--descriptor_set_in={_validate_descriptor_set(Path(folder))}",
-                f"--plugin=protoc-gen-es={WEB / 'node_modules' / '.bin' / 'protoc-gen-es'}",
-                f"--es_out={out}", "--es_opt=target=ts,import_extension=none", *files]
-        if protoc.main(args) != 0:
-            raise SystemExit("build_web: protoc failed")
+    protoc([f"--plugin=protoc-gen-es={WEB / 'node_modules' / '.bin' / 'protoc-gen-es'}", f"--es_out={out}",
+            "--es_opt=target=ts,import_extension=none", *files], what="build_web")
     version = (PROTOS / "VERSION").read_text().strip()  # the contracts wheel's version too
     for path in out.rglob("*.ts"):
         path.write_text(HEADER.format(version=version) + path.read_text())

@@ -36,21 +36,12 @@ OURS = "shop"  # the contracts' files: shop/...; the rest of an image is what th
 
 def image(protos: Path, out: Path, *, source_info: bool = True) -> Path:
     """protos/ (and all it imports) as one FileDescriptorSet at `out`, comments included."""
-    import grpc_tools
-    from google.api import annotations_pb2
-    from grpc_tools import protoc
-
     sys.path.insert(0, str(ROOT / "scripts"))
-    from generate import _validate_descriptor_set
+    from generate import protoc
 
-    googleapis = Path(annotations_pb2.__file__).parents[2]
     files = sorted(str(p.relative_to(protos)) for p in (protos / OURS).rglob("*.proto"))
-    with tempfile.TemporaryDirectory() as folder:
-        args = ["grpc_tools.protoc", f"-I{protos}", f"-I{googleapis}", f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
-                f"--descriptor_set_in={_validate_descriptor_set(Path(folder))}", "--include_imports",
-                f"--descriptor_set_out={out}", *(["--include_source_info"] if source_info else []), *files]
-        if protoc.main(args) != 0:
-            raise SystemExit("check_contracts: protoc failed on the contracts")
+    protoc(["--include_imports", f"--descriptor_set_out={out}", *(["--include_source_info"] if source_info else []),
+            *files], protos, "check_contracts")
     return out
 
 

@@ -58,36 +58,30 @@ def _validate_descriptor_set(folder: Path) -> Path:
     return path
 
 
-def _protoc(out: Path) -> None:
+def protoc(args: list[str], protos: Path = PROTOS, what: str = "generate") -> None:
+    """protoc (grpcio-tools') over `protos` with every import the contracts make on its path:
+    googleapis-common-protos' google/api and google/rpc, the well-known types, and protovalidate's
+    descriptor. The one way protoc is run on the contracts (stubs, images, TypeScript)."""
     import grpc_tools
-    from grpc_tools import protoc
+    from google.api import annotations_pb2  # googleapis-common-protos ships google/{api,rpc}/*.proto
+    from grpc_tools import protoc as run
 
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
-    import google.api  # googleapis-common-protos ships google/api/*.proto
+    googleapis = Path(annotations_pb2.__file__).parents[2]
+    with tempfile.TemporaryDirectory() as folder:
+        full = ["grpc_tools.protoc", f"-I{protos}", f"-I{googleapis}", f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
+                f"--descriptor_set_in={_validate_descriptor_set(Path(folder))}", *args]
+        if run.main(full) != 0:
+            raise SystemExit(f"{what}: protoc failed")
 
-    googleapis = Path(google.api.__path__[0]).parent.parent
+
+def _protoc(out: Path) -> None:
     files = [*sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto")), VALIDATE_PROTO]
     mypy_grpc = shutil.which("protoc-gen-mypy_grpc", path=str(Path(sys.executable).parent))
     if mypy_grpc is None:
         raise SystemExit("generate: protoc-gen-mypy_grpc not found; pip install -e '.[dev]'")
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTOS}",
-        f"-I{googleapis}",
-        f"-I{well_known}",
-        f"--python_out={out}",
-        f"--pyi_out={out}",
-        f"--grpc_python_out={out}",
-        f"--plugin=protoc-gen-mypy_grpc={mypy_grpc}",
-        f"--mypy_grpc_out=quiet:{out}",
-        f"--descriptor_set_out={out / PROTOSET}",
-        "--include_imports",
-        *files,
-    ]
-    with tempfile.TemporaryDirectory() as folder:
-        args.insert(4, f"--descriptor_set_in={_validate_descriptor_set(Path(folder))}")
-        if protoc.main(args) != 0:
-            raise SystemExit("generate: protoc failed")
+    protoc([f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
+            f"--plugin=protoc-gen-mypy_grpc={mypy_grpc}", f"--mypy_grpc_out=quiet:{out}",
+            f"--descriptor_set_out={out / PROTOSET}", "--include_imports", *files])
 
 
 def _rewrite(path: Path, package: str) -> None:
