@@ -97,16 +97,29 @@ def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> Failure:
     message = error.details() or code.name
     if code is _C.INVALID_ARGUMENT:
         message = _json_field_names(message, details)
-    if code is _C.UNAVAILABLE and message.startswith("circuit open"):
-        message = f"the {upstream} service {message[message.index(':') + 2:]}"  # our breaker: say so
-    elif code is _C.UNAVAILABLE and not details and "did not answer" not in message:
-        # gRPC's own transport text ("failed to connect to all addresses; ...") is for logs.
-        message = f"the {upstream} service is unavailable; try again"
-    elif code is _C.DEADLINE_EXCEEDED and "did not answer" not in message:
-        message = f"the {upstream} service did not answer within the deadline"
+    message = in_plain_words(code, message, upstream)
     # An overloaded upstream shed the call: come back shortly.
     headers = [("retry-after", "1")] if code is _C.RESOURCE_EXHAUSTED else []
     return Failure.of(code, message, details=details, headers=headers)
+
+
+# How gRPC itself words an upstream it could not reach: for logs, not callers.
+TRANSPORT_TEXT = ("failed to connect", "Socket closed", "Connection reset", "Broken pipe", "recvmsg",
+                  "connections to all backends failing", "DNS resolution failed", "Endpoint read failed",
+                  "GOAWAY", "keepalive watchdog", "Cancelling all calls", "Connection refused")
+
+
+def in_plain_words(code: grpc.StatusCode, message: str, upstream: str) -> str:
+    """What the caller reads for an upstream's status, in every protocol: gRPC's own transport text
+    and our breaker's refusal become a sentence naming the upstream; what the upstream said is kept
+    word for word (its own UNAVAILABLE while draining, a DEADLINE_EXCEEDED from further down)."""
+    if code is _C.UNAVAILABLE and message.startswith("circuit open"):
+        return f"the {upstream} service {message[message.index(':') + 2:]}"  # our breaker: say so
+    if code is _C.UNAVAILABLE and (not message or message == code.name or message.startswith(TRANSPORT_TEXT)):
+        return f"the {upstream} service is unavailable; try again"
+    if code is _C.DEADLINE_EXCEEDED and message in ("", code.name, "Deadline Exceeded"):
+        return f"the {upstream} service did not answer within the deadline"
+    return message
 
 
 def json_path(path: str) -> str:

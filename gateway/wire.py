@@ -17,17 +17,13 @@ import grpc
 from google.protobuf import any_pb2, json_format
 from google.rpc import status_pb2
 
-from gateway.errors import Failure
+from gateway.errors import Failure, in_plain_words
 from mesh.http import Request, Response
 
 _C = grpc.StatusCode
 COMPRESS_MIN_BYTES = 1024  # smaller messages are sent as they are: gzip would only add bytes
 ENCODINGS = ("gzip", "identity")
 END_STREAM, COMPRESSED, TRAILERS = 0x02, 0x01, 0x80
-# How gRPC itself words an upstream it could not reach (what the upstream said is never reworded).
-TRANSPORT_TEXT = ("failed to connect", "Socket closed", "Connection reset", "Broken pipe", "recvmsg",
-                  "connections to all backends failing", "DNS resolution failed", "Endpoint read failed",
-                  "GOAWAY", "keepalive watchdog", "Cancelling all calls", "Connection refused")
 MESH_OWN = "x-shopmesh-"  # identity, soft errors: between the mesh's processes only
 
 
@@ -96,11 +92,7 @@ class Status:
                 details = list(status_pb2.Status.FromString(value).details)
             else:
                 trailers.append((key, value))
-        if code is _C.DEADLINE_EXCEEDED and message in ("", "Deadline Exceeded"):
-            message = f"the {upstream} service did not answer within the deadline"
-        elif code is _C.UNAVAILABLE and (not message or message.startswith(TRANSPORT_TEXT)):
-            message = f"the {upstream} service is unavailable; try again"
-        return cls(code, message, details), trailers
+        return cls(code, in_plain_words(code, message, upstream), details), trailers
 
     def connect_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": connect_code(self.code)}

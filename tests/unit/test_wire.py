@@ -76,3 +76,23 @@ def test_connect_spells_codes_in_snake_case_and_cancelled_with_one_l() -> None:
     assert connect_code(grpc.StatusCode.INVALID_ARGUMENT) == "invalid_argument"
     assert connect_code(grpc.StatusCode.CANCELLED) == "canceled"
     assert connect_code(grpc.StatusCode.DEADLINE_EXCEEDED) == "deadline_exceeded"
+
+
+@pytest.mark.parametrize(("code", "said", "reads"), [
+    # gRPC's own words for an upstream it could not reach: a sentence naming the upstream.
+    (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+     "Failed to connect to remote host: Connection refused", "the order service is unavailable; try again"),
+    (grpc.StatusCode.UNAVAILABLE, "Socket closed", "the order service is unavailable; try again"),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", "the order service did not answer within the deadline"),
+    (grpc.StatusCode.UNAVAILABLE, "circuit open: kept failing, so calls are not sent; next try in 2.0s",
+     "the order service kept failing, so calls are not sent; next try in 2.0s"),
+    # What the upstream itself said is kept word for word, in REST and in Connect alike.
+    (grpc.StatusCode.UNAVAILABLE, "unavailable", "unavailable"),
+    (grpc.StatusCode.UNAVAILABLE, "inventory did not answer: shutting down", "inventory did not answer: shutting down"),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", "deadline exceeded"),
+    (grpc.StatusCode.NOT_FOUND, "order 'x' not found", "order 'x' not found"),
+])
+def test_transport_text_becomes_a_sentence_and_an_upstreams_words_are_kept(code, said: str, reads: str) -> None:
+    from gateway.errors import in_plain_words
+
+    assert in_plain_words(code, said, "order") == reads
