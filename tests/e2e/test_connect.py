@@ -177,6 +177,14 @@ def test_gzip_bodies_are_read_and_a_gzip_bomb_is_refused_without_hurting_anyone(
 def test_protocol_mistakes_are_named(gateway: str) -> None:
     status, _, error = connect_json(gateway, f"{INVENTORY}/GetProduct", {"sku": "x"}, **{"connect-timeout-ms": "soon"})
     assert status == 400 and "connect-timeout-ms" in error["message"]
+    status, _, error = connect_json(gateway, f"{INVENTORY}/GetProduct", {"sku": "x"}, **{"connect-timeout-ms": "0"})
+    assert status == 504 and error["code"] == "deadline_exceeded"  # over before any call: answered at once
+    status, _, error = connect_json(gateway, f"{INVENTORY}/GetProduct", {"sku": "x"},
+                                    **{"connect-timeout-ms": "12345678901"})  # 11 digits: not a Connect timeout
+    assert status == 400 and "connect-timeout-ms" in error["message"]
+    status, _, _ = connect_json(gateway, f"{INVENTORY}/GetProduct", {"sku": "no-such"},
+                                **{"connect-timeout-ms": "9999999999"})  # 115 days: capped, and answered
+    assert status == 404
     status, _, error = connect_json(gateway, f"{INVENTORY}/GetProduct", {"skew": "x"})
     assert status == 400 and "skew: unknown field" in error["message"]
     status, headers, data = call(gateway, "POST", f"{INVENTORY}/GetProduct", b"x", {"content-type": "text/plain"})
