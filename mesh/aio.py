@@ -15,7 +15,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from mesh import status
+from mesh import deadline
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ _running: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps on
 
 async def finish_anyway(work: Coroutine[Any, Any, T], what: str) -> T:
     async def own_deadline() -> T:
-        status.forget_deadline()  # this task's context only: the caller's deadline no longer binds it
+        deadline.forget_deadline()  # this task's context only: the caller's deadline no longer binds it
         return await work
 
     task = asyncio.get_running_loop().create_task(own_deadline())

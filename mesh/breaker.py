@@ -22,8 +22,7 @@ from collections.abc import Callable
 
 import grpc
 
-# What says the upstream is not answering; a NOT_FOUND or INVALID_ARGUMENT is an answer.
-FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+from mesh.status import NOT_ANSWERED
 
 
 class State(enum.IntEnum):
@@ -66,7 +65,7 @@ class Breaker:
             if self.state is State.HALF_OPEN:
                 self._probing = False
             return
-        if code not in FAILURES:
+        if code not in NOT_ANSWERED:  # a NOT_FOUND or INVALID_ARGUMENT is an answer
             self.state, self._failures, self._probing = State.CLOSED, 0, False
             return
         self._failures += 1

@@ -3,10 +3,10 @@
 A channel spreads calls over every instance discovery lists (gRPC's
 round_robin) and retries a call that failed with UNAVAILABLE on another
 instance when that is safe: reads, and writes that carry an idempotency key
-(the RETRYABLE list below; AdjustStock and CreateProduct are left out). When
+(the RETRIED_METHODS list below; AdjustStock and CreateProduct are left out). When
 the instance set changes, a new channel replaces the old one, which is closed
 once its in-flight calls had time to end. Downstream deadlines come from
-`mesh.status.remaining`, so a call never outlives the call that caused it.
+`mesh.deadline.remaining`, so a call never outlives the call that caused it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from mesh import logs, metrics, softerrors, telemetry, tls
+from mesh import logs, metrics, softerrors, status, telemetry, tls
 from mesh.breaker import Breaker
 from mesh.discovery import Discovery
 from mesh.errors import Unavailable
@@ -47,7 +47,7 @@ CHANNEL_OPTIONS = (
     # fresh, not from the old channel's subchannel still waiting out a dead address's backoff.
     ("grpc.use_local_subchannel_pool", 1),
 )
-RETRYABLE = {
+RETRIED_METHODS = {
     "shop.inventory.v1.InventoryService": ["GetProduct", "ListProducts", "ReserveStock", "CommitReservation",
                                            "ReleaseReservation"],
     "shop.order.v1.OrderService": ["CreateOrder", "GetOrder", "ListOrders", "CancelOrder"],
@@ -69,13 +69,13 @@ SERVICE_CONFIG = json.dumps({
         "childPolicy": [{"round_robin": {}}],
     }}],
     "methodConfig": [{
-        "name": [{"service": service, "method": method} for service, methods in RETRYABLE.items() for method in methods],
+        "name": [{"service": service, "method": method} for service, methods in RETRIED_METHODS.items() for method in methods],
         "retryPolicy": {
             "maxAttempts": 3,
             "initialBackoff": "0.05s",
             "maxBackoff": "0.5s",
             "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
+            "retryableStatusCodes": sorted(code.name for code in status.RETRYABLE),
         },
     }],
     # A retry budget: retries stop when more than half the recent calls failed.

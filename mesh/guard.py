@@ -9,7 +9,7 @@ The hooks, each a small class with a name (only those switched on are in the lis
 
 - `Counted`  grpc_server_* metrics (`mesh.metrics` on)
 - `Shedding` load shedding past SHOPMESH_MAX_CONCURRENT_RPCS (RESOURCE_EXHAUSTED at once)
-- `Deadline` the call's deadline, which downstream calls inherit (`mesh.status.remaining`)
+- `Deadline` the call's deadline, which downstream calls inherit (`mesh.deadline.remaining`)
 - `Named`    the caller's x-request-id in every log line and downstream call
 - `Traced`   a server span (tracing on)
 - `Logged`   one log line per RPC: failures the caller caused at INFO, server-side ones at WARNING
@@ -34,8 +34,9 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from mesh import errors, faults, logs, metrics, softerrors, telemetry, validate
+from mesh.deadline import set_deadline
 from mesh.metrics import MethodMetrics
-from mesh.status import BY_NUMBER, CALLER_CODES, details, set_deadline, status_code
+from mesh.status import CALLER_FAULT, code_of, details, status_code
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class Logged(Hook):
     name = "logging"
 
     def leave(self, call: Call, code: grpc.StatusCode) -> None:
-        level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO if code in CALLER_CODES else logging.WARNING
+        level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO if code in CALLER_FAULT else logging.WARNING
         if logger.isEnabledFor(level):
             elapsed = (time.perf_counter() - call.started) * 1000
             logger.log(level, "%s %s in %.1f ms", call.method, code.name, elapsed,
@@ -195,8 +196,7 @@ def _code_of(error: BaseException, context: grpc.aio.ServicerContext) -> grpc.St
     if isinstance(error, errors.ShopError):
         return status_code(error)
     if isinstance(error, grpc.aio.AbortError):
-        code = context.code()
-        return code if isinstance(code, grpc.StatusCode) else BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+        return code_of(context.code())
     if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.INTERNAL

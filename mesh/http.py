@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
 import httptools
@@ -36,13 +37,8 @@ MAX_HEADER_BYTES = 32 * 1024
 # Raw bytes of one request head as received: httptools buffers a header until its end, so a
 # header without an end is cut off here, not when it completes.
 MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADER_BYTES + 1024
-REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
-    415: "Unsupported Media Type", 417: "Expectation Failed",
-    429: "Too Many Requests", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
-    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
-}
+# Reason phrases are the standard library's (RFC 9110's), and nginx's 499 for a client that left.
+REASONS = {**{status.value: status.phrase for status in HTTPStatus}, 499: "Client Closed Request"}
 
 
 @dataclass

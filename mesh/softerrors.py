@@ -18,12 +18,12 @@ from typing import Any
 
 import grpc
 
-from mesh.status import BY_NUMBER, CALLER_CODES
+from mesh.status import ABOUT_THE_REQUEST, DETAILS_KEY, code_of
 
 ASK = ("x-shopmesh-soft-errors", "1")
 STATUS, MESSAGE, DETAILS = "x-shopmesh-status", "x-shopmesh-message-bin", "x-shopmesh-status-details-bin"
 # What a caller caused: an answer about the request, not about the instance's health.
-CODES = CALLER_CODES - {grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+CODES = ABOUT_THE_REQUEST
 
 
 def asked(metadata: Iterable[tuple[str, Any]] | None) -> bool:
@@ -40,9 +40,9 @@ def error_in(trailing: Iterable[tuple[str, Any]] | None) -> grpc.aio.AioRpcError
     status = found.get(STATUS)
     if status is None:
         return None
-    code = BY_NUMBER.get(int(status), grpc.StatusCode.UNKNOWN)
+    code = code_of(int(status))
     rest = [(k, v) for k, v in found.items() if k not in (STATUS, MESSAGE, DETAILS)]
-    metadata = grpc.aio.Metadata(("grpc-status-details-bin", found.get(DETAILS, b"")), *rest)
+    metadata = grpc.aio.Metadata((DETAILS_KEY, found.get(DETAILS, b"")), *rest)
     message = found.get(MESSAGE, b"")
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), metadata,
                                 details=message.decode() if isinstance(message, bytes) else str(message))

@@ -25,14 +25,12 @@ from typing import Any
 import grpc
 
 from mesh.settings import Settings
+from mesh.status import SERVER_FAULT
 
 logger = logging.getLogger(__name__)
 
 _enabled = False
 _tracer: Any = None
-# Codes that mean the server failed (OpenTelemetry's gRPC conventions); others are the caller's.
-_SERVER_ERRORS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
-                  grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
 
 
 def enabled() -> bool:
@@ -109,7 +107,7 @@ class ServerSpan:
 
         if self.span.is_recording():
             self.span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code in _SERVER_ERRORS:
+            if code in SERVER_FAULT:  # OpenTelemetry's gRPC conventions: the server failed
                 self.span.set_status(trace.StatusCode.ERROR, code.name)
         self.span.end()
         try:

@@ -1,6 +1,6 @@
 """Order's clients of inventory and notification: domain values in, domain errors out.
 
-Each call's deadline is what is left of the caller's (mesh.status.remaining).
+Each call's deadline is what is left of the caller's (mesh.deadline.remaining).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import grpc
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from mesh.channels import Upstreams
+from mesh.deadline import remaining
 from mesh.money import Money
-from mesh.status import error_from_rpc, remaining
+from mesh.status import error_from_rpc
 from order.domain import Event, Held, HeldState
 
 T = TypeVar("T")

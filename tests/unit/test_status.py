@@ -1,4 +1,4 @@
-"""The one error table, both ways, and deadline inheritance."""
+"""The one status model: its code sets, the error table both ways, and deadline inheritance."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from generated.shop.inventory.v1 import inventory_pb2
-from mesh import errors, guard, status
+from mesh import breaker, deadline, errors, guard, softerrors, status
 
 A_REQUEST = inventory_pb2.GetProductRequest(sku="MUG-1")
 
@@ -110,7 +110,7 @@ class SleepyServicer:
 
     async def GetProduct(self, request, context):
         await asyncio.sleep(0.05)
-        self.seen.append(status.remaining(default=30.0))
+        self.seen.append(deadline.remaining(default=30.0))
         return request
 
 
@@ -127,3 +127,36 @@ async def test_a_downstream_call_gets_what_is_left_of_the_callers_deadline() -> 
     await guarded.GetProduct(A_REQUEST, FakeContext(None))
     assert 1.9 < servicer.seen[0] < 1.96
     assert servicer.seen[1] == 30.0
+
+
+def test_every_code_but_ok_is_either_the_callers_fault_or_the_servers() -> None:
+    everything = frozenset(grpc.StatusCode) - {grpc.StatusCode.OK}
+    assert status.CALLER_FAULT | status.SERVER_FAULT == everything
+    assert not status.CALLER_FAULT & status.SERVER_FAULT
+    # OpenTelemetry's gRPC conventions name exactly these as the server's errors
+    assert status.SERVER_FAULT == {grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL,
+                                   grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
+
+
+def test_the_derived_sets_nest_as_their_meanings_do() -> None:
+    assert status.RETRYABLE <= status.NOT_ANSWERED <= status.SERVER_FAULT
+    assert status.ABOUT_THE_REQUEST <= status.CALLER_FAULT
+    assert softerrors.CODES == status.ABOUT_THE_REQUEST  # soft errors are derived, not a second list
+    # an overloaded or abandoned call says something about the instance or the caller, not the request
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED not in softerrors.CODES
+    assert grpc.StatusCode.CANCELLED not in softerrors.CODES
+
+
+def test_only_codes_that_say_nobody_answered_open_the_breaker() -> None:
+    for code in grpc.StatusCode:
+        guard_ = breaker.Breaker(failures=1, cooldown=60.0, clock=lambda: 0.0)
+        guard_.record(code, timeout=10.0)
+        assert (guard_.state is breaker.State.OPEN) == (code in status.NOT_ANSWERED), code
+
+
+def test_a_garbage_status_trailer_is_no_status_and_no_crash() -> None:
+    assert status.status_of([(status.DETAILS_KEY, b"\xff\xff\xff")]) is None
+    assert status.status_of(None) is None
+    said = status.status_of([("other", b"x"), (status.DETAILS_KEY, status.details(errors.NotFound("x"), grpc.StatusCode.NOT_FOUND))])
+    assert said is not None and said.code == grpc.StatusCode.NOT_FOUND.value[0] and said.message == "x"
