@@ -1,10 +1,11 @@
 """The gateway's composition root: its endpoint table, and the layers every request passes.
 
-    route -> observe -> cors -> admission -> dispatch -> the proxy (a contract route) or an own endpoint
+    route -> observe -> cors -> admission -> dispatch -> REST or Connect/gRPC-Web (a contract RPC) or an own endpoint
 
 The contracts' routes come from their `google.api.http` rules (`gateway/routes.py`), each served
-by the proxy (`gateway/proxy.py`); every unary and server-streaming RPC is also served at
-`/<package.Service>/<Method>` over Connect and gRPC-Web (`gateway/rpc.py`); the gateway's own
+as REST (`gateway/rest.py`); every unary and server-streaming RPC is also served at
+`/<package.Service>/<Method>` over Connect and gRPC-Web (`gateway/rpc.py`); each protocol only
+frames, and calls the upstream the one way (`gateway/upstream.py`); the gateway's own
 endpoints are below. All go into one table (`gateway/endpoints.py`) that dispatch, 405/Allow,
 CORS preflights and /openapi.json all read.
 
@@ -30,11 +31,12 @@ from gateway.auth import Authenticator, Need, Principal, session_cookie
 from gateway.cors import Cors
 from gateway.endpoints import Doc, Endpoint, Serve, Table
 from gateway.errors import Failure, own_error
-from gateway.proxy import Proxy
 from gateway.ratelimit import within
+from gateway.rest import Rest
 from gateway.routes import Route, routes_from, services_of, upstream_of
-from gateway.rpc import RpcProtocols, methods_of
+from gateway.rpc import RpcProtocols
 from gateway.transcode import dumps
+from gateway.upstream import Upstream, methods_of
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
 from generated.shop.order.v1 import order_pb2
@@ -80,10 +82,11 @@ class Gateway:
         self._upstreams = upstreams
         self._auth = Authenticator(settings)
         self.draining = False  # shutting down: /readyz says 503 so balancers move traffic away
-        proxy = Proxy(settings, upstreams)
+        upstream = Upstream(settings, upstreams)  # the one way any protocol calls an upstream
+        rest = Rest(settings, upstream)
         files = list(files)
         routes = routes_from(files, services)
-        rpc = self._rpc = RpcProtocols(settings, upstreams)
+        rpc = self._rpc = RpcProtocols(settings, upstream)
         methods = methods_of(services_of(files, services), upstream_of)
         self._services = sorted({route.service for route in routes} | {m.upstream for m in methods})
         own = self._own()
@@ -94,7 +97,7 @@ class Gateway:
                 own.append((method.path, Endpoint(verb, serve, method.path, need=need, admitted=True,
                                                   rpc=method.path, failure_reply=rpc.reply_failure)))
         self.table = Table(own, [
-            (route, Endpoint(route.http_method, proxy.serve(route), route.template.source,
+            (route, Endpoint(route.http_method, rest.serve(route), route.template.source,
                              need=self._auth.need(route.rpc) if self._auth.enabled else Need.ANYONE,
                              admitted=True, route=route))
             for route in routes])

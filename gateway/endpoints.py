@@ -4,7 +4,7 @@ refused.
 
 Two kinds of entry: the gateway's own fixed paths (`/healthz`, `/me`, the pages, ...), each
 method its own `Endpoint`, and the contracts' routes (`gateway/routes.py`), each one served by
-the proxy. A GET endpoint takes HEAD too (RFC 9110 9.3.2).
+REST (gateway/rest.py). A GET endpoint takes HEAD too (RFC 9110 9.3.2).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The gateway's one status table and its one way to make an error.
+"""The gateway's one error type, `Failure`, and its one table between gRPC codes and HTTP statuses.
 
-Every error the gateway answers is a `Failure`, raised wherever it is found (a layer, the
-transcoder, the proxy) and turned into a response in one place (`reply`). Its body is a
-`google.rpc.Status` in proto3 JSON: `{"code", "message", "details"}`, the details being the
-upstream's (BadRequest, PreconditionFailure, ...) or the gateway's own field violations, and
-always a `google.rpc.RequestInfo` naming the request, so a user holding an error can find its
-logs and trace.
+Every error the gateway answers is a `Failure`, raised wherever it is found (a layer, a decoder,
+the upstream call) and turned into a response in one place, the observe layer: as REST's JSON
+`google.rpc.Status` (`reply`, below), or in Connect's or gRPC-Web's own form (gateway/rpc.py). It
+carries what every form needs: the gRPC code, a message, the details as packed `Any`s (the
+upstream's BadRequest, PreconditionFailure, ... or the gateway's own field violations), the HTTP
+status, and, for an upstream's answer, its headers and trailers.
 
 The table pairs gRPC codes with HTTP statuses. An upstream's code becomes its status as
 grpc-gateway maps it; a status the gateway answers itself (405, 415, 413, ...) carries the code
@@ -20,11 +20,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
 
 from gateway.transcode import dumps
 from mesh.http import Request, Response
+from mesh.status import status_of
 
 _C = grpc.StatusCode
 # gRPC code -> HTTP status, grpc-gateway's mapping (runtime.HTTPStatusFromCode).
@@ -46,61 +47,74 @@ CODE_OF: dict[int, grpc.StatusCode] = {
 }
 _REQUEST_INFO = "type.googleapis.com/google.rpc.RequestInfo"
 _BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+Metadata = list[tuple[str, Any]]
 
 
 class Failure(Exception):
-    """An error answer: HTTP status, gRPC code, message, details and extra headers."""
+    """An error answer: HTTP status, gRPC code, message, details and extra headers; for an upstream's
+    answer also its initial metadata and trailers, and its name (`upstream`)."""
 
     def __init__(self, status: int, message: str, *, code: grpc.StatusCode | None = None,
-                 details: list[dict[str, Any]] | None = None, headers: Iterable[tuple[str, str]] = (),
-                 violations: Iterable[tuple[str, str]] = ()):
+                 details: Iterable[any_pb2.Any] = (), headers: Iterable[tuple[str, str]] = (),
+                 violations: Iterable[tuple[str, str]] = (), metadata: Metadata | None = None,
+                 trailers: Metadata | None = None, upstream: str = ""):
         super().__init__(message)
         self.status = status
         self.code = code or CODE_OF.get(status, _C.UNKNOWN)
         self.message = message
-        self.details = list(details or [])
+        self.details = list(details)
         violations = list(violations)
         if violations:
-            self.details.append({"@type": _BAD_REQUEST, "fieldViolations": [
-                {"field": field, "description": problem} for field, problem in violations]})
+            self.details.append(_packed(error_details_pb2.BadRequest(field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=problem)
+                for field, problem in violations])))
         self.headers = list(headers)
+        self.metadata: Metadata = metadata or []  # the upstream's initial metadata
+        self.trailers: Metadata = trailers or []  # the upstream's trailers, but its status
+        self.upstream = upstream  # "" for the gateway's own refusals
 
     @classmethod
     def of(cls, code: grpc.StatusCode, message: str, **kwargs: Any) -> Failure:
         """A failure named by its gRPC code; the table gives the status."""
         return cls(HTTP_STATUS.get(code, 500), message, code=code, **kwargs)
 
+    @classmethod
+    def of_rpc_error(cls, error: grpc.aio.AioRpcError, upstream: str) -> Failure:
+        """An upstream's status as the gateway's answer: its code, message and details kept, gRPC's
+        transport text replaced by a sentence naming the upstream (`in_plain_words`)."""
+        code = error.code()
+        said = status_of(error.trailing_metadata())
+        trailers = [(k, v) for k, v in error.trailing_metadata() or () if k != "grpc-status-details-bin"]
+        # An overloaded upstream shed the call: come back shortly.
+        headers = [("retry-after", "1")] if code is _C.RESOURCE_EXHAUSTED else []
+        return cls.of(code, in_plain_words(code, error.details() or "", upstream),
+                      details=said.details if said is not None else (), headers=headers,
+                      metadata=list(error.initial_metadata() or ()), trailers=trailers, upstream=upstream)
+
+
+def _packed(detail: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
 
 def reply(failure: Failure, request_id: str, trace_id: str | None = None) -> Response:
-    """The error as a response, naming the request (and, when traced, its trace)."""
+    """REST's answer: the error as a `google.rpc.Status` in proto3 JSON, naming the request (and, when
+    traced, its trace); an upstream's field paths in the JSON names a client sent."""
+    details = [json_format.MessageToDict(d) for d in failure.details]
+    message = failure.message or failure.code.name
+    if failure.upstream:
+        details = [d for d in details if d.get("@type") != _REQUEST_INFO]  # the gateway names the request
+        if failure.code is _C.INVALID_ARGUMENT:
+            message = _json_field_names(message, details)
     info = {"@type": _REQUEST_INFO, "requestId": request_id, **({"servingData": f"trace_id={trace_id}"} if trace_id else {})}
-    details = [*failure.details, info]
-    body = dumps({"code": failure.code.value[0], "message": failure.message, "details": details})
+    body = dumps({"code": failure.code.value[0], "message": message, "details": [*details, info]})
     return Response(failure.status, body, headers=list(failure.headers))
 
 
 def own_error(status: int, message: str, request: Request | None = None) -> Response:
     """The HTTP server's own refusals (a malformed request, one too large or too slow) in our error form."""
     return reply(Failure(status, message), secrets.token_hex(16))
-
-
-def from_rpc_error(error: grpc.aio.AioRpcError, upstream: str) -> Failure:
-    """An upstream's status as the gateway's answer: its code through the table, its details kept,
-    field paths in the JSON names a client sent, and gRPC's transport text replaced by a sentence."""
-    code = error.code()
-    details: list[dict[str, Any]] = []
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            details = [json_format.MessageToDict(d) for d in status.details]
-    details = [d for d in details if d.get("@type") != _REQUEST_INFO]
-    message = error.details() or code.name
-    if code is _C.INVALID_ARGUMENT:
-        message = _json_field_names(message, details)
-    message = in_plain_words(code, message, upstream)
-    # An overloaded upstream shed the call: come back shortly.
-    headers = [("retry-after", "1")] if code is _C.RESOURCE_EXHAUSTED else []
-    return Failure.of(code, message, details=details, headers=headers)
 
 
 # How gRPC itself words an upstream it could not reach: for logs, not callers.

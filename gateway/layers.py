@@ -1,6 +1,6 @@
 """The gateway as a stack of small layers, each a handler that takes and returns a handler.
 
-    route -> observe -> cors -> admission -> dispatch -> endpoint (the proxy, or an own endpoint)
+    route -> observe -> cors -> admission -> dispatch -> endpoint (REST, Connect/gRPC-Web, or an own endpoint)
 
 - route: finds the request's endpoint in the table once (`request.state["match"]`).
 - observe: names the request (its id in its reply and every error body; a client's own id also

@@ -26,37 +26,32 @@ The framing itself (envelopes, base64 text, gzip, a status in each form) is gate
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import re
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
 import grpc
-from google.protobuf import descriptor_pb2, message_factory
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from gateway.auth import Need, Principal
+from gateway.auth import Need
 from gateway.errors import HTTP_STATUS, Failure
 from gateway.protojson import BadRequest, Reader, loads
-from gateway.proxy import MIN_TIMEOUT, grpc_timeout, own_user_id
 from gateway.transcode import dumps, to_json
+from gateway.upstream import Deadline, Method, Upstream, connect_timeout, grpc_timeout
 from gateway.wire import (
     COMPRESS_MIN_BYTES,
     COMPRESSED,
     END_STREAM,
-    MESH_OWN,
     TRAILERS,
-    Status,
     Wire,
     accepts_gzip,
+    connect_error,
     deflate,
     encoding_of,
     envelope,
+    grpc_status,
     grpc_web_text,
     header_pairs,
     inflate,
@@ -65,82 +60,29 @@ from gateway.wire import (
     unenvelope,
     wire_of,
 )
-from mesh import identity, telemetry
-from mesh.channels import Upstreams
-from mesh.errors import Unavailable
 from mesh.http import Request, Response
 from mesh.settings import Settings
 
 _C = grpc.StatusCode
-DEADLINE_OFFSET = 0.02  # seconds: see RpcProtocols._passed_on
-_TIMEOUT_MS = re.compile(r"^\d{1,10}$")
-# Request headers that are the protocols' own, the browser's or the hop's, never metadata; and the
-# identity entries, which only the gateway writes (mesh/identity.py).
-_NOT_METADATA = frozenset({
-    "accept", "accept-encoding", "accept-language", "connection", "content-encoding", "content-length",
-    "content-type", "cookie", "host", "keep-alive", "origin", "referer", "te", "transfer-encoding", "upgrade",
-    "user-agent", "x-user-agent", "x-grpc-web", "x-api-key", "x-requested-with", "grpc-timeout", "grpc-encoding",
-    "grpc-accept-encoding", "idempotency-key", "last-event-id", "priority", "dnt", "pragma", "cache-control",
-    "x-request-id",  # the channel sends the request's id itself (mesh/channels.py), once
-    identity.USER, identity.ADMIN,
-})
-_METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
-_TRACE_CONTEXT = ("traceparent", "tracestate")
-
-
-@dataclass
-class Method:
-    """One RPC as these protocols serve it: its path, messages, upstream and the call bound to it."""
-
-    descriptor: MethodDescriptor
-    upstream: str
-    request_class: type[Message]
-    response_class: type[Message]
-
-    @property
-    def path(self) -> str:
-        return f"/{self.descriptor.containing_service.full_name}/{self.descriptor.name}"
-
-    @property
-    def streaming(self) -> bool:
-        return self.descriptor.server_streaming
-
-    @property
-    def connect_get(self) -> bool:
-        """Served over a Connect GET too: a unary method the contracts mark NO_SIDE_EFFECTS."""
-        level = self.descriptor.GetOptions().idempotency_level
-        return not self.streaming and level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
-
-
-def methods_of(services: Iterable[ServiceDescriptor], upstream_of: Callable[[ServiceDescriptor], str]) -> list[Method]:
-    """Every unary and server-streaming RPC of the services (client and bidi streams need HTTP/2)."""
-    found = []
-    for service in services:
-        for method in service.methods:
-            if method.client_streaming:
-                continue
-            found.append(Method(method, upstream_of(service), message_factory.GetMessageClass(method.input_type),
-                                message_factory.GetMessageClass(method.output_type)))
-    return found
 
 
 class RpcProtocols:
-    """Serves Connect and gRPC-Web requests for the methods it is given."""
+    """Serves Connect and gRPC-Web requests for the methods it is given: their framing only; the call
+    itself is the gateway's one upstream call (gateway/upstream.py)."""
 
-    def __init__(self, settings: Settings, upstreams: Upstreams):
+    def __init__(self, settings: Settings, upstream: Upstream):
         self._settings = settings
-        self._upstreams = upstreams
+        self._upstream = upstream
 
-    # --- errors: the layers' Failures in each protocol's own form ---
+    # --- errors: the gateway's Failures in each protocol's own form ---
 
     def reply_failure(self, request: Request, failure: Failure) -> Response:
-        """A Failure raised anywhere for this request (a layer, the decoder) as its protocol says errors go."""
+        """A Failure raised anywhere for this request (a layer, the decoder, the upstream) as its protocol
+        says errors go."""
         wire = wire_of(request)
-        status = Status.of_failure(failure)
-        headers = list(failure.headers)
         if wire is None:  # not a protocol request at all: say which ones are spoken, in plain JSON
-            return Response(failure.status, dumps(status.connect_json()), headers=headers)
-        return self._error_reply(wire, status, headers, [], compress=False)
+            return Response(failure.status, dumps(connect_error(failure)), headers=list(failure.headers))
+        return self._error_reply(wire, failure)
 
     def refused_by_server(self, status: int, message: str, request: Request) -> Response | None:
         """The HTTP server's own refusal of a Connect or gRPC-Web request, in its form; None for anyone else."""
@@ -149,21 +91,23 @@ class RpcProtocols:
         code = _C.RESOURCE_EXHAUSTED if status == 413 else None
         return self.reply_failure(request, Failure(status, message, code=code))
 
-    def _error_reply(self, wire: Wire, status: Status, headers: list[tuple[str, str]],
-                     trailers: Sequence[tuple[str, Any]], *, compress: bool) -> Response:
+    def _error_reply(self, wire: Wire, failure: Failure) -> Response:
+        headers = [*failure.headers, *header_pairs(failure.metadata)]
         if wire.protocol == "grpc-web":  # trailers-only: the status in the headers, no body
             return Response(200, b"", wire.content_type,
-                            headers=[*headers, *header_pairs(trailers), *status.grpc_trailers()])
+                            headers=[*headers, *header_pairs(failure.trailers),
+                                     *grpc_status(failure.code, failure.message, failure.details)])
         if wire.enveloped:
-            return Response(200, self._end_stream(status, trailers, compress), wire.content_type, headers=headers)
-        return Response(HTTP_STATUS.get(status.code, 500), dumps(status.connect_json()),
-                        headers=[*headers, *((f"trailer-{k}", v) for k, v in header_pairs(trailers))])
+            return Response(200, self._end_stream(failure, failure.trailers, False), wire.content_type,
+                            headers=headers)
+        return Response(HTTP_STATUS.get(failure.code, 500), dumps(connect_error(failure)),
+                        headers=[*headers, *((f"trailer-{k}", v) for k, v in header_pairs(failure.trailers))])
 
     @staticmethod
-    def _end_stream(status: Status | None, trailers: Sequence[tuple[str, Any]], compress: bool) -> bytes:
+    def _end_stream(failure: Failure | None, trailers: Sequence[tuple[str, Any]], compress: bool) -> bytes:
         body: dict[str, Any] = {}
-        if status is not None:
-            body["error"] = status.connect_json()
+        if failure is not None:
+            body["error"] = connect_error(failure)
         metadata: dict[str, list[str]] = {}
         for key, value in header_pairs(trailers):
             metadata.setdefault(key, []).append(value)
@@ -175,11 +119,6 @@ class RpcProtocols:
     # --- serving ---
 
     def serve(self, method: Method, need: Need) -> Callable[[Request], Any]:
-        def bind(channel: grpc.aio.Channel) -> Any:  # bytes in, bytes out: the reply is passed on as it came
-            if method.streaming:
-                return channel.unary_stream(method.path)
-            return channel.unary_unary(method.path)
-
         async def served(request: Request) -> Response:
             wire = wire_of(request)
             if wire is None or (wire.protocol == "connect" and wire.enveloped != method.streaming):
@@ -187,20 +126,11 @@ class RpcProtocols:
             if request.method in ("GET", "HEAD") and not method.connect_get:
                 raise Failure(405, f"{method.path} has side effects: call it with POST",
                               headers=[("allow", "POST")])
-            wire, message_bytes, timeout = self._read(request, wire, method)
-            timeout = self._passed_on(timeout)
+            wire, message_bytes, asked = self._read(request, wire, method)
             message = self._decode(wire, method, message_bytes)
-            principal: Principal | None = request.state.get("principal")
-            if principal is not None and need is Need.USER and "user_id" in method.request_class.DESCRIPTOR.fields_by_name:
-                own_user_id(message, principal)
-            metadata = self._metadata(request, principal)
-            try:
-                call = self._upstreams.bound(method.upstream, ("rpc", method.path), bind)
-            except Unavailable as error:
-                raise Failure.of(_C.UNAVAILABLE, str(error)) from None
             if method.streaming:
-                return await self._stream(call, wire, method, message.SerializeToString(), metadata, timeout, request)
-            return await self._unary(call, wire, method, message.SerializeToString(), metadata, timeout, request)
+                return await self._stream(wire, method, message, need, asked, request)
+            return await self._unary(wire, method, message, need, asked, request)
 
         return served
 
@@ -220,9 +150,9 @@ class RpcProtocols:
             return rest()
         return refusal(failure.status, failure.message, failure.headers)
 
-    def _read(self, request: Request, wire: Wire, method: Method) -> tuple[Wire, bytes, float | None]:
+    def _read(self, request: Request, wire: Wire, method: Method) -> tuple[Wire, bytes, Deadline | None]:
         """The request's one message, as bytes in its codec, and its deadline; from the body or the GET query."""
-        limit = self._settings.http_max_body
+        limit, longest = self._settings.http_max_body, self._settings.http_max_timeout
         if wire.protocol == "connect":
             version = request.headers.get("connect-protocol-version")
             if version is not None and version.strip() != "1":
@@ -247,12 +177,12 @@ class RpcProtocols:
                 data = raw.encode("latin-1")  # the bytes the client escaped (JSON is read as UTF-8 from them)
             if encoding_of(one.get("compression"), "compression") == "gzip":
                 data = inflate(data, limit)
-            return wire, data, self._connect_timeout(request)
+            return wire, data, connect_timeout(request, longest)
         body = grpc_web_text(request.body) if wire.text else request.body
         if wire.protocol == "connect" and not wire.enveloped:
             if encoding_of(request.headers.get("content-encoding"), "content-encoding") == "gzip":
                 body = inflate(body, limit)
-            return wire, body, self._connect_timeout(request)
+            return wire, body, connect_timeout(request, longest)
         header = "connect-content-encoding" if wire.protocol == "connect" else "grpc-encoding"
         encoding = encoding_of(request.headers.get(header), header)
         frames = unenvelope(body)
@@ -265,30 +195,8 @@ class RpcProtocols:
             if encoding == "identity":
                 raise Failure.of(_C.INTERNAL, f"a compressed message came without a {header}")
             data = inflate(data, limit)
-        timeout = self._connect_timeout(request) if wire.protocol == "connect" else self._grpc_timeout(request)
-        return wire, data, timeout
-
-    @staticmethod
-    def _passed_on(timeout: float | None) -> float | None:
-        """The caller's deadline as the upstream gets it: DEADLINE_OFFSET sooner, so that gRPC's rounding
-        of a deadline on the wire (measured: up to 9 ms late at 2 s) never makes it later than the
-        caller's (Envoy's grpc_timeout_header_offset does the same)."""
-        if timeout is None or timeout <= 2 * DEADLINE_OFFSET:
-            return timeout
-        return timeout - DEADLINE_OFFSET
-
-    def _connect_timeout(self, request: Request) -> float | None:
-        wanted = request.headers.get("connect-timeout-ms")
-        if wanted is None:
-            return None
-        if not _TIMEOUT_MS.match(wanted.strip()):
-            raise Failure(400, f"connect-timeout-ms {wanted!r} is not 1 to 10 digits of milliseconds",
-                          violations=[("connect-timeout-ms", "must be 1 to 10 digits")])
-        return min(int(wanted) / 1000, self._settings.http_max_timeout)
-
-    def _grpc_timeout(self, request: Request) -> float | None:
-        wanted = request.headers.get("grpc-timeout")
-        return None if not wanted else grpc_timeout(wanted, self._settings.http_max_timeout)
+        asked = connect_timeout(request, longest) if wire.protocol == "connect" else grpc_timeout(request, longest)
+        return wire, data, asked
 
     @staticmethod
     def _decode(wire: Wire, method: Method, data: bytes) -> Message:
@@ -307,53 +215,18 @@ class RpcProtocols:
             raise Failure(400, str(error), violations=error.violations) from None
         return message
 
-    @staticmethod
-    def _metadata(request: Request, principal: Principal | None) -> tuple[tuple[str, Any], ...]:
-        """The request's headers as gRPC metadata, but the protocols' and the browser's own; the caller
-        named by the gateway, never by the client."""
-        found: list[tuple[str, Any]] = []
-        # With tracing on, the channel writes traceparent from the gateway's own span (as for REST).
-        skipped = _TRACE_CONTEXT if telemetry.enabled() else ()
-        for key, value in request.headers.items():
-            if key in _NOT_METADATA or key in skipped or key.startswith(("connect-", "sec-", "access-control-", "x-forwarded-", "grpc-",
-                                                      MESH_OWN)) \
-                    or not _METADATA_KEY.match(key):
-                continue
-            if key.endswith("-bin"):
-                try:
-                    found += [(key, unb64(part.strip())) for part in value.split(",")]
-                except (binascii.Error, ValueError):
-                    raise Failure.of(_C.INVALID_ARGUMENT, f"header {key} is not base64") from None
-            elif value.isascii() and value.isprintable():
-                found.append((key, value))
-        if principal is not None:
-            found += identity.metadata(principal.user_id, principal.admin)
-        return tuple(found)
-
-    async def _unary(self, call: Any, wire: Wire, method: Method, data: bytes, metadata: tuple,
-                     timeout: float | None, request: Request) -> Response:
-        if timeout is None:
-            timeout = self._settings.http_timeout or None  # 0: no deadline unless the caller sends one
-        if timeout is not None and timeout < MIN_TIMEOUT:
-            return self._error_reply(wire, Status(_C.DEADLINE_EXCEEDED, "the deadline was over before the call"),
-                                     [], [], compress=False)
-        rpc = call(data, timeout=timeout, metadata=metadata)
+    async def _unary(self, wire: Wire, method: Method, message: Message, need: Need, asked: Deadline | None,
+                     request: Request) -> Response:
+        answer = await self._upstream.unary(request, method, message, need, asked)
         compress = self._compress_reply(request, wire)
-        try:
-            reply: bytes = await rpc
-        except grpc.aio.AioRpcError as error:
-            status, trailers = Status.of_rpc_error(error, method.upstream)
-            headers = header_pairs(error.initial_metadata() or ())
-            return self._error_reply(wire, status, headers, trailers, compress=False)
-        headers = header_pairs(await rpc.initial_metadata() or ())
-        trailers = list(await rpc.trailing_metadata() or ())
-        payload = reply if wire.codec == "proto" else to_json(method.response_class.FromString(reply))
+        headers = header_pairs(answer.headers)
+        payload = answer.data if wire.codec == "proto" else to_json(method.response_class.FromString(answer.data))
         if wire.protocol == "connect":
-            headers += [(f"trailer-{k}", v) for k, v in header_pairs(trailers)]
+            headers += [(f"trailer-{k}", v) for k, v in header_pairs(answer.trailers)]
             if compress and len(payload) >= COMPRESS_MIN_BYTES:
                 payload, headers = deflate(payload), [*headers, ("content-encoding", "gzip")]
             return Response(200, payload, wire.content_type, headers=headers)
-        body = self._frame(wire, payload, compress) + self._trailer_frame(wire, Status(_C.OK), trailers)
+        body = self._frame(wire, payload, compress) + self._trailer_frame(wire, grpc_status(_C.OK), answer.trailers)
         if compress:
             headers.append(("grpc-encoding", "gzip"))
         return Response(200, body, wire.content_type, headers=headers)
@@ -372,53 +245,31 @@ class RpcProtocols:
         return base64.b64encode(framed) if wire.text else framed
 
     @staticmethod
-    def _trailer_frame(wire: Wire, status: Status, trailers: Sequence[tuple[str, Any]]) -> bytes:
-        lines = "".join(f"{k}: {v}\r\n" for k, v in [*status.grpc_trailers(), *header_pairs(trailers)])
+    def _trailer_frame(wire: Wire, status: list[tuple[str, str]], trailers: Sequence[tuple[str, Any]]) -> bytes:
+        lines = "".join(f"{k}: {v}\r\n" for k, v in [*status, *header_pairs(trailers)])
         framed = envelope(TRAILERS, lines.encode("latin-1"))
         return base64.b64encode(framed) if wire.text else framed
 
-    async def _stream(self, call: Any, wire: Wire, method: Method, data: bytes, metadata: tuple,
-                      timeout: float | None, request: Request) -> Response:
-        if timeout is not None and timeout < MIN_TIMEOUT:
-            return self._error_reply(wire, Status(_C.DEADLINE_EXCEEDED, "the deadline was over before the call"),
-                                     [], [], compress=False)
-        rpc = call(data, timeout=timeout, metadata=metadata)
+    async def _stream(self, wire: Wire, method: Method, message: Message, need: Need, asked: Deadline | None,
+                      request: Request) -> Response:
+        stream = await self._upstream.stream(request, method, message, need, asked)
         compress = self._compress_reply(request, wire)
         encoding = [("connect-content-encoding" if wire.protocol == "connect" else "grpc-encoding", "gzip")] \
             if compress else []
-        try:
-            headers = header_pairs(await rpc.initial_metadata() or ())
-        except grpc.aio.AioRpcError as error:
-            status, trailers = Status.of_rpc_error(error, method.upstream)
-            return self._error_reply(wire, status, header_pairs(error.initial_metadata() or ()), trailers,
-                                     compress=False)
-        except asyncio.CancelledError:  # the client left before the stream began
-            rpc.cancel()
-            raise
-        if rpc.done():  # trailers-only: it failed (or ended) before its first message
-            try:
-                await rpc.read()
-            except grpc.aio.AioRpcError as error:
-                status, trailers = Status.of_rpc_error(error, method.upstream)
-                return self._error_reply(wire, status, headers, trailers, compress=False)
         json_codec = wire.codec == "json"
 
         async def messages() -> AsyncIterator[bytes]:
-            status, trailers = None, []
-            try:
-                async for item in rpc:
-                    payload = to_json(method.response_class.FromString(item)) if json_codec else item
-                    yield self._frame(wire, payload, compress)
-                trailers = list(await rpc.trailing_metadata() or ())
-            except grpc.aio.AioRpcError as error:
-                status, trailers = Status.of_rpc_error(error, method.upstream)
-            finally:
-                rpc.cancel()
+            async for item in stream.messages():
+                payload = to_json(method.response_class.FromString(item)) if json_codec else item
+                yield self._frame(wire, payload, compress)
+            failure = stream.failure
             if wire.protocol == "connect":
-                yield self._end_stream(status, trailers, compress)
+                yield self._end_stream(failure, stream.trailers, compress)
+            elif failure is None:
+                yield self._trailer_frame(wire, grpc_status(_C.OK), stream.trailers)
             else:
-                yield self._trailer_frame(wire, status or Status(_C.OK), trailers)
+                yield self._trailer_frame(wire, grpc_status(failure.code, failure.message, failure.details),
+                                          stream.trailers)
 
-        return Response(200, content_type=wire.content_type, headers=[*headers, *encoding], stream=messages(),
-                        on_close=rpc.cancel)
-
+        return Response(200, content_type=wire.content_type, headers=[*header_pairs(stream.headers), *encoding],
+                        stream=messages(), on_close=stream.cancel)

@@ -9,15 +9,15 @@ import binascii
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import grpc
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from gateway.errors import Failure, in_plain_words
+from gateway.errors import Failure
 from mesh.http import Request, Response
 
 _C = grpc.StatusCode
@@ -62,54 +62,25 @@ def wire_of(request: Request) -> Wire | None:
     return None
 
 
-@dataclass
-class Status:
-    """An RPC's outcome as the protocols carry it: the code, a message, the details as packed Anys."""
+def connect_error(failure: Failure) -> dict[str, Any]:
+    """A failure as Connect's JSON error: its code's name, message and details (base64 values)."""
+    body: dict[str, Any] = {"code": connect_code(failure.code)}
+    if failure.message:
+        body["message"] = failure.message
+    if failure.details:
+        body["details"] = [{"type": d.TypeName(), "value": b64(d.value)} for d in failure.details]
+    return body
 
-    code: grpc.StatusCode
-    message: str = ""
-    details: list[any_pb2.Any] = field(default_factory=list)
 
-    @classmethod
-    def of_failure(cls, failure: Failure) -> Status:
-        details = []
-        for detail in failure.details:
-            packed = any_pb2.Any()
-            try:
-                json_format.ParseDict(detail, packed)
-            except json_format.ParseError:
-                continue
-            details.append(packed)
-        return cls(failure.code, failure.message, details)
-
-    @classmethod
-    def of_rpc_error(cls, error: grpc.aio.AioRpcError, upstream: str) -> tuple[Status, list[tuple[str, Any]]]:
-        """The upstream's status, and its trailers; gRPC's own transport text (the upstream never
-        answered) becomes a sentence, what the upstream said is kept word for word."""
-        code, message, details, trailers = error.code(), error.details() or "", [], []
-        for key, value in error.trailing_metadata() or ():
-            if key == "grpc-status-details-bin":
-                details = list(status_pb2.Status.FromString(value).details)
-            else:
-                trailers.append((key, value))
-        return cls(code, in_plain_words(code, message, upstream), details), trailers
-
-    def connect_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": connect_code(self.code)}
-        if self.message:
-            body["message"] = self.message
-        if self.details:
-            body["details"] = [{"type": d.TypeName(), "value": b64(d.value)} for d in self.details]
-        return body
-
-    def grpc_trailers(self) -> list[tuple[str, str]]:
-        said = [("grpc-status", str(self.code.value[0]))]
-        if self.message:
-            said.append(("grpc-message", quote(self.message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")))
-        if self.details:
-            status = status_pb2.Status(code=self.code.value[0], message=self.message, details=self.details)
-            said.append(("grpc-status-details-bin", b64(status.SerializeToString())))  # unpadded, as gRPC sends it
-        return said
+def grpc_status(code: grpc.StatusCode, message: str = "", details: Sequence[any_pb2.Any] = ()) -> list[tuple[str, str]]:
+    """A status as gRPC's trailers (gRPC-Web's trailers frame, or its headers when trailers-only)."""
+    said = [("grpc-status", str(code.value[0]))]
+    if message:
+        said.append(("grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")))
+    if details:
+        status = status_pb2.Status(code=code.value[0], message=message, details=details)
+        said.append(("grpc-status-details-bin", b64(status.SerializeToString())))  # unpadded, as gRPC sends it
+    return said
 
 
 def refusal(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Response:

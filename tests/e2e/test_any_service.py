@@ -92,6 +92,9 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
     async def Echo(self, request, context):
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: must not be empty")
+        if request.name == "metadata":  # what arrived as metadata, but gRPC's and the channel's own
+            return echo_pb2.EchoReply(said=" ".join(sorted(
+                f"{k}={v}" for k, v in context.invocation_metadata() if not k.startswith("grpc-") and k not in ("user-agent", "x-shopmesh-soft-errors"))))
         return echo_pb2.EchoReply(said=" ".join([request.name] * max(request.times, 1)))
     async def Count(self, request, context):
         for n in range(1, request.upto + 1):
@@ -141,6 +144,23 @@ def test_connect_and_grpc_web_with_no_code_for_it(echo: str) -> None:
     assert [(f, json.loads(m)) for f, m in frames(data)] == [(0, {"n": 1}), (0, {"n": 2}), (2, {})]
     status, _, data = call(echo, "GET", "/echo.v1.EchoService/Count?connect=v1&encoding=json&message=%7B%7D")
     assert status == 405  # a stream is not a Connect GET, even when it reads only
+
+
+def test_every_protocol_passes_the_same_headers_on_as_metadata(echo: str) -> None:
+    """One rule for all of REST, Connect and gRPC-Web: a header a gRPC client could have sent travels;
+    HTTP's, the browser's, the protocols' own and the mesh's identity entries never do."""
+    sent = {"x-tenant": "acme", "authorization": "Bearer t0ken", "cookie": "session=secret",
+            "x-shopmesh-user": "mallory", "x-shopmesh-admin": "1", "accept-language": "en",
+            "x-forwarded-for": "10.1.2.3", "idempotency-key": "k-1", "x-api-key": "key"}
+    expected = "authorization=Bearer t0ken x-tenant=acme"
+    status, _, data = call(echo, "POST", "/v1/echo/metadata", b"{}", {"content-type": "application/json", **sent})
+    assert status == 200 and json.loads(data) == {"said": expected}, data
+    status, _, reply = connect_json(echo, "/echo.v1.EchoService/Echo", {"name": "metadata"}, **sent)
+    assert status == 200 and reply == {"said": expected}, reply
+    body = json.dumps({"name": "metadata"}).encode()
+    status, _, data = call(echo, "POST", "/echo.v1.EchoService/Echo", struct.pack(">BI", 0, len(body)) + body,
+                           {"content-type": "application/grpc-web+json", **sent})
+    assert status == 200 and json.loads(frames(data)[0][1]) == {"said": expected}, data
 
 
 def test_a_bad_descriptor_set_or_upstream_is_refused_by_name(tmp_path: Path) -> None:
