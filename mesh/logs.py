@@ -74,3 +74,7 @@ def configure(service: str, instance: str, level: str = "INFO", fmt: str = "text
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates every plugin and step at INFO (ten lines a service at each start); we log one
+    # line a migration ourselves (mesh/migrate.py). Its own lines come back with SHOPMESH_LOG_LEVEL=DEBUG.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if logging.getLevelName(level) == logging.DEBUG
+                                          else logging.WARNING)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import sys
 import tempfile
 import zlib
@@ -32,6 +33,7 @@ from sqlalchemy.exc import OperationalError
 from mesh.settings import DATABASE_SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger(__name__)
 
 
 def config(versions: Path, metadata: MetaData, connection: Connection | None = None) -> Config:
@@ -58,7 +60,12 @@ def upgrade(connection: Connection, versions: Path, metadata: MetaData) -> None:
         create_missing(connection, metadata)
         first = ScriptDirectory.from_config(cfg).get_base()
         command.stamp(cfg, first)
+    before = current(connection)
     command.upgrade(cfg, "head")
+    after = current(connection)
+    if after != before:
+        logger.info("database schema %s: %s", "created" if before is None else f"migrated from {before}",
+                    f"now at revision {after}")
 
 
 def current(connection: Connection) -> str | None:

@@ -30,10 +30,17 @@ stamp="$VENV/.shopmesh-$EXTRA"
 want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "setup: installing shopmesh[$EXTRA] into $VENV" >&2
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
+  # pip's and setuptools' own chatter (the editable-install warning) goes to a log, shown if it fails.
+  log="$VENV/.install-$EXTRA.log"
   # Editable: code changes apply at once; a new package means a pyproject.toml
   # change, which re-runs this install.
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRA]" >&2
+  if ! { "$VENV/bin/python" -m pip install --quiet --upgrade pip &&
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRA]"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: installing shopmesh[$EXTRA] failed (above; also in $log)" >&2
+    exit 1
+  fi
+  echo "setup: installed (pip's log: $log)" >&2
   echo "$want" >"$stamp"
 fi
 

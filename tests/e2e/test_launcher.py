@@ -143,3 +143,34 @@ def _product(mesh: Launcher, stock: int) -> str:
     from tests.e2e.harness import new_product
 
     return new_product(mesh, stock, prefix="supervised")
+
+
+def test_a_first_start_says_what_a_user_needs_and_nothing_else(launcher: Launcher) -> None:
+    """What was set up, where each service listens, what to try; no library's narration (alembic
+    printed ten lines a service at every start)."""
+    said = launcher.output()
+    start = said[:said.index("Ctrl-C stops every service.")]
+    for service in ("inventory", "notification", "order"):
+        assert f"{service} serving on 127.0.0.1:{launcher.ports[service]}" in start
+        assert any(line.startswith(service) and "database schema created" in line for line in start.splitlines())
+    assert "shopmesh is up" in start and "try:" in start and "curl http://" in start
+    assert "alembic" not in start, start
+    assert len(start.splitlines()) <= 30, start
+
+
+def test_library_narration_is_one_setting_away() -> None:
+    import logging
+
+    from mesh import logs
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        logs.configure("inventory", "i-1", level="INFO")
+        assert not logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+        logs.configure("inventory", "i-1", level="DEBUG")
+        assert logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+    finally:
+        logging.getLogger("alembic").setLevel(logging.NOTSET)
+        root.handlers[:] = handlers
+        root.setLevel(level)
