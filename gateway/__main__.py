@@ -19,17 +19,18 @@ from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.descriptors import Contracts, DescriptorError, load
-from mesh import lifecycle, logs, metrics, telemetry, workers
-from mesh.channels import Upstreams
-from mesh.discovery import StaticDiscovery, create_discovery
-from mesh.http import HttpServer
+from mesh.client.channels import Upstreams
+from mesh.client.discovery import StaticDiscovery, create_discovery
+from mesh.observe import logs, metrics, telemetry
+from mesh.server import lifecycle, workers
+from mesh.server.http import HttpServer
 from mesh.settings import Settings, SettingsError
 
 logger = logging.getLogger("gateway")
 
 
 class Running:
-    """The gateway's HTTP server with what it calls, as `mesh.lifecycle` stops it."""
+    """The gateway's HTTP server with what it calls, as `mesh.server.lifecycle` stops it."""
 
     not_ready_means = "/readyz 503"
 

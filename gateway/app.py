@@ -40,10 +40,10 @@ from gateway.upstream import Upstream, methods_of
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
 from generated.shop.order.v1 import order_pb2
-from mesh import metrics
-from mesh.channels import Upstreams
-from mesh.errors import Unavailable
-from mesh.http import Request, Response
+from mesh.client.channels import Upstreams
+from mesh.kernel.errors import Unavailable
+from mesh.observe import metrics
+from mesh.server.http import Request, Response
 from mesh.settings import Settings
 
 CONTRACTS: tuple[FileDescriptor, ...] = (inventory_pb2.DESCRIPTOR, order_pb2.DESCRIPTOR, notification_pb2.DESCRIPTOR)
@@ -137,7 +137,7 @@ class Gateway:
             ("/openapi.json", Endpoint("GET", self._document, "/openapi.json")),
         ]
         if metrics.enabled():
-            own.append(("/metrics", Endpoint("GET", lambda request: metrics.exposition(), "/metrics")))
+            own.append(("/metrics", Endpoint("GET", _metrics_page, "/metrics")))
         if self._auth.enabled:
             own += [
                 ("/session", Endpoint("POST", self._sign_in, "/session", need=Need.USER, admitted=True,
@@ -227,6 +227,10 @@ READY_CHECK_SECONDS = 1.5  # under the chart's readiness timeoutSeconds (2)
 
 
 GZIP_MIN_BYTES = 1024  # a page smaller than this is sent as it is
+
+
+async def _metrics_page(request: Request) -> Response:
+    return Response(200, await metrics.exposition(), metrics.CONTENT_TYPE)
 
 
 def _constant(response: Response) -> Serve:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gateway.errors import Failure
-from mesh.http import Request, Response
+from mesh.server.http import Request, Response
 
 # Request headers a page may send: the ones the gateway reads.
 # Connect's and gRPC-Web's clients send their protocol headers (connect-*, grpc-*, x-grpc-web,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from gateway.auth import Need
 from gateway.errors import Failure
 from gateway.routes import Route, Router, with_head
-from mesh.http import Request, Response
+from mesh.server.http import Request, Response
 
 Serve = Callable[[Request], Awaitable[Response]]
 UNMATCHED = "unmatched"  # the metric label of requests no endpoint takes (their paths are unbounded)

@@ -24,8 +24,8 @@ from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
 
 from gateway.transcode import dumps
-from mesh.http import Request, Response
-from mesh.status import status_of
+from mesh.rpc.status import status_of
+from mesh.server.http import Request, Response
 
 _C = grpc.StatusCode
 # gRPC code -> HTTP status, grpc-gateway's mapping (runtime.HTTPStatusFromCode).

@@ -30,9 +30,9 @@ from gateway.cors import Cors
 from gateway.endpoints import UNMATCHED, Match, Table
 from gateway.errors import Failure
 from gateway.ratelimit import RateLimiter, client_address
-from mesh import logs, metrics, telemetry
-from mesh.http import Handler, Request, Response
-from mesh.metrics import HTTP_IN_FLIGHT, HTTP_REQUESTS, HTTP_SECONDS
+from mesh.observe import logs, metrics, telemetry
+from mesh.observe.metrics import HTTP_IN_FLIGHT, HTTP_REQUESTS, HTTP_SECONDS
+from mesh.server.http import Handler, Request, Response
 from mesh.settings import Settings
 
 Layer = Callable[[Handler], Handler]

@@ -27,7 +27,7 @@ from generated.buf.validate import validate_pb2
 INT64_RANGE, UINT64_RANGE = (-(2**63), 2**63 - 1), (0, 2**64 - 1)
 _INT64 = {"type": "string", "format": "int64", "pattern": integer_pattern(*INT64_RANGE)}
 _UINT64 = {"type": "string", "format": "uint64", "pattern": integer_pattern(*UINT64_RANGE)}
-# A required string must hold something besides white space (mesh/validate.py says "must not be
+# A required string must hold something besides white space (mesh/kernel/validate.py says "must not be
 # blank"): at least one character outside Python's str.isspace() set, spelled so that JSON
 # Schema's ECMA-262 regular expressions read it alike.
 NOT_BLANK = "[^\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"

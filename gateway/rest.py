@@ -4,7 +4,7 @@ HTTP request -> request message (the route's path variables, query and body: gat
 -> the gateway's one upstream call (gateway/upstream.py) -> proto3 JSON. This module is REST's
 framing only: how a route's message is read, and how the answer, a stream's events and an error
 are written. The caller's identity, when sign-in is on, travels to the service as metadata
-(`mesh/identity.py`), so the service that owns the data decides what the caller may see: the
+(`mesh/rpc/identity.py`), so the service that owns the data decides what the caller may see: the
 order service answers NOT_FOUND for another user's order, with no extra lookup here.
 """
 
@@ -22,7 +22,7 @@ from gateway.errors import Failure
 from gateway.routes import Route
 from gateway.transcode import BadRequest, build_request, dumps, to_dict, to_json
 from gateway.upstream import Deadline, Method, Upstream, grpc_timeout
-from mesh.http import Request, Response
+from mesh.server.http import Request, Response
 from mesh.settings import Settings
 
 _IDEMPOTENCY_KEY_MAX = 128  # as request_id's rule in the contracts

@@ -60,7 +60,7 @@ from gateway.wire import (
     unenvelope,
     wire_of,
 )
-from mesh.http import Request, Response
+from mesh.server.http import Request, Response
 from mesh.settings import Settings
 
 _C = grpc.StatusCode

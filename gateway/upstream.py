@@ -6,7 +6,7 @@ deadline in their own framing, then hand both here. This module alone decides, f
 - the channel: one bound multicallable per method (bytes in, bytes out), on the upstream's
   current channel;
 - identity: a signed-in user's `user_id` is filled in, another user's refused, and the caller is
-  named to the service by the gateway alone (mesh/identity.py);
+  named to the service by the gateway alone (mesh/rpc/identity.py);
 - metadata: one rule for which request headers travel as gRPC metadata (`metadata_of`);
 - the deadline: the caller's, capped, passed on DEADLINE_OFFSET sooner; a unary call without one
   gets the default, a stream none; one already spent is DEADLINE_EXCEEDED at once;
@@ -32,10 +32,11 @@ from google.protobuf.message import Message
 from gateway.auth import Need, Principal
 from gateway.errors import Failure
 from gateway.wire import MESH_OWN, unb64
-from mesh import identity, telemetry
-from mesh.channels import Upstreams
-from mesh.errors import Unavailable
-from mesh.http import Request
+from mesh.client.channels import Upstreams
+from mesh.kernel.errors import Unavailable
+from mesh.observe import telemetry
+from mesh.rpc import identity
+from mesh.server.http import Request
 from mesh.settings import Settings
 
 _C = grpc.StatusCode

@@ -18,7 +18,7 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from gateway.errors import Failure
-from mesh.http import Request, Response
+from mesh.server.http import Request, Response
 
 _C = grpc.StatusCode
 COMPRESS_MIN_BYTES = 1024  # smaller messages are sent as they are: gzip would only add bytes

@@ -10,7 +10,7 @@ from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory import domain, handlers
 from inventory.domain import Line, Product, Reservation
 from inventory.store import InventoryStore
-from mesh.protoconv import money_pb, timestamp
+from mesh.rpc.protoconv import money_pb, timestamp
 
 
 def product_pb(product: Product) -> inventory_pb2.Product:

@@ -10,9 +10,9 @@ from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory import handlers
 from inventory.api import InventoryApi
 from inventory.store import InventoryStore, metadata
-from mesh.db import Database
-from mesh.discovery import Discovery
-from mesh.server import App, Binding
+from mesh.client.discovery import Discovery
+from mesh.data.db import Database
+from mesh.server.bootstrap import App, Binding
 from mesh.settings import Settings
 
 SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name

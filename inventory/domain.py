@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from mesh import validate
-from mesh.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ShopError
-from mesh.money import Money, parse_money
+from mesh.kernel import validate
+from mesh.kernel.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ShopError
+from mesh.kernel.money import Money, parse_money
 
 MAX_NAME = 200
 MAX_REASON = 200
@@ -202,7 +202,7 @@ def check_reservation_id(reservation_id: str) -> str:
 def check_lines(lines: Sequence[Line]) -> tuple[Line, ...]:
     """The lines sorted by SKU (locking rows in one order everywhere avoids deadlocks), each SKU
     once: what the contract's rules cannot say. They (the count, the SKU pattern, quantities)
-    are checked once, at the edge (mesh.validate.contract)."""
+    are checked once, at the edge (mesh.kernel.validate.contract)."""
     seen: set[str] = set()
     for i, line in enumerate(lines):
         if line.sku in seen:

@@ -13,17 +13,17 @@ from sqlalchemy.exc import IntegrityError
 from inventory import domain
 from inventory.domain import Line, Product, Reservation, ReservationState
 from inventory.store import InventoryStore
-from mesh import paging
-from mesh.clock import now
-from mesh.db import PURGE_BATCH, PURGE_EVERY, in_batches
-from mesh.errors import ShopError
+from mesh.data.db import PURGE_BATCH, PURGE_EVERY, in_batches
+from mesh.kernel import paging
+from mesh.kernel.clock import now
+from mesh.kernel.errors import ShopError
 
 logger = logging.getLogger(__name__)
 DEFAULT_TTL = timedelta(seconds=60)
 # How long a refused reservation id replays its refusal (Stripe keeps idempotency keys 24 hours).
 REFUSALS_KEPT = timedelta(hours=24)
 
-# Business metrics (see mesh/metrics.py for the RPC ones). Replays count nothing.
+# Business metrics (see mesh/observe/metrics.py for the RPC ones). Replays count nothing.
 UNITS = Counter("shop_inventory_units_total", "Units moved by reservations: reserved, then sold, released, "
                 "or expired (released because nobody committed them in time).", ("movement",))
 OPEN_RESERVATIONS = Gauge("shop_inventory_open_reservations", "Reservations held now, neither committed nor released "

@@ -33,9 +33,9 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory.domain import Line, Product, Reservation, ReservationState, failure_from_record
-from mesh.clock import now
-from mesh.db import Store
-from mesh.money import Money
+from mesh.data.db import Store
+from mesh.kernel.clock import now
+from mesh.kernel.money import Money
 
 metadata = MetaData()
 

@@ -186,7 +186,7 @@ def _tls(env: _Reader) -> dict[str, object]:
 
 
 def _faults(spec: str) -> str:
-    from mesh.faults import FaultSpecError, parse
+    from mesh.tools.faults import FaultSpecError, parse
 
     try:
         parse(spec)
@@ -259,7 +259,7 @@ class Settings:
     jwt_audience: str = ""
     # API keys: (key, user id, is admin) from `key=user[:admin],...`
     api_keys: tuple[tuple[str, str, bool], ...] = ()
-    # mTLS between services (mesh/tls.py): all three files, or none for plaintext.
+    # mTLS between services (mesh/rpc/tls.py): all three files, or none for plaintext.
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -290,12 +290,12 @@ class Settings:
     trace_file: str = "traces-{instance}.jsonl"
     # Share of new traces recorded (0..1); a call inside a trace follows its parent's choice.
     trace_sample_ratio: float = 1.0
-    # Test-only fault injection (mesh/faults.py); empty in any real deployment.
+    # Test-only fault injection (mesh/tools/faults.py); empty in any real deployment.
     faults: str = ""
     # Prometheus metrics: recorded and served at /metrics when on.
     metrics: bool = True
     metrics_port: int = 0
-    # Processes of this service on its one port (mesh/workers.py), and whether this one is a
+    # Processes of this service on its one port (mesh/server/workers.py), and whether this one is a
     # worker of such a group (its sockets then share the port: SO_REUSEPORT).
     workers: int = 1
     reuse_port: bool = False

@@ -1,6 +1,6 @@
 """`python -m notification`: serve the notification service with settings from the environment."""
 
-from mesh.server import main
+from mesh.server.bootstrap import main
 from notification.app import build
 
 if __name__ == "__main__":

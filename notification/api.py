@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
-from mesh.errors import InvalidArgument
-from mesh.protoconv import timestamp
+from mesh.kernel.errors import InvalidArgument
+from mesh.rpc.protoconv import timestamp
 from notification import domain, handlers
 from notification.domain import Notification
 from notification.handlers import Wakeups

@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
-from mesh.db import Database
-from mesh.discovery import Discovery
-from mesh.server import App, Binding
+from mesh.client.discovery import Discovery
+from mesh.data.db import Database
+from mesh.server.bootstrap import App, Binding
 from mesh.settings import Settings
 from notification import handlers
 from notification.api import NotificationApi

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from mesh import validate
-from mesh.errors import AlreadyExists, InvalidArgument
+from mesh.kernel import validate
+from mesh.kernel.errors import AlreadyExists, InvalidArgument
 
 MAX_EVENT_ID = 200
 MAX_USER_ID = 128

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 
-from mesh import aio, paging
+from mesh.kernel import aio, paging
 from notification import domain
 from notification.domain import Notification
 from notification.store import NotificationStore
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 STREAM_BATCH = 100
 
-# Business metrics (the RPC ones are in mesh/metrics.py). A repeated event counts nothing.
+# Business metrics (the RPC ones are in mesh/observe/metrics.py). A repeated event counts nothing.
 # No label by kind: callers choose kinds freely, and a label must not grow without bound.
 SENT = Counter("shop_notifications_sent_total", "Notifications stored and delivered, one per event.")
 STREAMS = Gauge("shop_notification_streams_open", "Live notification streams this instance serves now.", multiprocess_mode="livesum")

@@ -22,8 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mesh.clock import now
-from mesh.db import Store
+from mesh.data.db import Store
+from mesh.kernel.clock import now
 from notification.domain import Notification
 
 metadata = MetaData()

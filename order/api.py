@@ -7,8 +7,8 @@ from collections.abc import Callable
 import grpc
 
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
-from mesh.identity import Caller
-from mesh.protoconv import money_pb, timestamp
+from mesh.rpc.identity import Caller
+from mesh.rpc.protoconv import money_pb, timestamp
 from order import domain, handlers
 from order.domain import Order
 from order.handlers import Commits, Inventory, Outbox
@@ -42,7 +42,7 @@ Viewer = Callable[[grpc.aio.ServicerContext], Caller | None]
 class OrderApi(order_pb2_grpc.OrderServiceServicer):
     def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox, commits: Commits,
                  viewer: Viewer = lambda context: None):
-        self._viewer = viewer  # the end user a call acts for (mesh/identity.py)
+        self._viewer = viewer  # the end user a call acts for (mesh/rpc/identity.py)
         self._store = store
         self._inventory = inventory
         self._outbox = outbox

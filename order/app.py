@@ -8,11 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
-from mesh import identity
-from mesh.channels import Upstreams
-from mesh.db import Database
-from mesh.discovery import Discovery
-from mesh.server import App, Binding
+from mesh.client.channels import Upstreams
+from mesh.client.discovery import Discovery
+from mesh.data.db import Database
+from mesh.rpc import identity
+from mesh.server.bootstrap import App, Binding
 from mesh.settings import Settings
 from order import handlers
 from order.api import OrderApi

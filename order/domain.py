@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from mesh import validate
-from mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from mesh.money import Money
+from mesh.kernel import validate
+from mesh.kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mesh.kernel.money import Money
 
 MAX_USER_ID = 128
 MAX_REASON = 200
@@ -150,7 +150,7 @@ def check_order_id(order_id: str) -> str:
 
 def check_request(request_id: str, user_id: str, lines: Sequence[tuple[str, int]]) -> OrderRequest:
     """What the contract's rules cannot say about a CreateOrder; they (lengths, counts, the SKU
-    pattern, quantities) are checked once, at the edge (mesh.validate.contract)."""
+    pattern, quantities) are checked once, at the edge (mesh.kernel.validate.contract)."""
     validate.not_blank("request_id", request_id)
     validate.not_blank("user_id", user_id)
     seen: set[str] = set()

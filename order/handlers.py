@@ -8,17 +8,18 @@ from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 
-from mesh import aio, faults, paging
-from mesh.errors import AlreadyExists, DeadlineExceeded, ShopError, Unavailable
-from mesh.identity import Caller
-from mesh.money import Money
+from mesh.kernel import aio, paging
+from mesh.kernel.errors import AlreadyExists, DeadlineExceeded, ShopError, Unavailable
+from mesh.kernel.money import Money
+from mesh.rpc.identity import Caller
+from mesh.tools import faults
 from order import domain
 from order.domain import AttemptTaken, Held, HeldState, Order, OrderLine, OrderRequest, OrderStatus, RequestIdTaken
 from order.store import OrderStore
 
 logger = logging.getLogger(__name__)
 
-# Business metrics (the RPC ones are in mesh/metrics.py). Replays of a request_id count nothing.
+# Business metrics (the RPC ones are in mesh/observe/metrics.py). Replays of a request_id count nothing.
 ORDERS = Counter("shop_orders_total", "Orders by outcome: confirmed when placed, cancelled when cancelled, "
                  "rejected when placing failed (out of stock, unknown product, upstream down).", ("status",))
 OUTBOX_PENDING = Gauge("shop_order_outbox_pending", "Order events not yet delivered to notification "

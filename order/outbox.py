@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
-from mesh import telemetry
-from mesh.clock import now
-from mesh.db import PURGE_BATCH, PURGE_EVERY, in_batches
-from mesh.errors import DeadlineExceeded, ShopError, Unavailable
+from mesh.data.db import PURGE_BATCH, PURGE_EVERY, in_batches
+from mesh.kernel.clock import now
+from mesh.kernel.errors import DeadlineExceeded, ShopError, Unavailable
+from mesh.observe import telemetry
 from order.domain import Event
 from order.store import OrderStore
 

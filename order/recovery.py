@@ -29,8 +29,8 @@ import logging
 from datetime import timedelta
 from typing import Protocol
 
-from mesh.clock import now
-from mesh.errors import FailedPrecondition, NotFound, ShopError
+from mesh.kernel.clock import now
+from mesh.kernel.errors import FailedPrecondition, NotFound, ShopError
 from order import domain
 from order.domain import Attempt, Order
 from order.store import OrderStore

@@ -31,9 +31,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mesh.clock import now
-from mesh.db import Store
-from mesh.money import Money
+from mesh.data.db import Store
+from mesh.kernel.clock import now
+from mesh.kernel.money import Money
 from order.domain import Attempt, Event, Order, OrderLine, OrderRequest, OrderStatus, RequestIdTaken
 
 metadata = MetaData()

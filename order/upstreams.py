@@ -1,6 +1,6 @@
 """Order's clients of inventory and notification: domain values in, domain errors out.
 
-Each call's deadline is what is left of the caller's (mesh.deadline.remaining).
+Each call's deadline is what is left of the caller's (mesh.kernel.deadline.remaining).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import grpc
 
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
-from mesh.channels import Upstreams
-from mesh.deadline import remaining
-from mesh.money import Money
-from mesh.status import error_from_rpc
+from mesh.client.channels import Upstreams
+from mesh.kernel.deadline import remaining
+from mesh.kernel.money import Money
+from mesh.rpc.status import error_from_rpc
 from order.domain import Event, Held, HeldState
 
 T = TypeVar("T")

@@ -85,7 +85,7 @@ import grpc
 
 from gateway.transcode import to_json
 from generated.shop.inventory.v1 import inventory_pb2
-from mesh.http import Response, serve_http
+from mesh.server.http import Response, serve_http
 
 
 async def main():

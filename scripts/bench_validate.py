@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_validate.py [--rounds 20000]
 
-Every service runs `mesh.validate.contract` (protovalidate) on each request
+Every service runs `mesh.kernel.validate.contract` (protovalidate) on each request
 before its handler. This prints, per request type, microseconds per call of
 that check, next to two baselines measured in the same run: parsing the same
 request from its wire bytes (what gRPC already pays for it) and our own
@@ -25,7 +25,7 @@ from generated.shop.inventory.v1 import inventory_pb2  # noqa: E402
 from generated.shop.notification.v1 import notification_pb2  # noqa: E402
 from generated.shop.order.v1 import order_pb2  # noqa: E402
 from inventory import domain as inventory_domain  # noqa: E402
-from mesh import validate  # noqa: E402
+from mesh.kernel import validate  # noqa: E402
 from notification import domain as notification_domain  # noqa: E402
 from order import domain as order_domain  # noqa: E402
 

@@ -7,4 +7,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$("$ROOT/scripts/setup.sh" dev)"
 cd "$ROOT"
-exec "$PY" -m mesh.launcher "$@"
+exec "$PY" -m mesh.tools.launcher "$@"

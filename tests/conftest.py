@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.ports import free_port
+from mesh.tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS_BIN = ROOT / ".tools" / "bin"

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dnslib import QTYPE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-from mesh.ports import free_port
+from mesh.tools.ports import free_port
 
 
 class Answers(BaseResolver):

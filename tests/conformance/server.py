@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from mesh.ports import free_port  # noqa: E402
-from mesh.workers import _die_with_parent  # noqa: E402
+from mesh.server.workers import _die_with_parent  # noqa: E402
+from mesh.tools.ports import free_port  # noqa: E402
 from tests.conformance import service  # noqa: E402
 
 

@@ -112,7 +112,7 @@ class Mesh:
 
 @dataclass
 class Launcher:
-    """`python -m mesh.launcher`, exactly as the Quickstart runs it."""
+    """`python -m mesh.tools.launcher`, exactly as the Quickstart runs it."""
 
     data_dir: Path
     ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in SERVICES})
@@ -128,7 +128,7 @@ class Launcher:
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = self.data_dir / "launcher.log"
-        args = [sys.executable, "-m", "mesh.launcher", "--data-dir", str(self.data_dir)]
+        args = [sys.executable, "-m", "mesh.tools.launcher", "--data-dir", str(self.data_dir)]
         for service, port in self.ports.items():
             args += [f"--{service}-port", str(port)]
         for service, port in self.metrics_ports.items():

@@ -284,7 +284,7 @@ async def test_calls_continue_while_consul_is_down_and_services_register_again(m
 def test_the_launcher_runs_the_mesh_on_consul_with_two_inventories_in_one_flag(tmp_path: Path) -> None:
     tool("consul")
     ports = {name: free_port() for name in ("inventory", "order", "notification", "gateway", "consul")}
-    args = [sys.executable, "-m", "mesh.launcher", "--data-dir", str(tmp_path / "data"), "--consul", "dev",
+    args = [sys.executable, "-m", "mesh.tools.launcher", "--data-dir", str(tmp_path / "data"), "--consul", "dev",
             "--consul-port", str(ports["consul"]), "--instances", "inventory=2"]
     for name in ("inventory", "order", "notification", "gateway"):
         args += [f"--{name}-port", str(ports[name])]
@@ -334,8 +334,8 @@ def started_calls(services: Services, name: str, method: str) -> float:
 @contextlib.asynccontextmanager
 async def consul_upstreams(agent: Agent):  # type: ignore[no-untyped-def]
     """Our channels to inventory, their instance set followed in the real Consul (as the gateway's)."""
-    from mesh.channels import Upstreams
-    from mesh.discovery import ConsulDiscovery
+    from mesh.client.channels import Upstreams
+    from mesh.client.discovery import ConsulDiscovery
     from mesh.settings import Settings
 
     settings = Settings.from_env("gateway", {"SHOPMESH_DISCOVERY": "consul", "SHOPMESH_CONSUL_ADDR": agent.address})
@@ -388,7 +388,7 @@ async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_take
 async def test_a_client_asking_for_unknown_skus_ejects_no_healthy_instance(consul) -> None:
     """Issue 11.6: gRPC's outlier detection counts any non-OK status, so NOT_FOUND by the thousand
     ejected a healthy instance (at most half of them). Our channels take the caller's mistakes soft
-    (mesh/softerrors.py): both instances keep serving, and the polite client never notices."""
+    (mesh/rpc/softerrors.py): both instances keep serving, and the polite client never notices."""
     agent, services = consul
     services.start("inventory-a", "inventory")
     services.start("inventory-b", "inventory")

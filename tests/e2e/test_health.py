@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
-from mesh.server import LIVENESS
+from mesh.server.bootstrap import LIVENESS
 from tests.conftest import ROOT
 from tests.e2e.harness import Launcher, Mesh
 

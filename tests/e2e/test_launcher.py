@@ -56,7 +56,7 @@ def wait_output(launcher: Launcher, text: str, timeout: float) -> None:
 
 def test_a_second_launcher_names_the_taken_port_and_starts_nothing(launcher: Launcher, tmp_path: Path) -> None:
     """Issue 11.10: a second run-mesh.sh used to seed the first mesh's database and say it was up."""
-    args = [sys.executable, "-m", "mesh.launcher", "--data-dir", str(tmp_path / "second")]
+    args = [sys.executable, "-m", "mesh.tools.launcher", "--data-dir", str(tmp_path / "second")]
     for service, port in launcher.ports.items():
         args += [f"--{service}-port", str(port)]
     for service, port in launcher.metrics_ports.items():
@@ -161,7 +161,7 @@ def test_a_first_start_says_what_a_user_needs_and_nothing_else(launcher: Launche
 def test_library_narration_is_one_setting_away() -> None:
     import logging
 
-    from mesh import logs
+    from mesh.observe import logs
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

@@ -106,7 +106,7 @@ def test_consul_checks_every_service_over_mtls(tmp_path: Path) -> None:
 
 
 def test_only_the_gateways_certificate_may_name_the_user_a_call_acts_for(secured: tuple[Launcher, Path]) -> None:
-    """The caller's identity travels as metadata (mesh/identity.py); over mTLS a service believes it only
+    """The caller's identity travels as metadata (mesh/rpc/identity.py); over mTLS a service believes it only
     from a trusted certificate (the gateway's), so another holder of a mesh certificate cannot claim to
     be a user, and the gateway's claim decides what that user may see."""
     from generated.shop.order.v1 import order_pb2, order_pb2_grpc

@@ -1,6 +1,6 @@
 """Nothing lost when processes die, calls fail or stall: issue 6's tests, through real processes.
 
-Each test prints what it checked. Faults are injected with SHOPMESH_FAULTS (mesh/faults.py),
+Each test prints what it checked. Faults are injected with SHOPMESH_FAULTS (mesh/tools/faults.py),
 which is off unless a test sets it.
 """
 
@@ -811,9 +811,9 @@ def test_idle_streams_cost_the_notification_service_nothing(mesh: Mesh) -> None:
 async def test_an_instance_back_on_its_address_after_a_long_outage_is_called_again_within_seconds(
         mesh: Mesh) -> None:
     """gRPC's reconnect backoff grows to 120 s by default: after 30 s down, a restarted inventory
-    sat unused for 10 to 20 s. Ours is capped (mesh.channels.MAX_RECONNECT_BACKOFF_MS)."""
-    from mesh.channels import MAX_RECONNECT_BACKOFF_MS, Upstreams
-    from mesh.discovery import StaticDiscovery
+    sat unused for 10 to 20 s. Ours is capped (mesh.client.channels.MAX_RECONNECT_BACKOFF_MS)."""
+    from mesh.client.channels import MAX_RECONNECT_BACKOFF_MS, Upstreams
+    from mesh.client.discovery import StaticDiscovery
 
     mesh.start("inventory")
     upstreams = Upstreams(StaticDiscovery({"inventory": mesh.address("inventory")}))

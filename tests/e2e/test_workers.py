@@ -1,4 +1,4 @@
-"""SHOPMESH_WORKERS (mesh/workers.py): several processes of one service on one port, real processes."""
+"""SHOPMESH_WORKERS (mesh/server/workers.py): several processes of one service on one port, real processes."""
 
 from __future__ import annotations
 

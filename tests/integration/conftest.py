@@ -15,8 +15,8 @@ import pytest
 import inventory.app
 import notification.app
 import order.app
-from mesh.discovery import create_discovery
-from mesh.server import Running, create_server
+from mesh.client.discovery import create_discovery
+from mesh.server.bootstrap import Running, create_server
 from mesh.settings import Settings
 
 BUILDERS = {"inventory": inventory.app.build, "notification": notification.app.build, "order": order.app.build}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
 
-from mesh.db import Database
+from mesh.data.db import Database
 
 metadata = MetaData()
 counters = Table("counters", metadata, Column("name", String(20), primary_key=True), Column("value", Integer))
@@ -63,7 +63,7 @@ async def test_an_empty_read_leaves_no_transaction_open(tmp_path: Path) -> None:
 INCREMENTER = """
 import asyncio, sys
 from sqlalchemy import select, update
-from mesh.db import Database
+from mesh.data.db import Database
 from tests.integration.test_database import counters
 
 async def main(url, times):

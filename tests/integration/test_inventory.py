@@ -291,7 +291,7 @@ async def test_refusals_are_forgotten_after_their_keeping_period(start: Start) -
 
     from inventory import handlers
     from inventory.domain import Line
-    from mesh.errors import NotFound
+    from mesh.kernel.errors import NotFound
 
     served = await start("inventory")
     store = served.app.bindings[0].servicer._store

@@ -14,8 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, insert, select, text
 
-from mesh import migrate
-from mesh.db import Database
+from mesh.data import migrate
+from mesh.data.db import Database
 from tests.conftest import ROOT
 
 SERVICES = ("inventory", "order", "notification")
@@ -112,7 +112,7 @@ async def test_a_database_made_before_migrations_keeps_its_rows_and_joins_the_hi
 
 def test_the_check_command_passes_for_every_service() -> None:
     for name in SERVICES:
-        result = subprocess.run([sys.executable, "-m", "mesh.migrate", name, "check"], cwd=ROOT, capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "mesh.data.migrate", name, "check"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "No new upgrade operations detected" in result.stdout + result.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from mesh.clock import now
-from mesh.db import PURGE_BATCH, Database
+from mesh.data.db import PURGE_BATCH, Database
+from mesh.kernel.clock import now
 from order import outbox as relay_module
 from order.domain import Event
 from order.outbox import OutboxRelay
@@ -61,7 +61,7 @@ async def test_settled_reservations_past_retention_go_and_held_or_recent_ones_st
     from inventory.domain import Line, Product
     from inventory.store import InventoryStore, reservation_lines, reservations
     from inventory.store import metadata as inventory_metadata
-    from mesh.money import Money
+    from mesh.kernel.money import Money
 
     url = f"sqlite+aiosqlite:///{tmp_path}/inventory.db" if database is None else database.create_database()  # type: ignore[attr-defined]
     db = Database.connect(url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from mesh.breaker import Breaker, State
+from mesh.client.breaker import Breaker, State
 
 UNAVAILABLE, OK = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK
 

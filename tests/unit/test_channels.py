@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from generated.shop.inventory.v1 import inventory_pb2_grpc
-from mesh.channels import Upstreams
-from mesh.discovery import StaticDiscovery
-from mesh.errors import Unavailable
+from mesh.client.channels import Upstreams
+from mesh.client.discovery import StaticDiscovery
+from mesh.kernel.errors import Unavailable
 
 
 class ChangingDiscovery(StaticDiscovery):

@@ -122,7 +122,7 @@ def test_the_collector_forwards_traces_to_jaeger_over_otlp() -> None:
 
 
 def test_prometheus_scrapes_every_instance_through_consul_on_its_registered_metrics_port() -> None:
-    from mesh.discovery import METRICS_PORT_META
+    from mesh.client.discovery import METRICS_PORT_META
 
     config = yaml.safe_load(mounted("prometheus", "/etc/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -195,7 +195,7 @@ def test_each_service_database_the_override_names_is_made_by_its_init_script_and
 
     from sqlalchemy.engine import make_url
 
-    from mesh.db import Database
+    from mesh.data.db import Database
 
     services = MERGED["services"]
     init = mounted("postgres", "/docker-entrypoint-initdb.d/init.sql", services)

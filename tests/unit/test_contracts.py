@@ -11,7 +11,7 @@ from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
 from generated.shop.order.v1 import order_pb2
 from inventory import domain as inventory_domain
-from mesh import money, validate
+from mesh.kernel import money, validate
 from notification import domain as notification_domain
 from order import domain as order_domain
 

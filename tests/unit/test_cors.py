@@ -6,7 +6,7 @@ import pytest
 
 from gateway.cors import ALLOWED_HEADERS, Cors
 from gateway.errors import Failure
-from mesh.http import Request, Response
+from mesh.server.http import Request, Response
 from mesh.settings import Settings, SettingsError
 
 PAGE = "https://shop.example.com"

@@ -7,9 +7,9 @@ import pytest
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.order.v1 import order_pb2
 from inventory import domain as inv
-from mesh import validate
-from mesh.errors import InvalidArgument
-from mesh.money import Money
+from mesh.kernel import validate
+from mesh.kernel.errors import InvalidArgument
+from mesh.kernel.money import Money
 from order import domain as orders
 
 
@@ -46,7 +46,7 @@ def test_a_sku_twice_is_what_the_domain_refuses_itself() -> None:
     ],
 )
 def test_the_shape_of_a_sale_or_an_order_is_the_contracts_to_check(message, field: str) -> None:
-    """Checked once, at the edge (every server's guard runs mesh.validate.contract before a
+    """Checked once, at the edge (every server's guard runs mesh.kernel.validate.contract before a
     handler): the domain keeps only what a rule cannot say (above)."""
     with pytest.raises(InvalidArgument) as caught:
         validate.contract(message)

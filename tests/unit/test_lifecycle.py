@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mesh import lifecycle
+from mesh.server import lifecycle
 from mesh.settings import Settings
 
 
@@ -44,7 +44,7 @@ async def test_a_step_that_hangs_is_given_up_on_and_what_waited_is_logged(monkey
     monkeypatch.setattr(lifecycle, "STEP_MARGIN", 0.2)
     target = Target(stop_hangs=True)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, "mesh.lifecycle"):
+    with caplog.at_level(logging.WARNING, "mesh.server.lifecycle"):
         await lifecycle.shut_down(target, Settings(service="order", shutdown_grace=0.1))
     assert time.monotonic() - started < 1.5
     assert target.steps == ["not ready", "stop 0.1", "close"]  # and it still closed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from mesh import logs
+from mesh.observe import logs
 
 
 def record(message: str, **extra: object) -> logging.LogRecord:

@@ -41,7 +41,7 @@ def test_without_auth_the_document_claims_no_security() -> None:
 
 
 def test_not_blank_is_exactly_pythons_idea_of_white_space() -> None:
-    """The document's NOT_BLANK pattern refuses what mesh/validate.py calls blank, and nothing else."""
+    """The document's NOT_BLANK pattern refuses what mesh/kernel/validate.py calls blank, and nothing else."""
     import re
     import sys
 

@@ -7,8 +7,8 @@ import contextlib
 
 import pytest
 
-from mesh.errors import AlreadyExists, Unavailable
-from mesh.money import Money
+from mesh.kernel.errors import AlreadyExists, Unavailable
+from mesh.kernel.money import Money
 from order import domain, handlers
 from order.domain import Held, HeldState, RequestIdTaken
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from mesh.ports import free_port
+from mesh.tools.ports import free_port
 
 
 def test_ports_are_free_distinct_and_outside_the_ephemeral_range() -> None:

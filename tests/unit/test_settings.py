@@ -106,8 +106,8 @@ def test_every_variable_is_documented_in_the_readme() -> None:
 
 
 def test_static_discovery_takes_several_instances_by_ip() -> None:
-    from mesh.channels import target
-    from mesh.discovery import StaticDiscovery
+    from mesh.client.channels import target
+    from mesh.client.discovery import StaticDiscovery
 
     settings = Settings.from_env("order", {"SHOPMESH_INVENTORY_ADDR": "127.0.0.1:6001, 127.0.0.1:6101"})
     assert StaticDiscovery(settings).addresses("inventory") == ["127.0.0.1:6001", "127.0.0.1:6101"]

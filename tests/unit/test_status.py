@@ -8,7 +8,10 @@ import grpc
 import pytest
 
 from generated.shop.inventory.v1 import inventory_pb2
-from mesh import breaker, deadline, errors, guard, softerrors, status
+from mesh.client import breaker
+from mesh.kernel import deadline, errors
+from mesh.rpc import softerrors, status
+from mesh.server import guard
 
 A_REQUEST = inventory_pb2.GetProductRequest(sku="MUG-1")
 

@@ -11,8 +11,8 @@ from gateway.routes import routes_from
 from gateway.upstream import DEADLINE_OFFSET, Deadline, Method, Upstream, connect_timeout, grpc_timeout, metadata_of
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.notification.v1 import notification_pb2
-from mesh import identity
-from mesh.http import Request
+from mesh.rpc import identity
+from mesh.server.http import Request
 from mesh.settings import Settings
 
 SETTINGS = Settings.from_env("gateway", {"SHOPMESH_HTTP_TIMEOUT_SECONDS": "7",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import paging, validate
-from mesh.errors import InvalidArgument
-from mesh.money import Money, parse_money
+from mesh.kernel import paging, validate
+from mesh.kernel.errors import InvalidArgument
+from mesh.kernel.money import Money, parse_money
 
 
 def test_money_adds_and_multiplies_exactly_in_minor_units() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.errors import Failure
 from gateway.wire import connect_code, envelope, grpc_web_text, inflate, unenvelope, wire_of
-from mesh.http import Request
+from mesh.server.http import Request
 
 
 def request(content_type: str, method: str = "POST", query: str = "") -> Request:

@@ -78,7 +78,7 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{ .Values.postgresql.auth.existingSecret | default (printf "%s-postgresql" (include "shopmesh.fullname" .)) }}
 {{- end }}
 
-{{/* The seconds a stopping pod may take: drain, grace, then closing and margins (mesh/lifecycle.py). */}}
+{{/* The seconds a stopping pod may take: drain, grace, then closing and margins (mesh/server/lifecycle.py). */}}
 {{- define "shopmesh.terminationGrace" -}}
 {{ add (int .Values.shutdown.drainSeconds) (int .Values.shutdown.graceSeconds) 20 }}
 {{- end }}

@@ -4,7 +4,7 @@ The code sets are defined here once and everything else is derived from them: th
 level and OpenTelemetry's span status (whose fault), soft errors (an answer about the request),
 the circuit breaker (the upstream did not answer), and retries (safe to send again).
 
-Servers (`mesh/guard.py`): a `ShopError` raised anywhere below a servicer becomes its status code
+Servers (`mesh/server/guard.py`): a `ShopError` raised anywhere below a servicer becomes its status code
 with the error's message and a `google.rpc.Status` in the `grpc-status-details-bin` trailer
 (BadRequest / PreconditionFailure details, `details`); anything else INTERNAL without its text.
 Clients: `error_from_rpc` turns an upstream's status back into a `ShopError`, so a service can
@@ -23,7 +23,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-from mesh import errors
+from mesh.kernel import errors
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.shop.common.v1 import money_pb2
-from mesh.money import Money
+from mesh.kernel.money import Money
 
 
 def money_pb(money: Money) -> money_pb2.Money:
@@ -15,7 +15,7 @@ def money_pb(money: Money) -> money_pb2.Money:
 
 
 def timestamp(at: datetime | None) -> Timestamp | None:
-    """A naive UTC datetime (see mesh.clock) as a Timestamp."""
+    """A naive UTC datetime (see mesh.kernel.clock) as a Timestamp."""
     if at is None:
         return None
     stamp = Timestamp()

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 
-from mesh import telemetry
+from mesh.observe import telemetry
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "context"}
 CONTEXT_FIELDS = ("trace_id", "span_id", "rpc_method", "request_id")
@@ -75,6 +75,6 @@ def configure(service: str, instance: str, level: str = "INFO", fmt: str = "text
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Alembic narrates every plugin and step at INFO (ten lines a service at each start); we log one
-    # line a migration ourselves (mesh/migrate.py). Its own lines come back with SHOPMESH_LOG_LEVEL=DEBUG.
+    # line a migration ourselves (mesh/data/migrate.py). Its own lines come back with SHOPMESH_LOG_LEVEL=DEBUG.
     logging.getLogger("alembic").setLevel(logging.DEBUG if logging.getLevelName(level) == logging.DEBUG
                                           else logging.WARNING)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from mesh import deadline
+from mesh.kernel import deadline
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Result, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from mesh import telemetry
+from mesh.observe import telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +196,8 @@ class Database:
         return cls(engine, inline)
 
     async def migrate(self, versions: Path, metadata: MetaData) -> None:
-        """Brings the schema to the newest revision in `versions` (mesh/migrate.py), in one write transaction."""
-        from mesh import migrate
+        """Brings the schema to the newest revision in `versions` (mesh/data/migrate.py), in one write transaction."""
+        from mesh.data import migrate
 
         # Alembic keeps its running migration in a module global, and run_sync may switch to
         # another coroutine at each statement: one migration at a time per process (and loop).

@@ -22,7 +22,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from mesh.errors import Unavailable
+from mesh.kernel.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 

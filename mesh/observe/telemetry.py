@@ -6,8 +6,8 @@ SHOPMESH_TRACE_FILE ({instance} is replaced), which tests read. W3C traceparent
 travels in gRPC metadata and HTTP headers (OpenTelemetry's propagator).
 
 Spans are made with OpenTelemetry's API at the three places every call already
-passes: the server guard (mesh/status.py), the client channel wrapper
-(mesh/channels.py) and the database engine's statement events (mesh/db.py).
+passes: the server guard (mesh/rpc/status.py), the client channel wrapper
+(mesh/client/channels.py) and the database engine's statement events (mesh/data/db.py).
 OpenTelemetry's grpc.aio interceptors and SQLAlchemy instrumentation did the
 same and were used first; measured with nothing recorded (BENCHMARKS.md), the
 interceptor machinery alone took about 17% of the order service's event loop,
@@ -24,8 +24,8 @@ from typing import Any
 
 import grpc
 
+from mesh.rpc.status import SERVER_FAULT
 from mesh.settings import Settings
-from mesh.status import SERVER_FAULT
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mesh.errors import InvalidArgument
+from mesh.kernel.errors import InvalidArgument
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 MAX_MINOR_UNITS = 10**15  # a quadrillion cents: far beyond any order, far below int64

@@ -5,7 +5,7 @@ gRPC Python's multiprocessing example does, each worker is a process of its own 
 same port with SO_REUSEPORT, and the kernel spreads new connections over them. This process
 only supervises; it imports no gRPC and opens no socket:
 
-- a service's database is migrated once, by `python -m mesh.migrate` run from here, before any
+- a service's database is migrated once, by `python -m mesh.data.migrate` run from here, before any
   worker starts: N workers migrating a new SQLite file at once raced for its first write
   (one saw "database is locked" before its busy timeout applied, in CI), and workers that find
   the schema at its newest revision only read it;
@@ -110,7 +110,7 @@ def _migrate(service: str, settings: Settings, env: dict[str, str]) -> int:
     """The group's one migration, before its workers start; its exit code."""
     if service not in DATABASE_SERVICES:
         return 0
-    done = subprocess.run([sys.executable, "-m", "mesh.migrate", service, "upgrade", "--database-url", settings.database_url],
+    done = subprocess.run([sys.executable, "-m", "mesh.data.migrate", service, "upgrade", "--database-url", settings.database_url],
                           env=env, stdout=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
         logger.error("%s: the database could not be migrated (exit %d): no worker started", service, done.returncode)

@@ -1,6 +1,6 @@
 """Soft errors: a caller's mistake carried as OK at the transport, between our own processes.
 
-gRPC's outlier detection (gRFC A50, which mesh/channels.py configures) counts every non-OK status
+gRPC's outlier detection (gRFC A50, which mesh/client/channels.py configures) counts every non-OK status
 against the instance that answered, and gRPC offers no setting to say otherwise; so a client
 asking for unknown SKUs (NOT_FOUND, through the gateway) would eject healthy inventory instances.
 Our channels therefore send `x-shopmesh-soft-errors` on unary calls, and for a failure the caller
@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from mesh.status import ABOUT_THE_REQUEST, DETAILS_KEY, code_of
+from mesh.rpc.status import ABOUT_THE_REQUEST, DETAILS_KEY, code_of
 
 ASK = ("x-shopmesh-soft-errors", "1")
 STATUS, MESSAGE, DETAILS = "x-shopmesh-status", "x-shopmesh-message-bin", "x-shopmesh-status-details-bin"

@@ -26,8 +26,6 @@ from typing import Any
 import grpc
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
-from mesh.http import Request, Response
-
 logger = logging.getLogger(__name__)
 
 # Latency buckets from 0.5 ms (a cached read) to 10 s (a deadline).
@@ -95,14 +93,14 @@ class MethodMetrics:
         self.seconds.observe(time.perf_counter() - started)
 
 
-async def exposition(refreshers: Sequence[Callable[[], Awaitable[None]]] = ()) -> Response:
-    """The Prometheus text page, after gauges read from the database are brought up to date."""
+async def exposition(refreshers: Sequence[Callable[[], Awaitable[None]]] = ()) -> bytes:
+    """The Prometheus text page (CONTENT_TYPE), after gauges read from the database are brought up to date."""
     for refresh in refreshers:
         try:
             await refresh()
         except Exception as error:  # a scrape still answers with what it has
             logger.warning("could not refresh a gauge: %s", error)
-    return Response(200, generate_latest(_registry()), CONTENT_TYPE)
+    return bytes(generate_latest(_registry()))
 
 
 def _registry() -> Any:
@@ -115,16 +113,3 @@ def _registry() -> Any:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, directory)
     return registry
-
-
-def endpoint(refreshers: Sequence[Callable[[], Awaitable[None]]] = ()) -> Callable[[Request], Awaitable[Response]]:
-    """An HTTP handler serving `/metrics` (and `/healthz`, the metrics port is up) and 404 elsewhere."""
-
-    async def handle(request: Request) -> Response:
-        if request.path == "/metrics" and request.method in ("GET", "HEAD"):
-            return await exposition(refreshers)
-        if request.path == "/healthz":
-            return Response(200, b'{"status": "ok"}')
-        return Response(404, b'{"code": 5, "message": "this port serves /metrics only", "details": []}')
-
-    return handle

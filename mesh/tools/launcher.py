@@ -1,6 +1,6 @@
 """The local mesh in one command: every service as its own process, logs in one terminal.
 
-    python -m mesh.launcher [--data-dir data] [--inventory-port 50051] ...
+    python -m mesh.tools.launcher [--data-dir data] [--inventory-port 50051] ...
 
 Starts inventory, notification, order and the REST gateway (in that order)
 with static discovery and SQLite files under the data folder, waits until each
@@ -32,8 +32,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from mesh.ports import free_port
 from mesh.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+from mesh.tools.ports import free_port
 
 START_ORDER = ("inventory", "notification", "order", "gateway")
 # Stopped in this order, each tier's processes at once: callers before the services they call.
@@ -217,7 +217,7 @@ class Launcher:
 
     async def start_consul(self) -> None:
         """`consul agent -dev` from PATH or .tools/bin, on loopback, for --consul dev."""
-        tools = Path(__file__).resolve().parent.parent / ".tools" / "bin" / "consul"
+        tools = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "consul"
         binary = shutil.which("consul") or (str(tools) if tools.exists() else None)
         if binary is None:
             raise RuntimeError("--consul dev needs a consul binary: run scripts/install-tools.sh")
@@ -446,7 +446,7 @@ def _instances(value: str) -> tuple[str, int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mesh.launcher", description="Run the shopmesh services locally.")
+    parser = argparse.ArgumentParser(prog="python -m mesh.tools.launcher", description="Run the shopmesh services locally.")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SHOPMESH_DATA_DIR", "data")))
     parser.add_argument("--host", default=os.environ.get("SHOPMESH_HOST", "127.0.0.1"))
     for name in START_ORDER:

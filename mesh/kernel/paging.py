@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from mesh.errors import InvalidArgument
+from mesh.kernel.errors import InvalidArgument
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Errors a caller can act on, as plain exceptions with no gRPC in them.
 
 Services subclass these for their own rules (`OutOfStock(FailedPrecondition)`);
-`mesh.status` is the one table that turns them into gRPC status codes.
+`mesh.rpc.status` is the one table that turns them into gRPC status codes.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The server's guard records each call's deadline (`set_deadline`); a downstream call takes what is
 left of it (`remaining`), so no call outlives the call that caused it. Work that must finish after
-its caller has gone (`mesh.aio.finish_anyway`) forgets it and gets the default timeout.
+its caller has gone (`mesh.kernel.aio.finish_anyway`) forgets it and gets the default timeout.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def set_deadline(left: float | None) -> None:
 
 
 def forget_deadline() -> None:
-    """From here on (in this context), downstream calls get their default timeout (mesh.aio.finish_anyway)."""
+    """From here on (in this context), downstream calls get their default timeout (mesh.kernel.aio.finish_anyway)."""
     _deadline.set(None)
 
 

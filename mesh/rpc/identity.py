@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from mesh.errors import PermissionDenied
+from mesh.kernel.errors import PermissionDenied
 
 USER = "x-shopmesh-user"
 ADMIN = "x-shopmesh-admin"

@@ -1,4 +1,4 @@
-"""Alembic's environment for every service: run on the connection mesh.migrate hands over.
+"""Alembic's environment for every service: run on the connection mesh.data.migrate hands over.
 
 Each service keeps its own revisions in `<service>/migrations/` (its own database,
 its own history); this file and the revision template are shared.

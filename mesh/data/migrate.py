@@ -1,10 +1,10 @@
 """Schema migrations (Alembic): every service's database is brought to its newest revision at start.
 
-    python -m mesh.migrate SERVICE revision -m "add gift wrap"   # write a new revision from store.py's tables
-    python -m mesh.migrate SERVICE check                        # fail if store.py and the revisions differ
-    python -m mesh.migrate SERVICE upgrade [--database-url URL] # what each service does when it starts
+    python -m mesh.data.migrate SERVICE revision -m "add gift wrap"   # write a new revision from store.py's tables
+    python -m mesh.data.migrate SERVICE check                        # fail if store.py and the revisions differ
+    python -m mesh.data.migrate SERVICE upgrade [--database-url URL] # what each service does when it starts
 
-Revisions live in `<service>/migrations/`; `mesh/migrations/` holds the environment
+Revisions live in `<service>/migrations/`; `mesh/data/migrations/` holds the environment
 they share. Several instances may start at once: on SQLite the write transaction
 (`BEGIN IMMEDIATE`) and on PostgreSQL a transaction-scoped advisory lock let one
 migrate while the others wait, then find nothing left to do. A database made
@@ -32,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 
 from mesh.settings import DATABASE_SERVICES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
 
 
@@ -55,7 +55,7 @@ def upgrade(connection: Connection, versions: Path, metadata: MetaData) -> None:
     cfg = config(versions, metadata, connection)
     tables = set(inspect(connection).get_table_names())
     if tables and "alembic_version" not in tables:  # made before migrations: catch up, then join history
-        from mesh.db import create_missing
+        from mesh.data.db import create_missing
 
         create_missing(connection, metadata)
         first = ScriptDirectory.from_config(cfg).get_base()
@@ -78,7 +78,7 @@ def _service(name: str) -> tuple[Path, MetaData]:
 
 
 async def _run(service: str, action: str, url: str, message: str) -> int:
-    from mesh.db import Database
+    from mesh.data.db import Database
     from mesh.settings import Settings
 
     versions, metadata = _service(service)
@@ -106,7 +106,7 @@ async def _run(service: str, action: str, url: str, message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mesh.migrate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mesh.data.migrate", description=__doc__.splitlines()[0])
     parser.add_argument("service", choices=DATABASE_SERVICES)
     parser.add_argument("action", choices=("upgrade", "revision", "check"))
     parser.add_argument("-m", "--message", default="", help="what a new revision does (revision)")

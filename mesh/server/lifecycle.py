@@ -20,7 +20,7 @@ import signal
 from collections.abc import Awaitable
 from typing import Protocol
 
-from mesh.discovery import Discovery
+from mesh.client.discovery import Discovery
 from mesh.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ instance when that is safe: reads, and writes that carry an idempotency key
 (the RETRIED_METHODS list below; AdjustStock and CreateProduct are left out). When
 the instance set changes, a new channel replaces the old one, which is closed
 once its in-flight calls had time to end. Downstream deadlines come from
-`mesh.deadline.remaining`, so a call never outlives the call that caused it.
+`mesh.kernel.deadline.remaining`, so a call never outlives the call that caused it.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from mesh import logs, metrics, softerrors, status, telemetry, tls
-from mesh.breaker import Breaker
-from mesh.discovery import Discovery
-from mesh.errors import Unavailable
-from mesh.metrics import MethodMetrics
+from mesh.client.breaker import Breaker
+from mesh.client.discovery import Discovery
+from mesh.kernel.errors import Unavailable
+from mesh.observe import logs, metrics, telemetry
+from mesh.observe.metrics import MethodMetrics
+from mesh.rpc import softerrors, status, tls
 from mesh.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ RETRIED_METHODS = {
 SERVICE_CONFIG = json.dumps({
     # gRPC's outlier detection (gRFC A50) around round_robin: an instance failing most of its
     # calls is ejected for a while (at most half of them), and put back to be tried again. It
-    # counts every non-OK status, so our calls take the caller's mistakes soft (mesh/softerrors.py):
+    # counts every non-OK status, so our calls take the caller's mistakes soft (mesh/rpc/softerrors.py):
     # only what an instance caused (UNAVAILABLE, INTERNAL, ...) counts against it.
     "loadBalancingConfig": [{"outlier_detection_experimental": {
         "interval": "2s",
@@ -100,7 +101,7 @@ class _Call:
     def __await__(self) -> Any:
         try:
             response = yield from self._call.__await__()
-            # A soft error's answer is empty (mesh/softerrors.py): look why. (Bytes when the caller
+            # A soft error's answer is empty (mesh/rpc/softerrors.py): look why. (Bytes when the caller
             # passes messages through unparsed, as the gateway's Connect and gRPC-Web do.)
             if not (response if isinstance(response, bytes) else response.ByteSize()):
                 soft = softerrors.error_in((yield from self._call.trailing_metadata().__await__()))
@@ -195,7 +196,7 @@ class _Method:
         request_id = logs.request_id.get()
         if request_id is not None:  # the request this call serves, named in every process's logs
             kwargs["metadata"] = (*tuple(kwargs.get("metadata") or ()), ("x-request-id", request_id))
-        if self._wrap is _Call:  # unary: the caller's mistakes come soft (mesh/softerrors.py)
+        if self._wrap is _Call:  # unary: the caller's mistakes come soft (mesh/rpc/softerrors.py)
             kwargs["metadata"] = (*tuple(kwargs.get("metadata") or ()), softerrors.ASK)
         span = telemetry.client_span(self._name)
         if span is not None:
@@ -228,7 +229,7 @@ class InstrumentedChannel:
 
 def target(addresses: Sequence[str]) -> str:
     if len(addresses) == 1 and "://" in addresses[0]:
-        return addresses[0]  # a target gRPC resolves itself (mesh.discovery.dns_target)
+        return addresses[0]  # a target gRPC resolves itself (mesh.client.discovery.dns_target)
     if len(addresses) == 1 and not addresses[0][0].isdigit() and not addresses[0].startswith("["):
         return addresses[0]  # a host name: let gRPC's DNS resolver find every address behind it
     scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
@@ -241,7 +242,7 @@ class Upstreams:
     def __init__(self, discovery: Discovery, settings: Settings | None = None):
         self._discovery = discovery
         self._settings = settings or Settings(service="gateway")  # the defaults, for tests
-        # mTLS when the settings name certificates (mesh/tls.py), else plaintext.
+        # mTLS when the settings name certificates (mesh/rpc/tls.py), else plaintext.
         self._credentials = tls.channel_credentials(self._settings) if self._settings.tls else None
         self._breakers: dict[str, Breaker] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}

@@ -7,17 +7,17 @@ grpc.aio interceptor: those cost about 10% of a GetProduct, BENCHMARKS.md). That
 
 The hooks, each a small class with a name (only those switched on are in the list):
 
-- `Counted`  grpc_server_* metrics (`mesh.metrics` on)
+- `Counted`  grpc_server_* metrics (`mesh.observe.metrics` on)
 - `Shedding` load shedding past SHOPMESH_MAX_CONCURRENT_RPCS (RESOURCE_EXHAUSTED at once)
-- `Deadline` the call's deadline, which downstream calls inherit (`mesh.deadline.remaining`)
+- `Deadline` the call's deadline, which downstream calls inherit (`mesh.kernel.deadline.remaining`)
 - `Named`    the caller's x-request-id in every log line and downstream call
 - `Traced`   a server span (tracing on)
 - `Logged`   one log line per RPC: failures the caller caused at INFO, server-side ones at WARNING
 
-The answer is the one error table (`mesh.status`): a ShopError becomes its status with a
+The answer is the one error table (`mesh.rpc.status`): a ShopError becomes its status with a
 google.rpc.Status in the trailers, anything else INTERNAL without its text.
 
-Soft errors (`mesh/softerrors.py`): to our own channels, a failure the caller caused is answered as
+Soft errors (`mesh/rpc/softerrors.py`): to our own channels, a failure the caller caused is answered as
 OK with its status in the trailers, so gRPC's outlier detection counts only what an instance caused.
 """
 
@@ -33,10 +33,13 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from mesh import errors, faults, logs, metrics, softerrors, telemetry, validate
-from mesh.deadline import set_deadline
-from mesh.metrics import MethodMetrics
-from mesh.status import CALLER_FAULT, code_of, details, status_code
+from mesh.kernel import errors, validate
+from mesh.kernel.deadline import set_deadline
+from mesh.observe import logs, metrics, telemetry
+from mesh.observe.metrics import MethodMetrics
+from mesh.rpc import softerrors
+from mesh.rpc.status import CALLER_FAULT, code_of, details, status_code
+from mesh.tools import faults
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A service describes itself as an `App` (its servicers and what to close);
 `create_server` builds the grpc.aio server from it, `serve` runs it until
-SIGTERM/SIGINT and shuts down gracefully the way every process does (`mesh/lifecycle.py`):
+SIGTERM/SIGINT and shuts down gracefully the way every process does (`mesh/server/lifecycle.py`):
 health NOT_SERVING for every service name, the drain, no new calls while those in flight get
 the grace period, then the app closes (database, channels) and the process exits 0.
 
@@ -25,11 +25,14 @@ import sqlalchemy
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mesh import faults, lifecycle, logs, metrics, reflection, telemetry, tls, workers
-from mesh.discovery import Discovery, create_discovery
-from mesh.guard import Admission, Guarded
-from mesh.http import serve_http
+from mesh.client.discovery import Discovery, create_discovery
+from mesh.observe import logs, metrics, telemetry
+from mesh.rpc import tls
+from mesh.server import lifecycle, reflection, workers
+from mesh.server.guard import Admission, Guarded
+from mesh.server.http import Request, Response, serve_http
 from mesh.settings import Settings, SettingsError
+from mesh.tools import faults
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class App:
 
 @dataclass
 class Running:
-    """A started server, as `mesh.lifecycle` stops it."""
+    """A started server, as `mesh.server.lifecycle` stops it."""
 
     not_ready_means = "health NOT_SERVING"
     server: grpc.aio.Server
@@ -132,7 +135,7 @@ async def serve(settings: Settings, build: Callable[[Settings, Discovery], Await
     metrics_server = None
     try:
         if settings.metrics:
-            metrics_server = await serve_http(metrics.endpoint(app.gauges), settings.host, settings.metrics_port,
+            metrics_server = await serve_http(metrics_endpoint(app.gauges), settings.host, settings.metrics_port,
                                               1024, f"shopmesh-{settings.service}", reuse_port=settings.reuse_port)
         running = await create_server(settings, app)
     except Exception:
@@ -176,3 +179,16 @@ def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -
         sys.exit(1)
     finally:
         telemetry.shutdown()
+
+
+def metrics_endpoint(refreshers: Sequence[Callable[[], Awaitable[None]]] = ()) -> Callable[[Request], Awaitable[Response]]:
+    """An HTTP handler serving `/metrics` (and `/healthz`, the metrics port is up) and 404 elsewhere."""
+
+    async def handle(request: Request) -> Response:
+        if request.path == "/metrics" and request.method in ("GET", "HEAD"):
+            return Response(200, await metrics.exposition(refreshers), metrics.CONTENT_TYPE)
+        if request.path == "/healthz":
+            return Response(200, b'{"status": "ok"}')
+        return Response(404, b'{"code": 5, "message": "this port serves /metrics only", "details": []}')
+
+    return handle

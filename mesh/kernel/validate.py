@@ -14,7 +14,7 @@ from typing import Any
 import protovalidate
 from google.protobuf.message import Message
 
-from mesh.errors import InvalidArgument
+from mesh.kernel.errors import InvalidArgument
 
 
 def contract(message: Message) -> None:

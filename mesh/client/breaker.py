@@ -8,7 +8,7 @@ haste, not the upstream's failure: it counts for nothing, so one client sending 
 without a network round trip, for `cooldown` seconds. Then half-open: one probe
 call goes through; its success closes the breaker, its failure opens it again.
 
-Per-instance protection is gRPC's own outlier detection (mesh/channels.py),
+Per-instance protection is gRPC's own outlier detection (mesh/client/channels.py),
 which ejects the one bad instance of several; this breaker covers the case
 where the whole upstream is down, so callers (and the gateway's clients, with a
 503) hear it at once instead of each waiting out retries and deadlines.
@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import grpc
 
-from mesh.status import NOT_ANSWERED
+from mesh.rpc.status import NOT_ANSWERED
 
 
 class State(enum.IntEnum):

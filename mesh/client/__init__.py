@@ -1,0 +1,2 @@
+"""Calling other services: where they are (discovery), the channels to them, the breaker.
+"""

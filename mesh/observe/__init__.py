@@ -1,0 +1,2 @@
+"""Observability: logs, Prometheus metrics, OpenTelemetry traces.
+"""
