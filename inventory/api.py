@@ -9,7 +9,7 @@ import grpc
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory import domain, handlers
 from inventory.domain import Line, Product, Reservation
-from inventory.store import InventoryStore
+from inventory.ports import Metrics, Store
 from mesh.rpc.protoconv import money_pb, timestamp
 
 
@@ -44,8 +44,9 @@ def reservation_pb(reservation: Reservation) -> inventory_pb2.Reservation:
 
 
 class InventoryApi(inventory_pb2_grpc.InventoryServiceServicer):
-    def __init__(self, store: InventoryStore, reservation_ttl: timedelta = handlers.DEFAULT_TTL):
+    def __init__(self, store: Store, metrics: Metrics, reservation_ttl: timedelta = handlers.DEFAULT_TTL):
         self._store = store
+        self._metrics = metrics
         self._ttl = reservation_ttl
 
     async def CreateProduct(self, request: inventory_pb2.CreateProductRequest, context: grpc.aio.ServicerContext) -> inventory_pb2.Product:
@@ -67,11 +68,11 @@ class InventoryApi(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def ReserveStock(self, request: inventory_pb2.ReserveStockRequest, context: grpc.aio.ServicerContext) -> inventory_pb2.Reservation:
         lines = [Line(line.sku, line.quantity) for line in request.lines]
-        return reservation_pb(await handlers.reserve_stock(self._store, request.reservation_id, lines, self._ttl,
+        return reservation_pb(await handlers.reserve_stock(self._store, self._metrics, request.reservation_id, lines, self._ttl,
                                                            commit=request.commit))
 
     async def CommitReservation(self, request: inventory_pb2.CommitReservationRequest, context: grpc.aio.ServicerContext) -> inventory_pb2.Reservation:
-        return reservation_pb(await handlers.commit_reservation(self._store, request.reservation_id))
+        return reservation_pb(await handlers.commit_reservation(self._store, self._metrics, request.reservation_id))
 
     async def ReleaseReservation(self, request: inventory_pb2.ReleaseReservationRequest, context: grpc.aio.ServicerContext) -> inventory_pb2.Reservation:
-        return reservation_pb(await handlers.release_reservation(self._store, request.reservation_id))
+        return reservation_pb(await handlers.release_reservation(self._store, self._metrics, request.reservation_id))

@@ -7,8 +7,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from inventory import handlers
+from inventory import background
 from inventory.api import InventoryApi
+from inventory.metrics import PrometheusMetrics, refresh_gauges
 from inventory.store import InventoryStore, metadata
 from mesh.client.discovery import Discovery
 from mesh.data.db import Database
@@ -21,15 +22,15 @@ SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].ful
 async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url)
     await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
-    store = InventoryStore(db)
-    api = InventoryApi(store, timedelta(seconds=settings.reservation_ttl))
+    store, metrics = InventoryStore(db), PrometheusMetrics()
+    api = InventoryApi(store, metrics, timedelta(seconds=settings.reservation_ttl))
     app = App(
         bindings=[Binding(SERVICE_NAME, inventory_pb2_grpc.add_InventoryServiceServicer_to_server, api)],
         closers=[db.close],
-        gauges=[lambda: handlers.refresh_gauges(store)],
+        gauges=[lambda: refresh_gauges(store)],
     )
     # Every instance sweeps; the guarded release lets exactly one win per reservation.
     sweep_every = min(max(settings.reservation_ttl / 4, 0.2), 5.0)
-    app.background.append(asyncio.create_task(handlers.sweep_expired(
-        store, sweep_every, app.stopping, timedelta(seconds=settings.reservation_retention)), name="expiry"))
+    app.background.append(asyncio.create_task(background.sweep_expired(
+        store, metrics, sweep_every, app.stopping, timedelta(seconds=settings.reservation_retention)), name="expiry"))
     return app

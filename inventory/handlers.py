@@ -1,56 +1,35 @@
-"""Inventory's use cases: plain async functions over the store, no gRPC."""
+"""Inventory's use cases: plain async functions over what inventory/ports.py names, no gRPC, no SQL."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
-from prometheus_client import Counter, Gauge
-from sqlalchemy.exc import IntegrityError
-
 from inventory import domain
 from inventory.domain import Line, Product, Reservation, ReservationState
-from inventory.store import InventoryStore
-from mesh.data.db import PURGE_BATCH, PURGE_EVERY, in_batches
+from inventory.ports import Metrics, Store
+from mesh.data.db import PURGE_BATCH, in_batches
 from mesh.kernel import paging
 from mesh.kernel.clock import now
-from mesh.kernel.errors import ShopError
+from mesh.kernel.errors import Duplicate, ShopError
 
 logger = logging.getLogger(__name__)
 DEFAULT_TTL = timedelta(seconds=60)
 # How long a refused reservation id replays its refusal (Stripe keeps idempotency keys 24 hours).
 REFUSALS_KEPT = timedelta(hours=24)
 
-# Business metrics (see mesh/observe/metrics.py for the RPC ones). Replays count nothing.
-UNITS = Counter("shop_inventory_units_total", "Units moved by reservations: reserved, then sold, released, "
-                "or expired (released because nobody committed them in time).", ("movement",))
-OPEN_RESERVATIONS = Gauge("shop_inventory_open_reservations", "Reservations held now, neither committed nor released "
-                          "(read from the database at each scrape: the same for every instance).", multiprocess_mode="mostrecent")
-RESERVED_UNITS = Gauge("shop_inventory_reserved_units", "Units held by open reservations (from the database).", multiprocess_mode="mostrecent")
-for _movement in ("reserved", "sold", "released", "expired"):
-    UNITS.labels(_movement)
-
-
-async def refresh_gauges(store: InventoryStore) -> None:
-    async with store.read() as tx:
-        count, units = await tx.open_reservations()
-    OPEN_RESERVATIONS.set(count)
-    RESERVED_UNITS.set(units)
-
-
-async def create_product(store: InventoryStore, product: Product) -> Product:
+async def create_product(store: Store, product: Product) -> Product:
     try:
         async with store.write() as tx:
             if await tx.get_product(product.sku) is not None:
                 raise domain.ProductExists(product.sku)
             return await tx.insert_product(product)
-    except IntegrityError:  # another instance inserted it between our check and insert
+    except Duplicate:  # another instance inserted it between our check and insert
         raise domain.ProductExists(product.sku) from None
 
 
-async def get_product(store: InventoryStore, sku: str) -> Product:
+async def get_product(store: Store, sku: str) -> Product:
     domain.check_sku("sku", sku)
     async with store.read() as tx:
         product = await tx.get_product(sku)
@@ -59,7 +38,7 @@ async def get_product(store: InventoryStore, sku: str) -> Product:
     return product
 
 
-async def list_products(store: InventoryStore, page_size: int, page_token: str) -> tuple[list[Product], str]:
+async def list_products(store: Store, page_size: int, page_token: str) -> tuple[list[Product], str]:
     limit = paging.page_size(page_size)
     position = paging.decode_token(page_token, after=str)
     async with store.read() as tx:
@@ -67,7 +46,7 @@ async def list_products(store: InventoryStore, page_size: int, page_token: str) 
     return paging.page(found, limit, lambda product: {"after": product.sku})
 
 
-async def adjust_stock(store: InventoryStore, sku: str, delta: int, reason: str) -> Product:
+async def adjust_stock(store: Store, sku: str, delta: int, reason: str) -> Product:
     sku, delta, reason = domain.check_adjustment(sku, delta, reason)
     async with store.write() as tx:
         if not await tx.add_available(sku, delta, domain.MAX_STOCK):
@@ -81,7 +60,7 @@ async def adjust_stock(store: InventoryStore, sku: str, delta: int, reason: str)
         return await tx.get_product(sku)  # type: ignore[return-value]
 
 
-async def reserve_stock(store: InventoryStore, reservation_id: str, lines: Sequence[Line],
+async def reserve_stock(store: Store, metrics: Metrics, reservation_id: str, lines: Sequence[Line],
                         ttl: timedelta = DEFAULT_TTL, *, commit: bool = False) -> Reservation:
     """All lines or none; a repeated reservation_id with the same lines replays the original.
 
@@ -95,7 +74,7 @@ async def reserve_stock(store: InventoryStore, reservation_id: str, lines: Seque
     lines = domain.check_lines(lines)
     try:
         async with store.write() as tx:
-            at = await tx.claim_reservation(reservation_id, ttl, committed=commit)  # IntegrityError: a repeat
+            at = await tx.claim_reservation(reservation_id, ttl, committed=commit)  # Duplicate: a repeat
             priced = []
             for line in lines:  # sorted by SKU: every writer takes rows in one order
                 price = await tx.take(line.sku, line.quantity, sell=commit)
@@ -109,15 +88,16 @@ async def reserve_stock(store: InventoryStore, reservation_id: str, lines: Seque
     except _Refused as refused:
         await _remember_refusal(store, reservation_id, lines, refused.error)
         raise refused.error from None
-    except IntegrityError:
-        return await _replay(store, reservation_id, lines, commit)
-    UNITS.labels("reserved").inc(reservation.units)
+    except Duplicate:
+        return await _replay(store, metrics, reservation_id, lines, commit)
+    metrics.units("reserved", reservation.units)
     if commit:
-        UNITS.labels("sold").inc(reservation.units)
+        metrics.units("sold", reservation.units)
     return reservation
 
 
-async def _replay(store: InventoryStore, reservation_id: str, lines: Sequence[Line], commit: bool) -> Reservation:
+async def _replay(store: Store, metrics: Metrics, reservation_id: str, lines: Sequence[Line],
+                  commit: bool) -> Reservation:
     """What a repeated reservation_id gets: the stored reservation, or its refusal word for word."""
     async with store.read() as tx:
         existing = await tx.get_reservation(reservation_id)
@@ -128,7 +108,7 @@ async def _replay(store: InventoryStore, reservation_id: str, lines: Sequence[Li
     if existing.failure is not None:
         raise existing.failure
     if commit and existing.state is ReservationState.RESERVED:
-        return await commit_reservation(store, reservation_id)
+        return await commit_reservation(store, metrics, reservation_id)
     return existing
 
 
@@ -137,16 +117,16 @@ class _Refused(Exception):
         self.error = error
 
 
-async def _remember_refusal(store: InventoryStore, reservation_id: str, lines: Sequence[Line], error: ShopError) -> None:
+async def _remember_refusal(store: Store, reservation_id: str, lines: Sequence[Line], error: ShopError) -> None:
     """Stores a refusal (after its transaction rolled back) so a repeat gets the same answer, as Stripe's keys do."""
     try:
         async with store.write() as tx:
             await tx.insert_rejection(reservation_id, domain.fingerprint(lines), domain.failure_record(error))
-    except IntegrityError:
+    except Duplicate:
         pass  # a concurrent request with this id stored its outcome first; a repeat replays that one
 
 
-async def commit_reservation(store: InventoryStore, reservation_id: str) -> Reservation:
+async def commit_reservation(store: Store, metrics: Metrics, reservation_id: str) -> Reservation:
     """Sells the held units; safe to repeat. An expired reservation cannot be committed."""
     domain.check_reservation_id(reservation_id)
     async with store.write() as tx:
@@ -164,11 +144,11 @@ async def commit_reservation(store: InventoryStore, reservation_id: str) -> Rese
         committed = await tx.set_state(reservation, ReservationState.COMMITTED)
         if committed is None:  # released (or committed) by someone else since we read it
             raise domain.ReservationChanged(reservation_id)
-    UNITS.labels("sold").inc(committed.units)
+    metrics.units("sold", committed.units)
     return committed
 
 
-async def release_reservation(store: InventoryStore, reservation_id: str) -> Reservation:
+async def release_reservation(store: Store, metrics: Metrics, reservation_id: str) -> Reservation:
     """Returns the units (also of a committed reservation: a cancelled order); safe to repeat."""
     domain.check_reservation_id(reservation_id)
     async with store.write() as tx:
@@ -182,17 +162,17 @@ async def release_reservation(store: InventoryStore, reservation_id: str) -> Res
         released = await tx.set_state(reservation, ReservationState.RELEASED)
         if released is None:
             raise domain.ReservationChanged(reservation_id)
-    UNITS.labels("released").inc(released.units)
+    metrics.units("released", released.units)
     return released
 
 
-async def purge_refusals(store: InventoryStore, kept: timedelta = REFUSALS_KEPT) -> int:
+async def purge_refusals(store: Store, kept: timedelta = REFUSALS_KEPT) -> int:
     """Forgets refusals older than `kept`: after that, the same request id may be tried afresh."""
     async with store.write() as tx:
         return await tx.purge_rejections(now() - kept)
 
 
-async def purge_settled(store: InventoryStore, kept: timedelta) -> int:
+async def purge_settled(store: Store, kept: timedelta) -> int:
     """Forgets reservations committed or released more than `kept` ago, a batch per transaction:
     a retried Commit or Release of one is answered from it only within that time."""
     async def one_batch() -> int:
@@ -205,7 +185,7 @@ async def purge_settled(store: InventoryStore, kept: timedelta) -> int:
     return purged
 
 
-async def expire_reservations(store: InventoryStore, limit: int = 100) -> int:
+async def expire_reservations(store: Store, metrics: Metrics, limit: int = 100) -> int:
     """Releases reservations held past their expiry; returns how many. Safe on every instance at once."""
     async with store.read() as tx:
         due = await tx.expired(now(), limit)
@@ -218,26 +198,6 @@ async def expire_reservations(store: InventoryStore, limit: int = 100) -> int:
             released = await tx.set_state(reservation, ReservationState.RELEASED)
         if released is not None:
             expired += 1
-            UNITS.labels("expired").inc(released.units)
+            metrics.units("expired", released.units)
             logger.info("reservation %s expired: %d units back in stock", reservation_id, released.units)
     return expired
-
-
-async def sweep_expired(store: InventoryStore, interval: float, stopping: asyncio.Event,
-                        settled_kept: timedelta = timedelta(days=7)) -> None:
-    """The expiry loop every inventory instance runs; it also purges what is kept too long."""
-    purged_at = -PURGE_EVERY  # first round purges
-    while not stopping.is_set():
-        try:
-            while await expire_reservations(store) == 100:
-                pass
-            if asyncio.get_running_loop().time() - purged_at >= PURGE_EVERY:
-                purged_at = asyncio.get_running_loop().time()
-                await purge_refusals(store)
-                await purge_settled(store, settled_kept)
-        except Exception:  # a locked or unreachable database: try again next round
-            logger.exception("expiring reservations failed")
-        try:
-            await asyncio.wait_for(stopping.wait(), interval)
-        except TimeoutError:
-            pass

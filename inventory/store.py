@@ -149,7 +149,7 @@ class InventoryTx:
         return None if row is None else _product(row)
 
     async def insert_product(self, product: Product) -> Product:
-        """Raises IntegrityError when the SKU is taken."""
+        """A SKU already taken is `Duplicate` (Store.write)."""
         at = now()
         await self.conn.execute(
             insert(products).values(
@@ -210,7 +210,7 @@ class InventoryTx:
                            head.expire_time, head.fingerprint or "", failure)
 
     async def claim_reservation(self, reservation_id: str, ttl: timedelta, *, committed: bool = False) -> datetime:
-        """Writes the reservation's row before its lines, and its time; IntegrityError when the id is taken."""
+        """Writes the reservation's row before its lines, and its time; an id already taken is `Duplicate`."""
         at = now()
         state = ReservationState.COMMITTED if committed else ReservationState.RESERVED
         await self.conn.execute(
@@ -250,7 +250,7 @@ class InventoryTx:
         return int(row[0]), int(row[1])
 
     async def insert_rejection(self, reservation_id: str, fingerprint: str, failure: str) -> None:
-        """Raises IntegrityError when the id is taken (a concurrent request recorded its outcome first)."""
+        """An id already taken (a concurrent request recorded its outcome first) is `Duplicate`."""
         at = now()
         await self.conn.execute(
             _INSERT_RESERVATION,

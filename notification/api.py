@@ -13,7 +13,7 @@ from mesh.rpc.protoconv import timestamp
 from notification import domain, handlers
 from notification.domain import Notification
 from notification.handlers import Wakeups
-from notification.store import NotificationStore
+from notification.ports import Metrics, Store
 
 
 def notification_pb(n: Notification) -> notification_pb2.Notification:
@@ -29,14 +29,15 @@ def notification_pb(n: Notification) -> notification_pb2.Notification:
 
 
 class NotificationApi(notification_pb2_grpc.NotificationServiceServicer):
-    def __init__(self, store: NotificationStore, wakeups: Wakeups, stopping: asyncio.Event):
+    def __init__(self, store: Store, metrics: Metrics, wakeups: Wakeups, stopping: asyncio.Event):
         self._store = store
+        self._metrics = metrics
         self._wakeups = wakeups
         self._stopping = stopping
 
     async def SendNotification(self, request: notification_pb2.SendNotificationRequest, context: grpc.aio.ServicerContext) -> notification_pb2.Notification:
         wanted = domain.new_notification(request.event_id, request.user_id, request.kind, request.subject, request.body)
-        return notification_pb(await handlers.send_notification(self._store, self._wakeups, wanted))
+        return notification_pb(await handlers.send_notification(self._store, self._metrics, self._wakeups, wanted))
 
     async def BatchSendNotifications(self, request: notification_pb2.BatchSendNotificationsRequest, context: grpc.aio.ServicerContext) -> notification_pb2.BatchSendNotificationsResponse:
         wanted = []
@@ -46,7 +47,7 @@ class NotificationApi(notification_pb2_grpc.NotificationServiceServicer):
             except InvalidArgument as error:  # named as the caller wrote it: requests[i].field
                 named = [(f"requests[{i}].{field}", problem) for field, problem in error.violations]
                 raise InvalidArgument(*named[0], more=named[1:]) from None
-        stored = await handlers.send_notifications(self._store, self._wakeups, wanted)
+        stored = await handlers.send_notifications(self._store, self._metrics, self._wakeups, wanted)
         return notification_pb2.BatchSendNotificationsResponse(notifications=[notification_pb(n) for n in stored])
 
     async def ListNotifications(self, request: notification_pb2.ListNotificationsRequest, context: grpc.aio.ServicerContext) -> notification_pb2.ListNotificationsResponse:
@@ -62,7 +63,7 @@ class NotificationApi(notification_pb2_grpc.NotificationServiceServicer):
         # SSE response) learns at once that the stream is open and valid.
         await context.send_initial_metadata(())
         stream = handlers.stream_notifications(
-            self._store, self._wakeups, request.user_id, self._stopping, start
+            self._store, self._metrics, self._wakeups, request.user_id, self._stopping, start
         )
         async for notification in stream:
             yield notification_pb(notification)

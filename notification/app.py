@@ -10,9 +10,10 @@ from mesh.client.discovery import Discovery
 from mesh.data.db import Database
 from mesh.server.bootstrap import App, Binding
 from mesh.settings import Settings
-from notification import handlers
+from notification import background
 from notification.api import NotificationApi
 from notification.handlers import Wakeups
+from notification.metrics import PrometheusMetrics
 from notification.store import NotificationStore, metadata
 
 SERVICE_NAME = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
@@ -23,9 +24,9 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     app = App(bindings=[], closers=[db.close])
     store, wakeups = NotificationStore(db), Wakeups()
-    api = NotificationApi(store, wakeups, app.stopping)
+    api = NotificationApi(store, PrometheusMetrics(), wakeups, app.stopping)
     # One reader per process for what other instances store, however many streams are open.
     app.background.append(asyncio.create_task(
-        handlers.watch(store, wakeups, settings.stream_poll_interval, app.stopping), name="notification-watch"))
+        background.watch(store, wakeups, settings.stream_poll_interval, app.stopping), name="notification-watch"))
     app.bindings = [Binding(SERVICE_NAME, notification_pb2_grpc.add_NotificationServiceServicer_to_server, api)]
     return app

@@ -7,23 +7,15 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
-from prometheus_client import Counter, Gauge
-from sqlalchemy.exc import IntegrityError
-
 from mesh.kernel import aio, paging
+from mesh.kernel.errors import Duplicate
 from notification import domain
 from notification.domain import Notification
-from notification.store import NotificationStore
+from notification.ports import Metrics, Store
 
 logger = logging.getLogger(__name__)
 
 STREAM_BATCH = 100
-
-# Business metrics (the RPC ones are in mesh/observe/metrics.py). A repeated event counts nothing.
-# No label by kind: callers choose kinds freely, and a label must not grow without bound.
-SENT = Counter("shop_notifications_sent_total", "Notifications stored and delivered, one per event.")
-STREAMS = Gauge("shop_notification_streams_open", "Live notification streams this instance serves now.", multiprocess_mode="livesum")
-
 
 class Wakeups:
     """Wakes this process's streams of a user when a notification for them is stored.
@@ -56,68 +48,28 @@ class Wakeups:
                 del self._waiting[user_id]
 
 
-WATCH_BATCH = 1000
-# Sequences are taken at insert and become visible at commit, so on PostgreSQL a row may appear
-# behind one already seen: each round looks this far back too (waking a stream for nothing costs
-# one read; missing one would leave a notification waiting for the next).
-LOOKBACK = 256
+CHANNEL = "shopmesh_notifications"  # where each instance announces a user's new notification
 
 
-CHANNEL = "shopmesh_notifications"
-
-
-async def watch(store: NotificationStore, wakeups: Wakeups, interval: float, stopping: asyncio.Event) -> None:
-    """The process's one reader of notifications other instances stored. On PostgreSQL it
-    LISTENs: every instance's commit NOTIFYs the user's id, and their streams wake at once. It
-    also reads (everywhere; the only way on SQLite, and a net should a NOTIFY be missed) every
-    `interval` while any stream is open: one query, and the streams of the users it names wake."""
-    async with store.db.listening(CHANNEL, wakeups.notify) as listening:
-        if listening:
-            logger.info("streams follow other instances through LISTEN %s", CHANNEL)
-        await _poll(store, wakeups, interval, stopping)
-
-
-async def _poll(store: NotificationStore, wakeups: Wakeups, interval: float, stopping: asyncio.Event) -> None:
-    async with store.read() as tx:
-        mark = await tx.max_sequence()
-        # The sequences within LOOKBACK of `mark` already stored (streams read those themselves).
-        seen = {sequence for sequence, _ in await tx.users_after(max(mark - LOOKBACK, 0), WATCH_BATCH)}
-    while not await aio.first_set(stopping, timeout=interval):
-        if not wakeups.watched:
-            continue
-        try:
-            async with store.read() as tx:
-                fresh = await tx.users_after(max(mark - LOOKBACK, 0), WATCH_BATCH)
-        except Exception:  # a locked or unreachable database: next round
-            logger.exception("watching for notifications failed")
-            continue
-        for sequence, user_id in fresh:
-            if sequence not in seen:
-                wakeups.notify(user_id)
-            seen.add(sequence)
-            mark = max(mark, sequence)
-        seen = {s for s in seen if s > mark - LOOKBACK}
-
-
-async def send_notification(store: NotificationStore, wakeups: Wakeups, wanted: Notification) -> Notification:
+async def send_notification(store: Store, metrics: Metrics, wakeups: Wakeups, wanted: Notification) -> Notification:
     """Stores and delivers the notification; the same event again returns the first one."""
     try:
         async with store.write() as tx:
             stored = await tx.insert(wanted, str(uuid.uuid4()))
             await tx.announce(CHANNEL, stored.user_id)
-    except IntegrityError:  # this event was stored before, or concurrently
+    except Duplicate:  # this event was stored before, or concurrently
         async with store.read() as tx:
             existing = await tx.by_event(wanted.event_id)
         if existing is None or not existing.same_event(wanted):
             raise domain.EventConflict(wanted.event_id) from None
         return existing
-    SENT.inc()
+    metrics.sent(1)
     logger.info("notified user %s: %s (%s)", stored.user_id, stored.subject, stored.event_id)
     wakeups.notify(stored.user_id)
     return stored
 
 
-async def send_notifications(store: NotificationStore, wakeups: Wakeups,
+async def send_notifications(store: Store, metrics: Metrics, wakeups: Wakeups,
                              wanted: Sequence[Notification]) -> list[Notification]:
     """Stores and delivers them in one transaction, all or none, in the order given; an event
     stored before, or earlier in the same batch, gives back its first notification (and
@@ -138,10 +90,10 @@ async def send_notifications(store: NotificationStore, wakeups: Wakeups,
                 for user_id in dict.fromkeys(n.user_id for n in new):
                     await tx.announce(CHANNEL, user_id)
             break
-        except IntegrityError:  # a concurrent call stored one of them first: read it this time
+        except Duplicate:  # a concurrent call stored one of them first: read it this time
             if attempt == 2:
                 raise
-    SENT.inc(len(new))
+    metrics.sent(len(new))
     for stored in new:
         logger.info("notified user %s: %s (%s)", stored.user_id, stored.subject, stored.event_id)
         wakeups.notify(stored.user_id)
@@ -150,7 +102,7 @@ async def send_notifications(store: NotificationStore, wakeups: Wakeups,
 
 
 async def list_notifications(
-    store: NotificationStore, user_id: str, page_size: int, page_token: str
+    store: Store, user_id: str, page_size: int, page_token: str
 ) -> tuple[list[Notification], str]:
     domain.check_user_id(user_id)
     limit = paging.page_size(page_size)
@@ -160,7 +112,7 @@ async def list_notifications(
     return paging.page(found, limit, lambda notification: {"before": notification.sequence})
 
 
-async def resume_point(store: NotificationStore, user_id: str, resume_after: str) -> int | None:
+async def resume_point(store: Store, user_id: str, resume_after: str) -> int | None:
     """Where a resumed stream starts: after the caller's last notification (None: only new ones)."""
     if not resume_after:
         return None
@@ -172,7 +124,8 @@ async def resume_point(store: NotificationStore, user_id: str, resume_after: str
 
 
 async def stream_notifications(
-    store: NotificationStore,
+    store: Store,
+    metrics: Metrics,
     wakeups: Wakeups,
     user_id: str,
     stopping: asyncio.Event,
@@ -183,7 +136,7 @@ async def stream_notifications(
     domain.check_user_id(user_id)
     wake = wakeups.subscribe(user_id)
     logger.info("stream opened for user %s", user_id)
-    STREAMS.inc()
+    metrics.streams(+1)
     try:
         if start is None:
             async with store.read() as tx:
@@ -201,5 +154,5 @@ async def stream_notifications(
             await aio.first_set(wake, stopping)
     finally:
         wakeups.unsubscribe(user_id, wake)
-        STREAMS.dec()
+        metrics.streams(-1)
         logger.info("stream closed for user %s", user_id)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from sqlalchemy import (
     BigInteger,
@@ -78,7 +79,7 @@ class NotificationTx:
         return {row.event_id: _notification(row) for row in rows}
 
     async def insert_many(self, wanted: Sequence[Notification]) -> list[Notification]:
-        """Stores them in one statement, in order; IntegrityError when an event id is taken."""
+        """Stores them in one statement, in order; an event id already taken is `Duplicate` (Store.write)."""
         if not wanted:
             return []
         at = now()
@@ -90,7 +91,7 @@ class NotificationTx:
                 for n, row, sequence in zip(wanted, rows, sequences, strict=True)]
 
     async def insert(self, notification: Notification, notification_id: str) -> Notification:
-        """Raises IntegrityError when the event id is taken."""
+        """An event id already taken is `Duplicate` (Store.write)."""
         at = now()
         result = await self.conn.execute(
             _INSERT,
@@ -162,3 +163,7 @@ class NotificationTx:
 
 class NotificationStore(Store[NotificationTx]):
     tx = NotificationTx
+
+    def listening(self, channel: str, heard: Callable[[str], None]) -> AbstractAsyncContextManager[bool]:
+        """Other instances' announcements on `channel` (PostgreSQL's LISTEN; True), or none (SQLite; False)."""
+        return self.db.listening(channel, heard)

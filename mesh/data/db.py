@@ -37,8 +37,10 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Result, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from mesh.kernel.errors import Duplicate
 from mesh.observe import telemetry
 
 logger = logging.getLogger(__name__)
@@ -316,5 +318,10 @@ class Store(Generic[Tx]):
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
-        async with self.db.write() as conn:
-            yield self.tx(conn)
+        """A write transaction; a row already stored under a written key is `Duplicate`, whether the
+        driver said so at the statement or at commit, so use cases never see the driver's error."""
+        try:
+            async with self.db.write() as conn:
+                yield self.tx(conn)
+        except IntegrityError as error:
+            raise Duplicate(str(error.orig)) from error

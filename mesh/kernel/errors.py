@@ -62,3 +62,12 @@ class DeadlineExceeded(ShopError):
 
 class UpstreamFailed(ShopError):
     """A service this one depends on failed in a way that is not the caller's fault."""
+
+
+class Duplicate(Exception):
+    """A write met a row already stored under the same key (a repeat, or a concurrent writer).
+
+    Not a caller's error by itself: stores raise it in place of the driver's IntegrityError
+    (mesh/data/db.py), and each use case decides what a duplicate means (a replay, a conflict).
+    Uncaught, it is a bug, answered INTERNAL like any other.
+    """

@@ -12,6 +12,7 @@ from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2 as pb
 from generated.shop.inventory.v1 import inventory_pb2_grpc
 from tests.integration.conftest import Start, channel
+from tests.support.fakes import Tally
 
 
 @pytest.fixture
@@ -222,11 +223,13 @@ async def test_a_commit_after_the_ttl_is_refused_even_before_the_sweeper_runs(st
         await create(inventory_pb2_grpc.InventoryServiceStub(ch), sku="late", available=4)
     from datetime import timedelta
 
-    await handlers.reserve_stock(store, "r-late", [Line("late", 2)], timedelta(seconds=-1))  # already expired
+    tally = Tally()
+    await handlers.reserve_stock(store, tally, "r-late", [Line("late", 2)], timedelta(seconds=-1))  # already expired
     with pytest.raises(ReservationExpired):
-        await handlers.commit_reservation(store, "r-late")
-    assert await handlers.expire_reservations(store) == 1
-    assert await handlers.expire_reservations(store) == 0  # released once, never twice
+        await handlers.commit_reservation(store, tally, "r-late")
+    assert await handlers.expire_reservations(store, tally) == 1
+    assert await handlers.expire_reservations(store, tally) == 0  # released once, never twice
+    assert tally.counted == {"units.reserved": 2, "units.expired": 2}  # counted once too, never sold
 
 
 async def test_a_state_change_from_a_stale_read_loses_to_the_one_that_got_there_first(start: Start) -> None:
@@ -241,10 +244,10 @@ async def test_a_state_change_from_a_stale_read_loses_to_the_one_that_got_there_
     async with channel(served) as ch:
         stub = inventory_pb2_grpc.InventoryServiceStub(ch)
         await create(stub, sku="guard", available=10)
-        await handlers.reserve_stock(store, "r-guard", [Line("guard", 4)], timedelta(minutes=5))
+        await handlers.reserve_stock(store, Tally(), "r-guard", [Line("guard", 4)], timedelta(minutes=5))
         async with store.read() as tx:
             stale = await tx.get_reservation("r-guard")  # what the sweeper read, before ...
-        await handlers.commit_reservation(store, "r-guard")  # ... the commit got there first
+        await handlers.commit_reservation(store, Tally(), "r-guard")  # ... the commit got there first
         async with store.write() as tx:
             assert await tx.set_state(stale, ReservationState.RELEASED) is None
         final = await stub.GetProduct(pb.GetProductRequest(sku="guard"))
@@ -296,7 +299,7 @@ async def test_refusals_are_forgotten_after_their_keeping_period(start: Start) -
     served = await start("inventory")
     store = served.app.bindings[0].servicer._store
     with pytest.raises(NotFound):
-        await handlers.reserve_stock(store, "r-ghost", [Line("ghost", 1)])
+        await handlers.reserve_stock(store, Tally(), "r-ghost", [Line("ghost", 1)])
     assert await handlers.purge_refusals(store, kept=timedelta(hours=24)) == 0
     assert await handlers.purge_refusals(store, kept=timedelta(seconds=-1)) == 1
 

@@ -15,6 +15,7 @@ from order import outbox as relay_module
 from order.domain import Event
 from order.outbox import OutboxRelay
 from order.store import OrderStore, metadata, outbox
+from tests.support.fakes import Tally
 
 MIGRATIONS = Path(relay_module.__file__).resolve().parent / "migrations"
 
@@ -71,10 +72,10 @@ async def test_settled_reservations_past_retention_go_and_held_or_recent_ones_st
         await handlers.create_product(store, Product("ret-mug", "Mug", Money("USD", 100), available=100))
         ids = {name: f"{name}-0001" for name in ("old-committed", "old-released", "old-held", "new-committed")}
         for rid in ids.values():
-            await handlers.reserve_stock(store, rid, [Line("ret-mug", 1)], ttl=timedelta(days=30))
-        await handlers.commit_reservation(store, ids["old-committed"])
-        await handlers.release_reservation(store, ids["old-released"])
-        await handlers.commit_reservation(store, ids["new-committed"])
+            await handlers.reserve_stock(store, Tally(), rid, [Line("ret-mug", 1)], ttl=timedelta(days=30))
+        await handlers.commit_reservation(store, Tally(), ids["old-committed"])
+        await handlers.release_reservation(store, Tally(), ids["old-released"])
+        await handlers.commit_reservation(store, Tally(), ids["new-committed"])
         async with store.write() as tx:
             old = [ids["old-committed"], ids["old-released"], ids["old-held"]]
             await tx.conn.execute(update(reservations).where(reservations.c.reservation_id.in_(old))

@@ -1,0 +1,1 @@
+"""Test support written once: fakes of the services' ports, shared by the tiers."""
