@@ -1,0 +1,2 @@
+"""Storage: the database every service uses (db) and its schema migrations (migrate, migrations/).
+"""
