@@ -7,12 +7,11 @@ from collections.abc import Callable
 import grpc
 
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
-from mesh.rpc.identity import Caller
+from mesh.kernel.caller import Caller
 from mesh.rpc.protoconv import money_pb, timestamp
 from order import domain, handlers
 from order.domain import Order
-from order.handlers import Commits, Inventory, Outbox
-from order.store import OrderStore
+from order.ports import Commits, Faults, Inventory, Metrics, Outbox, Store
 
 
 def order_pb(order: Order) -> order_pb2.Order:
@@ -40,9 +39,11 @@ Viewer = Callable[[grpc.aio.ServicerContext], Caller | None]
 
 
 class OrderApi(order_pb2_grpc.OrderServiceServicer):
-    def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox, commits: Commits,
-                 viewer: Viewer = lambda context: None):
+    def __init__(self, store: Store, inventory: Inventory, outbox: Outbox, commits: Commits,
+                 viewer: Viewer = lambda context: None, *, metrics: Metrics, faults: Faults):
         self._viewer = viewer  # the end user a call acts for (mesh/rpc/identity.py)
+        self._metrics = metrics
+        self._faults = faults
         self._store = store
         self._inventory = inventory
         self._outbox = outbox
@@ -52,7 +53,8 @@ class OrderApi(order_pb2_grpc.OrderServiceServicer):
         wanted = domain.check_request(
             request.request_id, request.user_id, [(line.sku, line.quantity) for line in request.lines]
         )
-        return order_pb(await handlers.create_order(self._store, self._inventory, self._outbox, wanted, self._commits))
+        return order_pb(await handlers.create_order(self._store, self._inventory, self._outbox, wanted, self._commits,
+                                                       metrics=self._metrics, faults=self._faults))
 
     async def GetOrder(self, request: order_pb2.GetOrderRequest, context: grpc.aio.ServicerContext) -> order_pb2.Order:
         return order_pb(await handlers.get_order(self._store, request.order_id, self._viewer(context)))
@@ -63,6 +65,6 @@ class OrderApi(order_pb2_grpc.OrderServiceServicer):
 
     async def CancelOrder(self, request: order_pb2.CancelOrderRequest, context: grpc.aio.ServicerContext) -> order_pb2.Order:
         order = await handlers.cancel_order(
-            self._store, self._inventory, self._outbox, request.order_id, request.reason, self._viewer(context)
-        )
+            self._store, self._inventory, self._outbox, request.order_id, request.reason, self._viewer(context),
+            metrics=self._metrics)
         return order_pb(order)

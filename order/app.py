@@ -14,10 +14,11 @@ from mesh.data.db import Database
 from mesh.rpc import identity
 from mesh.server.bootstrap import App, Binding
 from mesh.settings import Settings
-from order import handlers
+from mesh.tools import faults
 from order.api import OrderApi
-from order.outbox import OutboxRelay
-from order.recovery import Recovery
+from order.background.outbox import OutboxRelay
+from order.background.recovery import Recovery
+from order.metrics import PrometheusMetrics, refresh_gauges
 from order.store import OrderStore, metadata
 from order.upstreams import InventoryClient, NotificationClient
 
@@ -29,19 +30,21 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     upstreams = Upstreams(discovery, settings)
     await upstreams.watch("inventory", "notification")
-    store = OrderStore(db)
+    store, metrics = OrderStore(db), PrometheusMetrics()
     inventory = InventoryClient(upstreams, settings.call_timeout)
     notifier = NotificationClient(upstreams, settings.call_timeout)
     relay = OutboxRelay(store, notifier, settings.outbox_interval, timedelta(seconds=settings.outbox_retention))
     # Orders in flight on any instance finish within their deadline; older half-done ones are ours to settle.
     recovery = Recovery(store, inventory, relay, settings.outbox_interval, grace=settings.call_timeout * 2,
-                        cancelled=handlers.ORDERS.labels("cancelled"))
+                        metrics=metrics)
+    # The fault points are the test-only injector's (SHOPMESH_FAULTS; free when none is set).
     api = OrderApi(store, inventory, relay, recovery,
-                   functools.partial(identity.caller, trusted=settings.trusted_callers, tls=settings.tls))
+                   functools.partial(identity.caller, trusted=settings.trusted_callers, tls=settings.tls),
+                   metrics=metrics, faults=faults)
     app = App(
         bindings=[Binding(SERVICE_NAME, order_pb2_grpc.add_OrderServiceServicer_to_server, api)],
         closers=[db.close, upstreams.close, recovery.mark_committed],  # run last to first
-        gauges=[lambda: handlers.refresh_gauges(store)],
+        gauges=[lambda: refresh_gauges(store)],
     )
     app.background.append(asyncio.create_task(relay.run(), name="outbox-relay"))
     app.background.append(asyncio.create_task(recovery.run(), name="recovery"))

@@ -1,56 +1,22 @@
-"""Order's use cases: place, read, list and cancel orders."""
+"""Order's use cases: place, read, list and cancel orders, over what order/ports.py names."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Protocol
-
-from prometheus_client import Counter, Gauge
 
 from mesh.kernel import aio, paging
+from mesh.kernel.caller import Caller
 from mesh.kernel.errors import AlreadyExists, DeadlineExceeded, ShopError, Unavailable
 from mesh.kernel.money import Money
-from mesh.rpc.identity import Caller
-from mesh.tools import faults
 from order import domain
 from order.domain import AttemptTaken, Held, HeldState, Order, OrderLine, OrderRequest, OrderStatus, RequestIdTaken
-from order.store import OrderStore
+from order.ports import Commits, Faults, Inventory, Metrics, Outbox, Store
 
 logger = logging.getLogger(__name__)
 
-# Business metrics (the RPC ones are in mesh/observe/metrics.py). Replays of a request_id count nothing.
-ORDERS = Counter("shop_orders_total", "Orders by outcome: confirmed when placed, cancelled when cancelled, "
-                 "rejected when placing failed (out of stock, unknown product, upstream down).", ("status",))
-OUTBOX_PENDING = Gauge("shop_order_outbox_pending", "Order events not yet delivered to notification "
-                       "(read from the database at each scrape).", multiprocess_mode="mostrecent")
-ATTEMPTS_OPEN = Gauge("shop_order_attempts_open", "Orders being placed, or abandoned by their process or caller "
-                      "and not yet settled by recovery (read from the database at each scrape).", multiprocess_mode="mostrecent")
-for _status in ("confirmed", "cancelled", "rejected"):
-    ORDERS.labels(_status)
 
-
-async def refresh_gauges(store: OrderStore) -> None:
-    async with store.read() as tx:
-        OUTBOX_PENDING.set(await tx.count_pending())
-        ATTEMPTS_OPEN.set(await tx.count_attempts())
-
-
-class Inventory(Protocol):
-    async def sell(self, reservation_id: str, lines: tuple[tuple[str, int], ...]) -> Held: ...
-    async def commit(self, reservation_id: str) -> None: ...
-    async def release(self, reservation_id: str) -> None: ...
-
-
-class Outbox(Protocol):
-    def kick(self, event_id: str | None = None) -> None: ...
-
-
-class Commits(Protocol):
-    def committed(self, order_id: str) -> None: ...
-
-
-async def _replay(store: OrderStore, request: OrderRequest) -> Order | None:
+async def _replay(store: Store, request: OrderRequest) -> Order | None:
     async with store.read() as tx:
         found = await tx.by_request(request.request_id)
     if found is None:
@@ -61,12 +27,12 @@ async def _replay(store: OrderStore, request: OrderRequest) -> Order | None:
     return order
 
 
-async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, request: OrderRequest,
-                       commits: Commits | None = None) -> Order:
+async def create_order(store: Store, inventory: Inventory, outbox: Outbox, request: OrderRequest,
+                       commits: Commits | None = None, *, metrics: Metrics, faults: Faults) -> Order:
     """Records the attempt, sells, stores the order with its event; idempotent on request_id.
 
     1. The attempt is written before any stock moves, so a sale whose order this process's death
-       left unstored is found (order/recovery.py) and its stock returned.
+       left unstored is found (order/background/recovery.py) and its stock returned.
     2. Inventory sells every line in one call and one transaction, or refuses.
     3. The order, its event and the end of the attempt are one transaction; then it is
        acknowledged. Sold before stored: an acknowledged order is always a committed sale.
@@ -82,10 +48,10 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
         raise domain.RequestIdReused(request.request_id) from None
     except (Unavailable, DeadlineExceeded):
         # Sold or not, we cannot tell: the attempt stays for a retry to finish, else for recovery.
-        ORDERS.labels("rejected").inc()
+        metrics.orders("rejected")
         raise
     except ShopError:  # refused (unknown product, out of stock...): nothing moved
-        ORDERS.labels("rejected").inc()
+        metrics.orders("rejected")
         await _forget(store, request, fresh)
         raise
     if held.state is HeldState.RELEASED:
@@ -97,13 +63,13 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
     try:
         priced = domain.price(request, held.unit_prices)
     except ShopError:  # not an order we take (mixed currencies): its stock goes back at once
-        ORDERS.labels("rejected").inc()
+        metrics.orders("rejected")
         await aio.finish_anyway(_return(store, inventory, request), f"returning the stock of request {request.request_id}")
         raise
     await faults.point("order.after_reserve")
     # Once sold, storing the order must run to the end even if the caller hangs up, with a
     # deadline of its own and its outcome read even if nobody waits for it.
-    order = await aio.finish_anyway(_store(store, request, held, priced), f"storing the order of request {request.request_id}")
+    order = await aio.finish_anyway(_store(store, request, held, priced, metrics, faults), f"storing the order of request {request.request_id}")
     outbox.kick(domain.created_event(order).event_id)
     await faults.point("order.after_store")
     if held.state is HeldState.RESERVED:  # an inventory older than selling at once: commit as before
@@ -111,7 +77,7 @@ async def create_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
     return order
 
 
-async def _begin(store: OrderStore, request: OrderRequest) -> bool:
+async def _begin(store: Store, request: OrderRequest) -> bool:
     """Records the attempt; False when one is open under this id already (a concurrent or earlier call)."""
     try:
         async with store.write() as tx:
@@ -121,14 +87,14 @@ async def _begin(store: OrderStore, request: OrderRequest) -> bool:
     return True
 
 
-async def _forget(store: OrderStore, request: OrderRequest, fresh: bool) -> None:
+async def _forget(store: Store, request: OrderRequest, fresh: bool) -> None:
     """Ends the attempt this call began: nothing was sold for it."""
     if fresh:
         async with store.write() as tx:
             await tx.end_attempt(request.request_id)
 
 
-async def _return(store: OrderStore, inventory: Inventory, request: OrderRequest) -> None:
+async def _return(store: Store, inventory: Inventory, request: OrderRequest) -> None:
     """Gives back what inventory took for a request refused after the sale; if inventory cannot
     be reached, the attempt stays and recovery does it."""
     try:
@@ -140,8 +106,8 @@ async def _return(store: OrderStore, inventory: Inventory, request: OrderRequest
         await tx.end_attempt(request.request_id)
 
 
-async def _store(store: OrderStore, request: OrderRequest, held: Held,
-                 priced: tuple[tuple[OrderLine, ...], Money]) -> Order:
+async def _store(store: Store, request: OrderRequest, held: Held, priced: tuple[tuple[OrderLine, ...], Money],
+                 metrics: Metrics, faults: Faults) -> Order:
     lines, total = priced
     order = Order(
         order_id=str(uuid.uuid4()),
@@ -169,7 +135,7 @@ async def _store(store: OrderStore, request: OrderRequest, held: Held,
     except AttemptTaken:
         raise Unavailable(f"the attempt of request {request.request_id} took too long and is being rolled "
                           "back; send it again with the same request_id to learn its outcome") from None
-    ORDERS.labels("confirmed").inc()
+    metrics.orders("confirmed")
     return order
 
 
@@ -178,7 +144,7 @@ async def _commit(inventory: Inventory, order: Order, request: OrderRequest, com
         await aio.finish_anyway(inventory.commit(request.reservation_id), f"committing the sale of order {order.order_id}")
     except (Unavailable, DeadlineExceeded) as error:
         # Stored, stock held, sale not confirmed: not acknowledged. A retry commits it;
-        # without one, order/recovery.py does (or cancels it if the reservation expired).
+        # without one, order/background/recovery.py does (or cancels it if the reservation expired).
         logger.warning("order %s stored but its sale is not confirmed yet: %s", order.order_id, error)
         raise Unavailable(f"order {order.order_id} is stored but its sale is not confirmed yet; "
                           f"retry with the same request_id ({error})") from None
@@ -186,7 +152,7 @@ async def _commit(inventory: Inventory, order: Order, request: OrderRequest, com
         commits.committed(order.order_id)
 
 
-async def get_order(store: OrderStore, order_id: str, viewer: Caller | None = None) -> Order:
+async def get_order(store: Store, order_id: str, viewer: Caller | None = None) -> Order:
     """The order; for a call acting for a user (`viewer`), only that user's: anyone else's is as
     good as missing, so its existence is not given away."""
     domain.check_order_id(order_id)
@@ -197,7 +163,7 @@ async def get_order(store: OrderStore, order_id: str, viewer: Caller | None = No
     return order
 
 
-async def list_orders(store: OrderStore, user_id: str, page_size: int, page_token: str) -> tuple[list[Order], str]:
+async def list_orders(store: Store, user_id: str, page_size: int, page_token: str) -> tuple[list[Order], str]:
     domain.check_user_id(user_id)
     limit = paging.page_size(page_size)
     position = paging.decode_token(page_token, before=int)
@@ -206,8 +172,8 @@ async def list_orders(store: OrderStore, user_id: str, page_size: int, page_toke
     return paging.page(found, limit, lambda order: {"before": order.sequence})
 
 
-async def cancel_order(store: OrderStore, inventory: Inventory, outbox: Outbox, order_id: str, reason: str,
-                       viewer: Caller | None = None) -> Order:
+async def cancel_order(store: Store, inventory: Inventory, outbox: Outbox, order_id: str, reason: str,
+                       viewer: Caller | None = None, *, metrics: Metrics) -> Order:
     """Returns the stock first, then records the cancellation; safe to repeat."""
     reason = domain.check_reason(reason)
     order = await get_order(store, order_id, viewer)
@@ -221,6 +187,6 @@ async def cancel_order(store: OrderStore, inventory: Inventory, outbox: Outbox, 
             assert current is not None
             return current
         await tx.add_event(domain.cancelled_event(cancelled, reason))
-    ORDERS.labels("cancelled").inc()
+    metrics.orders("cancelled")
     outbox.kick(domain.cancelled_event(cancelled, reason).event_id)
     return cancelled

@@ -54,7 +54,7 @@ orders = Table(
     Column("cancel_reason", String(200), nullable=False, default=""),
     Column("create_time", DateTime, nullable=False),
     Column("update_time", DateTime, nullable=False),
-    # When inventory confirmed the sale (null: not known yet; order/recovery.py finishes it).
+    # When inventory confirmed the sale (null: not known yet; order/background/recovery.py finishes it).
     Column("commit_time", DateTime, nullable=True),
     Index("orders_by_user", "user_id", "sequence"),
     Index("orders_by_commit", "commit_time", "sequence"),

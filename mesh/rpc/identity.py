@@ -13,23 +13,13 @@ call (or a tool's) and acts for nobody in particular.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 
+from mesh.kernel.caller import Caller
 from mesh.kernel.errors import PermissionDenied
 
 USER = "x-shopmesh-user"
 ADMIN = "x-shopmesh-admin"
-
-
-@dataclass(frozen=True)
-class Caller:
-    user_id: str
-    admin: bool = False
-
-    def may_see(self, owner: str) -> bool:
-        return self.admin or owner == self.user_id
 
 
 def metadata(user_id: str, admin: bool) -> tuple[tuple[str, str], ...]:

@@ -120,7 +120,7 @@ def assert_settled(mesh: Mesh, sku: str, initial: int, user: str, acknowledged: 
 
     wait_for(lambda: set(notified()) == expected, 30, "one notification per order event")
     assert all(count == 1 for count in notified().values())
-    if "order" in mesh.processes:  # and no attempt is left unsettled (order/recovery.py)
+    if "order" in mesh.processes:  # and no attempt is left unsettled (order/background/recovery.py)
         wait_for(lambda: scrape_pending(mesh, "shop_order_attempts_open") == 0, 30, "every order attempt settled")
     return statuses
 

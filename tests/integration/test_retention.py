@@ -11,13 +11,13 @@ from sqlalchemy import func, select, update
 
 from mesh.data.db import PURGE_BATCH, Database
 from mesh.kernel.clock import now
-from order import outbox as relay_module
+from order.background import outbox as relay_module
+from order.background.outbox import OutboxRelay
 from order.domain import Event
-from order.outbox import OutboxRelay
 from order.store import OrderStore, metadata, outbox
 from tests.support.fakes import Tally
 
-MIGRATIONS = Path(relay_module.__file__).resolve().parent / "migrations"
+MIGRATIONS = Path(relay_module.__file__).resolve().parents[1] / "migrations"  # order/migrations
 
 
 class Unused:

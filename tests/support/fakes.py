@@ -23,3 +23,10 @@ class Tally:
 
     def streams(self, change: int) -> None:
         self.counted["streams"] += change
+
+
+class NoFaults:
+    """Fault points that never fire (the real ones are mesh/tools/faults.py, configured by SHOPMESH_FAULTS)."""
+
+    async def point(self, name: str) -> None:
+        return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from order.outbox import BACKOFF_CAP, OutboxRelay
+from order.background.outbox import BACKOFF_CAP, OutboxRelay
 
 
 def test_retries_back_off_exponentially_with_jitter_up_to_a_cap() -> None:

@@ -20,14 +20,14 @@ import random
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from mesh.data.db import PURGE_BATCH, PURGE_EVERY, in_batches
 from mesh.kernel.clock import now
 from mesh.kernel.errors import DeadlineExceeded, ShopError, Unavailable
 from mesh.observe import telemetry
 from order.domain import Event
-from order.store import OrderStore
+from order.ports import Notifier, Store
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,8 @@ BACKOFF_CAP = 15
 MAX_REMEMBERED = 10_000
 
 
-class Notifier(Protocol):
-    async def send(self, events: Sequence[Event]) -> None: ...
-
-
 class OutboxRelay:
-    def __init__(self, store: OrderStore, notifier: Notifier, interval: float,
+    def __init__(self, store: Store, notifier: Notifier, interval: float,
                  retention: timedelta = timedelta(days=7)):
         self._store = store
         self._notifier = notifier

@@ -27,13 +27,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
-from typing import Protocol
 
 from mesh.kernel.clock import now
 from mesh.kernel.errors import FailedPrecondition, NotFound, ShopError
 from order import domain
 from order.domain import Attempt, Order
-from order.store import OrderStore
+from order.ports import Inventory, Metrics, Outbox, Store
 
 logger = logging.getLogger(__name__)
 
@@ -41,26 +40,13 @@ BATCH = 100
 EXPIRED_REASON = "not completed in time: its stock reservation expired"
 
 
-class Inventory(Protocol):
-    async def commit(self, reservation_id: str) -> None: ...
-    async def release(self, reservation_id: str) -> None: ...
-
-
-class Cancellations(Protocol):
-    def inc(self) -> None: ...
-
-
-class Outbox(Protocol):
-    def kick(self, event_id: str | None = None) -> None: ...
-
-
 class Recovery:
-    def __init__(self, store: OrderStore, inventory: Inventory, outbox: Outbox, interval: float, grace: float,
-                 cancelled: Cancellations):
+    def __init__(self, store: Store, inventory: Inventory, outbox: Outbox, interval: float, grace: float,
+                 metrics: Metrics):
         self._store = store
         self._inventory = inventory
         self._outbox = outbox
-        self._cancelled = cancelled  # counts the orders recovery cancels
+        self._metrics = metrics  # counts the orders recovery cancels
         self._interval = interval
         self._grace = timedelta(seconds=grace)
         self._committed: set[str] = set()
@@ -160,6 +146,6 @@ class Recovery:
                 await tx.add_event(event)
             await tx.mark_committed([order.order_id])  # settled: nothing left to commit
         if event is not None:
-            self._cancelled.inc()
+            self._metrics.orders("cancelled")
             logger.warning("order %s cancelled: %s (%s)", order.order_id, EXPIRED_REASON, why)
             self._outbox.kick(event.event_id)
