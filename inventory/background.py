@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from inventory import handlers
 from inventory.ports import Metrics, Store
-from mesh.data.db import PURGE_EVERY
+from mesh.kernel.retention import PURGE_EVERY
 
 logger = logging.getLogger(__name__)
 

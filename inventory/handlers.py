@@ -9,10 +9,10 @@ from datetime import timedelta
 from inventory import domain
 from inventory.domain import Line, Product, Reservation, ReservationState
 from inventory.ports import Metrics, Store
-from mesh.data.db import PURGE_BATCH, in_batches
 from mesh.kernel import paging
 from mesh.kernel.clock import now
 from mesh.kernel.errors import Duplicate, ShopError
+from mesh.kernel.retention import PURGE_BATCH, in_batches
 
 logger = logging.getLogger(__name__)
 DEFAULT_TTL = timedelta(seconds=60)

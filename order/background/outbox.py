@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from mesh.data.db import PURGE_BATCH, PURGE_EVERY, in_batches
 from mesh.kernel.clock import now
 from mesh.kernel.errors import DeadlineExceeded, ShopError, Unavailable
+from mesh.kernel.retention import PURGE_BATCH, PURGE_EVERY, in_batches
 from mesh.observe import telemetry
 from order.domain import Event
 from order.ports import Notifier, Store

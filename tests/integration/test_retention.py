@@ -9,8 +9,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from mesh.data.db import PURGE_BATCH, Database
+from mesh.data.db import Database
 from mesh.kernel.clock import now
+from mesh.kernel.retention import PURGE_BATCH
 from order.background import outbox as relay_module
 from order.background.outbox import OutboxRelay
 from order.domain import Event

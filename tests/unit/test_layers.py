@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = (
     "Domain modules import neither gRPC nor SQLAlchemy",
+    "Use cases import no adapter: no gRPC, SQL, Prometheus, store or tool",
     "The runtime imports no service and not the gateway",
     "No service imports another service or the gateway",
     "mesh's packages are layers: each imports only those below it",
