@@ -15,11 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATABASE_SERVICES = ("inventory", "order", "notification")  # each owns a database and its migrations
-SERVICES = (*DATABASE_SERVICES, "gateway")
-DEFAULT_PORTS = {"inventory": 50051, "order": 50052, "notification": 50053, "gateway": 8080}
+from mesh import topology
+
+# The processes and their default ports, as declared once (mesh/services.toml, mesh/topology.py).
+TOPOLOGY = topology.load()
+SERVICES = tuple(TOPOLOGY)
+DATABASE_SERVICES = tuple(name for name, s in TOPOLOGY.items() if s.database)  # each owns a database and its migrations
+DEFAULT_PORTS = {name: s.port for name, s in TOPOLOGY.items()}
 # Each gRPC service serves Prometheus' /metrics on its own HTTP port; the gateway on its own port.
-DEFAULT_METRICS_PORTS = {"inventory": 9101, "order": 9102, "notification": 9103}
+DEFAULT_METRICS_PORTS = {name: s.metrics_port for name, s in TOPOLOGY.items() if not s.http}
 LOG_FORMATS = ("text", "json")
 DISCOVERY_KINDS = ("static", "dns", "consul")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -32,7 +32,6 @@ from sqlalchemy.exc import OperationalError
 
 from mesh.settings import DATABASE_SERVICES
 
-ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
 
 
@@ -74,7 +73,7 @@ def current(connection: Connection) -> str | None:
 
 def _service(name: str) -> tuple[Path, MetaData]:
     store = importlib.import_module(f"{name}.store")
-    return ROOT / name / "migrations", store.metadata
+    return Path(importlib.import_module(name).__file__ or "").resolve().parent / "migrations", store.metadata
 
 
 async def _run(service: str, action: str, url: str, message: str) -> int:

@@ -2,11 +2,11 @@
 
     python -m mesh.tools.launcher [--data-dir data] [--inventory-port 50051] ...
 
-Starts inventory, notification, order and the REST gateway (in that order)
-with static discovery and SQLite files under the data folder, waits until each
-reports SERVING on gRPC health (the gateway: /healthz), adds a few demo
-products, prints how to call the mesh, and on Ctrl-C (or SIGTERM) stops
-everything gracefully: the gateway, then order, then inventory and notification together.
+Starts every process mesh/services.toml declares, each after those it calls (inventory and
+notification, order, then the REST gateway), with static discovery and SQLite files under the
+data folder, waits until each reports SERVING on gRPC health (the gateway: /healthz), adds a
+few demo products, prints how to call the mesh, and on Ctrl-C (or SIGTERM) stops everything
+gracefully, callers first: the gateway, then order, then inventory and notification together.
 
 Before starting anything it checks that every port it will use is free, so a second launcher
 next to a running mesh says which port is taken instead of talking to the first mesh. While it
@@ -32,19 +32,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from mesh.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+from mesh import topology
+from mesh.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, TOPOLOGY
 from mesh.tools.ports import free_port
 
-START_ORDER = ("inventory", "notification", "order", "gateway")
-# Stopped in this order, each tier's processes at once: callers before the services they call.
-STOP_TIERS = (("gateway",), ("order",), ("inventory", "notification"), ("consul",))
-COLORS = {
-    "inventory": "\033[36m",
-    "notification": "\033[35m",
-    "order": "\033[33m",
-    "gateway": "\033[34m",
-    "mesh": "\033[32m",
-}
+# The processes as declared once (mesh/services.toml): started callees first, each once what it
+# calls serves; stopped a tier at a time, callers before the services they call, Consul last.
+START_ORDER = tuple(topology.start_order(TOPOLOGY))
+STOP_TIERS = (*topology.stop_tiers(TOPOLOGY), ("consul",))
+GRPC_SERVICES = tuple(name for name in START_ORDER if not TOPOLOGY[name].http)
+_PALETTE = ("\033[36m", "\033[33m", "\033[35m", "\033[34m", "\033[31m", "\033[96m", "\033[93m", "\033[95m")
+COLORS = {"mesh": "\033[32m", **{name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(TOPOLOGY)}}
 DEMO_PRODUCTS = (
     ("coffee-mug", "Coffee mug, 350 ml", 1299, 100),
     ("tea-kettle", "Stovetop tea kettle", 3450, 25),
@@ -256,7 +254,7 @@ class Launcher:
     async def wait_serving(self, child: Child, timeout: float = 30.0) -> None:
         if child.service == "consul":
             return None
-        if child.service == "gateway":
+        if TOPOLOGY[child.service].http:
             return await self.wait_http(child, timeout)
         await self.wait_grpc(child, timeout)
         if self.args.consul:
@@ -336,6 +334,8 @@ class Launcher:
         return f"{host}:{port}"
 
     async def seed(self) -> None:
+        if "inventory" not in self.ports:
+            return
         async with self.channel(self.ports["inventory"]) as channel:
             stub = inventory_pb2_grpc.InventoryServiceStub(channel)
             added = 0
@@ -352,22 +352,20 @@ class Launcher:
         self.say("mesh", f"demo products: {added} added, {len(DEMO_PRODUCTS) - added} already there")
 
     def banner(self) -> None:
-        inv, order, note, gw = (self.address(self.ports[s]) for s in ("inventory", "order", "notification", "gateway"))
-        lines = [
-            "shopmesh is up:",
-            f"  gateway       http://{gw}/",
-            f"  inventory     {inv}",
-            f"  order         {order}",
-            f"  notification  {note}",
-            f"  metrics       {'  '.join(self.metrics_urls())}",
-            f"  data          {Path(self.args.data_dir).resolve()}",
-            "try:",
-            f"  grpcurl {self.grpcurl_flags()} {order} list",
-            f"  grpcurl {self.grpcurl_flags()} -d '{{\"user_id\":\"alice\",\"request_id\":\"r-1\","
-            f"\"lines\":[{{\"sku\":\"coffee-mug\",\"quantity\":2}}]}}' {order} shop.order.v1.OrderService/CreateOrder",
-            f"  curl http://{gw}/v1/products/coffee-mug",
-            "Ctrl-C stops every service.",
-        ]
+        at = {name: self.address(port) for name, port in self.ports.items()}
+        lines = ["shopmesh is up:"]
+        lines += [f"  {name:<13} http://{at[name]}/" for name in START_ORDER if TOPOLOGY[name].http]
+        lines += [f"  {name:<13} {at[name]}" for name in GRPC_SERVICES]
+        lines += [f"  {'metrics':<13} {'  '.join(self.metrics_urls())}",
+                  f"  {'data':<13} {Path(self.args.data_dir).resolve()}", "try:"]
+        if "order" in at:
+            lines += [f"  grpcurl {self.grpcurl_flags()} {at['order']} list",
+                      f"  grpcurl {self.grpcurl_flags()} -d '{{\"user_id\":\"alice\",\"request_id\":\"r-1\","
+                      f"\"lines\":[{{\"sku\":\"coffee-mug\",\"quantity\":2}}]}}' {at['order']} "
+                      "shop.order.v1.OrderService/CreateOrder"]
+        if "gateway" in at:
+            lines.append(f"  curl http://{at['gateway']}/v1/products/coffee-mug")
+        lines.append("Ctrl-C stops every service.")
         for line in lines:
             self.say("mesh", line)
 
@@ -383,7 +381,7 @@ class Launcher:
         host = self.address(0).rsplit(":", 1)[0]
         urls = [f"http://{host}:{port - self.ports[service] + self.metrics_ports[service]}/metrics"
                 for service, _, port in self.instances() if service in self.metrics_ports]
-        return [*urls, f"http://{self.address(self.ports['gateway'])}/metrics"]
+        return [*urls, *(f"http://{self.address(self.ports[name])}/metrics" for name in START_ORDER if TOPOLOGY[name].http)]
 
     async def stop(self) -> int:
         """Stop the mesh callers first, a tier at a time, each tier's processes at once; the worst exit code.
@@ -439,9 +437,9 @@ class Launcher:
 
 def _instances(value: str) -> tuple[str, int]:
     service, _, count = value.partition("=")
-    if service not in START_ORDER[:-1] or not count.isdigit() or not 1 <= int(count) <= 9:
+    if service not in GRPC_SERVICES or not count.isdigit() or not 1 <= int(count) <= 9:
         raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE=N with SERVICE one of "
-                                         f"{', '.join(START_ORDER[:-1])} and N from 1 to 9")
+                                         f"{', '.join(GRPC_SERVICES)} and N from 1 to 9")
     return service, int(count)
 
 

@@ -1,34 +1,20 @@
 {{/*
-What each process is, written once: its port, metrics port, gRPC service (the readiness health
-name), whether it has a database, and whom it calls. Every template below loops over this.
-The ports and names are mesh/settings.py's defaults and the contracts' service names; a test
-(tests/unit/test_chart.py) checks both.
+What each process is, declared once in mesh/services.toml and rendered into files/services.json
+by scripts/render_manifests.py: its port, metrics port, gRPC service (the readiness health name),
+whether it has a database, whether it is the HTTP gateway, and whom it calls. Every template
+below loops over it; a test keeps the copy fresh.
 */}}
 {{- define "shopmesh.components" -}}
-inventory:
-  port: 50051
-  metricsPort: 9101
-  grpcService: shop.inventory.v1.InventoryService
-  database: true
-  calls: []
-order:
-  port: 50052
-  metricsPort: 9102
-  grpcService: shop.order.v1.OrderService
-  database: true
-  calls: [inventory, notification]
-notification:
-  port: 50053
-  metricsPort: 9103
-  grpcService: shop.notification.v1.NotificationService
-  database: true
-  calls: []
-gateway:
-  port: 8080
-  metricsPort: 8080
-  grpcService: ""
-  database: false
-  calls: [inventory, order, notification]
+{{ .Files.Get "files/services.json" }}
+{{- end }}
+
+{{/*
+One component's values: the chart's serviceDefaults, overridden by the values under its name
+(a service declared without a block of its own gets the defaults).
+*/}}
+{{- define "shopmesh.valuesOf" -}}
+{{- $own := index .root.Values .name | default dict -}}
+{{- mergeOverwrite (deepCopy .root.Values.serviceDefaults) (deepCopy $own) | toYaml -}}
 {{- end }}
 
 {{- define "shopmesh.fullname" -}}
@@ -89,7 +75,7 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- if eq .Values.database.type "sqlite" -}}
 {{- range $name, $c := $components -}}
 {{- if $c.database -}}
-{{- $values := index $.Values $name -}}
+{{- $values := include "shopmesh.valuesOf" (dict "root" $ "name" $name) | fromYaml -}}
 {{- if or (gt (int $values.replicas) 1) $values.autoscaling.enabled -}}
 {{- fail (printf "%s.replicas is %d (autoscaling %v) but database.type is sqlite: a SQLite file has one writer, so each service runs one replica on it. Set %s.replicas=1 and %s.autoscaling.enabled=false, or use database.type=postgresql." $name (int $values.replicas) $values.autoscaling.enabled $name $name) -}}
 {{- end -}}
