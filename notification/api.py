@@ -59,11 +59,12 @@ class NotificationApi(notification_pb2_grpc.NotificationServiceServicer):
     async def StreamNotifications(self, request: notification_pb2.StreamNotificationsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[notification_pb2.Notification]:
         domain.check_user_id(request.user_id)
         start = await handlers.resume_point(self._store, request.user_id, request.resume_after)
-        # Headers now, not with the first notification: a client (or the gateway's
-        # SSE response) learns at once that the stream is open and valid.
-        await context.send_initial_metadata(())
+        # Headers once the stream follows the user, not with the first notification: a client
+        # (or the gateway's SSE response) learns at once that the stream is open and valid, and
+        # that every notification stored from then on will come.
         stream = handlers.stream_notifications(
-            self._store, self._metrics, self._wakeups, request.user_id, self._stopping, start
+            self._store, self._metrics, self._wakeups, request.user_id, self._stopping, start,
+            opened=lambda: context.send_initial_metadata(()),
         )
         async for notification in stream:
             yield notification_pb(notification)

@@ -35,6 +35,7 @@ async def _poll(store: Store, wakeups: Wakeups, interval: float, stopping: async
         mark = await tx.max_sequence()
         # The sequences within LOOKBACK of `mark` already stored (streams read those themselves).
         seen = {sequence for sequence, _ in await tx.users_after(max(mark - LOOKBACK, 0), WATCH_BATCH)}
+    wakeups.following.set()
     while not await aio.first_set(stopping, timeout=interval):
         if not wakeups.watched:
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from mesh.kernel import aio, paging
 from mesh.kernel.errors import Duplicate
@@ -26,6 +26,8 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._waiting: dict[str, set[asyncio.Event]] = {}
+        # Set once the watcher follows other instances (LISTENing on PostgreSQL, its first read done).
+        self.following = asyncio.Event()
 
     def notify(self, user_id: str) -> None:
         for event in self._waiting.get(user_id, ()):
@@ -130,17 +132,25 @@ async def stream_notifications(
     user_id: str,
     stopping: asyncio.Event,
     start: int | None = None,
+    opened: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Notification]:
     """Every notification for `user_id` stored after the call starts (or after `start`, from
-    `resume_point`), until `stopping`. It reads when woken (`Wakeups`), never on a timer."""
+    `resume_point`), until `stopping`. It reads when woken (`Wakeups`), never on a timer.
+    `opened` is awaited once the stream follows the user and knows where it starts: whatever is
+    stored after it is delivered."""
     domain.check_user_id(user_id)
     wake = wakeups.subscribe(user_id)
-    logger.info("stream opened for user %s", user_id)
-    metrics.streams(+1)
+    counted = False
     try:
         if start is None:
             async with store.read() as tx:
                 start = await tx.last_sequence(user_id)
+        if opened is not None:
+            await opened()
+        # Counted (and logged) as open once it follows the user: the gauge moving is a signal too.
+        metrics.streams(+1)
+        counted = True
+        logger.info("stream opened for user %s", user_id)
         last = start
         while not stopping.is_set():
             wake.clear()
@@ -154,5 +164,6 @@ async def stream_notifications(
             await aio.first_set(wake, stopping)
     finally:
         wakeups.unsubscribe(user_id, wake)
-        metrics.streams(-1)
-        logger.info("stream closed for user %s", user_id)
+        if counted:
+            metrics.streams(-1)
+            logger.info("stream closed for user %s", user_id)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 
 from tests.conftest import ROOT
-from tests.e2e.harness import Launcher
+from tests.support.mesh import Launcher
+from tests.support.metrics import scrape, value
+from tests.support.waiting import eventually
 
 
 def run(grpcurl: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -40,12 +41,15 @@ def test_an_order_placed_with_grpcurl_reads_back_and_is_announced_on_the_stream(
     grpcurl: str, launcher: Launcher
 ) -> None:
     user = f"grpcurl-{uuid.uuid4().hex[:8]}"
+    page = f"http://127.0.0.1:{launcher.metrics_ports['notification']}/metrics"
+    before = value(scrape(page), "shop_notification_streams_open")
     watcher = subprocess.Popen(
         [grpcurl, "-plaintext", "-max-time", "6", "-d", json.dumps({"user_id": user}),
          launcher.address("notification"), "shop.notification.v1.NotificationService/StreamNotifications"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(1.0)  # let the stream open before the order exists
+    # The stream follows the user before the order exists: the gauge counts a stream once it does.
+    eventually(lambda: value(scrape(page), "shop_notification_streams_open") > before, 10, "the stream to open")
     body = {"user_id": user, "request_id": str(uuid.uuid4()), "lines": [{"sku": "coffee-mug", "quantity": 2}]}
     created = run(grpcurl, "-d", json.dumps(body), launcher.address("order"), "shop.order.v1.OrderService/CreateOrder")
     assert created.returncode == 0, created.stderr

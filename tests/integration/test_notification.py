@@ -9,7 +9,7 @@ import pytest
 
 from generated.shop.notification.v1 import notification_pb2 as pb
 from generated.shop.notification.v1 import notification_pb2_grpc
-from tests.integration.conftest import Start, channel
+from tests.support.mesh import Start, channel
 
 
 @pytest.fixture
@@ -83,8 +83,8 @@ async def test_a_stream_delivers_new_notifications_live_and_only_the_users(stub)
             if len(received) == 2:
                 return
 
+    await stream.initial_metadata()  # the stream follows alice from here on
     reader = asyncio.create_task(read())
-    await asyncio.sleep(0.3)
     await stub.SendNotification(send("other", user="bob"))
     await stub.SendNotification(send("live-1"))
     await stub.SendNotification(send("live-2"))
@@ -93,12 +93,24 @@ async def test_a_stream_delivers_new_notifications_live_and_only_the_users(stub)
     assert received == ["live-1", "live-2"]
 
 
+async def test_once_a_streams_headers_came_every_notification_stored_after_them_is_delivered(stub) -> None:
+    """The headers are the signal a client may wait on (the gateway's SSE head too): sent once the
+    stream follows the user and knows where it starts, never before."""
+    for i in range(20):
+        stream = stub.StreamNotifications(pb.StreamNotificationsRequest(user_id=f"prompt-{i}"))
+        await stream.initial_metadata()
+        await stub.SendNotification(send(f"prompt-{i}", user=f"prompt-{i}"))  # at once, no pause
+        got = await asyncio.wait_for(stream.read(), 5)
+        stream.cancel()
+        assert got.event_id == f"prompt-{i}"
+
+
 async def test_a_stream_sees_what_another_instance_stored(start: Start, served, stub) -> None:
     # A second instance on the same database, as when several run side by side.
     other = await start("notification", SHOPMESH_NOTIFICATION_DATABASE_URL=str(served.app.bindings[0].servicer._store.db.engine.url))
     stream = stub.StreamNotifications(pb.StreamNotificationsRequest(user_id="alice"))
+    await stream.initial_metadata()  # the stream follows alice from here on
     first = asyncio.create_task(stream.read())
-    await asyncio.sleep(0.3)
     async with channel(other) as ch:
         await notification_pb2_grpc.NotificationServiceStub(ch).SendNotification(send("via-other"))
     got = await asyncio.wait_for(first, 5)
@@ -142,7 +154,7 @@ async def test_on_postgresql_another_instances_notification_wakes_a_stream_at_on
         stream = notification_pb2_grpc.NotificationServiceStub(ch).StreamNotifications(
             pb.StreamNotificationsRequest(user_id="bob"))
         await stream.initial_metadata()
-        await asyncio.sleep(0.3)  # the watcher is listening
+        await asyncio.wait_for(here.app.bindings[0].servicer._wakeups.following.wait(), 10)  # the watcher listens
         loop = asyncio.get_running_loop()
         took = []
         for n in range(5):

@@ -1,0 +1,91 @@
+"""A real PostgreSQL server for the tests: Debian's binaries, a throwaway cluster on a loopback port.
+
+The services' SQL is SQLAlchemy Core and meant to be portable; the tests that take a `database`
+run on SQLite and again on this, so a statement only SQLite accepts fails CI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+USER = "shopmesh"
+
+
+def bin_dir() -> Path | None:
+    """Where initdb and pg_ctl are: Debian keeps them out of PATH, one folder per major version."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class PostgresServer:
+    def __init__(self, bin_path: Path, port: int):
+        self._bin = bin_path
+        self.port = port
+        # Not under pytest's tmp folders: as root the server runs as `postgres`, which must reach it.
+        self._dir = Path(tempfile.mkdtemp(prefix="shopmesh-pg-"))
+        self._as_postgres = os.geteuid() == 0  # PostgreSQL refuses to run as root
+        self._names = itertools.count(1)
+
+    def _run(self, *command: str) -> None:
+        argv = [str(self._bin / command[0]), *command[1:]]
+        if self._as_postgres:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed: {result.stdout}{result.stderr}")
+
+    def start(self) -> None:
+        if self._as_postgres:
+            shutil.chown(self._dir, "postgres")
+        data = self._dir / "data"
+        self._run("initdb", "-D", str(data), "-A", "trust", "-U", USER, "--no-sync")
+        # Durability is not under test here; speed is welcome.
+        options = (f"-p {self.port} -k {self._dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+        self._run("pg_ctl", "-D", str(data), "-o", options, "-l", str(self._dir / "server.log"), "-w", "start")
+
+    def create_database(self) -> str:
+        """A fresh, empty database; its SQLAlchemy URL."""
+        name = f"t{os.getpid()}_{next(self._names)}"
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, name)
+        return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{name}"
+
+    def run_sql_file(self, path: Path) -> None:
+        """Runs a SQL script as the server's superuser, stopping at its first error."""
+        self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", "postgres",
+                  "-v", "ON_ERROR_STOP=1", "-f", str(path))
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self._dir / "data"), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_server(port: int) -> Iterator[PostgresServer]:
+    """A started server for a script (the benchmarks), stopped and removed after; exits with a
+    message naming the package when PostgreSQL is not installed."""
+    binaries = bin_dir()
+    if binaries is None:
+        raise SystemExit("PostgreSQL's binaries are not installed (Debian: apt-get install postgresql)")
+    server = PostgresServer(binaries, port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
