@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.bench_grpc import cpu_seconds, ghz_path  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.e2e.test_postgres import Replicas  # noqa: E402
-from tests.postgres import throwaway_server  # noqa: E402
+from tests.support.postgres import throwaway_server  # noqa: E402
 
 SPREAD = 100
 

@@ -34,7 +34,7 @@ import grpc  # noqa: E402
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc  # noqa: E402
 from scripts.bench_grpc import cpu_seconds, free_port, wait_port  # noqa: E402
-from tests.postgres import PostgresServer, throwaway_server  # noqa: E402
+from tests.support.postgres import PostgresServer, throwaway_server  # noqa: E402
 
 
 class Stream:

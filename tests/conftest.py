@@ -27,8 +27,8 @@ def tool(name: str, install: str = "run scripts/install-tools.sh") -> str:
 
 @pytest.fixture
 def dns_server() -> Iterator[tuple[object, int]]:
-    """A DNS server whose answers the test sets (tests/dns.py): (answers, port)."""
-    from tests.dns import serving
+    """A DNS server whose answers the test sets (tests/support/dns.py): (answers, port)."""
+    from tests.support.dns import serving
 
     with serving() as found:
         yield found
@@ -55,7 +55,7 @@ def needed(what: str, install: str) -> None:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[object]:
     """One real PostgreSQL server for the session (Debian's `postgresql` package)."""
-    from tests.postgres import PostgresServer, bin_dir
+    from tests.support.postgres import PostgresServer, bin_dir
 
     binaries = bin_dir()
     if binaries is None:

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, free_port, needed, tool
-from tests.kubernetes.cluster import images_built
+from tests.support.cluster import images_built
 
 # The images compose names that the extras stand in for, built here from Debian's packages.
 LOCAL = {"hashicorp/consul:1.14.11": "localhost/consul:1.14.11", "postgres:16-bookworm": "localhost/postgres:15-bookworm",

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import Launcher
+from tests.support.mesh import Launcher
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.e2e.harness import wait_http
-from tests.e2e.test_connect import call, connect_json, frames
+from tests.support.http import call, connect_json, frames
+from tests.support.mesh import wait_http
 
 PROTO = """
 syntax = "proto3";

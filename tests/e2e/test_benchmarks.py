@@ -74,7 +74,7 @@ def test_storage_per_order_measures_every_table_and_projects_a_day() -> None:
 
 
 def _postgres() -> None:
-    from tests.postgres import bin_dir
+    from tests.support.postgres import bin_dir
 
     if bin_dir() is None:
         from tests.conftest import needed

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, tool
-from tests.e2e.harness import Launcher, Mesh, new_product
+from tests.support.mesh import Launcher, Mesh, new_product
 
 ARTIFACTS = ROOT / "test-artifacts"
 

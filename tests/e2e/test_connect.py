@@ -24,38 +24,14 @@ from google.rpc import error_details_pb2, status_pb2
 
 from generated.shop.inventory.v1 import inventory_pb2
 from generated.shop.order.v1 import order_pb2
-from tests.e2e.harness import Launcher, Mesh, new_product
+from tests.support.http import call, connect_json, frames
+from tests.support.mesh import Launcher, Mesh, new_product
+from tests.support.waiting import eventually
 
 INVENTORY = "/shop.inventory.v1.InventoryService"
 PAGE = "http://page.example"  # an origin the signed gateway lets call it
 ORDER = "/shop.order.v1.OrderService"
 NOTIFICATION = "/shop.notification.v1.NotificationService"
-
-
-def call(address: str, method: str, path: str, body: bytes = b"",
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    host, port = address.split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    connection.request(method, path, body=body or None, headers=headers or {})
-    response = connection.getresponse()
-    data = response.read()
-    connection.close()
-    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-
-
-def connect_json(address: str, path: str, message: dict[str, Any], **headers: str) -> tuple[int, dict[str, str], Any]:
-    status, got, data = call(address, "POST", path, json.dumps(message).encode(),
-                             {"content-type": "application/json", "connect-protocol-version": "1", **headers})
-    return status, got, json.loads(data) if data else None
-
-
-def frames(data: bytes) -> list[tuple[int, bytes]]:
-    found, at = [], 0
-    while at < len(data):
-        flags, size = struct.unpack_from(">BI", data, at)
-        found.append((flags, data[at + 5:at + 5 + size]))
-        at += 5 + size
-    return found
 
 
 def grpc_web(address: str, path: str, message: bytes, **headers: str) -> tuple[dict[str, str], list[tuple[int, bytes]]]:
@@ -322,7 +298,6 @@ def test_connect_calls_are_counted_by_their_method_path(launcher: Launcher, gate
 def test_hundreds_of_connect_streams_dropped_mid_flight_leave_nothing_behind_and_a_polite_page_is_notified(
         launcher: Launcher, gateway: str) -> None:
     import socket
-    import time
 
     host, port = gateway.split(":")
     churner = f"churn-{uuid.uuid4().hex[:8]}"
@@ -338,9 +313,7 @@ def test_hundreds_of_connect_streams_dropped_mid_flight_leave_nothing_behind_and
             assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
         for sock in socks:
             sock.close()  # gone without a word, mid-stream
-    deadline = time.monotonic() + 15
-    while launcher.output().count(f"stream closed for user {churner}") < 200:
-        assert time.monotonic() < deadline, "not every upstream stream ended with its client"
-        time.sleep(0.2)
+    eventually(lambda: launcher.output().count(f"stream closed for user {churner}") >= 200, 15,
+               "every upstream stream to end with its client")
     # Meanwhile a polite page's stream still gets its notification at once.
     test_notifications_stream_over_connect_as_orders_are_placed(launcher, gateway)

@@ -23,64 +23,8 @@ from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from tests.conftest import ROOT, free_port, tool
-from tests.e2e.harness import rpc_calls, wait_serving
-
-
-class Agent:
-    """`consul agent -dev` on free loopback ports."""
-
-    def __init__(self, workdir: Path):
-        self.binary = tool("consul")
-        self.workdir = workdir
-        self.http_port = free_port()
-        self.ports = [free_port() for _ in range(3)]
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    def start(self) -> None:
-        serf_lan, serf_wan, server = self.ports
-        self.process = subprocess.Popen(
-            [self.binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-             "-http-port", str(self.http_port), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
-             "-serf-lan-port", str(serf_lan), "-serf-wan-port", str(serf_wan), "-server-port", str(server),
-             "-log-level", "warn"],
-            stdout=open(self.workdir / "consul.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if self.get("/v1/status/leader").strip('"'):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        log = (self.workdir / "consul.log").read_text(errors="replace")[-3000:]
-        raise TimeoutError(f"consul agent did not elect itself:\n{log}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
-
-    def get(self, path: str):
-        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as reply:
-            body = reply.read()
-        return json.loads(body) if body.startswith((b"[", b"{")) else body.decode()
-
-    def passing(self, service: str) -> list[dict]:
-        return self.get(f"/v1/health/service/{service}?passing=true")
-
-    def wait_passing(self, service: str, count: int, timeout: float = 30) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.passing(service)
-            if len(found) == count:
-                return found
-            time.sleep(0.2)
-        raise AssertionError(f"{service}: {len(self.passing(service))} passing, wanted {count}")
+from tests.support.consul import Agent
+from tests.support.mesh import rpc_calls, wait_serving
 
 
 class Services:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
-from tests.e2e.harness import Launcher, new_product
+from tests.support.mesh import Launcher, new_product
 
 CLIENT = '''"""Another team's service: it knows the shop only through the shopmesh-contracts wheel."""
 

@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 
 from tests.conftest import ROOT, free_port
-from tests.dns import Answers
-from tests.e2e.harness import Mesh, rpc_calls, wait_serving
+from tests.support.dns import Answers
+from tests.support.mesh import Mesh, rpc_calls, wait_serving
 
 MAX_AGE = 2.0  # SHOPMESH_MAX_CONNECTION_AGE_SECONDS of the inventories here
 BOUND = MAX_AGE * 1.1 + 3.0  # the age with gRPC's jitter, plus re-resolving and connecting

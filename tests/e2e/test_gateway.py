@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import time
 import uuid
-from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Launcher
-
-
-class Http:
-    def __init__(self, launcher: Launcher):
-        host, port = launcher.address("gateway").split(":")
-        self.host, self.port = host, int(port)
-
-    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-             raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        hdrs = {"content-type": "application/json"} if data is not None else {}
-        hdrs.update(headers or {})
-        conn.request(method, path, body=data, headers=hdrs)
-        response = conn.getresponse()
-        text = response.read()
-        conn.close()
-        parsed = json.loads(text) if text and response.getheader("content-type", "").startswith("application/json") else text
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, parsed
+from tests.support.http import Http, new_product
+from tests.support.mesh import Launcher, wait_http
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
 def api(launcher: Launcher) -> Http:
-    return Http(launcher)
-
-
-def new_product(api: Http, stock: int = 10) -> str:
-    sku = f"gw-{uuid.uuid4().hex[:10]}"
-    status, _, body = api.call("POST", "/v1/products", {
-        "sku": sku, "name": "Gateway mug", "price": {"currencyCode": "USD", "minorUnits": "750"}, "available": stock})
-    assert status == 200, body
-    return sku
+    return Http(launcher.address("gateway"))
 
 
 def test_products_create_get_list_and_adjust(api: Http) -> None:
@@ -194,14 +167,10 @@ def test_closing_the_event_stream_cancels_the_upstream_stream(launcher: Launcher
     with socket.create_connection((host, int(port)), timeout=15) as sock:
         sock.sendall(f"GET /v1/users/{user}/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n".encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
-        deadline = time.monotonic() + 10
-        while f"stream opened for user {user}" not in launcher.output():
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    deadline = time.monotonic() + 10  # the browser tab closed: the notification service must notice
-    while f"stream closed for user {user}" not in launcher.output():
-        assert time.monotonic() < deadline, "the upstream stream outlived its HTTP client"
-        time.sleep(0.1)
+        eventually(lambda: f"stream opened for user {user}" in launcher.output(), 10, "the upstream stream")
+    # The browser tab closed: the notification service must notice.
+    eventually(lambda: f"stream closed for user {user}" in launcher.output(), 10,
+               "the upstream stream to end with its HTTP client")
 
 
 def test_the_request_id_travels_to_the_service_and_back(api: Http) -> None:
@@ -240,17 +209,8 @@ def test_an_upstream_that_is_down_is_503_naming_it_and_not_ready(tmp_path) -> No
     process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        api = Http.__new__(Http)
-        api.host, api.port = "127.0.0.1", port
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=20, process=process)
+        api = Http(f"127.0.0.1:{port}")
         assert api.call("GET", "/healthz")[0] == 200  # the gateway itself is up
         status, _, error = api.call("GET", "/v1/products/coffee-mug")
         assert status == 503 and error["code"] == 14 and "inventory" in error["message"]
@@ -443,7 +403,7 @@ def test_streams_opened_and_closed_by_the_hundred_leave_no_task_behind(launcher:
         time.sleep(0.2)
     # Make the notification service collect its garbage now: a burst of calls allocates plenty.
     for _ in range(200):
-        assert Http(launcher).call("GET", f"/v1/users/{user}/notifications")[0] == 200
+        assert Http(launcher.address("gateway")).call("GET", f"/v1/users/{user}/notifications")[0] == 200
     time.sleep(1)
 
 

@@ -15,7 +15,7 @@ import pytest
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from mesh.server.bootstrap import LIVENESS
 from tests.conftest import ROOT
-from tests.e2e.harness import Launcher, Mesh
+from tests.support.mesh import Launcher, Mesh
 
 NAMES = {
     "inventory": "shop.inventory.v1.InventoryService",

@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from tests.conftest import ROOT, free_port, tool
-from tests.e2e.harness import Launcher
+from tests.support.mesh import Launcher
+from tests.support.waiting import eventually
 
 
 def child_pid(launcher: Launcher, service: str, port: int) -> int:
@@ -48,10 +49,7 @@ def order(launcher: Launcher, sku: str, timeout: float = 30) -> tuple[int, dict,
 
 
 def wait_output(launcher: Launcher, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in launcher.output():
-        assert time.monotonic() < deadline, f"launcher never said {text!r}:\n{launcher.output()[-3000:]}"
-        time.sleep(0.1)
+    eventually(lambda: text in launcher.output(), timeout, f"the launcher to say {text!r}")
 
 
 def test_a_second_launcher_names_the_taken_port_and_starts_nothing(launcher: Launcher, tmp_path: Path) -> None:
@@ -140,7 +138,7 @@ def test_kill_9_of_the_only_inventory_is_a_503_naming_it_then_orders_flow_again(
 
 
 def _product(mesh: Launcher, stock: int) -> str:
-    from tests.e2e.harness import new_product
+    from tests.support.mesh import new_product
 
     return new_product(mesh, stock, prefix="supervised")
 

@@ -6,37 +6,18 @@ import http.client
 import json
 import re
 import socket
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from tests.e2e.harness import Launcher, Mesh, new_product
-
-Sample = tuple[str, tuple[tuple[str, str], ...]]
-
-
-def scrape(url: str) -> dict[Sample, float]:
-    """Every sample on a /metrics page, parsed by Prometheus' own parser."""
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
-        text = reply.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict[Sample, float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+from tests.support.mesh import Launcher, Mesh, new_product
+from tests.support.metrics import Sample, scrape, value
+from tests.support.waiting import eventually
 
 
 class Pages:
@@ -67,13 +48,6 @@ def gateway_call(launcher: Launcher, method: str, path: str, body: dict | None =
     status = conn.getresponse().status
     conn.close()
     return status
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def test_server_counters_move_by_exactly_the_calls_made_with_their_status_codes(launcher: Launcher,

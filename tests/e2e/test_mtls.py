@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts.make_certs import make
 from tests.conftest import tool
-from tests.e2e.harness import Launcher
+from tests.support.mesh import Launcher
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import urllib.request
 
 from openapi_spec_validator import validate
 
-from tests.e2e.harness import Launcher
+from tests.support.mesh import Launcher
 
 
 def test_the_document_validates_and_covers_every_annotated_rpc(launcher: Launcher) -> None:

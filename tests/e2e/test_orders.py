@@ -15,7 +15,7 @@ from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
-from tests.e2e.harness import Launcher, Mesh
+from tests.support.mesh import Launcher, Mesh
 
 
 class Shop:

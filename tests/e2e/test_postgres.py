@@ -25,7 +25,8 @@ from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from tests.conftest import ROOT, free_port
-from tests.e2e.harness import rpc_calls, wait_http, wait_serving
+from tests.support.mesh import rpc_calls, wait_http, wait_serving
+from tests.support.waiting import settled
 
 INSTANCES = {"inventory": 2, "notification": 1, "order": 2}
 STOCK, ORDERS, USERS = 60, 200, 8
@@ -169,9 +170,9 @@ def test_replicas_on_postgresql_sell_exactly_the_stock_and_notify_each_sale_once
     # Both order instances took orders, and both inventories took reservations (called in turn).
     assert all(replicas.served("order", i, "CreateOrder") > 0 for i in range(2))
     assert all(replicas.served("inventory", i, "ReserveStock") > 0 for i in range(2))
-    deadline = time.monotonic() + 30
-    while len(events := replicas.created_events(USERS, "pg-user-")) < STOCK and time.monotonic() < deadline:
-        time.sleep(0.3)  # (a fresh database: every event is this test's)
+    # (a fresh database: every event is this test's)
+    events = settled(lambda: replicas.created_events(USERS, "pg-user-"), lambda found: len(found) >= STOCK,
+                     30, f"{STOCK} order events notified")
     assert len(events) == STOCK and len(set(events)) == STOCK, Counter(events).most_common(3)
     print(f"{dict(final)} over two order and two inventory instances ({retried} retried)")
 
@@ -191,12 +192,10 @@ def test_kill_9_of_an_order_replica_mid_burst_loses_nothing(fast_replicas: Repli
     confirmed = final["CONFIRMED"]
     assert 0 < confirmed <= STOCK, final
     # Held stock of orders that died half-way is released by expiry or settled by recovery.
-    deadline = time.monotonic() + 30
-    while (product := replicas.product(sku)).reserved and time.monotonic() < deadline:
-        time.sleep(0.3)
+    product = settled(lambda: replicas.product(sku), lambda found: not found.reserved, 30, "no stock left held")
     assert (product.reserved, product.sold, product.available) == (0, confirmed, STOCK - confirmed), (product, final)
-    while len(events := replicas.created_events(USERS, "crash-user-")) < confirmed and time.monotonic() < deadline:
-        time.sleep(0.3)
+    events = settled(lambda: replicas.created_events(USERS, "crash-user-"), lambda found: len(found) >= confirmed,
+                     30, f"{confirmed} order events notified")
     assert len(events) == len(set(events)) == confirmed, (len(events), len(set(events)), final)
     print(f"{dict(final)} after kill -9 of order-1 mid-burst ({retried} requests retried on order-2); "
           f"stock {product.available}+{product.sold} of {STOCK}")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import ROOT, TOOLS_BIN, free_port, tool
-from tests.e2e.harness import Launcher
+from tests.support.mesh import Launcher
 
 DEFAULT_PORTS = {"50051": "inventory", "50052": "order", "50053": "notification", "8080": "gateway"}
 

@@ -21,7 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
-from tests.e2e.harness import Mesh, new_product, rpc_calls
+from tests.support.http import Http
+from tests.support.mesh import Mesh, new_product, rpc_calls
+from tests.support.metrics import scrape, value
+from tests.support.waiting import eventually
 
 FAST = {
     "SHOPMESH_RESERVATION_TTL_SECONDS": "2",
@@ -85,13 +88,6 @@ async def place(address: str, user: str, sku: str, quantities: list[int]) -> dic
         return dict(await asyncio.gather(*(one(q) for q in quantities)))
 
 
-def wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def assert_settled(mesh: Mesh, sku: str, initial: int, user: str, acknowledged: dict[str, object]) -> Counter:
     """The stock invariant, one final state per order, and exactly one notification per event."""
     def settled() -> bool:
@@ -100,7 +96,7 @@ def assert_settled(mesh: Mesh, sku: str, initial: int, user: str, acknowledged: 
         return product.reserved == 0 and sum(line.quantity for o in confirmed for line in o.lines) == product.sold
 
     # Expiry and recovery run on their own clocks; within 30 s everything must have converged.
-    wait_for(settled, 30, "every reservation committed or released and every order settled")
+    eventually(settled, 30, "every reservation committed or released and every order settled")
     product = stock(mesh, sku)
     assert product.available + product.reserved + product.sold == initial
     orders = all_orders(mesh, user)
@@ -118,10 +114,10 @@ def assert_settled(mesh: Mesh, sku: str, initial: int, user: str, acknowledged: 
     def notified() -> Counter:
         return Counter(n.event_id for n in all_notifications(mesh, user))
 
-    wait_for(lambda: set(notified()) == expected, 30, "one notification per order event")
+    eventually(lambda: set(notified()) == expected, 30, "one notification per order event")
     assert all(count == 1 for count in notified().values())
     if "order" in mesh.processes:  # and no attempt is left unsettled (order/background/recovery.py)
-        wait_for(lambda: scrape_pending(mesh, "shop_order_attempts_open") == 0, 30, "every order attempt settled")
+        eventually(lambda: scrape_pending(mesh, "shop_order_attempts_open") == 0, 30, "every order attempt settled")
     return statuses
 
 
@@ -151,17 +147,8 @@ def test_kill_9_between_reserve_and_commit_loses_no_stock_and_settles_every_orde
 
 def call(mesh_or_launcher, method: str, path: str, body: dict | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
-    import http.client
-    import json
-
-    host, port = mesh_or_launcher.address("gateway").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
-                 headers={**({"content-type": "application/json"} if body is not None else {}), **(headers or {})})
-    reply = conn.getresponse()
-    data = reply.read()
-    conn.close()
-    return reply.status, {k.lower(): v for k, v in reply.getheaders()}, json.loads(data) if data else {}
+    status, got, parsed = Http(mesh_or_launcher.address("gateway")).call(method, path, body, headers)
+    return status, got, parsed or {}
 
 
 def test_fifty_concurrent_requests_with_one_key_make_one_order_and_identical_answers(launcher) -> None:
@@ -334,7 +321,7 @@ def test_a_thousand_concurrent_orders_for_a_hundred_units_sell_exactly_a_hundred
     orders = all_orders(launcher, user)
     assert len(orders) == 100
     expected = {f"order.created:{o.order_id}" for o in orders}
-    wait_for(lambda: Counter(n.event_id for n in all_notifications(launcher, user)) == Counter(expected), 30,
+    eventually(lambda: Counter(n.event_id for n in all_notifications(launcher, user)) == Counter(expected), 30,
              "one notification per order")
     print(f"1000 concurrent POSTs for 100 units: {dict(statuses)}; stock never negative (lowest available "
           f"{lowest['available']}); 100 orders, 100 notifications, no 5xx")
@@ -358,7 +345,7 @@ def test_orders_keep_flowing_while_notification_is_down_and_every_one_is_notifie
     assert pending >= len(placed)  # their events wait in the outbox
     del mesh.processes["notification"]
     mesh.start("notification")
-    wait_for(lambda: scrape_pending(mesh) == 0, 60, "the outbox to drain")
+    eventually(lambda: scrape_pending(mesh) == 0, 60, "the outbox to drain")
     orders = all_orders(mesh, user)
     notified = Counter(n.event_id for n in all_notifications(mesh, user))
     assert notified == Counter({f"order.created:{o.order_id}": 1 for o in orders})
@@ -367,13 +354,9 @@ def test_orders_keep_flowing_while_notification_is_down_and_every_one_is_notifie
 
 
 def scrape_pending(mesh: Mesh, name: str = "shop_order_outbox_pending") -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{mesh.metrics_ports['order']}/metrics", timeout=10) as page:
-        for line in page.read().decode().splitlines():
-            if line.startswith(f"{name} "):
-                return float(line.split()[1])
-    raise AssertionError(f"no {name} on the order service's /metrics")
+    samples = scrape(f"http://127.0.0.1:{mesh.metrics_ports['order']}/metrics")
+    assert (name, ()) in samples, f"no {name} on the order service's /metrics"
+    return value(samples, name)
 
 
 def test_an_inventory_slower_than_the_deadline_gives_deadline_exceeded_on_time_and_loses_no_stock(mesh: Mesh) -> None:
@@ -584,8 +567,8 @@ def test_a_sale_whose_caller_gave_up_mid_store_is_stored_at_once_and_logged(mesh
         order_pb2_grpc.OrderServiceStub(channel).CreateOrder(request, timeout=0.4)  # over mid-store
     assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # Recovery would return the stock only after 2 x the call timeout: the order must not wait for it.
-    wait_for(lambda: len(all_orders(mesh, "hasty-store")) == 1, 3, "the detached store to finish")
-    wait_for(lambda: "finished after its caller left" in mesh.logs["order"].read_text(), 3, "the order log")
+    eventually(lambda: len(all_orders(mesh, "hasty-store")) == 1, 3, "the detached store to finish")
+    eventually(lambda: "finished after its caller left" in mesh.logs["order"].read_text(), 3, "the order log")
     [placed] = all_orders(mesh, "hasty-store")
     assert placed.status == order_pb2.Order.CONFIRMED and stock(mesh, sku).sold == 1
     with grpc.insecure_channel(mesh.address("order")) as channel:  # the caller's retry learns the outcome
@@ -861,7 +844,7 @@ def test_the_gateway_stays_ready_while_one_instance_of_an_upstream_drains(mesh: 
     import sys
 
     from tests.conftest import ROOT, free_port
-    from tests.e2e.harness import wait_serving
+    from tests.support.mesh import wait_serving
 
     second = free_port()
     env = mesh.env(SHOPMESH_INVENTORY_PORT=str(second), SHOPMESH_INVENTORY_METRICS_PORT=str(free_port()),

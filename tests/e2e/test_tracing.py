@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Launcher
+from tests.support.mesh import Launcher
 
 
 def spans(folder: Path) -> list[dict]:
@@ -182,7 +182,7 @@ def test_spans_go_over_otlp_to_a_collector_with_service_version_and_instance(tmp
 
     from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
     from tests.conftest import free_port
-    from tests.e2e.harness import Mesh
+    from tests.support.mesh import Mesh
 
     received: list = []
 

@@ -7,17 +7,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from tests.conftest import ROOT, free_port
-from tests.e2e.harness import Mesh, new_product, wait_http
+from tests.support.mesh import Mesh, new_product, wait_http
+from tests.support.metrics import scrape, total
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -39,23 +39,8 @@ def cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
 def served(port: int, method: str) -> float:
-    return sum(v for (name, labels), v in scrape(port).items()
-               if name == "grpc_server_handled_total" and ("grpc_method", method) in labels)
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    return total(scrape(f"http://127.0.0.1:{port}/metrics"), "grpc_server_handled_total", grpc_method=method)
 
 
 def reads_over_fresh_connections(mesh: Mesh, sku: str, connections: int, calls: int) -> None:
@@ -70,12 +55,12 @@ def reads_over_fresh_connections(mesh: Mesh, sku: str, connections: int, calls: 
 
 def test_two_workers_share_the_port_and_the_calls_and_report_one_merged_count(mesh: Mesh) -> None:
     supervisor = mesh.start("inventory", SHOPMESH_WORKERS="2")
-    wait_until(lambda: len(children(supervisor.pid)) == 2, 15, "two workers")
+    eventually(lambda: len(children(supervisor.pid)) == 2, 15, "two workers")
     sku = new_product(mesh, 10)
     workers = children(supervisor.pid)
     before = {pid: cpu(pid) for pid in workers}
     metrics_port = mesh.metrics_ports["inventory"]
-    wait_until(lambda: served(metrics_port, "CreateProduct") == 1, 10, "the merged count of the product created")
+    eventually(lambda: served(metrics_port, "CreateProduct") == 1, 10, "the merged count of the product created")
     reads_over_fresh_connections(mesh, sku, 16, 60)
     used = {pid: cpu(pid) - before[pid] for pid in workers}
     print(f"CPU per worker over 16 connections x 60 calls: {used}")
@@ -83,7 +68,7 @@ def test_two_workers_share_the_port_and_the_calls_and_report_one_merged_count(me
     # Whichever worker answers the scrape reports both workers' calls, exactly.
     for _ in range(6):
         assert served(metrics_port, "GetProduct") == 16 * 60
-    gauge = [k for k in scrape(metrics_port) if k[0] == "shop_inventory_open_reservations"]
+    gauge = [k for k in scrape(f"http://127.0.0.1:{metrics_port}/metrics") if k[0] == "shop_inventory_open_reservations"]
     assert len(gauge) == 1, gauge  # one series, not one per worker
     # On SQLite the workers share one write lock: said once, at start.
     assert mesh.logs["inventory"].read_text().count("SHOPMESH_WORKERS=2 on SQLite") == 1
@@ -91,16 +76,16 @@ def test_two_workers_share_the_port_and_the_calls_and_report_one_merged_count(me
 
 def test_a_killed_worker_is_started_again_and_sigterm_stops_them_all_cleanly(mesh: Mesh) -> None:
     supervisor = mesh.start("inventory", SHOPMESH_WORKERS="2")
-    wait_until(lambda: len(children(supervisor.pid)) == 2, 15, "two workers")
+    eventually(lambda: len(children(supervisor.pid)) == 2, 15, "two workers")
     sku = new_product(mesh, 10)
     time.sleep(5.5)  # past STARTUP_SECONDS: a death now is a crash to recover from, not a bad start
     reads_over_fresh_connections(mesh, sku, 4, 10)
     first, second = children(supervisor.pid)
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: len(children(supervisor.pid)) == 2 and first not in children(supervisor.pid), 10,
+    eventually(lambda: len(children(supervisor.pid)) == 2 and first not in children(supervisor.pid), 10,
                "the killed worker to be replaced")
     assert second in children(supervisor.pid)
-    wait_until(lambda: mesh.logs["inventory"].read_text().count("inventory serving on") == 3, 15,
+    eventually(lambda: mesh.logs["inventory"].read_text().count("inventory serving on") == 3, 15,
                "the replacement to serve")
     reads_over_fresh_connections(mesh, sku, 8, 5)
     # The dead worker's counts stay in the merged total (counters never go back).
@@ -116,11 +101,11 @@ def test_a_killed_worker_is_started_again_and_sigterm_stops_them_all_cleanly(mes
 
 def test_workers_die_with_a_supervisor_killed_by_sigkill(mesh: Mesh) -> None:
     supervisor = mesh.start("inventory", SHOPMESH_WORKERS="2")
-    wait_until(lambda: len(children(supervisor.pid)) == 2, 15, "two workers")
+    eventually(lambda: len(children(supervisor.pid)) == 2, 15, "two workers")
     workers = children(supervisor.pid)
     supervisor.kill()
     supervisor.wait(10)
-    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "the workers to die too")
+    eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "the workers to die too")
     mesh.processes.pop("inventory")
     mesh.start("inventory")  # the port is free again
 
@@ -132,7 +117,7 @@ def test_gateway_workers_answer_on_one_port_with_merged_metrics(mesh: Mesh) -> N
     mesh.start("notification")
     mesh.start("order")
     supervisor = mesh.start("gateway", SHOPMESH_WORKERS="2")
-    wait_until(lambda: len(children(supervisor.pid)) == 2, 15, "two gateway workers")
+    eventually(lambda: len(children(supervisor.pid)) == 2, 15, "two gateway workers")
     host, port = mesh.address("gateway").split(":")
     for _ in range(20):  # a connection each: both workers answer some
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
@@ -140,7 +125,7 @@ def test_gateway_workers_answer_on_one_port_with_merged_metrics(mesh: Mesh) -> N
         assert connection.getresponse().status == 200
         connection.close()
     wait_http(f"http://{mesh.address('gateway')}/healthz")
-    answered = [v for (name, labels), v in scrape(int(port)).items()
+    answered = [v for (name, labels), v in scrape(f"http://127.0.0.1:{port}/metrics").items()
                 if name == "http_requests_total" and ("route", "/v1/products") in labels]
     assert sum(answered) == 20, answered
 
@@ -177,7 +162,7 @@ def test_a_group_migrates_its_new_database_once_before_any_worker_starts(tmp_pat
         try:
             supervisor = mesh.start("inventory", SHOPMESH_WORKERS="4")
             log_file = mesh.logs["inventory"]
-            wait_until(lambda: log_file.read_text().count("inventory serving on") == 4, 30,  # noqa: B023 - used at once
+            eventually(lambda: log_file.read_text().count("inventory serving on") == 4, 30,  # noqa: B023 - used at once
                        "all four workers to serve")
             log = mesh.logs["inventory"].read_text()
             assert "Running upgrade" not in log, log  # no worker migrated: the schema was ready

@@ -6,22 +6,12 @@ real PostgreSQL server, each service in its own database, so the SQL stays porta
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
-import inventory.app
-import notification.app
-import order.app
-from mesh.client.discovery import create_discovery
-from mesh.server.bootstrap import Running, create_server
-from mesh.settings import Settings
-
-BUILDERS = {"inventory": inventory.app.build, "notification": notification.app.build, "order": order.app.build}
-
-Start = Callable[..., Awaitable[Running]]
+from tests.support.mesh import InProcess, Start
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -33,24 +23,6 @@ def database(request: pytest.FixtureRequest) -> object | None:
 @pytest.fixture
 async def start(tmp_path: Path, database: object | None) -> AsyncIterator[Start]:
     """`await start("inventory", SHOPMESH_X="y")` serves a service; all stop at the end."""
-    running: list[Running] = []
-
-    async def _start(service: str, **env: str) -> Running:
-        where = {} if database is None else {
-            f"SHOPMESH_{service.upper()}_DATABASE_URL": database.create_database()}  # type: ignore[attr-defined]
-        settings = Settings.from_env(
-            service, {"SHOPMESH_DATA_DIR": str(tmp_path), f"SHOPMESH_{service.upper()}_PORT": "0", **where, **env}
-        )
-        app = await BUILDERS[service](settings, create_discovery(settings))
-        served = await create_server(settings, app)
-        running.append(served)
-        return served
-
-    yield _start
-    for served in reversed(running):
-        await served.server.stop(0)
-        await served.app.close()
-
-
-def channel(served: Running) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(f"127.0.0.1:{served.port}")
+    mesh = InProcess(tmp_path, database)
+    yield mesh.start
+    await mesh.stop_all()

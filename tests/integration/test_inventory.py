@@ -11,8 +11,8 @@ from google.rpc import error_details_pb2, status_pb2
 from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2 as pb
 from generated.shop.inventory.v1 import inventory_pb2_grpc
-from tests.integration.conftest import Start, channel
 from tests.support.fakes import Tally
+from tests.support.mesh import Start, channel
 
 
 @pytest.fixture

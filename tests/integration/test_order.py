@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -14,7 +12,8 @@ from generated.shop.notification.v1 import notification_pb2, notification_pb2_gr
 from generated.shop.order.v1 import order_pb2 as pb
 from generated.shop.order.v1 import order_pb2_grpc
 from tests.conftest import free_port
-from tests.integration.conftest import Start, channel
+from tests.support.mesh import Start, channel
+from tests.support.waiting import eventually_async
 
 
 class Shop:
@@ -53,15 +52,6 @@ def order_request(request_id: str = "r1", user: str = "alice", **lines: int) -> 
     )
 
 
-async def eventually(check, timeout: float = 10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result or asyncio.get_running_loop().time() > deadline:
-            return result
-        await asyncio.sleep(0.1)
-
-
 async def test_an_order_is_priced_by_inventory_not_the_client(start: Start) -> None:
     shop = await open_shop(start)
     request = order_request(mug=2, pot=1)
@@ -73,7 +63,7 @@ async def test_an_order_is_priced_by_inventory_not_the_client(start: Start) -> N
     assert await shop.orders.GetOrder(pb.GetOrderRequest(order_id=order.order_id)) == order
     mug = await shop.product("mug")
     assert (mug.available, mug.reserved, mug.sold) == (8, 0, 2)
-    assert await eventually(lambda: shop.notes("alice")) == [f"order.created:{order.order_id}"]
+    assert await eventually_async(lambda: shop.notes("alice")) == [f"order.created:{order.order_id}"]
 
 
 @pytest.mark.parametrize(
@@ -170,7 +160,7 @@ async def test_an_order_stands_while_notification_is_down_and_is_announced_when_
         reply = await notifications.ListNotifications(notification_pb2.ListNotificationsRequest(user_id="alice"))
         return sorted(n.event_id for n in reply.notifications) if len(reply.notifications) == 3 else []
 
-    assert await eventually(delivered, 15) == sorted(f"order.created:{o.order_id}" for o in placed)
+    assert await eventually_async(delivered, 15) == sorted(f"order.created:{o.order_id}" for o in placed)
 
 
 async def test_inventory_down_is_unavailable_naming_it_not_internal(start: Start) -> None:
@@ -195,7 +185,7 @@ async def test_cancel_returns_stock_once_and_announces_it(start: Start) -> None:
     mug = await shop.product("mug")
     assert (mug.available, mug.reserved, mug.sold) == (10, 0, 0)
     expected = sorted([f"order.created:{order.order_id}", f"order.cancelled:{order.order_id}"])
-    assert await eventually(lambda: _sorted_if(shop.notes("alice"), 2)) == expected
+    assert await eventually_async(lambda: _sorted_if(shop.notes("alice"), 2)) == expected
 
 
 async def _sorted_if(notes, count: int) -> list[str]:

@@ -19,7 +19,7 @@ import generated.shop.notification.v1.notification_pb2_grpc  # noqa: F401
 import generated.shop.order.v1.order_pb2_grpc  # noqa: F401
 from mesh.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, Settings
 from tests.conftest import ROOT
-from tests.kubernetes.chart import CHART, EXAMPLES, component, helm, of_kind, pod_templates, render
+from tests.support.chart import CHART, EXAMPLES, component, helm, of_kind, pod_templates, render
 
 VALUE_SETS = [pytest.param((), id="defaults"), *(pytest.param((p,), id=p.stem) for p in EXAMPLES)]
 

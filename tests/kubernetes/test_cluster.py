@@ -1,4 +1,4 @@
-"""The chart on a real Kubernetes (tests/kubernetes/cluster.py): `helm install --wait` succeeds
+"""The chart on a real Kubernetes (tests/support/cluster.py): `helm install --wait` succeeds
 because the kubelet ran our gRPC probes against our containers; then, through the gateway's
 Service, an order is placed and notified, a deleted pod is replaced with no failed request, a
 rolling update of order under load fails no request, and inventory scaled to 3 gets calls on
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import needed
-from tests.kubernetes.chart import CHART
-from tests.kubernetes.cluster import Cluster, images_built
+from tests.support.chart import CHART
+from tests.support.cluster import Cluster, images_built
 
 MAX_AGE = 5  # grpc.maxConnectionAgeSeconds here: how soon clients see a new pod
 VALUES = [

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, tool
-from tests.dns import Answers
-from tests.e2e.test_consul import Agent
-from tests.kubernetes.chart import CHART, component, of_kind, render
+from tests.support.chart import CHART, component, of_kind, render
+from tests.support.consul import Agent
+from tests.support.dns import Answers
 
 NOT_SERVING_EXIT = 4
 POD_IPS = {"inventory": "127.0.0.11", "order": "127.0.0.12", "notification": "127.0.0.13", "gateway": "127.0.0.14"}

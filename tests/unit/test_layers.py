@@ -13,6 +13,7 @@ CONTRACTS = (
     "Use cases import no adapter: no gRPC, SQL, Prometheus, store or tool",
     "The runtime imports no service and not the gateway",
     "No service imports another service or the gateway",
+    "No test imports another test module: what tests share is in tests/support",
     "mesh's packages are layers: each imports only those below it",
 )
 
