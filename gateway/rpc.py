@@ -221,12 +221,13 @@ class RpcProtocols:
         compress = self._compress_reply(request, wire)
         headers = header_pairs(answer.headers)
         payload = answer.data if wire.codec == "proto" else to_json(method.response_class.FromString(answer.data))
+        trailers = await answer.trailers()
         if wire.protocol == "connect":
-            headers += [(f"trailer-{k}", v) for k, v in header_pairs(answer.trailers)]
+            headers += [(f"trailer-{k}", v) for k, v in header_pairs(trailers)]
             if compress and len(payload) >= COMPRESS_MIN_BYTES:
                 payload, headers = deflate(payload), [*headers, ("content-encoding", "gzip")]
             return Response(200, payload, wire.content_type, headers=headers)
-        body = self._frame(wire, payload, compress) + self._trailer_frame(wire, grpc_status(_C.OK), answer.trailers)
+        body = self._frame(wire, payload, compress) + self._trailer_frame(wire, grpc_status(_C.OK), trailers)
         if compress:
             headers.append(("grpc-encoding", "gzip"))
         return Response(200, body, wire.content_type, headers=headers)

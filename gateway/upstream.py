@@ -81,6 +81,13 @@ class Method:
     def streaming(self) -> bool:
         return self.descriptor.server_streaming
 
+    def bind(self, channel: grpc.aio.Channel) -> Any:
+        """The method on `channel`, bytes in and bytes out: each protocol reads and writes the messages
+        in its own codec (built once per channel: Upstreams.bound)."""
+        if self.streaming:
+            return channel.unary_stream(self.path)
+        return channel.unary_unary(self.path)
+
     @property
     def connect_get(self) -> bool:
         """Served over a Connect GET too: a unary method the contracts mark NO_SIDE_EFFECTS."""
@@ -158,11 +165,15 @@ def own_user_id(message: Message, principal: Principal) -> None:
 
 @dataclass
 class Answer:
-    """A unary call's reply as the upstream sent it: the message's bytes, its headers and trailers."""
+    """A unary call's reply as the upstream sent it: the message's bytes and its headers; its
+    trailers on request (REST has no use for them, and asking costs a little on every call)."""
 
     data: bytes
     headers: list[tuple[str, Any]]
-    trailers: list[tuple[str, Any]]
+    rpc: Any
+
+    async def trailers(self) -> list[tuple[str, Any]]:
+        return list(await self.rpc.trailing_metadata() or ())
 
 
 class Stream:
@@ -220,7 +231,7 @@ class Upstream:
         timeout = self.timeout(method, asked)
         metadata = metadata_of(request, principal)
         try:
-            bound = self._upstreams.bound(method.upstream, method.path, _binder(method))
+            bound = self._upstreams.bound(method.upstream, method.path, method.bind)
         except Unavailable as error:
             raise Failure.of(_C.UNAVAILABLE, str(error)) from None
         return bound(message.SerializeToString(), timeout=timeout, metadata=metadata)
@@ -232,7 +243,7 @@ class Upstream:
             data: bytes = await rpc
         except grpc.aio.AioRpcError as error:
             raise Failure.of_rpc_error(error, method.upstream) from None
-        return Answer(data, list(await rpc.initial_metadata() or ()), list(await rpc.trailing_metadata() or ()))
+        return Answer(data, list(await rpc.initial_metadata() or ()), rpc)
 
     async def stream(self, request: Request, method: Method, message: Message, need: Need,
                      asked: Deadline | None) -> Stream:
@@ -249,10 +260,3 @@ class Upstream:
             rpc.cancel()
             raise
         return Stream(rpc, method.upstream, headers, ended)
-
-
-def _binder(method: Method) -> Callable[[grpc.aio.Channel], Any]:
-    """Bytes in, bytes out: each protocol reads and writes the messages in its own codec."""
-    if method.streaming:
-        return lambda channel: channel.unary_stream(method.path)
-    return lambda channel: channel.unary_unary(method.path)
