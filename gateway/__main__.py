@@ -21,10 +21,11 @@ from gateway.app import Gateway
 from gateway.descriptors import Contracts, DescriptorError, load
 from mesh.client.channels import Upstreams
 from mesh.client.discovery import StaticDiscovery, create_discovery
-from mesh.observe import logs, metrics, telemetry
-from mesh.server import lifecycle, workers
+from mesh.observe import telemetry
+from mesh.server import lifecycle
+from mesh.server.bootstrap import start_process
 from mesh.server.http import HttpServer
-from mesh.settings import Settings, SettingsError
+from mesh.settings import Settings
 
 logger = logging.getLogger("gateway")
 
@@ -85,16 +86,7 @@ def _arguments(argv: list[str] | None) -> Contracts | None:
 
 def main(argv: list[str] | None = None) -> None:
     contracts = _arguments(argv)
-    try:
-        settings = Settings.from_env("gateway")
-    except SettingsError as error:
-        print(f"gateway: bad setting: {error}", file=sys.stderr)
-        sys.exit(2)
-    logs.configure("gateway", settings.instance_id, settings.log_level, settings.log_format)
-    if settings.workers > 1:
-        sys.exit(workers.supervise("gateway", settings))
-    telemetry.setup(settings)
-    metrics.setup(settings.metrics)
+    settings = start_process("gateway")
     try:
         asyncio.run(serve(settings, contracts))
     except OSError as error:

@@ -155,8 +155,10 @@ async def serve(settings: Settings, build: Callable[[Settings, Discovery], Await
         metrics_server.close()
 
 
-def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
-    """Entry point of `python -m <service>`: settings, logging, serve, exit code."""
+def start_process(service: str) -> Settings:
+    """What every process of the mesh (each service, the gateway) does first: its settings (exit 2
+    naming a bad one), logging, and either supervising its workers (SHOPMESH_WORKERS; this exits)
+    or tracing and metrics for itself."""
     try:
         settings = Settings.from_env(service)
     except SettingsError as error:
@@ -167,6 +169,12 @@ def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -
         sys.exit(workers.supervise(service, settings))
     telemetry.setup(settings)
     metrics.setup(settings.metrics)
+    return settings
+
+
+def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
+    """Entry point of `python -m <service>`: settings, logging, serve, exit code."""
+    settings = start_process(service)
     faults.configure(settings.faults)
     try:
         asyncio.run(serve(settings, build))
