@@ -63,6 +63,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class UnsentReply(logging.Filter):
+    """Turns grpc.aio's traceback for a reply the core refused to send into the one line it means.
+
+    When a caller cancels (or its deadline passes) just as the handler returns, the core refuses to
+    send the reply; grpc.aio ignores that only if it has already processed the cancellation, which
+    runs in a callback of its own and can come second (server.pyx.pxi, `_handle_exceptions`: it
+    checks `rpc_state.client_closed`). Nothing is wrong on our side and nothing can be sent: the call
+    is over. A failed send batch means exactly that in gRPC core, so the record becomes one INFO line.
+    """
+
+    PREFIX = "ExecuteBatchError raised in core by servicer method"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            method = message[len(self.PREFIX):].strip(" []")
+            record.msg, record.args = "%s: reply not sent; the call had already ended (cancelled or past its deadline)", (method,)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def explain_unsent_replies() -> None:
+    """Puts UnsentReply on grpc.aio's logger (once); every process that serves gRPC calls it."""
+    grpc_core = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, UnsentReply) for f in grpc_core.filters):
+        grpc_core.addFilter(UnsentReply())
+
+
 def configure(service: str, instance: str, level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestContext())

@@ -101,6 +101,7 @@ async def create_server(settings: Settings, app: App) -> Running:
     ]
     if settings.max_connection_age:  # no grace: calls and streams on an old connection finish
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)))
+    logs.explain_unsent_replies()
     server = grpc.aio.server(options=options)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

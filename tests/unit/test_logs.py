@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from mesh.observe import logs
 
@@ -42,3 +43,35 @@ def test_extra_fields_given_to_the_call_are_kept() -> None:
     logs.RequestContext().filter(entry)
     parsed = json.loads(logs.JsonFormatter("order", "o").format(entry))
     assert parsed["grpc_code"] == "NOT_FOUND" and parsed["duration_ms"] == 1.5
+
+
+def test_a_reply_the_core_refused_to_send_is_one_info_line_not_a_traceback():
+    # The record grpc.aio writes when a caller's cancel and the handler's return cross (server.pyx.pxi).
+    try:
+        raise RuntimeError('Failed "execute_batch"')
+    except RuntimeError:
+        entry = logging.getLogger("grpc._cython.cygrpc").makeRecord(
+            "grpc._cython.cygrpc", logging.ERROR, "server.pyx.pxi", 710,
+            "ExecuteBatchError raised in core by servicer method [%s]" % "/shop.order.v1.OrderService/CreateOrder",
+            None, sys.exc_info())
+    assert logs.UnsentReply().filter(entry)
+    assert (entry.levelno, entry.exc_info) == (logging.INFO, None)
+    assert entry.getMessage().startswith("/shop.order.v1.OrderService/CreateOrder: reply not sent")
+    assert "Traceback" not in logging.Formatter().format(entry)
+
+
+def test_other_grpc_errors_keep_their_traceback():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        entry = logging.getLogger("grpc._cython.cygrpc").makeRecord(
+            "grpc._cython.cygrpc", logging.ERROR, "server.pyx.pxi", 1, "Unexpected [ValueError] raised by servicer",
+            None, sys.exc_info())
+    assert logs.UnsentReply().filter(entry)
+    assert entry.levelno == logging.ERROR and entry.exc_info is not None
+
+
+def test_the_filter_goes_on_grpcs_logger_once():
+    logs.explain_unsent_replies()
+    logs.explain_unsent_replies()
+    assert sum(isinstance(f, logs.UnsentReply) for f in logging.getLogger("grpc._cython.cygrpc").filters) == 1
