@@ -52,7 +52,7 @@ def test_a_reply_the_core_refused_to_send_is_one_info_line_not_a_traceback():
     except RuntimeError:
         entry = logging.getLogger("grpc._cython.cygrpc").makeRecord(
             "grpc._cython.cygrpc", logging.ERROR, "server.pyx.pxi", 710,
-            "ExecuteBatchError raised in core by servicer method [%s]" % "/shop.order.v1.OrderService/CreateOrder",
+            "ExecuteBatchError raised in core by servicer method [/shop.order.v1.OrderService/CreateOrder]",
             None, sys.exc_info())
     assert logs.UnsentReply().filter(entry)
     assert (entry.levelno, entry.exc_info) == (logging.INFO, None)
