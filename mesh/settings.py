@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh import topology
+from mesh.kernel.faults import FaultSpecError, parse
 
 # The processes and their default ports, as declared once (mesh/services.toml, mesh/topology.py).
 TOPOLOGY = topology.load()
@@ -190,8 +191,6 @@ def _tls(env: _Reader) -> dict[str, object]:
 
 
 def _faults(spec: str) -> str:
-    from mesh.tools.faults import FaultSpecError, parse
-
     try:
         parse(spec)
     except FaultSpecError as error:
@@ -294,7 +293,7 @@ class Settings:
     trace_file: str = "traces-{instance}.jsonl"
     # Share of new traces recorded (0..1); a call inside a trace follows its parent's choice.
     trace_sample_ratio: float = 1.0
-    # Test-only fault injection (mesh/tools/faults.py); empty in any real deployment.
+    # Test-only fault injection (mesh/kernel/faults.py); empty in any real deployment.
     faults: str = ""
     # Prometheus metrics: recorded and served at /metrics when on.
     metrics: bool = True

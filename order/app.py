@@ -11,10 +11,10 @@ from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from mesh.client.channels import Upstreams
 from mesh.client.discovery import Discovery
 from mesh.data.db import Database
+from mesh.kernel.faults import FaultPoints
 from mesh.rpc import identity
 from mesh.server.bootstrap import App, Binding
 from mesh.settings import Settings
-from mesh.tools import faults
 from order.api import OrderApi
 from order.background.outbox import OutboxRelay
 from order.background.recovery import Recovery
@@ -40,7 +40,7 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     # The fault points are the test-only injector's (SHOPMESH_FAULTS; free when none is set).
     api = OrderApi(store, inventory, relay, recovery,
                    functools.partial(identity.caller, trusted=settings.trusted_callers, tls=settings.tls),
-                   metrics=metrics, faults=faults)
+                   metrics=metrics, faults=FaultPoints(settings.faults))
     app = App(
         bindings=[Binding(SERVICE_NAME, order_pb2_grpc.add_OrderServiceServicer_to_server, api)],
         closers=[db.close, upstreams.close, recovery.mark_committed],  # run last to first

@@ -2,7 +2,7 @@
 
 The handlers, the outbox relay and recovery see only these: the store (order/store.py), the
 clients of inventory and notification (order/upstreams.py), the metrics (order/metrics.py) and
-the fault points (mesh/tools/faults.py, for tests) implement them; the composition root
+the fault points (mesh/kernel/faults.py, for tests) implement them; the composition root
 (order/app.py) passes them in, and the unit tests pass fakes.
 """
 
@@ -80,6 +80,6 @@ class Metrics(Protocol):
 
 
 class Faults(Protocol):
-    """Places a test may make fail (mesh/tools/faults.py); free when none is configured."""
+    """Places a test may make fail (mesh/kernel/faults.py); free when none is configured."""
 
     async def point(self, name: str) -> None: ...

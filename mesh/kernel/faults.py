@@ -1,5 +1,8 @@
 """Test-only fault injection, off unless SHOPMESH_FAULTS names some (never set it in production).
 
+Plain logic with no adapter, so it sits in the kernel: settings validate the spec with `parse`,
+each composition root builds a `FaultPoints` from it and hands it to what has points.
+
 Tests use it to make rare moments reproducible: the order service dying between
 reserve and commit, an upstream that is slow or briefly unavailable.
 
@@ -68,23 +71,26 @@ def parse(spec: str) -> dict[str, Fault]:
     return faults
 
 
-_faults: dict[str, Fault] = {}
+class FaultPoints:
+    """The fault points of one process, parsed from its SHOPMESH_FAULTS; none fires when it is empty.
 
+    Built by a composition root and passed to what has points (order's use cases, the gRPC guard),
+    so nothing in the runtime reaches for a global.
+    """
 
-def configure(spec: str) -> None:
-    global _faults
-    _faults = parse(spec)
-    if _faults:
-        logger.warning("FAULT INJECTION ON (test only): %s", spec)
+    def __init__(self, spec: str = ""):
+        self.spec = spec
+        self._faults = parse(spec)
 
+    def __bool__(self) -> bool:
+        return bool(self._faults)
 
-def get(point: str) -> Fault | None:
-    return _faults.get(point)
+    def get(self, point: str) -> Fault | None:
+        return self._faults.get(point)
 
-
-async def point(name: str) -> None:
-    """A place a test may make fail; free when no fault is configured."""
-    if _faults:
-        fault = _faults.get(name)
-        if fault is not None:
-            await fault.trigger()
+    async def point(self, name: str) -> None:
+        """A place a test may make fail; free when no fault is configured."""
+        if self._faults:
+            fault = self._faults.get(name)
+            if fault is not None:
+                await fault.trigger()

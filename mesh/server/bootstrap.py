@@ -26,13 +26,13 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mesh.client.discovery import Discovery, create_discovery
+from mesh.kernel.faults import FaultPoints
 from mesh.observe import logs, metrics, telemetry
 from mesh.rpc import tls
 from mesh.server import lifecycle, reflection, workers
 from mesh.server.guard import Admission, Guarded
 from mesh.server.http import Request, Response, serve_http
 from mesh.settings import Settings, SettingsError
-from mesh.tools import faults
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +107,11 @@ async def create_server(settings: Settings, app: App) -> Running:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # One budget for all of the process's services: unary calls, and open streams apart.
     admission = Admission(settings.max_concurrent_rpcs)
+    faults = FaultPoints(settings.faults)  # the rpc.<Method> points (test only)
     streams = Admission(settings.max_open_streams, "streams", "SHOPMESH_MAX_OPEN_STREAMS")
     for binding in app.bindings:
         service = descriptor_pool.Default().FindServiceByName(binding.name)
-        binding.add_to_server(Guarded(binding.servicer, service, admission, streams), server)
+        binding.add_to_server(Guarded(binding.servicer, service, admission, streams, faults), server)
     names = [b.name for b in app.bindings]
     reflection.enable([*names, health.SERVICE_NAME], server)
     try:
@@ -176,7 +177,8 @@ def start_process(service: str) -> Settings:
 def main(service: str, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
     """Entry point of `python -m <service>`: settings, logging, serve, exit code."""
     settings = start_process(service)
-    faults.configure(settings.faults)
+    if settings.faults:
+        logger.warning("FAULT INJECTION ON (test only): %s", settings.faults)
     try:
         asyncio.run(serve(settings, build))
     except OSError as error:

@@ -35,11 +35,11 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from mesh.kernel import errors, validate
 from mesh.kernel.deadline import set_deadline
+from mesh.kernel.faults import Fault, FaultPoints
 from mesh.observe import logs, metrics, telemetry
 from mesh.observe.metrics import MethodMetrics
 from mesh.rpc import softerrors
 from mesh.rpc.status import CALLER_FAULT, code_of, details, status_code
-from mesh.tools import faults
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class Guarded:
     """A servicer whose every unary and server-streaming method passes the hooks and the answer."""
 
     def __init__(self, servicer: Any, service: ServiceDescriptor, admission: Admission | None = None,
-                 streams: Admission | None = None):
+                 streams: Admission | None = None, faults: FaultPoints | None = None):
         """`admission` counts unary calls; `streams` the server-streaming ones, which stay open for
         as long as a page follows them and so must not take the places short calls need."""
         admission = admission or Admission(1_000_000)
@@ -232,7 +232,7 @@ class Guarded:
             full_name = f"/{service.full_name}/{method.name}"
             if method.client_streaming:  # no contract has one; refuse at start rather than serve it unguarded
                 raise TypeError(f"{full_name}: Guarded wraps unary and server-streaming methods only")
-            fault = faults.get(f"rpc.{method.name}")
+            fault = faults.get(f"rpc.{method.name}") if faults else None
             if fault is not None:  # test-only: the fault runs where the handler would
                 if method.server_streaming:
                     raise TypeError(f"SHOPMESH_FAULTS: rpc.{method.name} is a stream; faults fit unary RPCs")
@@ -247,7 +247,7 @@ class Guarded:
                 setattr(self, method.name, _guard_unary(inner, full_name, hooks, empty))
 
 
-def _faulty(inner: Callable[..., Any], fault: faults.Fault) -> Callable[..., Any]:
+def _faulty(inner: Callable[..., Any], fault: Fault) -> Callable[..., Any]:
     async def with_fault(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await fault.trigger()
         return await inner(request, context)

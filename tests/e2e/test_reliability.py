@@ -1,6 +1,6 @@
 """Nothing lost when processes die, calls fail or stall: issue 6's tests, through real processes.
 
-Each test prints what it checked. Faults are injected with SHOPMESH_FAULTS (mesh/tools/faults.py),
+Each test prints what it checked. Faults are injected with SHOPMESH_FAULTS (mesh/kernel/faults.py),
 which is off unless a test sets it.
 """
 

@@ -26,7 +26,7 @@ class Tally:
 
 
 class NoFaults:
-    """Fault points that never fire (the real ones are mesh/tools/faults.py, configured by SHOPMESH_FAULTS)."""
+    """Fault points that never fire (the real ones are mesh/kernel/faults.py, configured by SHOPMESH_FAULTS)."""
 
     async def point(self, name: str) -> None:
         return None
