@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,9 @@ COMPRESS_MIN_BYTES = 1024  # smaller messages are sent as they are: gzip would o
 ENCODINGS = ("gzip", "identity")
 END_STREAM, COMPRESSED, TRAILERS = 0x02, 0x01, 0x80
 MESH_OWN = "x-shopmesh-"  # identity, soft errors: between the mesh's processes only
+# `/<package.Service>/<Method>`: the only paths Connect and gRPC-Web are spoken at. Any other path is
+# REST's, whatever its content type (Connect's unary JSON shares REST's application/json).
+RPC_PATH = re.compile(r"/[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+/[A-Za-z_][A-Za-z0-9_]*")
 
 
 def connect_code(code: grpc.StatusCode) -> str:
@@ -44,7 +48,10 @@ class Wire:
 
 
 def wire_of(request: Request) -> Wire | None:
-    """The protocol the request's content type (or, for a GET, its query) names; None if neither."""
+    """The protocol the request's content type (or, for a GET, its query) names at an RPC's path;
+    None if neither, or if the path is not `/<package.Service>/<Method>` (then it is REST's)."""
+    if RPC_PATH.fullmatch(request.path) is None:
+        return None
     if request.method in ("GET", "HEAD"):  # HEAD: what the GET would answer, without the body
         return Wire("connect", "proto", False, "application/proto") if "connect=v1" in request.query or \
             "message=" in request.query else None

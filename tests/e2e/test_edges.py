@@ -128,6 +128,45 @@ def test_errors_the_gateway_makes_itself_carry_their_own_code_and_name_the_reque
     assert body["code"] == 3 and body["details"][-1]["@type"].endswith("RequestInfo")
 
 
+CLIENT_CONTENT_TYPES = ["application/json", "application/json; charset=utf-8", "application/proto",
+                        "application/connect+json", "application/connect+proto", "application/grpc-web",
+                        "application/grpc-web+json", "application/grpc-web-text", "text/plain", None]
+
+
+@pytest.mark.parametrize("content_type", CLIENT_CONTENT_TYPES)
+def test_a_rest_path_is_answered_as_rest_whatever_content_type_the_client_sends(api: Http, content_type: str | None) -> None:
+    """Only `/<package.Service>/<Method>` is Connect or gRPC-Web: at a REST path every refusal is the
+    JSON google.rpc.Status the README promises, even under Connect's own content types."""
+    sent = {"content-type": content_type} if content_type else {}
+
+    def refusal(status: int, headers: dict[str, str], body: object, code: int) -> dict:
+        assert headers["content-type"] == "application/json", (content_type, status, headers, body)
+        assert isinstance(body, dict) and body["code"] == code and body["message"], (content_type, body)
+        assert body["details"][-1]["@type"].endswith("RequestInfo")
+        return body
+
+    status, headers, body = api.call("PATCH", "/v1/orders", raw=b"{}", headers=sent)
+    assert status == 405 and headers["allow"] == "POST", (content_type, status, body)
+    assert "PATCH is not allowed on /v1/orders" in refusal(status, headers, body, 12)["message"]
+    status, headers, body = api.call("POST", "/v1/nowhere/at-all", raw=b"{}", headers=sent)
+    assert status == 404
+    refusal(status, headers, body, 5)
+    status, headers, body = api.call("POST", "/v1/orders", raw=b"\x00\x01", headers=sent)
+    if content_type is None or content_type.startswith("application/json"):
+        assert status == 400, (content_type, status, body)  # REST's own reading of a body that is not JSON
+        refusal(status, headers, body, 3)
+    else:
+        assert status == 415, (content_type, status, body)
+        assert "content-type must be application/json" in refusal(status, headers, body, 3)["message"]
+    with socket.create_connection((api.host, api.port), timeout=10) as sock:
+        head = f"content-type: {content_type}\r\n" if content_type else ""
+        sock.sendall(f"POST /v1/orders HTTP/1.1\r\nhost: t\r\n{head}content-length: 999999999\r\n\r\n".encode())
+        reply = _read_response(sock)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    assert b"\r\ncontent-type: application/json\r\n" in reply.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["code"] == 3
+
+
 def _read_response(sock: socket.socket, want: bytes = b"") -> bytes:
     data = b""
     deadline = time.monotonic() + 10

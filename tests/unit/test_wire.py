@@ -44,6 +44,13 @@ def test_a_connect_get_is_recognised_by_its_query() -> None:
     assert wire_of(request("", "GET", "")) is None
 
 
+@pytest.mark.parametrize("path", ["/v1/orders", "/v1/products/a.b", "/", "/shop.order.v1.OrderService", "/a.B/C/D"])
+def test_only_a_package_service_method_path_speaks_a_protocol(path: str) -> None:
+    """Connect's unary JSON shares REST's content type: the path decides, and a REST path is REST's."""
+    assert wire_of(Request("POST", path, "", {"content-type": "application/json"})) is None
+    assert wire_of(Request("POST", "/shop.order.v1.OrderService/CreateOrder", "", {"content-type": "application/json"}))
+
+
 def test_envelopes_round_trip_and_lies_about_their_size_are_refused() -> None:
     body = envelope(0, b"abc") + envelope(1, b"") + envelope(2, b"{}")
     assert unenvelope(body) == [(0, b"abc"), (1, b""), (2, b"{}")]
