@@ -19,12 +19,13 @@ from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.descriptors import Contracts, DescriptorError, load
+from gateway.ratelimit import within
 from mesh.client.channels import Upstreams
 from mesh.client.discovery import StaticDiscovery, create_discovery
 from mesh.observe import telemetry
 from mesh.server import lifecycle
 from mesh.server.bootstrap import start_process
-from mesh.server.http import HttpServer
+from mesh.server.http import HttpServer, Limits
 from mesh.settings import Settings
 
 logger = logging.getLogger("gateway")
@@ -58,10 +59,9 @@ async def serve(settings: Settings, contracts: Contracts | None = None) -> None:
         discovery = StaticDiscovery(contracts.addresses)
         upstreams = Upstreams(discovery, settings)
         gateway = Gateway(settings, upstreams, contracts.files, contracts.services)
-    server = await HttpServer().start(gateway.handle, settings.host, settings.port, settings.http_max_body,
-                                      "shopmesh-gateway", idle_timeout=settings.http_idle_timeout,
-                                      read_timeout=settings.http_read_timeout, errors=gateway.own_error,
-                                      reuse_port=settings.reuse_port)
+    limits = Limits.of(settings, shared=lambda address: within(address, settings.trusted_proxies))
+    server = await HttpServer(limits).start(gateway.handle, settings.host, settings.port, "shopmesh-gateway",
+                                            errors=gateway.own_error, reuse_port=settings.reuse_port)
     logger.info("gateway serving http://%s:%d (%d routes)", settings.host, settings.port, len(gateway.routes))
     await lifecycle.until_signalled()
     await lifecycle.shut_down(Running(gateway, server, upstreams), settings, discovery)

@@ -95,11 +95,12 @@ class Gateway:
             serve = rpc.serve(method, need)
             for verb in ("POST", "GET") if method.connect_get else ("POST",):
                 own.append((method.path, Endpoint(verb, serve, method.path, need=need, admitted=True,
-                                                  rpc=method.path, failure_reply=rpc.reply_failure)))
+                                                  rpc=method.path, failure_reply=rpc.reply_failure,
+                                                  streams=method.streaming)))
         self.table = Table(own, [
             (route, Endpoint(route.http_method, rest.serve(route), route.template.source,
                              need=self._auth.need(route.rpc) if self._auth.enabled else Need.ANYONE,
-                             admitted=True, route=route))
+                             admitted=True, route=route, streams=route.streaming))
             for route in routes])
         self._openapi = json.dumps(openapi.document(self.table, auth=settings.auth)).encode()
         self.handle = layers.stack(

@@ -43,6 +43,7 @@ class Endpoint:
     route: Route | None = None
     doc: Doc | None = None
     rpc: str = ""  # a Connect / gRPC-Web endpoint: the method's /package.Service/Method
+    streams: bool = False  # answers with a stream that stays open (counted in a client's share)
     # How a Failure raised for this endpoint is answered, when not as REST's JSON (gateway/rpc.py).
     failure_reply: Callable[[Request, Failure], Response] | None = None
 

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+
 from gateway import errors
 from gateway.auth import Authenticator, Need, Principal, Refused
 from gateway.cors import Cors
@@ -31,7 +33,7 @@ from gateway.endpoints import UNMATCHED, Match, Table
 from gateway.errors import Failure
 from gateway.ratelimit import RateLimiter, client_address
 from mesh.observe import logs, metrics, telemetry
-from mesh.observe.metrics import HTTP_IN_FLIGHT, HTTP_REQUESTS, HTTP_SECONDS
+from mesh.observe.metrics import HTTP_IN_FLIGHT, HTTP_LIMIT_REFUSALS, HTTP_REQUESTS, HTTP_SECONDS
 from mesh.server.http import Handler, Request, Response
 from mesh.settings import Settings
 
@@ -163,6 +165,8 @@ class Admission:
     def __init__(self, settings: Settings, auth: Authenticator):
         self._auth = auth
         self._trusted_proxies = settings.trusted_proxies
+        self._stream_share = settings.http_max_streams_per_client
+        self._streams: dict[str, int] = {}  # client -> its streams open now
         self._limiter = None
         if settings.rate_limit > 0:
             burst = settings.rate_burst or max(1, math.ceil(settings.rate_limit))
@@ -170,11 +174,51 @@ class Admission:
 
     def __call__(self, inner: Handler) -> Handler:
         async def admitted(request: Request) -> Response:
-            match: Match = request.state["match"]
-            if match.endpoint is not None and match.endpoint.admitted:
-                request.state["principal"] = self.admit(request, match.endpoint.need)
+            endpoint = request.state["match"].endpoint
+            if endpoint is not None and endpoint.admitted:
+                principal = request.state["principal"] = self.admit(request, endpoint.need)
+                if endpoint.streams and self._stream_share:
+                    return await self._within_share(inner, request, self._client_key(request, principal))
             return await inner(request)
         return admitted
+
+    async def _within_share(self, inner: Handler, request: Request, client: str) -> Response:
+        """A stream, if the client holds fewer than its share: one client cannot take every stream the
+        mesh will hold (the notification service's SHOPMESH_MAX_OPEN_STREAMS is everybody's)."""
+        held = self._streams.get(client, 0)
+        if held >= self._stream_share:
+            HTTP_LIMIT_REFUSALS.labels("client_streams").inc()
+            raise Failure.of(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"this client has {held} streams open, its share (SHOPMESH_HTTP_MAX_STREAMS_PER_CLIENT); "
+                             "close one first", headers=[("retry-after", "1")])
+        self._streams[client] = held + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                left = self._streams[client] - 1
+                if left:
+                    self._streams[client] = left
+                else:
+                    del self._streams[client]
+
+        try:
+            response = await inner(request)
+        except BaseException:
+            release()
+            raise
+        if response.stream is None:  # refused, or ended before it began
+            release()
+            return response
+        ends = response.on_close
+
+        def closed() -> object:
+            release()
+            return ends() if ends is not None else None
+        response.on_close = closed
+        return response
 
     def admit(self, request: Request, need: Need) -> Principal | None:
         """The caller; a Failure when their credentials, rights or rate say no."""

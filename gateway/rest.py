@@ -94,7 +94,8 @@ class Rest:
 
         # on_close: the browser went away (or the gateway stops), even before the stream began: stop the
         # upstream stream too.
-        return Response(200, content_type="text/event-stream", stream=events(), on_close=stream.cancel)
+        return Response(200, content_type="text/event-stream", stream=events(), on_close=stream.cancel,
+                        overflow=_resume_later)
 
 
 def _idempotency_key(request: Request, message: Message) -> None:
@@ -119,6 +120,12 @@ def _resume_point(request: Request, message: Message) -> None:
     last = request.headers.get("last-event-id")
     if last and not message.resume_after:  # type: ignore[attr-defined]
         message.resume_after = last  # type: ignore[attr-defined]
+
+
+def _resume_later(message: str) -> bytes:
+    """A reader that fell behind: the stream ends, and EventSource reconnects a second later with the
+    Last-Event-ID it did receive, so it resumes where it stopped reading and nothing is lost."""
+    return b"retry: 1000\n: " + message.replace("\n", " ").encode() + b"\n\n"
 
 
 async def _no_events() -> AsyncIterator[bytes]:

@@ -272,5 +272,12 @@ class RpcProtocols:
                 yield self._trailer_frame(wire, grpc_status(failure.code, failure.message, failure.details),
                                           stream.trailers)
 
+        def overflow(message: str) -> bytes:
+            """The reader fell behind past its buffer: the stream ends RESOURCE_EXHAUSTED, as a gRPC
+            server ends a stream it will not buffer for."""
+            if wire.protocol == "connect":
+                return self._end_stream(Failure.of(_C.RESOURCE_EXHAUSTED, message), (), compress)
+            return self._trailer_frame(wire, grpc_status(_C.RESOURCE_EXHAUSTED, message), ())
+
         return Response(200, content_type=wire.content_type, headers=[*header_pairs(stream.headers), *encoding],
-                        stream=messages(), on_close=stream.cancel)
+                        stream=messages(), on_close=stream.cancel, overflow=overflow)

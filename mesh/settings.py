@@ -247,6 +247,16 @@ class Settings:
     # Gateway: how long a request may take to arrive whole, and a kept-alive connection may idle.
     http_read_timeout: float = 30.0
     http_idle_timeout: float = 75.0
+    # Gateway: how long a reply may sit unread by its client before the connection is dropped.
+    http_send_timeout: float = 60.0
+    # Gateway: connections one process holds (0: as many as its file limit allows, with room for its
+    # upstream channels), and one client address may hold of them (a trusted proxy's: no share).
+    http_max_connections: int = 0
+    http_max_connections_per_client: int = 256
+    # Gateway: event streams (SSE, Connect, gRPC-Web) one client (its user when signed in, else its
+    # address) holds open at once; and the unsent bytes one stream may hold before it is ended.
+    http_max_streams_per_client: int = 16
+    http_stream_buffer: int = 256 * 1024
     # Gateway: requests a second per client (0: no limit) and the burst a client may send at once.
     rate_limit: float = 0.0
     rate_burst: int = 0
@@ -362,6 +372,12 @@ class Settings:
             http_max_body=env.int("SHOPMESH_HTTP_MAX_BODY_BYTES", 1024 * 1024, low=1, high=1024**3),
             http_read_timeout=max(env.seconds("SHOPMESH_HTTP_READ_TIMEOUT_SECONDS", 30.0, high=3600), 0.1),
             http_idle_timeout=max(env.seconds("SHOPMESH_HTTP_IDLE_TIMEOUT_SECONDS", 75.0, high=86400), 0.1),
+            http_send_timeout=max(env.seconds("SHOPMESH_HTTP_SEND_TIMEOUT_SECONDS", 60.0, high=3600), 0.1),
+            http_max_connections=env.int("SHOPMESH_HTTP_MAX_CONNECTIONS", 0, low=0, high=10_000_000),
+            http_max_connections_per_client=env.int("SHOPMESH_HTTP_MAX_CONNECTIONS_PER_CLIENT", 256, low=0,
+                                                    high=10_000_000),
+            http_max_streams_per_client=env.int("SHOPMESH_HTTP_MAX_STREAMS_PER_CLIENT", 16, low=0, high=10_000_000),
+            http_stream_buffer=env.int("SHOPMESH_HTTP_STREAM_BUFFER_BYTES", 256 * 1024, low=1024, high=1024**3),
             http_timeout=env.seconds("SHOPMESH_HTTP_TIMEOUT_SECONDS", 10.0, high=3600),
             http_max_timeout=env.seconds("SHOPMESH_HTTP_MAX_TIMEOUT_SECONDS", 60.0, high=3600),
             rate_limit=env.seconds("SHOPMESH_RATE_LIMIT_PER_SECOND", 0.0, high=1_000_000),

@@ -104,7 +104,7 @@ async def main():
         reply = await call(inventory_pb2.GetProductRequest(sku=request.path.rsplit("/", 1)[1]), timeout=10)
         return Response(200, to_json(reply))
 
-    await serve_http(handler, "127.0.0.1", int(sys.argv[1]), 1 << 20)
+    await serve_http(handler, "127.0.0.1", int(sys.argv[1]))
     await asyncio.Event().wait()
 
 

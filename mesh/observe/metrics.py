@@ -47,6 +47,11 @@ HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests answered by the ga
 HTTP_SECONDS = Histogram("http_request_duration_seconds", "Time to answer an HTTP request (to the first byte "
                          "of a stream).", ("route", "method"), buckets=BUCKETS)
 HTTP_IN_FLIGHT = Gauge("http_requests_in_flight", "HTTP requests being answered now.", multiprocess_mode="livesum")
+HTTP_CONNECTIONS = Gauge("http_connections_open", "HTTP connections open now.", multiprocess_mode="livesum")
+HTTP_LIMIT_REFUSALS = Counter("http_limit_refusals_total", "Connections, requests and streams refused or ended by "
+                              "a limit: connections (the process is full), client_connections, client_streams "
+                              "(a client's share), stream_buffer (a stream's reader fell behind), send_timeout "
+                              "(a reply left unread).", ("limit",))
 
 # The classic text format every Prometheus (2.x and 3.x) and agent parses; our names need nothing newer.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -31,7 +31,7 @@ from mesh.observe import logs, metrics, telemetry
 from mesh.rpc import tls
 from mesh.server import lifecycle, reflection, workers
 from mesh.server.guard import Admission, Guarded
-from mesh.server.http import Request, Response, serve_http
+from mesh.server.http import Limits, Request, Response, serve_http
 from mesh.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ async def serve(settings: Settings, build: Callable[[Settings, Discovery], Await
     try:
         if settings.metrics:
             metrics_server = await serve_http(metrics_endpoint(app.gauges), settings.host, settings.metrics_port,
-                                              1024, f"shopmesh-{settings.service}", reuse_port=settings.reuse_port)
+                                              Limits(max_body=1024), f"shopmesh-{settings.service}",
+                                              reuse_port=settings.reuse_port)
         running = await create_server(settings, app)
     except Exception:
         if metrics_server is not None:

@@ -304,7 +304,9 @@ def test_hundreds_of_connect_streams_dropped_mid_flight_leave_nothing_behind_and
     request = json.dumps({"userId": churner}).encode()
     frame = struct.pack(">BI", 0, len(request)) + request
     for _ in range(4):
-        socks = [socket.create_connection((host, int(port)), timeout=15) for _ in range(50)]
+        # Fifty pages, each from an address of its own (one client may hold only its share of streams).
+        socks = [socket.create_connection((host, int(port)), timeout=15, source_address=(f"127.0.2.{i + 1}", 0))
+                 for i in range(50)]
         for sock in socks:
             sock.sendall(f"POST {NOTIFICATION}/StreamNotifications HTTP/1.1\r\nhost: t\r\n"
                          f"content-type: application/connect+json\r\ncontent-length: {len(frame)}\r\n\r\n".encode()

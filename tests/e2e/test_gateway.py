@@ -390,7 +390,9 @@ def test_streams_opened_and_closed_by_the_hundred_leave_no_task_behind(launcher:
     host, port = launcher.address("gateway").split(":")
     user = f"churn-{uuid.uuid4().hex[:8]}"
     for _ in range(4):
-        socks = [socket.create_connection((host, int(port)), timeout=15) for _ in range(50)]
+        # Fifty pages, each from an address of its own (one client may hold only its share of streams).
+        socks = [socket.create_connection((host, int(port)), timeout=15, source_address=(f"127.0.1.{i + 1}", 0))
+                 for i in range(50)]
         for sock in socks:
             sock.sendall(f"GET /v1/users/{user}/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n".encode())
         for sock in socks:

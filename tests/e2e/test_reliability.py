@@ -273,11 +273,11 @@ def test_a_burst_above_the_bucket_gets_429_and_the_sustained_rate_matches_the_re
     print(f"{passed} passed (burst 10 + {sustained:.1f}/s for {elapsed:.1f}s), {limited} got 429 with Retry-After: 1")
 
 
-async def post_order(host: str, port: int, body: dict) -> int:
-    """One POST /v1/orders on its own connection; the HTTP status."""
+async def post_order(host: str, port: int, body: dict, source: str | None = None) -> int:
+    """One POST /v1/orders on its own connection (from address `source`); the HTTP status."""
     import json
 
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0) if source else None)
     data = json.dumps(body).encode()
     writer.write(b"POST /v1/orders HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\nconnection: close\r\n"
                  b"content-length: %d\r\n\r\n%s" % (len(data), data))
@@ -305,10 +305,10 @@ def test_a_thousand_concurrent_orders_for_a_hundred_units_sell_exactly_a_hundred
                     await asyncio.sleep(0.01)
 
         watcher = asyncio.create_task(watch())
-        statuses = await asyncio.gather(*(
+        statuses = await asyncio.gather(*(  # a thousand buyers, each from an address of its own
             post_order(host, int(port), {"requestId": str(uuid.uuid4()), "userId": user,
-                                         "lines": [{"sku": sku, "quantity": 1}]})
-            for _ in range(1000)))
+                                         "lines": [{"sku": sku, "quantity": 1}]}, f"127.0.{10 + n // 250}.{n % 250 + 1}")
+            for n in range(1000)))
         stop.set()
         await watcher
         return Counter(statuses)

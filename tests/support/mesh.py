@@ -83,16 +83,25 @@ class Mesh:
         env.update(extra)
         return env
 
-    def start(self, service: str, **extra: str) -> subprocess.Popen:
+    def start(self, service: str, files: int | None = None, **extra: str) -> subprocess.Popen:
+        """`service` as its own process with `extra` settings; `files`: its file limit (soft and hard),
+        as a service manager would set it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / f"{service}.log"
         self.logs[service] = log
+
+        def limited() -> None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
         process = subprocess.Popen(
             [sys.executable, "-m", service],
             cwd=ROOT,
             env=self.env(**extra),
             stdout=open(log, "ab"),  # noqa: SIM115 - the child owns it
             stderr=subprocess.STDOUT,
+            preexec_fn=limited if files is not None else None,  # noqa: PLW1509 - no threads in the child yet
         )
         self.processes[service] = process
         try:

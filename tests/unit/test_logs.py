@@ -75,3 +75,27 @@ def test_the_filter_goes_on_grpcs_logger_once():
     logs.explain_unsent_replies()
     logs.explain_unsent_replies()
     assert sum(isinstance(f, logs.UnsentReply) for f in logging.getLogger("grpc._cython.cygrpc").filters) == 1
+
+
+def test_out_of_files_at_accept_is_one_warning_a_minute_not_a_traceback_each_second() -> None:
+    """asyncio's accept loop logs `socket.accept() out of system resource` with a traceback at every
+    retry; the filter lets one WARNING through a minute, counting the ones it held back."""
+    found = logs.OutOfFiles()
+
+    def record() -> logging.LogRecord:
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError:
+            return logging.getLogger("asyncio").makeRecord(
+                "asyncio", logging.ERROR, "base_events.py", 1, "socket.accept() out of system resource\nsocket: x",
+                None, sys.exc_info())
+
+    first = record()
+    assert found.filter(first) and (first.levelno, first.exc_info) == (logging.WARNING, None)
+    assert "Too many open files" in first.getMessage() and "(1 times" in first.getMessage()
+    assert not any(found.filter(record()) for _ in range(1000))  # the same minute: held back
+    found._said -= logs.OutOfFiles.EVERY  # a minute later
+    later = record()
+    assert found.filter(later) and "(1001 times" in later.getMessage()
+    other = logging.getLogger("asyncio").makeRecord("asyncio", logging.ERROR, "x", 1, "Task exception", None, None)
+    assert found.filter(other) and other.levelno == logging.ERROR  # anything else is left as it is
