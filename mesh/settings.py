@@ -218,6 +218,8 @@ class Settings:
     # it finish, streams too), so clients resolve names again and new instances get calls within
     # about this long (+10% jitter). 0: connections live forever.
     max_connection_age: float = 30.0
+    # ... and one with no call for this long is closed (GOAWAY). 0: never.
+    max_connection_idle: float = 300.0
     instance_id: str = ""
     log_level: str = "INFO"
     log_format: str = "text"
@@ -356,6 +358,7 @@ class Settings:
             addresses=addresses,
             dns_server=dns_server,
             max_connection_age=env.seconds("SHOPMESH_MAX_CONNECTION_AGE_SECONDS", 30.0, high=86400),
+            max_connection_idle=env.seconds("SHOPMESH_MAX_CONNECTION_IDLE_SECONDS", 300.0, high=86400),
             instance_id=env.str("SHOPMESH_INSTANCE_ID", f"{service}-{socket.gethostname()}-{os.getpid()}"),
             log_level=env.choice("SHOPMESH_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             log_format=env.choice("SHOPMESH_LOG_FORMAT", "text", LOG_FORMATS),

@@ -96,9 +96,22 @@ async def create_server(settings: Settings, app: App) -> Running:
         # Off, so that a second process on our port fails to start; on for the workers of one
         # service (SHOPMESH_WORKERS), which share it.
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+        # What one connection may hold: at most every call and stream the process admits (a client
+        # opening more is refused at HTTP/2, REFUSED_STREAM, before any handler runs); the budgets
+        # themselves are the Admission below, which answer RESOURCE_EXHAUSTED.
+        ("grpc.max_concurrent_streams", settings.max_concurrent_rpcs + settings.max_open_streams),
+        # Keepalive enforcement: a client may ping, even with no call open (our channels do, every
+        # 30 s), but not more often than every 10 s; one that does gets GOAWAY (too_many_pings).
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        # And the server pings a silent client every minute: a peer that vanished (a machine gone, a
+        # partition) frees its connection and streams within 80 s, not TCP's hours.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
     ]
+    if settings.max_connection_idle:  # a connection with no call for this long is closed (GOAWAY)
+        options.append(("grpc.max_connection_idle_ms", int(settings.max_connection_idle * 1000)))
     if settings.max_connection_age:  # no grace: calls and streams on an old connection finish
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)))
     logs.explain_unsent_replies()

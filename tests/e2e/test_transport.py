@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -311,3 +311,64 @@ def test_a_full_gateway_refuses_at_once_and_keeps_serving_the_connections_it_hol
     assert log.count("refusing connections") == 1, log[-2000:]
     print(f"refused {refusals(mesh, 'connections') - refused:.0f} connections past the cap; one log line")
     assert "accepting connections again" in log
+
+
+def http2_frames(sock: socket.socket, until: Callable[[int, bytes], bool], timeout: float) -> list[tuple[int, bytes]]:
+    """HTTP/2 frames from `sock` (type, payload) until `until(type, payload)` holds or it closes."""
+    sock.settimeout(timeout)
+    found, buffer = [], b""
+    while True:
+        while len(buffer) >= 9:
+            size = int.from_bytes(buffer[:3], "big")
+            if len(buffer) < 9 + size:
+                break
+            kind, payload, buffer = buffer[3], buffer[9:9 + size], buffer[9 + size:]
+            found.append((kind, payload))
+            if until(kind, payload):
+                return found
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:  # the server closed with our frames still unread
+            return found
+        if not data:
+            return found
+        buffer += data
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + an empty SETTINGS
+SETTINGS, PING, GOAWAY = 0x4, 0x6, 0x7
+
+
+def test_a_grpc_port_bounds_streams_per_connection_pings_and_idle_connections(tmp_path: Path) -> None:
+    """The services' own edge, read from the wire: the SETTINGS a client is sent, a ping flood
+    answered with GOAWAY (ENHANCE_YOUR_CALM, too_many_pings), an idle connection closed."""
+    own = Mesh(tmp_path / "grpc-edge")
+    try:
+        own.start("inventory", SHOPMESH_MAX_CONNECTION_IDLE_SECONDS="1", SHOPMESH_MAX_CONNECTION_AGE_SECONDS="0",
+                  SHOPMESH_MAX_CONCURRENT_RPCS="100", SHOPMESH_MAX_OPEN_STREAMS="50")
+        host, port = own.address("inventory").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(PREFACE)
+            frames = http2_frames(sock, lambda kind, payload: kind == SETTINGS and payload, 5)
+            settings = dict(struct.unpack(">HI", frames[-1][1][i:i + 6]) for i in range(0, len(frames[-1][1]), 6))
+            assert settings[0x3] == 150, settings  # MAX_CONCURRENT_STREAMS: every call and stream admitted
+            started = time.monotonic()
+            frames = http2_frames(sock, lambda kind, _: kind == GOAWAY, 10)
+            idle = time.monotonic() - started
+            assert frames[-1][0] == GOAWAY and 0.5 < idle < 5, (frames, idle)
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(PREFACE)
+            for n in range(10):  # a ping every few milliseconds, no call open
+                try:
+                    sock.sendall(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + n.to_bytes(8, "big"))
+                except OSError:  # the server has had enough and closed
+                    break
+                time.sleep(0.01)  # a flood, paced so each ping is its own
+            frames = http2_frames(sock, lambda kind, _: kind == GOAWAY, 10)
+            kind, payload = frames[-1]
+            assert kind == GOAWAY and int.from_bytes(payload[4:8], "big") == 0xB, frames  # ENHANCE_YOUR_CALM
+            assert b"too_many_pings" in payload[8:]
+        print(f"gRPC port: MAX_CONCURRENT_STREAMS {settings[0x3]}, idle connection closed after {idle:.1f}s, "
+              "ping flood answered GOAWAY too_many_pings")
+    finally:
+        own.stop_all()
