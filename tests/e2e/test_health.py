@@ -16,6 +16,7 @@ from generated.shop.notification.v1 import notification_pb2, notification_pb2_gr
 from mesh.server.bootstrap import LIVENESS
 from tests.conftest import ROOT
 from tests.support.mesh import Launcher, Mesh
+from tests.support.waiting import settled
 
 NAMES = {
     "inventory": "shop.inventory.v1.InventoryService",
@@ -54,9 +55,9 @@ def test_sigterm_turns_readiness_not_serving_while_liveness_stays_serving_then_e
         process = mesh.start("inventory", SHOPMESH_SHUTDOWN_DRAIN_SECONDS="3")
         assert probe(health_probe, mesh.address("inventory"), NAMES["inventory"]).returncode == 0
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
         for name in ("", NAMES["inventory"]):
-            draining = probe(health_probe, mesh.address("inventory"), name)
+            draining = settled(lambda name=name: probe(health_probe, mesh.address("inventory"), name),
+                               lambda done: done.returncode == NOT_SERVING_EXIT, 5, f"{name or 'the server'} draining")
             assert draining.returncode == NOT_SERVING_EXIT, draining.stdout + draining.stderr
             assert "NOT_SERVING" in draining.stderr + draining.stdout
         alive = probe(health_probe, mesh.address("inventory"), LIVENESS)
@@ -91,7 +92,7 @@ def test_sigterm_ends_an_open_stream_cleanly_and_exits_zero(tmp_path: Path) -> N
         with grpc.insecure_channel(mesh.address("notification")) as channel:
             stub = notification_pb2_grpc.NotificationServiceStub(channel)
             stream = stub.StreamNotifications(notification_pb2.StreamNotificationsRequest(user_id="u"), timeout=30)
-            time.sleep(0.5)
+            stream.initial_metadata()  # the stream has begun on the server
             process.send_signal(signal.SIGTERM)
             started = time.monotonic()
             assert list(stream) == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.mesh import Launcher
+from tests.support.waiting import eventually, settled
 
 
 def spans(folder: Path) -> list[dict]:
@@ -63,13 +63,12 @@ def test_an_order_through_the_gateway_is_one_trace_with_correct_parents(traced: 
     expected = {"POST /v1/orders", "/shop.order.v1.OrderService/CreateOrder",
                 "/shop.inventory.v1.InventoryService/ReserveStock",
                 "/shop.notification.v1.NotificationService/BatchSendNotifications"}
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        # A span is written when it ends: the relay's delivery ends last.
-        sends = [s for s in ours() if s["name"].endswith("/BatchSendNotifications")]
-        if len(sends) >= 2 and expected <= {s["name"] for s in ours()}:
-            break
-        time.sleep(0.2)
+    def complete() -> bool:  # a span is written when it ends: the relay's delivery ends last
+        found = ours()
+        sends = [s for s in found if s["name"].endswith("/BatchSendNotifications")]
+        return len(sends) >= 2 and expected <= {s["name"] for s in found}
+
+    eventually(complete, 15, "every span of the order's trace")
     found = ours()
     services = {s["resource"]["attributes"]["service.name"] for s in found}
     assert services == {"shopmesh-gateway", "shopmesh-order", "shopmesh-inventory", "shopmesh-notification"}
@@ -104,13 +103,8 @@ def test_an_error_names_its_trace_in_body_header_and_log_line(traced: tuple[Laun
     # The request is named by the id the client gave it, its trace beside it.
     assert {"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": "req-trace-1",
             "servingData": f"trace_id={trace_id}"} in body["details"]
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [e for e in log_lines(mesh) if e.get("trace_id") == trace_id and e["service"] == "order"]
-        if lines or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    [line] = lines
+    [line] = eventually(lambda: [e for e in log_lines(mesh) if e.get("trace_id") == trace_id
+                                 and e["service"] == "order"], 10, "the order service's log line of the call")
     assert line["service"] == "order" and line["level"] == "INFO"
     assert line["rpc_method"] == "/shop.order.v1.OrderService/GetOrder" and line["grpc_code"] == "NOT_FOUND"
     assert len(line["span_id"]) == 16 and line["request_id"] == "req-trace-1" and line["duration_ms"] >= 0
@@ -124,19 +118,19 @@ def test_a_notification_stream_is_one_trace_from_the_browser_to_the_notification
     sock = socket.create_connection((host, int(port)), timeout=10)
     sock.sendall(b"GET /v1/users/streamer/notifications:stream HTTP/1.1\r\nhost: t\r\n\r\n")
     head = b""
-    while b"\r\n\r\n" not in head:
+    while b"stream open" not in head:  # the stream has begun, upstream too
         head += sock.recv(4096)
     trace_id = next(line.split(b": ")[1].decode() for line in head.split(b"\r\n") if line.startswith(b"x-trace-id"))
-    time.sleep(0.5)
     sock.close()  # the browser goes away: the stream and its spans end
-    deadline = time.monotonic() + 10
     names = {"GET /v1/users/{user_id}/notifications:stream", "/shop.notification.v1.NotificationService/StreamNotifications"}
-    while True:
+
+    def both_ends() -> list[dict]:
         found = [s for s in spans(traces) if s["context"]["trace_id"] == f"0x{trace_id}"]
-        kinds = {(s["name"], s["kind"]) for s in found}
-        if sum(name.endswith("StreamNotifications") for name, _ in kinds) == 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        ended = {(s["name"], s["kind"]) for s in found if s["name"].endswith("StreamNotifications")}
+        return found if len(ended) == 2 else []
+
+    found = eventually(both_ends, 10, "the stream's client and server spans")
+    kinds = {(s["name"], s["kind"]) for s in found}
     assert names <= {name for name, _ in kinds}
     assert any(s["attributes"].get("db.system") == "sqlite" for s in found)  # the stream's reads
     assert ("/shop.notification.v1.NotificationService/StreamNotifications", "SpanKind.CLIENT") in kinds
@@ -160,12 +154,9 @@ def test_the_request_id_and_trace_follow_a_call_to_every_service_it_reaches(trac
     except urllib.error.HTTPError as error:
         assert error.code == 400
         trace_id = error.headers["x-trace-id"]
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [e for e in log_lines(mesh) if e.get("request_id") == "req-chain-7"]
-        if {line["service"] for line in lines} >= {"order", "inventory"} or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    lines = settled(lambda: [e for e in log_lines(mesh) if e.get("request_id") == "req-chain-7"],
+                    lambda lines: {line["service"] for line in lines} >= {"order", "inventory"}, 10,
+                    "the log lines of order and inventory")
     by_service = {line["service"]: line for line in lines}
     assert by_service["inventory"]["rpc_method"] == "/shop.inventory.v1.InventoryService/ReserveStock"
     assert by_service["order"]["rpc_method"] == "/shop.order.v1.OrderService/CreateOrder"
@@ -235,11 +226,8 @@ def test_a_connect_call_continues_the_callers_trace_through_every_service(traced
     def ours() -> list[dict]:
         return [s for s in spans(traces) if s["context"]["trace_id"] == f"0x{trace_id}"]
 
-    deadline = time.monotonic() + 15
-    while not any(s["name"] == "/shop.inventory.v1.InventoryService/ReserveStock" for s in ours()):
-        assert time.monotonic() < deadline, [s["name"] for s in ours()]
-        time.sleep(0.2)
-    found = ours()
+    found = settled(ours, lambda found: any(s["name"] == "/shop.inventory.v1.InventoryService/ReserveStock"
+                                            for s in found), 15, "inventory's span")
     (root,) = [s for s in found if s["name"] == "POST /shop.order.v1.OrderService/CreateOrder"]
     assert root["parent_id"] == f"0x{caller_span}"  # the gateway's span is the caller's child
     ids = {s["context"]["span_id"] for s in found}
