@@ -14,7 +14,6 @@ On SIGTERM or SIGINT:
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import signal
 from collections.abc import Awaitable
@@ -64,15 +63,22 @@ async def shut_down(target: Stoppable, settings: Settings, discovery: Discovery 
     elif settings.shutdown_drain:
         await asyncio.sleep(settings.shutdown_drain)
     await _bounded(target.stop(settings.shutdown_grace), settings.shutdown_grace + STEP_MARGIN,
-                   "stopping the calls in flight")
+                   "stopping the calls in flight", tell_after=settings.shutdown_grace / 2)
     await _bounded(target.close(), CLOSE_SECONDS, "closing")
     if discovery is not None:
         await _bounded(discovery.close(), STEP_MARGIN, "closing discovery")
     logger.info("stopped")
 
 
-async def _bounded(step: Awaitable[None], seconds: float, what: str) -> None:
+async def _bounded(step: Awaitable[None], seconds: float, what: str, tell_after: float | None = None) -> None:
+    """`step`, given up on after `seconds`; if it is still running after `tell_after`, what it waits
+    for is logged then (calls in flight that hold a shutdown are named while they still run)."""
     task = asyncio.ensure_future(step)
+    if tell_after is not None and tell_after < seconds:
+        done, _ = await asyncio.wait({task}, timeout=tell_after)
+        if task not in done:
+            logger.warning("shutdown: %s still waiting after %g s. Tasks:\n%s", what, tell_after, _stacks())
+        seconds -= tell_after
     done, _ = await asyncio.wait({task}, timeout=seconds)
     if task in done:
         task.result()  # its error, if any, is the caller's to hear
@@ -85,9 +91,23 @@ async def _bounded(step: Awaitable[None], seconds: float, what: str) -> None:
 
 
 def _stacks() -> str:
+    """Each task's await chain, outermost first, down to what it waits on (asyncio's own
+    `print_stack` shows only the outermost frame of a suspended task)."""
     found = []
     for task in asyncio.all_tasks():
-        out = io.StringIO()
-        task.print_stack(limit=8, file=out)
-        found.append(out.getvalue())
+        if task is asyncio.current_task():
+            continue
+        lines = [f"{task.get_name()}:"]
+        awaited: object = task.get_coro()
+        while awaited is not None:
+            frame = next((getattr(awaited, a) for a in ("cr_frame", "gi_frame", "ag_frame")
+                          if getattr(awaited, a, None) is not None), None)
+            if frame is None:
+                # The future itself (a FutureIter says nothing); asyncio keeps it on the task.
+                lines.append(f"  waiting on {getattr(task, '_fut_waiter', None) or awaited!r}"[:300])
+                break
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+            awaited = next((getattr(awaited, a) for a in ("cr_await", "gi_yieldfrom", "ag_await")
+                            if getattr(awaited, a, None) is not None), None)
+        found.append("\n".join(lines))
     return "\n".join(found)
