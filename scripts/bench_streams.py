@@ -77,7 +77,9 @@ async def run(tree: Path, label: str, postgres: PostgresServer, args: argparse.N
     base = dict(os.environ, SHOPMESH_DATA_DIR=str(data), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
                 SHOPMESH_NOTIFICATION_DATABASE_URL=postgres.create_database(),
                 SHOPMESH_MAX_OPEN_STREAMS=str(args.streams + 100), SHOPMESH_MAX_CONCURRENT_RPCS=str(args.streams + 100),
-                SHOPMESH_HTTP_IDLE_TIMEOUT_SECONDS="3600")
+                SHOPMESH_HTTP_IDLE_TIMEOUT_SECONDS="3600",
+                # One benchmark client stands for N pages: no per-client share (REF ignores these).
+                SHOPMESH_HTTP_MAX_STREAMS_PER_CLIENT="0", SHOPMESH_HTTP_MAX_CONNECTIONS_PER_CLIENT="0")
     processes: dict[str, subprocess.Popen] = {}
     streams: list[Stream] = []
     try:
