@@ -69,6 +69,9 @@ class App:
                 logger.exception("error while closing")
 
 
+QUIET = 0.2  # seconds with none of our calls in flight before a stop stops waiting on gRPC core
+
+
 @dataclass
 class Running:
     """A started server, as `mesh.server.lifecycle` stops it."""
@@ -78,6 +81,9 @@ class Running:
     port: int
     health: health.aio.HealthServicer
     app: App
+    # The process's own calls and streams in flight (Guarded counts them).
+    calls: Admission = field(default_factory=lambda: Admission(1))
+    streams: Admission = field(default_factory=lambda: Admission(1))
 
     async def not_ready(self) -> None:
         for name in ["", *(b.name for b in self.app.bindings)]:  # LIVENESS stays SERVING
@@ -85,7 +91,26 @@ class Running:
         self.app.stopping.set()  # long-lived streams end
 
     async def stop(self, grace: float) -> None:
-        await self.server.stop(grace)
+        """gRPC's graceful stop, but not waiting on what none of our handlers serves.
+
+        Under load, about one SIGTERM in a hundred left gRPC's stop waiting the whole grace with no
+        handler of ours running (the tasks dumped half-way showed none): gRPC core still counted a
+        call that arrived as shutdown began and never reached Python. So once none of our calls or
+        streams has been in flight for QUIET seconds, whatever core still holds is cancelled."""
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        quiet_since = None
+        while not stopping.done():
+            loop_time = asyncio.get_running_loop().time()
+            if self.calls.in_flight or self.streams.in_flight:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = loop_time
+            elif loop_time - quiet_since >= QUIET:
+                logger.info("stopping: no call of ours in flight, yet gRPC waits on one; cancelling what it holds")
+                await self.server.stop(None)
+                break
+            await asyncio.wait({stopping}, timeout=0.05)
+        await stopping
 
     async def close(self) -> None:
         await self.app.close()
@@ -139,7 +164,7 @@ async def create_server(settings: Settings, app: App) -> Running:
     await server.start()
     for name in ["", LIVENESS, *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, health_servicer, app)
+    return Running(server, port, health_servicer, app, admission, streams)
 
 
 async def serve(settings: Settings, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:

@@ -24,7 +24,7 @@ from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from tests.support.http import Http
 from tests.support.mesh import Mesh, new_product, rpc_calls
 from tests.support.metrics import scrape, value
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, settled
 
 FAST = {
     "SHOPMESH_RESERVATION_TTL_SECONDS": "2",
@@ -383,8 +383,9 @@ def test_an_inventory_slower_than_the_deadline_gives_deadline_exceeded_on_time_a
     assert status == 504 and body["code"] == 4 and took_http <= 1.2, (status, took_http)
     # Downstream, inventory's ReserveStock was cancelled when its caller's deadline ran out,
     # not left to finish (and hold stock) 3 s later.
-    time.sleep(2.5)
-    ended = {code: served_calls(mesh, "ReserveStock", code) for code in ("OK", "CANCELLED", "DEADLINE_EXCEEDED")}
+    ended = settled(lambda: {code: served_calls(mesh, "ReserveStock", code)
+                             for code in ("OK", "CANCELLED", "DEADLINE_EXCEEDED")},
+                    lambda ended: sum(ended.values()) >= 2, 10, "both ReserveStock calls to end")
     assert ended["OK"] == 0 and ended["CANCELLED"] + ended["DEADLINE_EXCEEDED"] == 2, ended
     assert stock(mesh, sku).reserved == 0
     assert_settled(mesh, sku, 50, user, {})
@@ -602,13 +603,14 @@ def test_the_gateway_drains_on_sigterm_requests_in_flight_finish_and_streams_end
         reply = conn.getresponse()
         slow.update(status=reply.status, body=reply.read())
 
+    asked = served_calls(mesh, "GetProduct")
     reader = threading.Thread(target=slow_get)
     reader.start()
-    time.sleep(0.5)  # the GET is now waiting on inventory's 2 s
+    eventually(lambda: served_calls(mesh, "GetProduct") > asked, what="the GET to wait on inventory's 2 s")
     started = time.monotonic()
     gateway.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    status, _, ready = call(mesh, "GET", "/readyz")  # draining: still answering, but not ready
+    status, _, ready = settled(lambda: call(mesh, "GET", "/readyz"), lambda answer: answer[0] == 503, 5,
+                               "/readyz to say draining")  # draining: still answering, but not ready
     assert status == 503 and ready["draining"] is True, ready
     reader.join(30)
     assert slow.get("status") == 200, slow  # the request in flight finished
