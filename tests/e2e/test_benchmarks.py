@@ -95,3 +95,10 @@ def test_bench_streams_opens_streams_and_times_events_across_instances() -> None
     out = run("scripts/bench_streams.py", "--streams", "50", "--idle", "1", "--events", "5")
     [row] = table_rows(out, "| code | streams open |")
     assert row[0] == "today" and row[1] == "50" and row[-1] == "0", row  # all open, every event arrived
+
+
+def test_bench_transport_measures_connections_streams_and_hostile_clients() -> None:
+    out = run("scripts/bench_transport.py", "--connections", "100", "--streams", "50", "--seconds", "2")
+    assert "1. 100 idle keep-alive connections:" in out and "2. 50 open SSE streams:" in out
+    [row] = [line.split() for line in out.splitlines() if line.startswith("this tree")]
+    assert float(row[4]) < 64, row  # the gateway's peak above idle, in MB, with the hostile clients
