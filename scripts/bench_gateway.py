@@ -40,7 +40,7 @@ import grpc  # noqa: E402
 
 from generated.shop.common.v1 import money_pb2  # noqa: E402
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc  # noqa: E402
-from scripts.bench_grpc import cpu_seconds, free_port, ghz_path, stop_all, wait_port  # noqa: E402
+from scripts.bench_grpc import add_worktree, cpu_seconds, drop_worktree, free_port, ghz_path, stop_all, wait_port  # noqa: E402
 
 FASTAPI_APP = '''
 """The seed article's stack doing what the gateway does for one route: JSON -> gRPC -> JSON."""
@@ -199,8 +199,7 @@ def main() -> None:
     baseline = None
     if args.baseline:
         baseline = work / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
-                       check=True, capture_output=True)
+        add_worktree(args.baseline, baseline)
     env = dict(os.environ, SHOPMESH_DATA_DIR=str(work), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
                SHOPMESH_INVENTORY_PORT=str(ports["inventory"]), SHOPMESH_GATEWAY_PORT=str(ports["gateway"]),
                SHOPMESH_INVENTORY_METRICS_PORT=str(free_port()),
@@ -293,8 +292,7 @@ def main() -> None:
                   f"{b['cpu_us'] - floor['cpu_us']:.0f} µs; now {g['cpu_us'] - b['cpu_us']:+.0f} µs a request")
     finally:
         stop_all(processes.values())
-        if baseline is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
+        drop_worktree(baseline)
         shutil.rmtree(work, ignore_errors=True)
 
 

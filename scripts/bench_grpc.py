@@ -53,6 +53,18 @@ def cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(child) for child in children)
 
 
+def add_worktree(ref: str, path: Path) -> None:
+    """The checkout at git `ref`, detached, at `path`: a benchmark's baseline beside today's tree."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref], check=True,
+                   capture_output=True)
+
+
+def drop_worktree(path: Path | None) -> None:
+    """Removes a baseline's worktree (nothing if there was none)."""
+    if path is not None:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+
+
 def free_port() -> int:
     import socket
 
@@ -234,8 +246,7 @@ def main() -> None:
         rows += rows_for(start_services(ROOT, work, processes, ""), processes, "", "")
         if args.baseline:
             baseline = work / "baseline-tree"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
-                           check=True, capture_output=True)
+            add_worktree(args.baseline, baseline)
             rows += rows_for(start_services(baseline, work, processes, "-baseline"), processes, "-baseline",
                              args.baseline)
         if args.workers > 1:
@@ -277,8 +288,7 @@ def main() -> None:
             open_loop(rows[1:], dict(results), args)
     finally:
         stop_all(processes.values())
-        if baseline is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
+        drop_worktree(baseline)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc  # noqa: E402
-from scripts.bench_grpc import cpu_seconds, free_port, wait_port  # noqa: E402
+from scripts.bench_grpc import add_worktree, cpu_seconds, drop_worktree, free_port, wait_port  # noqa: E402
 from tests.support.postgres import PostgresServer, throwaway_server  # noqa: E402
 
 
@@ -158,12 +158,10 @@ async def main_async(args: argparse.Namespace) -> None:
             results = [await run(ROOT, "today", postgres, args, work)]
             if args.baseline:
                 baseline = work / "baseline-tree"
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
-                               check=True, capture_output=True)
+                add_worktree(args.baseline, baseline)
                 results.append(await run(baseline, args.baseline, postgres, args, work))
     finally:
-        if baseline is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
+        drop_worktree(baseline)
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{args.streams} SSE streams through the gateway to notification instance 1 (PostgreSQL); idle "
           f"{args.idle}s, then {args.events} notifications written through instance 2, 20 ms apart\n")

@@ -40,7 +40,7 @@ import grpc  # noqa: E402
 from generated.shop.common.v1 import money_pb2  # noqa: E402
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc  # noqa: E402
 from scripts.bench_gateway import wait_http  # noqa: E402
-from scripts.bench_grpc import free_port, start, stop_all, wait_port  # noqa: E402
+from scripts.bench_grpc import add_worktree, drop_worktree, free_port, start, stop_all, wait_port  # noqa: E402
 
 PIPELINED = b"GET /v1/products?pageSize=100 HTTP/1.1\r\nhost: bench\r\n\r\n"
 
@@ -231,8 +231,7 @@ def main() -> None:
         rows = [("this tree", hostile(host, port, pid, args.seconds))]
         if args.baseline:
             baseline = work / "baseline-tree"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
-                           check=True, capture_output=True)
+            add_worktree(args.baseline, baseline)
             base_port = free_port()
             processes["baseline"] = start([sys.executable, "-m", "gateway"],
                                           dict(env, PYTHONPATH=str(baseline), SHOPMESH_GATEWAY_PORT=str(base_port)),
@@ -251,8 +250,7 @@ def main() -> None:
                   f"{row['during_p99'] / row['alone_p99']:>10.2f}x")
     finally:
         stop_all(processes.values())
-        if baseline is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
+        drop_worktree(baseline)
         shutil.rmtree(work, ignore_errors=True)
 
 
