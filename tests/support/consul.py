@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 from tests.conftest import free_port, tool
+from tests.support.http import call
+from tests.support.waiting import alive, eventually, settled
 
 
 class Agent:
@@ -34,16 +34,17 @@ class Agent:
              "-log-level", "warn"],
             stdout=open(self.workdir / "consul.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        log = self.workdir / "consul.log"
+
+        def leader() -> bool:
+            alive(self.process, "electing itself", log)
             try:
-                if self.get("/v1/status/leader").strip('"'):
-                    return
+                return bool(self.get("/v1/status/leader").strip('"'))
             except OSError:
-                pass
-            time.sleep(0.2)
-        log = (self.workdir / "consul.log").read_text(errors="replace")[-3000:]
-        raise TimeoutError(f"consul agent did not elect itself:\n{log}")
+                return False
+
+        eventually(leader, 30, "the consul agent to elect itself", every=0.2,
+                   detail=lambda: log.read_text(errors="replace")[-3000:])
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -51,18 +52,13 @@ class Agent:
             self.process.wait(20)
 
     def get(self, path: str):
-        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as reply:
-            body = reply.read()
+        status, _, body = call(self.address, "GET", path, timeout=5)
+        assert status == 200, (path, status, body)
         return json.loads(body) if body.startswith((b"[", b"{")) else body.decode()
 
     def passing(self, service: str) -> list[dict]:
         return self.get(f"/v1/health/service/{service}?passing=true")
 
     def wait_passing(self, service: str, count: int, timeout: float = 30) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.passing(service)
-            if len(found) == count:
-                return found
-            time.sleep(0.2)
-        raise AssertionError(f"{service}: {len(self.passing(service))} passing, wanted {count}")
+        return settled(lambda: self.passing(service), lambda found: len(found) == count, timeout,
+                       f"{count} passing {service} instances", every=0.2)

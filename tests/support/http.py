@@ -9,11 +9,11 @@ import uuid
 from typing import Any
 
 
-def call(address: str, method: str, path: str, body: bytes = b"",
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def call(address: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+         timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
     """One request to `address` (host:port): its status, headers (lower-case names) and raw body."""
     host, port = address.rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
         connection.request(method, path, body=body or None, headers=headers or {})
         response = connection.getresponse()
@@ -21,6 +21,14 @@ def call(address: str, method: str, path: str, body: bytes = b"",
     finally:
         connection.close()
     return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+def answers(address: str, path: str) -> bool:
+    """Whether `path` at `address` answers 200 now (False while nothing listens there yet)."""
+    try:
+        return call(address, "GET", path)[0] == 200
+    except OSError:
+        return False
 
 
 class Http:

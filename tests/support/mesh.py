@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,71 +23,96 @@ from mesh.client.discovery import create_discovery
 from mesh.server.bootstrap import Running, create_server
 from mesh.settings import Settings
 from tests.conftest import ROOT, free_port
+from tests.support.http import answers
+from tests.support.metrics import scrape, total
+from tests.support.waiting import alive, eventually, said
 
 SERVICES = ("inventory", "notification", "order", "gateway")
 GRPC_SERVICES = SERVICES[:3]
 
 
-def wait_serving(address: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
+def wait_serving(address: str, timeout: float = 30.0, process: subprocess.Popen | None = None,
+                 log: Path | None = None) -> None:
+    """Until the gRPC server at `address` answers SERVING (the test fails if `process` exits first)."""
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"process exited with {process.returncode} before serving on {address}")
+
+        def serving() -> bool:
+            alive(process, f"serving on {address}", log)
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
             except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing SERVING on {address} after {timeout}s")
+                return False
+
+        eventually(serving, timeout, f"SERVING on {address}", detail=lambda: _tail(log))
 
 
-def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
-    import urllib.request
+def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Until `url` (http://host:port/path) answers 200 (the test fails if `process` exits first)."""
+    address, _, path = url.removeprefix("http://").partition("/")
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"no answer from {url} after {timeout}s")
+    def answering() -> bool:
+        alive(process, f"answering {url}", log)
+        return answers(address, "/" + path)
+
+    eventually(answering, timeout, f"an answer from {url}", detail=lambda: _tail(log))
+
+
+def _tail(log: Path | None) -> str:
+    return f"--- {log} ---\n{log.read_text(errors='replace')[-3000:]}" if log is not None and log.exists() else ""
 
 
 @dataclass
 class Mesh:
-    """The three services, each its own process, on free loopback ports."""
+    """Services, each its own process, on free loopback ports. An instance is named by its service
+    (`start("order")`), or by a name of its own when a service runs several (`start("order",
+    name="order-2")`: its own port, metrics port, log and SHOPMESH_INSTANCE_ID). `settings` go to
+    every process (a discovery, a database, shorter timeouts)."""
 
     data_dir: Path
     ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in SERVICES})
     metrics_ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in GRPC_SERVICES})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
+    hosts: dict[str, str] = field(default_factory=dict)
 
-    def address(self, service: str) -> str:
-        return f"127.0.0.1:{self.ports[service]}"
+    def address(self, name: str) -> str:
+        return f"{self.hosts.get(name, '127.0.0.1')}:{self.port(name)}"
+
+    def port(self, name: str) -> int:
+        """The port of the instance `name` (a free one, kept, the first time it is asked)."""
+        return self.ports.setdefault(name, free_port())
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(SHOPMESH_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
-        for service, port in self.ports.items():
-            env[f"SHOPMESH_{service.upper()}_PORT"] = str(port)
-        for service, port in self.metrics_ports.items():
-            env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(port)
+        for service in SERVICES:  # where each service is, for static discovery
+            env[f"SHOPMESH_{service.upper()}_PORT"] = str(self.port(service))
+        for service in GRPC_SERVICES:
+            env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service])
+        env.update(self.settings)
         env.update(extra)
         return env
 
-    def start(self, service: str, files: int | None = None, **extra: str) -> subprocess.Popen:
-        """`service` as its own process with `extra` settings; `files`: its file limit (soft and hard),
-        as a service manager would set it."""
+    def start(self, service: str, files: int | None = None, name: str | None = None, host: str | None = None,
+              **extra: str) -> subprocess.Popen:
+        """`service` as its own process (the instance `name`, by default the service itself) with
+        `extra` settings; `files`: its file limit (soft and hard), as a service manager would set it;
+        `host`: the loopback address it binds (as a pod has its own IP)."""
+        name = name or service
+        if host is not None:
+            self.hosts[name] = host
+            extra = {"SHOPMESH_HOST": host, **extra}
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.data_dir / f"{service}.log"
-        self.logs[service] = log
+        log = self.data_dir / f"{name}.log"
+        self.logs[name] = log
+        own = {f"SHOPMESH_{service.upper()}_PORT": str(self.port(name))}
+        if name != service:
+            self.metrics_ports.setdefault(name, free_port())
+            own["SHOPMESH_INSTANCE_ID"] = name
+        if name in self.metrics_ports:
+            own[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
 
         def limited() -> None:
             import resource
@@ -98,35 +122,47 @@ class Mesh:
         process = subprocess.Popen(
             [sys.executable, "-m", service],
             cwd=ROOT,
-            env=self.env(**extra),
+            env=self.env(**own, **extra),
             stdout=open(log, "ab"),  # noqa: SIM115 - the child owns it
             stderr=subprocess.STDOUT,
             preexec_fn=limited if files is not None else None,  # noqa: PLW1509 - no threads in the child yet
         )
-        self.processes[service] = process
-        try:
-            if service == "gateway":
-                wait_http(f"http://{self.address(service)}/healthz", process=process)
-            else:
-                wait_serving(self.address(service), process=process)
-        except (RuntimeError, TimeoutError) as error:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{service} did not come up: {error}\n--- {log} ---\n{tail}") from None
+        self.processes[name] = process
+        if service == "gateway":
+            wait_http(f"http://{self.address(name)}/healthz", process=process, log=log)
+        else:
+            wait_serving(self.address(name), process=process, log=log)
         return process
 
-    def stop(self, service: str, timeout: float = 30.0) -> int:
-        process = self.processes.pop(service)
+    def cpu(self, name: str) -> float:
+        """CPU seconds (user + system) the instance `name` has used so far."""
+        fields = Path(f"/proc/{self.processes[name].pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def kill(self, name: str) -> None:
+        """kill -9 the instance `name`: no goodbye."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait(10)
+
+    def stop(self, name: str, timeout: float = 30.0) -> int:
+        process = self.processes.pop(name)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         return process.wait(timeout)
 
-    def stop_all(self) -> None:
-        for service in list(self.processes):
-            process = self.processes[service]
+    def stop_all(self, graceful: bool = False) -> None:
+        """Every instance still running: killed, or (`graceful`) sent SIGTERM and waited for."""
+        for process in self.processes.values():
             if process.poll() is None:
+                process.send_signal(signal.SIGTERM) if graceful else process.kill()
+        for process in self.processes.values():
+            try:
+                process.wait(30 if graceful else 10)
+            except subprocess.TimeoutExpired:
                 process.kill()
-            process.wait(10)
-            del self.processes[service]
+                process.wait(10)
+        self.processes.clear()
 
 
 @dataclass
@@ -157,11 +193,7 @@ class Launcher:
             args, cwd=ROOT, env={**os.environ, **self.env},
             stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
-        deadline = time.monotonic() + timeout
-        while "shopmesh is up" not in self.output():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"launcher did not come up:\n{self.output()}")
-            time.sleep(0.1)
+        said(self.log, "shopmesh is up", self.process, timeout)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
@@ -205,16 +237,9 @@ def new_product(mesh: Mesh | Launcher, stock: int, prefix: str = "e2e", cents: i
 def rpc_calls(metrics_port: int, method: str, *, ended: bool = False, code: str | None = None,
               host: str = "127.0.0.1") -> float:
     """A server's count of `method` calls from its /metrics: started, or ended (with `code`, with that status)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=10) as page:
-        text = page.read().decode()
     name = "grpc_server_handled_total" if ended or code is not None else "grpc_server_started_total"
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and s.labels.get("grpc_method") == method
-               and (code is None or s.labels.get("grpc_code") == code))
+    return total(scrape(f"http://{host}:{metrics_port}/metrics"), name, grpc_method=method,
+                 **({} if code is None else {"grpc_code": code}))
 
 
 Start = Callable[..., Awaitable[Running]]

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.http import call
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def scrape(url: str) -> dict[Sample, float]:
     """Every sample on a /metrics page (`http://host:port/metrics`), by name and sorted labels."""
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
-        text = reply.read().decode()
+    status, headers, body = call(url.removeprefix("http://").split("/", 1)[0], "GET",
+                                 "/" + url.removeprefix("http://").split("/", 1)[1], timeout=10)
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4"), (status, headers)
+    text = body.decode()
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
