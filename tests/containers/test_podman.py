@@ -10,13 +10,10 @@ which this machine cannot reach: the test names them and runs the rest.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +24,8 @@ import yaml
 
 from tests.conftest import ROOT, free_port, needed, tool
 from tests.support.cluster import images_built
+from tests.support.http import Http, answers
+from tests.support.waiting import eventually, settled
 
 # The images compose names that the extras stand in for, built here from Debian's packages.
 LOCAL = {"hashicorp/consul:1.14.11": "localhost/consul:1.14.11", "postgres:16-bookworm": "localhost/postgres:15-bookworm",
@@ -61,14 +60,11 @@ def test_the_image_runs_non_root_on_a_read_only_root_and_answers_health(images: 
                     "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
                     "-p", f"127.0.0.1:{port}:50051", "localhost/shopmesh:local", "inventory"],
                    check=True, capture_output=True, timeout=60)
-    deadline = time.monotonic() + 60
-    while True:
-        result = subprocess.run([tool("grpc-health-probe"), f"-addr=127.0.0.1:{port}",
-                                 "-service=shop.inventory.v1.InventoryService"], capture_output=True, text=True)
-        if result.returncode == 0:
-            break
-        assert time.monotonic() < deadline, result.stderr + _logs(name)
-        time.sleep(0.5)
+    result = settled(lambda: subprocess.run([tool("grpc-health-probe"), f"-addr=127.0.0.1:{port}",
+                                             "-service=shop.inventory.v1.InventoryService"],
+                                            capture_output=True, text=True),
+                     lambda probe: probe.returncode == 0, timeout=60, every=0.5,
+                     what="the container's gRPC health", detail=lambda: _logs(name))
     assert "status: SERVING" in result.stdout + result.stderr
     user = subprocess.run([*PODMAN, "exec", name, "id", "-u"], capture_output=True, text=True, check=True).stdout
     assert user.strip() == "10001"
@@ -134,26 +130,18 @@ def test_the_compose_topology_comes_up_and_takes_an_order(images: None, tmp_path
         up = subprocess.run([*compose, "-f", str(path), "up", "-d"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        gateway = f"http://127.0.0.1:{ports['gateway']}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{gateway}/readyz", timeout=3) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, _compose_logs(compose, path, env)
-            time.sleep(1)
+        gateway = Http(f"127.0.0.1:{ports['gateway']}")
+        eventually(lambda: answers(gateway.address, "/readyz"), timeout=180, every=1, what="the composed gateway's /readyz",
+                   detail=lambda: _compose_logs(compose, path, env))
         sku = f"compose-{uuid.uuid4().hex[:6]}"
-        _post(f"{gateway}/v1/products", {"sku": sku, "name": "Compose mug", "available": 2,
-                                          "price": {"currencyCode": "USD", "minorUnits": "400"}})
-        order = _post(f"{gateway}/v1/orders", {"requestId": str(uuid.uuid4()), "userId": "compose",
-                                                "lines": [{"sku": sku, "quantity": 1}]})
-        assert order["status"] == "CONFIRMED", order
+        status, _, product = gateway.call("POST", "/v1/products", {
+            "sku": sku, "name": "Compose mug", "available": 2, "price": {"currencyCode": "USD", "minorUnits": "400"}})
+        assert status == 200, product
+        status, _, order = gateway.call("POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": "compose",
+                                                               "lines": [{"sku": sku, "quantity": 1}]})
+        assert status == 200 and order["status"] == "CONFIRMED", order
         # Through Consul: the services found each other there (its catalog lists all three).
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports['consul']}/v1/catalog/services", timeout=5) as reply:
-            catalog = json.loads(reply.read())
+        catalog = Http(f"127.0.0.1:{ports['consul']}").call("GET", "/v1/catalog/services")[2]
         assert {"inventory", "order", "notification"} <= set(catalog), catalog
     finally:
         subprocess.run([*compose, "-f", str(path), "down", "-v", "-t", "5"], cwd=ROOT, env=env,
@@ -163,10 +151,3 @@ def test_the_compose_topology_comes_up_and_takes_an_order(images: None, tmp_path
 def _compose_logs(compose: list[str], path: Path, env: dict[str, str]) -> str:
     return subprocess.run([*compose, "-f", str(path), "logs", "--tail", "20"], cwd=ROOT, env=env,
                           capture_output=True, text=True).stdout[-5000:]
-
-
-def _post(url: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=20) as reply:
-        return json.loads(reply.read())

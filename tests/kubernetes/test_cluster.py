@@ -6,7 +6,6 @@ all three (headless DNS + the servers' maximum connection age)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -21,6 +20,8 @@ import pytest
 from tests.conftest import needed
 from tests.support.chart import CHART
 from tests.support.cluster import Cluster, images_built
+from tests.support.http import Http
+from tests.support.waiting import eventually
 
 MAX_AGE = 5  # grpc.maxConnectionAgeSeconds here: how soon clients see a new pod
 VALUES = [
@@ -69,44 +70,30 @@ def _diagnose(cluster: Cluster) -> str:
     return f"\n--- pods ---\n{pods}\n--- events ---\n{events}"
 
 
-class Shop:
+class Shop(Http):
     """The gateway's Service: its virtual IP (kube-proxy), or `kubectl port-forward` on 127.0.0.1."""
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=20)
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=data, headers={"content-type": "application/json"} if data else {})
-            reply = conn.getresponse()
-            text = reply.read()
-            return reply.status, json.loads(text) if text else None
-        finally:
-            conn.close()
 
     def product(self, stock: int) -> str:
         sku = f"k8s-{uuid.uuid4().hex[:8]}"
-        status, body = self.call("POST", "/v1/products", {
+        status, _, body = self.call("POST", "/v1/products", {
             "sku": sku, "name": "Cluster mug", "price": {"currencyCode": "USD", "minorUnits": "900"},
             "available": stock})
         assert status == 200, body
         return sku
 
-    def order(self, sku: str, user: str) -> tuple[int, Any]:
+    def order(self, sku: str, user: str) -> tuple[int, dict[str, str], Any]:
         return self.call("POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": user,
                                                 "lines": [{"sku": sku, "quantity": 1}]})
 
 
 @pytest.fixture(scope="module")
 def shop(cluster: Cluster) -> Shop:
-    return Shop(cluster.service_ip("shopmesh-gateway"), 80)
+    return Shop(f"{cluster.service_ip('shopmesh-gateway')}:80")
 
 
 def test_the_shop_is_reachable_as_notes_txt_says_through_port_forward(cluster: Cluster) -> None:
     with cluster.port_forward("svc/shopmesh-gateway", 80) as port:
-        status, ready = Shop("127.0.0.1", port).call("GET", "/readyz")
+        status, _, ready = Shop(f"127.0.0.1:{port}").call("GET", "/readyz")
     assert status == 200 and ready["ready"] is True, ready
 
 
@@ -129,9 +116,9 @@ class Load:
         while not self.done.is_set():
             try:
                 if kind == "order":
-                    status, body = self.shop.order(self.sku, "load")
+                    status, _, body = self.shop.order(self.sku, "load")
                 else:
-                    status, body = self.shop.call("GET", f"/v1/products/{self.sku}")
+                    status, _, body = self.shop.call("GET", f"/v1/products/{self.sku}")
             except OSError as error:
                 status, body = 0, str(error)
             self.sent += 1
@@ -166,19 +153,17 @@ def test_helm_install_waited_for_the_kubelets_grpc_probes(cluster: Cluster) -> N
 def test_an_order_is_placed_and_its_notification_arrives(shop: Shop) -> None:
     sku = shop.product(stock=5)
     user = f"k8s-{uuid.uuid4().hex[:6]}"
-    status, order = shop.order(sku, user)
+    status, _, order = shop.order(sku, user)
     assert status == 200, order
     assert order["status"] == "CONFIRMED", order
-    deadline = time.monotonic() + 30
-    while True:
-        status, page = shop.call("GET", f"/v1/users/{user}/notifications")
+
+    def notified() -> bool:
+        status, _, page = shop.call("GET", f"/v1/users/{user}/notifications")
         assert status == 200, page
-        if any(order["orderId"] in n.get("body", "") + n.get("subject", "") + json.dumps(n)
-               for n in page.get("notifications", [])):
-            break
-        assert time.monotonic() < deadline, f"no notification for {order['orderId']}: {page}"
-        time.sleep(0.5)
-    assert shop.call("GET", f"/v1/products/{sku}")[1]["available"] == "4"  # int64: a JSON string
+        return any(order["orderId"] in json.dumps(n) for n in page.get("notifications", []))
+
+    eventually(notified, timeout=30, every=0.5, what=f"a notification for {order['orderId']}")
+    assert shop.call("GET", f"/v1/products/{sku}")[2]["available"] == "4"  # int64: a JSON string
 
 
 @pytest.mark.parametrize("component", ["inventory", "gateway"])
@@ -190,10 +175,8 @@ def test_a_deleted_pod_is_replaced_with_no_failed_request(cluster: Cluster, shop
     with Load(shop, sku) as load:
         time.sleep(2)
         cluster.kubectl("delete", "pod", victim, "--wait=true", timeout=60)
-        deadline = time.monotonic() + 120
-        while len(cluster.ready_pods(component)) < 2:
-            assert time.monotonic() < deadline, "the deleted pod was not replaced"
-            time.sleep(1)
+        eventually(lambda: len(cluster.ready_pods(component)) == 2, timeout=120, every=1,
+                   what=f"a second ready {component} pod in place of the deleted one")
         time.sleep(MAX_AGE * 1.1 + 2)  # and the new pod takes calls
     assert victim not in {p["metadata"]["name"] for p in cluster.ready_pods(component)}
     assert load.sent > 50
@@ -223,10 +206,8 @@ def _list_calls(cluster: Cluster, pod: str) -> float:
 
 def test_inventory_scaled_to_three_gets_calls_on_all_three(cluster: Cluster, shop: Shop) -> None:
     cluster.kubectl("scale", "deployment/shopmesh-inventory", "--replicas=3")
-    deadline = time.monotonic() + 120
-    while len(cluster.ready_pods("inventory")) < 3:
-        assert time.monotonic() < deadline, "inventory did not reach 3 ready pods"
-        time.sleep(1)
+    eventually(lambda: len(cluster.ready_pods("inventory")) == 3, timeout=120, every=1,
+               what="3 ready inventory pods", detail=lambda: _diagnose(cluster))
     pods = [p["metadata"]["name"] for p in cluster.ready_pods("inventory")]
     before = {pod: _list_calls(cluster, pod) for pod in pods}
     scaled = time.monotonic()

@@ -17,9 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +29,8 @@ from tests.conftest import ROOT, tool
 from tests.support.chart import CHART, component, of_kind, render
 from tests.support.consul import Agent
 from tests.support.dns import Answers
+from tests.support.http import Http, call
+from tests.support.waiting import settled
 
 NOT_SERVING_EXIT = 4
 POD_IPS = {"inventory": "127.0.0.11", "order": "127.0.0.12", "notification": "127.0.0.13", "gateway": "127.0.0.14"}
@@ -73,14 +72,12 @@ class Pod:
         if "httpGet" in stanza:
             ports = {p["name"]: p["containerPort"] for p in self.container["ports"]}
             port = stanza["httpGet"]["port"]
-            url = f"http://{self.ip}:{ports.get(port, port)}{stanza['httpGet']['path']}"
             try:
-                with urllib.request.urlopen(url, timeout=float(timeout)) as reply:
-                    return 0 if 200 <= reply.status < 400 else reply.status
-            except urllib.error.HTTPError as error:
-                return error.code
+                status = call(f"{self.ip}:{ports.get(port, port)}", "GET", stanza["httpGet"]["path"],
+                              timeout=float(timeout))[0]
             except OSError:
                 return -1
+            return 0 if 200 <= status < 400 else status
         command = [self.local(part) for part in stanza["exec"]["command"]]
         command = [part.replace("127.0.0.1:", f"{self.ip}:") for part in command]
         if command[0] == "grpc-health-probe":
@@ -90,12 +87,12 @@ class Pod:
     def until(self, kind: str, want: int = 0) -> None:
         stanza = self.container[kind]
         budget = stanza.get("periodSeconds", 10) * stanza.get("failureThreshold", 3) + 5
-        deadline = time.monotonic() + budget
-        while (result := self.probe(kind)) != want:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.process.returncode}")
-            assert time.monotonic() < deadline, f"{self.name}: {kind} gave {result}, not {want}, within {budget}s"
-            time.sleep(0.3)
+
+        def result() -> int:
+            assert self.process.poll() is None, f"{self.name} exited with {self.process.returncode}"
+            return self.probe(kind)
+
+        settled(result, lambda got: got == want, timeout=budget, every=0.3, what=f"{self.name}'s {kind} to give {want}")
 
 
 def _env(container: dict[str, Any], pod: str, ip: str, secrets: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -207,16 +204,16 @@ def _run_release(case: str, docs: list[dict[str, Any]], answers: Answers, dns_po
 
     # The wiring the env describes works: an order through the gateway reaches inventory and
     # order, and its notification is listed.
-    gateway = f"http://{POD_IPS['gateway']}:8080"
-    headers = {"content-type": "application/json"}
-    if case == "mtls-auth":
-        headers["x-api-key"] = "pod-spec-key"
+    gateway = Http(f"{POD_IPS['gateway']}:8080")
+    headers = {"x-api-key": "pod-spec-key"} if case == "mtls-auth" else {}
     sku = f"pod-{uuid.uuid4().hex[:6]}"
-    _post(f"{gateway}/v1/products", {"sku": sku, "name": "Pod mug", "available": 3,
-                                      "price": {"currencyCode": "USD", "minorUnits": "500"}}, headers)
-    order = _post(f"{gateway}/v1/orders", {"requestId": str(uuid.uuid4()), "userId": "ops",
-                                            "lines": [{"sku": sku, "quantity": 1}]}, headers)
-    assert order["status"] == "CONFIRMED", order
+    status, _, product = gateway.call("POST", "/v1/products", {
+        "sku": sku, "name": "Pod mug", "available": 3, "price": {"currencyCode": "USD", "minorUnits": "500"}},
+        headers)
+    assert status == 200, product
+    status, _, order = gateway.call("POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": "ops",
+                                                           "lines": [{"sku": sku, "quantity": 1}]}, headers)
+    assert status == 200 and order["status"] == "CONFIRMED", order
     if agent is not None:  # the order went through instances found in Consul's catalog
         registered = agent.get("/v1/catalog/services")
         assert {"inventory", "order", "notification"} <= set(registered), registered
@@ -231,11 +228,3 @@ def _run_release(case: str, docs: list[dict[str, Any]], answers: Answers, dns_po
         "terminationGracePeriodSeconds"]
     for name in ("inventory", "gateway"):
         assert pods[name].process.wait(grace) == 0, f"{name} did not exit 0 within {grace}s"
-
-
-def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
-    import json
-
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=20) as reply:
-        return json.loads(reply.read())
