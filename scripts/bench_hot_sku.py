@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.bench_grpc import cpu_seconds, ghz_path  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from tests.e2e.test_postgres import Replicas  # noqa: E402
 from tests.support.postgres import throwaway_server  # noqa: E402
+from tests.support.replicas import Replicas  # noqa: E402
 
 SPREAD = 100
 
@@ -39,10 +39,10 @@ def ghz(address: str, data: dict, concurrency: int, duration: int, out: list[dic
 
 def load(replicas: Replicas, sku: str, concurrency: int, duration: int) -> dict:
     order = {"request_id": "{{newUUID}}", "user_id": "flash-{{.RequestNumber}}", "lines": [{"sku": sku, "quantity": 1}]}
-    pids = [p.pid for p in replicas.processes]
+    pids = [p.pid for p in replicas.processes.values()]
     before = sum(cpu_seconds(p) for p in pids)
     reports: list[dict] = []
-    threads = [threading.Thread(target=ghz, args=(f"127.0.0.1:{replicas.ports[('order', i)]}", order, concurrency,
+    threads = [threading.Thread(target=ghz, args=(replicas.address(f"order-{i + 1}"), order, concurrency,
                                                   duration, reports)) for i in range(2)]
     for thread in threads:
         thread.start()
@@ -72,7 +72,7 @@ def main() -> None:
     with throwaway_server(free_port()) as postgres:
         replicas = Replicas(postgres, folder)
         try:
-            replicas.start()
+            replicas.start_all()
             replicas.create_product("hot", 10**9)
             for i in range(SPREAD):
                 replicas.create_product(f"cool-{i}", 10**9)
@@ -80,7 +80,7 @@ def main() -> None:
             hot = load(replicas, "hot", args.concurrency, args.duration)
             spread = load(replicas, f"cool-{{{{randomInt 0 {SPREAD}}}}}", args.concurrency, args.duration)
         finally:
-            replicas.stop()
+            replicas.stop_all(graceful=True)
     print(f"\n2 order + 2 inventory instances + 1 notification on PostgreSQL, ghz -c {args.concurrency} against "
           f"each order instance for {args.duration}s (ghz on the same cores)\n")
     print("| load | orders/s | p50 ms | p99 ms | errors | server CPU ms/order |")

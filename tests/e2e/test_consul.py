@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -24,52 +22,19 @@ from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from tests.conftest import ROOT, free_port, tool
 from tests.support.consul import Agent
-from tests.support.mesh import rpc_calls, wait_serving
-
-
-class Services:
-    """Service processes using Consul discovery, several instances per service allowed."""
-
-    def __init__(self, workdir: Path, agent: Agent):
-        self.workdir = workdir
-        self.agent = agent
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.ports: dict[str, int] = {}
-        self.metrics_ports: dict[str, int] = {}
-
-    def start(self, name: str, service: str, **extra: str) -> subprocess.Popen:
-        port = self.ports.get(name) or free_port()
-        self.ports[name] = port
-        env = dict(os.environ, SHOPMESH_DISCOVERY="consul", SHOPMESH_CONSUL_ADDR=self.agent.address,
-                   SHOPMESH_DATA_DIR=str(self.workdir), SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS="1",
-                   SHOPMESH_INSTANCE_ID=name, PYTHONUNBUFFERED="1")
-        env[f"SHOPMESH_{service.upper()}_PORT"] = str(port)
-        self.metrics_ports[name] = free_port()
-        env[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
-        env.update(extra)
-        process = subprocess.Popen([sys.executable, "-m", service], cwd=ROOT, env=env,
-                                   stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        self.processes[name] = process
-        wait_serving(f"127.0.0.1:{port}", process=process)
-        return process
-
-    def cpu(self, name: str) -> float:
-        fields = Path(f"/proc/{self.processes[name].pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
+from tests.support.http import Http
+from tests.support.mesh import Mesh, rpc_calls
+from tests.support.metrics import scrape
+from tests.support.waiting import said
 
 
 @pytest.fixture
-def consul(tmp_path: Path) -> Iterator[tuple[Agent, Services]]:
+def consul(tmp_path: Path) -> Iterator[tuple[Agent, Mesh]]:
     """A real Consul agent and a place to start instances in; everything stops at the end."""
     agent = Agent(tmp_path)
     agent.start()
-    services = Services(tmp_path, agent)
+    services = Mesh(tmp_path, settings={"SHOPMESH_DISCOVERY": "consul", "SHOPMESH_CONSUL_ADDR": agent.address,
+                                        "SHOPMESH_CONSUL_CHECK_INTERVAL_SECONDS": "1"})
     try:
         yield agent, services
     finally:
@@ -78,18 +43,18 @@ def consul(tmp_path: Path) -> Iterator[tuple[Agent, Services]]:
 
 
 @pytest.fixture
-def mesh(consul: tuple[Agent, Services]) -> tuple[Agent, Services]:
+def mesh(consul: tuple[Agent, Mesh]) -> tuple[Agent, Mesh]:
     """Two inventories, a notification and an order instance on the real Consul."""
     _, services = consul
     for name, service in (("inventory-a", "inventory"), ("inventory-b", "inventory"),
                           ("notification-1", "notification"), ("order-1", "order")):
-        services.start(name, service)
+        services.start(service, name=name)
     return consul
 
 
-def new_product(services: Services, stock: int, instance: str = "") -> str:
+def new_product(services: Mesh, stock: int, instance: str = "") -> str:
     sku = f"c-{uuid.uuid4().hex[:8]}"
-    port = services.ports[instance or next(n for n in services.ports if n.startswith("inventory"))]
+    port = services.port(instance or next(n for n in services.processes if n.startswith("inventory")))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         product = inventory_pb2.Product(sku=sku, name="Consul mug", available=stock,
                                         price=money_pb2.Money(currency_code="USD", minor_units=100))
@@ -97,16 +62,16 @@ def new_product(services: Services, stock: int, instance: str = "") -> str:
     return sku
 
 
-def stock(services: Services, sku: str, name: str = "inventory-a") -> inventory_pb2.Product:
-    with grpc.insecure_channel(f"127.0.0.1:{services.ports[name]}") as channel:
+def stock(services: Mesh, sku: str, name: str = "inventory-a") -> inventory_pb2.Product:
+    with grpc.insecure_channel(f"127.0.0.1:{services.port(name)}") as channel:
         return inventory_pb2_grpc.InventoryServiceStub(channel).GetProduct(inventory_pb2.GetProductRequest(sku=sku))
 
 
-async def place_orders(services: Services, sku: str, seconds: float, event=None, concurrency: int = 8):
+async def place_orders(services: Mesh, sku: str, seconds: float, event=None, concurrency: int = 8):
     """Orders for `seconds`; (acknowledged orders, failures by code). `event(t)` runs once midway."""
     acknowledged: list[order_pb2.Order] = []
     failures: Counter[grpc.StatusCode] = Counter()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{services.ports['order-1']}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{services.port('order-1')}") as channel:
         stub = order_pb2_grpc.OrderServiceStub(channel)
         end = time.monotonic() + seconds
 
@@ -142,9 +107,8 @@ def test_every_service_shows_up_passing_with_a_grpc_check(mesh) -> None:
             # What Prometheus' Consul discovery scrapes (deploy/prometheus.yml): the instance's /metrics port.
             metrics_port = entry["Service"]["Meta"]["metrics_port"]
             assert metrics_port == str(services.metrics_ports[entry["Service"]["ID"]])
-            with urllib.request.urlopen(f"http://{entry['Service']['Address']}:{metrics_port}/metrics",
-                                        timeout=5) as page:
-                assert b"grpc_server_handled_total" in page.read()
+            page = scrape(f"http://{entry['Service']['Address']}:{metrics_port}/metrics")
+            assert any(name == "grpc_server_handled_total" for name, _ in page), sorted(page)[:5]
     assert {e["Service"]["ID"] for e in agent.passing("inventory")} == {"inventory-a", "inventory-b"}
 
 
@@ -168,7 +132,7 @@ async def test_sigterm_of_one_inventory_under_load_fails_no_call_and_it_leaves(m
     assert acknowledged and not failures
     assert services.processes["inventory-b"].wait(30) == 0
     assert {e["Service"]["ID"] for e in agent.get("/v1/health/service/inventory")} == {"inventory-a"}
-    log = (services.workdir / "inventory-b.log").read_text()
+    log = services.logs["inventory-b"].read_text()
     seen, gone = log.index("Consul sees inventory-b as critical"), log.index("deregistered inventory-b")
     assert log.index("health NOT_SERVING") < seen < gone  # NOT_SERVING, Consul sees it, then it leaves
     product = stock(services, sku)
@@ -186,21 +150,18 @@ async def test_kill_9_of_one_inventory_loses_no_order_and_a_restart_rejoins(mesh
     assert set(failures) <= {grpc.StatusCode.UNAVAILABLE} and sum(failures.values()) <= 8
     agent.wait_passing("inventory", 1)
     # The order service dropped the dead instance from its set (it was told within the run).
-    survivor = f"inventory instances: 127.0.0.1:{services.ports['inventory-a']}\n"
-    assert survivor in (services.workdir / "order-1.log").read_text()
+    survivor = f"inventory instances: 127.0.0.1:{services.port('inventory-a')}\n"
+    assert survivor in services.logs["order-1"].read_text()
     product = stock(services, sku)
     assert product.available + product.reserved + product.sold == 100_000
     assert product.sold + product.reserved >= len(acknowledged)  # every acknowledged order holds its unit
     assert product.sold + product.reserved <= len(acknowledged) + sum(failures.values())  # nothing twice
 
-    services.start("inventory-b", "inventory")
+    services.start("inventory", name="inventory-b")
     agent.wait_passing("inventory", 2)
     both = "inventory instances: " + ", ".join(
-        sorted(f"127.0.0.1:{services.ports[name]}" for name in ("inventory-a", "inventory-b"))) + "\n"
-    deadline = time.monotonic() + 15  # the order service's blocking query sees the new set
-    while both not in (services.workdir / "order-1.log").read_text():
-        assert time.monotonic() < deadline, "the order service never saw the restarted instance"
-        time.sleep(0.2)
+        sorted(f"127.0.0.1:{services.port(name)}" for name in ("inventory-a", "inventory-b"))) + "\n"
+    said(services.logs["order-1"], both, services.processes["order-1"], 15)  # its blocking query saw the new set
     acknowledged, failures = await place_orders(services, sku, 5)
     assert acknowledged and not failures
     # Round robin over two: the restarted one takes its share at once (not after a reconnect
@@ -221,7 +182,7 @@ async def test_calls_continue_while_consul_is_down_and_services_register_again(m
         agent.wait_passing(service, count, timeout=30)
     acknowledged, failures = await place_orders(services, sku, 3)
     assert acknowledged and not failures
-    logs = (services.workdir / "order-1.log").read_text()
+    logs = services.logs["order-1"].read_text()
     assert logs.count("Consul unreachable (watching inventory)") == 1  # once per outage, not per call
 
 
@@ -238,19 +199,12 @@ def test_the_launcher_runs_the_mesh_on_consul_with_two_inventories_in_one_flag(t
     env = dict(os.environ, PATH=f"{ROOT / '.tools' / 'bin'}:{os.environ['PATH']}")
     process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     try:
-        deadline = time.monotonic() + 90
-        while "shopmesh is up" not in log.read_text(errors="replace"):
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.2)
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports['consul']}/v1/health/service/inventory?passing=true",
-                                    timeout=5) as reply:
-            assert sorted(e["Service"]["ID"] for e in json.load(reply)) == ["inventory-1", "inventory-2"]
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{ports['gateway']}/v1/orders", method="POST",
-            data=json.dumps({"requestId": str(uuid.uuid4()), "userId": "c", "lines": [{"sku": "coffee-mug", "quantity": 1}]}).encode(),
-            headers={"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            assert json.load(reply)["status"] == "CONFIRMED"
+        said(log, "shopmesh is up", process, 90)
+        passing = Http(f"127.0.0.1:{ports['consul']}").call("GET", "/v1/health/service/inventory?passing=true")[2]
+        assert sorted(e["Service"]["ID"] for e in passing) == ["inventory-1", "inventory-2"]
+        status, _, order = Http(f"127.0.0.1:{ports['gateway']}").call("POST", "/v1/orders", {
+            "requestId": str(uuid.uuid4()), "userId": "c", "lines": [{"sku": "coffee-mug", "quantity": 1}]})
+        assert status == 200 and order["status"] == "CONFIRMED", order
         process.send_signal(signal.SIGINT)
         asked = time.monotonic()
         assert process.wait(90) == 0
@@ -271,7 +225,7 @@ def test_the_launcher_runs_the_mesh_on_consul_with_two_inventories_in_one_flag(t
                 process.kill()
 
 
-def started_calls(services: Services, name: str, method: str) -> float:
+def started_calls(services: Mesh, name: str, method: str) -> float:
     return rpc_calls(services.metrics_ports[name], method)
 
 
@@ -311,8 +265,8 @@ async def get_products(upstreams, seconds: float, sku=lambda: "mug", pause: floa
 async def test_an_instance_failing_its_calls_is_ejected_and_the_healthy_one_takes_them(consul) -> None:
     """gRPC's outlier detection in our channels, with the instance set from a real Consul."""
     agent, services = consul
-    services.start("inventory-good", "inventory")
-    services.start("inventory-bad", "inventory", SHOPMESH_FAULTS="rpc.GetProduct=fail:1000000000")
+    services.start("inventory", name="inventory-good")
+    services.start("inventory", name="inventory-bad", SHOPMESH_FAULTS="rpc.GetProduct=fail:1000000000")
     agent.wait_passing("inventory", 2)  # both pass health: only their calls tell them apart
     sku = new_product(services, 5)
     async with consul_upstreams(agent) as upstreams:
@@ -334,8 +288,8 @@ async def test_a_client_asking_for_unknown_skus_ejects_no_healthy_instance(consu
     ejected a healthy instance (at most half of them). Our channels take the caller's mistakes soft
     (mesh/rpc/softerrors.py): both instances keep serving, and the polite client never notices."""
     agent, services = consul
-    services.start("inventory-a", "inventory")
-    services.start("inventory-b", "inventory")
+    services.start("inventory", name="inventory-a")
+    services.start("inventory", name="inventory-b")
     agent.wait_passing("inventory", 2)
     sku = new_product(services, 5)
     async with consul_upstreams(agent) as upstreams:
