@@ -11,14 +11,14 @@ within the same bound, with not one failed request throughout.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import free_port
 from tests.support.dns import Answers
-from tests.support.mesh import Mesh, rpc_calls, wait_serving
+from tests.support.http import call
+from tests.support.mesh import Mesh, rpc_calls
+from tests.support.waiting import eventually
 
 MAX_AGE = 2.0  # SHOPMESH_MAX_CONNECTION_AGE_SECONDS of the inventories here
 BOUND = MAX_AGE * 1.1 + 3.0  # the age with gRPC's jitter, plus re-resolving and connecting
@@ -26,8 +26,7 @@ NAME = "inventory.shop.test."
 
 
 def _list_products(gateway: str) -> int:
-    with urllib.request.urlopen(f"http://{gateway}/v1/products?pageSize=1", timeout=10) as reply:
-        return reply.status
+    return call(gateway, "GET", "/v1/products?pageSize=1", timeout=10)[0]
 
 
 def test_a_new_instance_behind_the_name_gets_calls_and_a_removed_one_stops(dns_server: tuple[Answers, int],
@@ -38,10 +37,9 @@ def test_a_new_instance_behind_the_name_gets_calls_and_a_removed_one_stops(dns_s
     metrics = {ip: free_port() for ip in ips}
     answers.set(NAME, ips[0])
     mesh = Mesh(tmp_path)
-    instances: dict[str, subprocess.Popen] = {}
     try:
         for ip in ips[:1]:
-            instances[ip] = _inventory(mesh, ip, port, metrics[ip])
+            _inventory(mesh, ip, port, metrics[ip])
         mesh.start("gateway", SHOPMESH_DISCOVERY="dns", SHOPMESH_DNS_SERVER=f"127.0.0.1:{dns_port}",
                    SHOPMESH_INVENTORY_ADDR=f"inventory.shop.test:{port}",
                    SHOPMESH_ORDER_ADDR=f"order.shop.test:{mesh.ports['order']}",
@@ -56,13 +54,15 @@ def test_a_new_instance_behind_the_name_gets_calls_and_a_removed_one_stops(dns_s
         assert calls(ips[0]) >= 20
 
         # A second instance comes up and DNS lists it: it is called within the bound.
-        instances[ips[1]] = _inventory(mesh, ips[1], port, metrics[ips[1]])
+        _inventory(mesh, ips[1], port, metrics[ips[1]])
         answers.set(NAME, *ips)
         added = time.monotonic()
-        while calls(ips[1]) == 0:
-            assert time.monotonic() - added < BOUND, f"{ips[1]} got no call {BOUND:.1f}s after DNS listed it"
+
+        def new_one_called() -> bool:
             assert _list_products(gateway) == 200
-            time.sleep(0.05)
+            return calls(ips[1]) > 0
+
+        eventually(new_one_called, BOUND, f"a call to {ips[1]} once DNS listed it", every=0.05)
         took_to_add = time.monotonic() - added
         for _ in range(40):  # both share the calls now
             assert _list_products(gateway) == 200
@@ -74,35 +74,25 @@ def test_a_new_instance_behind_the_name_gets_calls_and_a_removed_one_stops(dns_s
         # DNS drops the first (it keeps running, as a pod leaving a Service's endpoints does):
         # once its connection ages out, the gateway re-resolves and calls only the second.
         answers.set(NAME, ips[1])
-        removed = time.monotonic()
-        while True:
+
+        def dropped_one_left() -> bool:
             last = calls(ips[0])
             for _ in range(20):
                 assert _list_products(gateway) == 200
-            if calls(ips[0]) == last:
-                break
-            assert time.monotonic() - removed < BOUND, f"{ips[0]} still called {BOUND:.1f}s after DNS dropped it"
-            time.sleep(0.05)
+            return calls(ips[0]) == last
+
+        eventually(dropped_one_left, BOUND, f"no more calls to {ips[0]} once DNS dropped it", every=0.05)
         still = calls(ips[0])
         for _ in range(40):
             assert _list_products(gateway) == 200
         assert calls(ips[0]) == still, "an instance DNS no longer lists must get no calls"
         print(f"new instance called after {took_to_add:.2f}s; bound {BOUND:.1f}s")
     finally:
-        for process in instances.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
         mesh.stop_all()
 
 
 def _inventory(mesh: Mesh, ip: str, port: int, metrics_port: int) -> subprocess.Popen:
     """One inventory instance on its own loopback address, as a pod on its own IP (same port)."""
-    log = mesh.data_dir / f"inventory-{ip}.log"
-    mesh.data_dir.mkdir(parents=True, exist_ok=True)
-    env = mesh.env(SHOPMESH_HOST=ip, SHOPMESH_INVENTORY_PORT=str(port), SHOPMESH_INVENTORY_METRICS_PORT=str(metrics_port),
-                   SHOPMESH_MAX_CONNECTION_AGE_SECONDS=str(MAX_AGE))
-    process = subprocess.Popen([sys.executable, "-m", "inventory"], cwd=ROOT, env=env,
-                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    wait_serving(f"{ip}:{port}", process=process)
-    return process
+    name = f"inventory@{ip}"
+    mesh.ports[name], mesh.metrics_ports[name] = port, metrics_port
+    return mesh.start("inventory", name=name, host=ip, SHOPMESH_MAX_CONNECTION_AGE_SECONDS=str(MAX_AGE))

@@ -5,19 +5,18 @@ and Prometheus scrape configuration."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 from mesh.topology import DEFAULT_FILE
 from tests.conftest import ROOT, free_port, tool
+from tests.support.http import Http
+from tests.support.waiting import said
 
 PROTO = """
 syntax = "proto3";
@@ -74,8 +73,9 @@ calls = []
 
 
 def _consul_passing(consul: int, service: str) -> list[dict]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{consul}/v1/health/service/{service}?passing=true", timeout=5) as reply:
-        return json.load(reply)
+    status, _, found = Http(f"127.0.0.1:{consul}").call("GET", f"/v1/health/service/{service}?passing=true")
+    assert status == 200, found
+    return found
 
 
 def _greeter_pid(launcher_pid: int, port: int) -> int:
@@ -88,17 +88,6 @@ def _greeter_pid(launcher_pid: int, port: int) -> int:
         if parent == launcher_pid and b"greeter" in command:
             return int(stat.parent.name)
     raise LookupError(f"no greeter under the launcher on port {port}")
-
-
-def _wait_for(text: str, log: Path, process: subprocess.Popen, timeout: float, after: int = 0) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        said = log.read_text(errors="replace")
-        at = said.find(text, after)
-        if at >= 0:
-            return at
-        assert process.poll() is None and time.monotonic() < deadline, f"never said {text!r}:\n{said[-3000:]}"
-        time.sleep(0.1)
 
 
 def test_a_fourth_service_declared_once_is_run_registered_checked_and_supervised(tmp_path: Path) -> None:
@@ -118,9 +107,10 @@ def test_a_fourth_service_declared_once_is_run_registered_checked_and_supervised
     log = tmp_path / "launcher.log"
     process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     try:
-        _wait_for("shopmesh is up", log, process, 90)
-        said = log.read_text()
-        assert f"greeter serving on 127.0.0.1:{ports['greeter']}" in said and f"greeter       127.0.0.1:{ports['greeter']}" in said
+        said(log, "shopmesh is up", process, 90)
+        output = log.read_text()
+        assert f"greeter serving on 127.0.0.1:{ports['greeter']}" in output
+        assert f"greeter       127.0.0.1:{ports['greeter']}" in output
         # Registered in Consul with a gRPC health check on its own service name, and passing it.
         [entry] = _consul_passing(ports["consul"], "greeter")
         assert entry["Service"]["Port"] == ports["greeter"]
@@ -131,8 +121,8 @@ def test_a_fourth_service_declared_once_is_run_registered_checked_and_supervised
         # Supervised: killed with -9, it is started again and serves again.
         mark = len(log.read_text())
         os.kill(_greeter_pid(process.pid, ports["greeter"]), signal.SIGKILL)
-        _wait_for("greeter exited with code -9; restarting it", log, process, 30, mark)
-        _wait_for("greeter is serving again", log, process, 60, mark)
+        said(log, "greeter exited with code -9; restarting it", process, 30, after=mark)
+        said(log, "greeter is serving again", process, 60, after=mark)
         assert _consul_passing(ports["consul"], "greeter")
         # Stopped with the rest, before nothing it calls (it calls nothing), with exit code 0.
         process.send_signal(signal.SIGINT)

@@ -6,11 +6,11 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from tests.conftest import ROOT, TOOLS_BIN, free_port, tool
 from tests.support.mesh import Launcher
+from tests.support.waiting import said
 
 DEFAULT_PORTS = {"50051": "inventory", "50052": "order", "50053": "notification", "8080": "gateway"}
 
@@ -60,11 +60,7 @@ def test_the_quickstart_command_sets_up_runs_and_stops_the_mesh(tmp_path: Path) 
     log = tmp_path / "run-mesh.log"
     process = subprocess.Popen(args, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     try:
-        deadline = time.monotonic() + 300  # the first run may install packages
-        while "shopmesh is up" not in log.read_text(errors="replace"):
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.2)
+        said(log, "shopmesh is up", process, timeout=300)  # the first run may install packages
         assert "demo products: 5 added" in log.read_text()
         assert (tmp_path / "data" / "order.db").exists()
         process.send_signal(signal.SIGINT)

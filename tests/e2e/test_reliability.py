@@ -24,7 +24,7 @@ from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from tests.support.http import Http
 from tests.support.mesh import Mesh, new_product, rpc_calls
 from tests.support.metrics import scrape, value
-from tests.support.waiting import eventually, settled
+from tests.support.waiting import eventually, eventually_async, settled
 
 FAST = {
     "SHOPMESH_RESERVATION_TTL_SECONDS": "2",
@@ -203,6 +203,7 @@ def test_overload_past_the_concurrency_limit_is_refused_fast_with_bounded_memory
         async with grpc.aio.insecure_channel(mesh.address("inventory")) as channel:
             stub = inventory_pb2_grpc.InventoryServiceStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
+            full = asyncio.Event()  # set at the first refusal: the limit is full
 
             async def one() -> tuple[object, float]:
                 started = time.monotonic()
@@ -211,11 +212,12 @@ def test_overload_past_the_concurrency_limit_is_refused_fast_with_bounded_memory
                     return grpc.StatusCode.OK, time.monotonic() - started
                 except grpc.aio.AioRpcError as error:
                     assert error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or "overloaded" in error.details()
+                    full.set()
                     return error.code(), time.monotonic() - started
 
             async def probe() -> None:
                 # Health is never shed: an overloaded instance must not fail its probe.
-                await asyncio.sleep(0.1)  # the limit is full by now
+                await asyncio.wait_for(full.wait(), 5)
                 for service in ("", "shop.inventory.v1.InventoryService"):
                     reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
                     assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -823,13 +825,15 @@ async def test_an_instance_back_on_its_address_after_a_long_outage_is_called_aga
         assert failed > 50
         mesh.start("inventory")
         back = time.monotonic()
-        while True:
+
+        async def answers_again() -> bool:
             try:
                 await call()
-                break
             except grpc.aio.AioRpcError:
-                assert time.monotonic() - back < 20, "never called again"
-                await asyncio.sleep(0.05)
+                return False
+            return True
+
+        await eventually_async(answers_again, 20, "a call to the restarted inventory", every=0.05)
         took = time.monotonic() - back
         print(f"called again {took:.2f} s after it was serving")
         assert took < MAX_RECONNECT_BACKOFF_MS / 1000 * 1.2 + 0.5  # the cap, its jitter, a moment
