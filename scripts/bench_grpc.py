@@ -1,7 +1,12 @@
 """gRPC benchmark: a bare grpc.aio ceiling, GetProduct, and CreateOrder end to end, in one run.
 
     .venv/bin/python scripts/bench_grpc.py [--duration 10] [--concurrency 32] [--baseline REF]
-        [--open-loop 25,50,75]
+        [--open-loop 25,50,75] [--database sqlite|postgresql|both]
+
+With `--database postgresql` the services keep their data on a throwaway PostgreSQL server
+(Debian's binaries, started as the tests start it, on loopback); with `--database both` the same
+services run twice, once on SQLite files and once on PostgreSQL, measured in the same interleaved
+rounds, and the server's own CPU per request is shown beside the services'.
 
 With `--baseline REF` the three services as they were at git REF (a worktree of it, the same
 venv) run beside today's, each with its own data, and every target is measured for both in
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -29,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +115,7 @@ def ghz_path() -> str:
 
 
 def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argparse.Namespace,
-            rps: int = 0, concurrency: int = 0) -> dict:
+            rps: int = 0, concurrency: int = 0, database_cpu: Callable[[], float] | None = None) -> dict:
     command = [
         ghz_path(), "--insecure", "--protoset", str(ROOT / "generated" / "shopmesh.protoset"),
         "--call", method, "-d", json.dumps(data),
@@ -117,6 +125,7 @@ def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argpar
     # A short warm-up so caches and connections are steady before measuring.
     subprocess.run([*command, "-n", str(max(rps, 50) if rps else 1000), address], capture_output=True, check=True)
     before = [cpu_seconds(p) for p in pids]
+    database_before = database_cpu() if database_cpu else 0.0
     ghz_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # --duration-stop=wait: calls still in flight at the end finish and count, not show up as errors.
     timed = [*command, "-z", f"{args.duration}s", "--duration-stop", "wait", address]
@@ -126,6 +135,7 @@ def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argpar
     settle(pids)  # work the calls left behind (the outbox's deliveries) counts too, and cannot spill into the next run
     per_process = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
     cpu = sum(per_process)
+    database = database_cpu() - database_before if database_cpu else None
     report = json.loads(out)
     latencies = {d["percentage"]: d["latency"] / 1e6 for d in report.get("latencyDistribution") or []}
     ok = report["statusCodeDistribution"].get("OK", 0)
@@ -137,6 +147,7 @@ def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argpar
         "errors": {k: v for k, v in report["statusCodeDistribution"].items() if k != "OK"},
         "cpu_ms": 1000 * cpu / max(ok, 1),
         "cpu_ms_each": [1000 * c / max(ok, 1) for c in per_process],
+        "database_cpu_ms": None if database is None else 1000 * database / max(ok, 1),
         "ghz_cpu_ms": 1000 * ghz_cpu / max(ok, 1),
         "ghz_cores": ghz_cpu / args.duration,
     }
@@ -170,8 +181,9 @@ def start(args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> 
 
 
 def start_services(tree: Path, work: Path, processes: dict[str, subprocess.Popen], tag: str,
-                   workers: int = 1) -> dict[str, int]:
-    """inventory, notification and order from the checkout at `tree`, on their own ports and data."""
+                   workers: int = 1, databases: dict[str, str] | None = None) -> dict[str, int]:
+    """inventory, notification and order from the checkout at `tree`, on their own ports and data
+    (SQLite files, or `databases`: each service's database URL)."""
     data = work / (tag or "current")
     data.mkdir()
     env = dict(os.environ, SHOPMESH_DATA_DIR=str(data), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
@@ -180,6 +192,8 @@ def start_services(tree: Path, work: Path, processes: dict[str, subprocess.Popen
     for name in ports:
         env[f"SHOPMESH_{name.upper()}_PORT"] = str(ports[name])
         env[f"SHOPMESH_{name.upper()}_METRICS_PORT"] = str(free_port())
+        if databases:
+            env[f"SHOPMESH_{name.upper()}_DATABASE_URL"] = databases[name]
     for name in ("inventory", "notification", "order"):
         processes[f"{name}{tag}"] = start([sys.executable, "-m", name], env, data / f"{name}.log", cwd=tree)
     for port in ports.values():
@@ -192,15 +206,30 @@ def start_services(tree: Path, work: Path, processes: dict[str, subprocess.Popen
     return ports
 
 
-def rows_for(ports: dict[str, int], processes: dict[str, subprocess.Popen], tag: str, label: str) -> list[tuple]:
+@dataclass(frozen=True)
+class Target:
+    """One thing ghz drives: a method at an address, the server processes whose CPU it costs, and
+    (on PostgreSQL) the database server's CPU."""
+
+    label: str
+    address: str
+    method: str
+    data: dict
+    pids: list[int]
+    database_cpu: Callable[[], float] | None = None
+
+
+def targets_for(ports: dict[str, int], processes: dict[str, subprocess.Popen], tag: str, label: str,
+                database: str = "SQLite", database_cpu: Callable[[], float] | None = None) -> list[Target]:
     pid = {name: processes[f"{name}{tag}"].pid for name in ports}
     suffix = f" @ {label}" if label else ""
     order = {"request_id": "{{newUUID}}", "user_id": "bench-{{.RequestNumber}}", "lines": [{"sku": "bench", "quantity": 1}]}
     return [
-        (f"GetProduct (inventory + SQLite){suffix}", f"127.0.0.1:{ports['inventory']}",
-         "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [pid["inventory"]]),
-        (f"CreateOrder end to end (3 services){suffix}", f"127.0.0.1:{ports['order']}",
-         "shop.order.v1.OrderService.CreateOrder", order, [pid["order"], pid["inventory"], pid["notification"]]),
+        Target(f"GetProduct (inventory + {database}){suffix}", f"127.0.0.1:{ports['inventory']}",
+               "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [pid["inventory"]], database_cpu),
+        Target(f"CreateOrder end to end (3 services, {database}){suffix}", f"127.0.0.1:{ports['order']}",
+               "shop.order.v1.OrderService.CreateOrder", order, [pid["order"], pid["inventory"], pid["notification"]],
+               database_cpu),
     ]
 
 
@@ -227,6 +256,8 @@ def main() -> None:
     parser.add_argument("--open-loop-workers", type=int, default=200, help="ghz workers in open loop")
     parser.add_argument("--workers", type=int, default=1,
                         help="also measure today's services with SHOPMESH_WORKERS=N (use --connections > 1)")
+    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="sqlite",
+                        help="where the services keep their data; both: each, in the same rounds")
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
@@ -238,72 +269,103 @@ def main() -> None:
     echo_port = free_port()
     processes: dict[str, subprocess.Popen] = {}
     baseline = None
-    try:
-        processes["echo"] = start([sys.executable, __file__, "--serve-echo", str(echo_port)], env, work / "echo.log")
-        wait_port(f"127.0.0.1:{echo_port}")
-        rows = [("ceiling: bare grpc.aio GetProduct", f"127.0.0.1:{echo_port}",
-                 "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [processes["echo"].pid])]
-        rows += rows_for(start_services(ROOT, work, processes, ""), processes, "", "")
-        if args.baseline:
-            baseline = work / "baseline-tree"
-            add_worktree(args.baseline, baseline)
-            rows += rows_for(start_services(baseline, work, processes, "-baseline"), processes, "-baseline",
-                             args.baseline)
-        if args.workers > 1:
-            tag = f"-w{args.workers}"
-            rows += rows_for(start_services(ROOT, work, processes, tag, workers=args.workers), processes, tag,
-                             f"{args.workers} workers")
-        rounds: dict[str, list[dict]] = {label: [] for label, *_ in rows}
-        for round_ in range(args.repeat):  # interleaved, so a noisy moment hits every target alike
-            for label, address, method, data, pids in rows:
-                print(f"round {round_ + 1}: {label} for {args.duration}s ...", file=sys.stderr, flush=True)
-                rounds[label].append(run_ghz(address, method, data, pids, args))
-        results = [(label, sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]) for label, runs in rounds.items()]
-        ceiling = results[0][1]["rps"]
-        print(f"\nghz -c {args.concurrency} -z {args.duration}s --connections {args.connections} "
-              f"on {os.cpu_count()} cores (ghz shares them); median of {args.repeat} interleaved rounds\n")
-        print("| target | requests/s | % of ceiling | p50 ms | p99 ms | errors | server CPU ms/request "
-              "| ghz CPU ms/request (cores) |")
-        print("|---|---:|---:|---:|---:|---|---:|---:|")
-        for label, r in results:
-            each = " + ".join(f"{c:.2f}" for c in r["cpu_ms_each"]) if len(r["cpu_ms_each"]) > 1 else ""
-            print(f"| {label} | {r['rps']:.0f} | {100 * r['rps'] / ceiling:.0f}% | {r['p50']:.2f} | {r['p99']:.2f} "
-                  f"| {r['errors'] or 'none'} | {r['cpu_ms']:.3f}{f' ({each})' if each else ''} "
-                  f"| {r['ghz_cpu_ms']:.3f} ({r['ghz_cores']:.2f}) |")
-        print("\nCreateOrder's CPU is order + inventory + notification. CPU is user+system time of the server")
-        print("processes from /proc over the measured run, divided by the successful calls.")
-        if args.baseline:
-            by = dict(results)
-            for now, then in zip(rows[1:3], rows[3:5], strict=True):
-                a, b = by[now[0]], by[then[0]]
-                print(f"\n{now[0]}: {a['rps'] / b['rps']:.2f}x the requests/s of {args.baseline}, "
-                      f"{a['cpu_ms'] / b['cpu_ms']:.2f}x its CPU per request")
-        if args.workers > 1:
-            by = dict(results)
-            for one, many in zip(rows[1:3], rows[-2:], strict=True):
-                a, b = by[many[0]], by[one[0]]
-                print(f"\n{many[0]}: {a['rps'] / b['rps']:.2f}x the requests/s of 1 worker, "
-                      f"{a['cpu_ms'] / b['cpu_ms']:.2f}x its CPU per request")
-        if args.open_loop:
-            open_loop(rows[1:], dict(results), args)
-    finally:
-        stop_all(processes.values())
-        drop_worktree(baseline)
-        shutil.rmtree(work, ignore_errors=True)
+    with contextlib.ExitStack() as servers:
+        try:
+            processes["echo"] = start([sys.executable, __file__, "--serve-echo", str(echo_port)], env, work / "echo.log")
+            wait_port(f"127.0.0.1:{echo_port}")
+            rows = [Target("ceiling: bare grpc.aio GetProduct", f"127.0.0.1:{echo_port}",
+                           "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [processes["echo"].pid])]
+            # Today's services on each database asked for; the baseline and the workers on the first.
+            first = "postgresql" if args.database == "postgresql" else "sqlite"
+            postgres = None
+            if args.database in ("postgresql", "both"):
+                from tests.support.postgres import throwaway_server
+
+                postgres = servers.enter_context(throwaway_server(free_port()))
+
+            def on(database: str, tree: Path, tag: str, label: str, workers: int = 1) -> list[Target]:
+                if database == "sqlite":
+                    return targets_for(start_services(tree, work, processes, tag, workers), processes, tag, label)
+                urls = {name: postgres.create_database() for name in ("inventory", "order", "notification")}
+                ports = start_services(tree, work, processes, tag, workers, databases=urls)
+                return targets_for(ports, processes, tag, label, "PostgreSQL", postgres.cpu_seconds)
+
+            today = {database: on(database, ROOT, "" if database == first else "-pg", "")
+                     for database in ({"both": ("sqlite", "postgresql")}.get(args.database) or (args.database,))}
+            for found in today.values():
+                rows += found
+            if args.baseline:
+                baseline = work / "baseline-tree"
+                add_worktree(args.baseline, baseline)
+                then = on(first, baseline, "-baseline", args.baseline)
+                rows += then
+            if args.workers > 1:
+                many = on(first, ROOT, f"-w{args.workers}", f"{args.workers} workers", args.workers)
+                rows += many
+            rounds: dict[str, list[dict]] = {row.label: [] for row in rows}
+            for round_ in range(args.repeat):  # interleaved, so a noisy moment hits every target alike
+                for row in rows:
+                    print(f"round {round_ + 1}: {row.label} for {args.duration}s ...", file=sys.stderr, flush=True)
+                    rounds[row.label].append(run_ghz(row.address, row.method, row.data, row.pids, args,
+                                                     database_cpu=row.database_cpu))
+            results = {label: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for label, runs in rounds.items()}
+            report(rows, results, args)
+            by = results
+            if args.baseline:
+                for now, was in zip(today[first], then, strict=True):
+                    a, b = by[now.label], by[was.label]
+                    print(f"\n{now.label}: {a['rps'] / b['rps']:.2f}x the requests/s of {args.baseline}, "
+                          f"{a['cpu_ms'] / b['cpu_ms']:.2f}x its CPU per request")
+            if args.workers > 1:
+                for one, several in zip(today[first], many, strict=True):
+                    a, b = by[several.label], by[one.label]
+                    print(f"\n{several.label}: {a['rps'] / b['rps']:.2f}x the requests/s of 1 worker, "
+                          f"{a['cpu_ms'] / b['cpu_ms']:.2f}x its CPU per request")
+            if args.database == "both":
+                for lite, pg in zip(today["sqlite"], today["postgresql"], strict=True):
+                    a, b = by[pg.label], by[lite.label]
+                    print(f"\n{pg.label}: {a['cpu_ms'] / b['cpu_ms']:.2f}x SQLite's services' CPU per request "
+                          f"({a['cpu_ms']:.3f} vs {b['cpu_ms']:.3f} ms), {a['rps'] / b['rps']:.2f}x its requests/s; "
+                          f"PostgreSQL's own CPU {a['database_cpu_ms']:.3f} ms per request")
+            if args.open_loop:
+                open_loop(rows[1:], results, args)
+        finally:
+            stop_all(processes.values())
+            drop_worktree(baseline)
+            shutil.rmtree(work, ignore_errors=True)
 
 
-def open_loop(rows: list[tuple], closed: dict[str, dict], args: argparse.Namespace) -> None:
+def report(rows: list[Target], results: dict[str, dict], args: argparse.Namespace) -> None:
+    ceiling = results[rows[0].label]["rps"]
+    print(f"\nghz -c {args.concurrency} -z {args.duration}s --connections {args.connections} "
+          f"on {os.cpu_count()} cores (ghz shares them); median of {args.repeat} interleaved rounds\n")
+    print("| target | requests/s | % of ceiling | p50 ms | p99 ms | errors | server CPU ms/request "
+          "| database server CPU ms/request | ghz CPU ms/request (cores) |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    for row in rows:
+        r = results[row.label]
+        each = " + ".join(f"{c:.2f}" for c in r["cpu_ms_each"]) if len(r["cpu_ms_each"]) > 1 else ""
+        database = "" if r["database_cpu_ms"] is None else f"{r['database_cpu_ms']:.3f}"
+        print(f"| {row.label} | {r['rps']:.0f} | {100 * r['rps'] / ceiling:.0f}% | {r['p50']:.2f} | {r['p99']:.2f} "
+              f"| {r['errors'] or 'none'} | {r['cpu_ms']:.3f}{f' ({each})' if each else ''} | {database} "
+              f"| {r['ghz_cpu_ms']:.3f} ({r['ghz_cores']:.2f}) |")
+    print("\nCreateOrder's CPU is order + inventory + notification. CPU is user+system time of the server")
+    print("processes from /proc over the measured run, divided by the successful calls; the database")
+    print("server's (PostgreSQL: the postmaster and its backends) is its own column.")
+
+
+def open_loop(rows: list[Target], closed: dict[str, dict], args: argparse.Namespace) -> None:
     """Each target at fixed shares of the rate it reached closed-loop: latency at a given load."""
     shares = [int(x) for x in args.open_loop.split(",")]
     print(f"\nOpen loop: ghz --rps at {', '.join(f'{x}%' for x in shares)} of each target's closed-loop rate, "
           f"-c {args.open_loop_workers} workers, {args.duration}s each\n")
     print("| target | load | requests/s sent | p50 ms | p99 ms | errors | server CPU ms/request |")
     print("|---|---:|---:|---:|---:|---|---:|")
-    for label, address, method, data, pids in rows:
+    for row in rows:
         for share in shares:
-            rate = max(int(closed[label]["rps"] * share / 100), 1)
-            r = run_ghz(address, method, data, pids, args, rps=rate, concurrency=args.open_loop_workers)
-            print(f"| {label} | {share}% | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+            rate = max(int(closed[row.label]["rps"] * share / 100), 1)
+            r = run_ghz(row.address, row.method, row.data, row.pids, args, rps=rate, concurrency=args.open_loop_workers)
+            print(f"| {row.label} | {share}% | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
                   f"{r['errors'] or 'none'} | {r['cpu_ms']:.3f} |", flush=True)
 
 

@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT, tool
+from tests.conftest import ROOT, needed, tool
+from tests.support.postgres import bin_dir
 
 
 def run(*args: str, timeout: float = 300) -> str:
@@ -38,14 +39,29 @@ def test_bench_grpc_runs_every_target_today_beside_a_baseline_and_two_workers() 
     rows = table_rows(out, "| target | requests/s |")
     labels = [row[0] for row in rows]
     assert labels == ["ceiling: bare grpc.aio GetProduct", "GetProduct (inventory + SQLite)",
-                      "CreateOrder end to end (3 services)", "GetProduct (inventory + SQLite) @ HEAD",
-                      "CreateOrder end to end (3 services) @ HEAD", "GetProduct (inventory + SQLite) @ 2 workers",
-                      "CreateOrder end to end (3 services) @ 2 workers"]
+                      "CreateOrder end to end (3 services, SQLite)", "GetProduct (inventory + SQLite) @ HEAD",
+                      "CreateOrder end to end (3 services, SQLite) @ HEAD", "GetProduct (inventory + SQLite) @ 2 workers",
+                      "CreateOrder end to end (3 services, SQLite) @ 2 workers"]
     for row in rows:
         assert float(row[1]) > 0 and row[5] == "none", row  # calls answered, none failed
         assert float(row[6].split()[0]) > 0, row  # server CPU was measured
     assert "x the requests/s of HEAD" in out and "x the requests/s of 1 worker" in out
     assert len(table_rows(out, "| target | load |")) == 6
+
+
+def test_bench_grpc_measures_both_databases_in_the_same_rounds() -> None:
+    if bin_dir() is None:
+        needed("PostgreSQL's binaries", "apt-get install postgresql (scripts/test.sh does)")
+    out = run("scripts/bench_grpc.py", "--duration", "1", "--repeat", "1", "--database", "both")
+    rows = {row[0]: row for row in table_rows(out, "| target | requests/s |")}
+    for database in ("SQLite", "PostgreSQL"):
+        for label in (f"GetProduct (inventory + {database})", f"CreateOrder end to end (3 services, {database})"):
+            row = rows[label]
+            assert float(row[1]) > 0 and row[5] == "none", row
+            assert float(row[6].split()[0]) > 0, row  # the services' CPU
+            assert (row[7] != "") == (database == "PostgreSQL"), row  # the database server's, where it is one
+    assert float(rows["CreateOrder end to end (3 services, PostgreSQL)"][7]) > 0
+    assert "x SQLite's services' CPU per request" in out
 
 
 def test_bench_gateway_observability_and_validate_run_and_print_their_tables() -> None:

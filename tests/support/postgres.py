@@ -69,6 +69,23 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{database}"
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the server has used: the postmaster's, its reaped children's
+        (counted into the postmaster by the kernel when it waits for them) and its live backends'."""
+        postmaster = int((self._dir / "data" / "postmaster.pid").read_text().split()[0])
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            pid, parent = int(stat.parent.name), int(fields[1])
+            if pid == postmaster:
+                total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+            elif parent == postmaster:
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         try:
             self._run("pg_ctl", "-D", str(self._dir / "data"), "-m", "immediate", "stop")
