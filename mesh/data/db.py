@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -37,10 +38,10 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Result, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from mesh.kernel.errors import Duplicate
+from mesh.kernel.errors import Duplicate, Unavailable
 from mesh.observe import telemetry
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,10 @@ class Database:
         self.engine = engine
         telemetry.instrument_engines(engine.sync_engine, *([inline_engine] if inline_engine is not None else []))
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # PostgreSQL reads run without BEGIN/COMMIT: at READ COMMITTED (its default) each statement
+        # takes its own snapshot inside a transaction too, so a read transaction only added two
+        # round trips. The same pool, connections switched to autocommit while checked out.
+        self._reads = None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._reader = self._writer = None
         if inline_engine is not None:
@@ -184,7 +189,10 @@ class Database:
     def connect(cls, url: str) -> Database:
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
-            return cls(create_async_engine(parsed, pool_pre_ping=True))
+            # No ping per checkout (on asyncpg a BEGIN and a ROLLBACK, two round trips before every
+            # transaction): a connection found dead mid-call invalidates the whole pool instead, and
+            # the call is answered UNAVAILABLE (`Store`), so the caller's retry gets fresh connections.
+            return cls(create_async_engine(parsed))
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         # Transactions always end in COMMIT or ROLLBACK here, so the pool's
         # extra rollback on every check-in would only cost a thread hop.
@@ -224,6 +232,10 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection | InlineConnection]:
         if self._reader is not None and not self._reader.busy and self._reader.try_begin():
             with self._reader.transaction() as conn:
+                yield conn
+            return
+        if self._reads is not None:
+            async with self._reads.connect() as conn:
                 yield conn
             return
         async with self.engine.connect() as conn, conn.begin():
@@ -285,7 +297,9 @@ Tx = TypeVar("Tx")
 class Store(Generic[Tx]):
     """A service's store: `async with store.write() as tx:` gives its transaction object.
 
-    Subclasses name their transaction class; it is built around the open connection.
+    Subclasses name their transaction class; it is built around the open connection. What the
+    driver raises never reaches a use case: a row already stored under a written key is
+    `Duplicate`, a database out of reach (refused, restarted, its backend killed) `Unavailable`.
     """
 
     tx: Callable[[AsyncConnection | InlineConnection], Tx]
@@ -295,15 +309,47 @@ class Store(Generic[Tx]):
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
-        async with self.db.read() as conn:
-            yield self.tx(conn)
+        try:
+            async with self.db.read() as conn:
+                yield self.tx(conn)
+        except (DBAPIError, OSError) as error:
+            if not _lost(error):
+                raise
+            raise _unavailable(error) from error
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
-        """A write transaction; a row already stored under a written key is `Duplicate`, whether the
-        driver said so at the statement or at commit, so use cases never see the driver's error."""
+        """A write transaction; `Duplicate` whether the driver said so at the statement or at commit."""
         try:
             async with self.db.write() as conn:
                 yield self.tx(conn)
         except IntegrityError as error:
             raise Duplicate(str(error.orig)) from error
+        except (DBAPIError, OSError) as error:
+            if not _lost(error):
+                raise
+            raise _unavailable(error) from error
+
+
+def _lost(error: DBAPIError | OSError) -> bool:
+    """Whether `error` says the database server could not be reached or the connection was lost
+    (SQLAlchemy then invalidates the pool, so a retry connects afresh). SQLite's own errors (a
+    locked or unwritable file) are not: they stay errors of this process."""
+    if isinstance(error, OSError):
+        return True
+    if isinstance(error.orig, sqlite3.Error):
+        return False
+    return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
+
+
+_said_unreachable = 0.0
+
+
+def _unavailable(error: DBAPIError | OSError) -> Unavailable:
+    """The caller's answer (UNAVAILABLE, retry); the log says so at most every 10 s, not per call."""
+    global _said_unreachable
+    at = time.monotonic()
+    if at - _said_unreachable >= 10:
+        _said_unreachable = at
+        logger.warning("the database cannot be reached: %s", getattr(error, "orig", None) or error)
+    return Unavailable("the database cannot be reached; retry shortly")
