@@ -207,6 +207,10 @@ class Settings:
     port: int = 0
     data_dir: Path = Path("data")
     database_url: str = ""
+    # PostgreSQL: connections this process keeps open to its database, each reused call after call
+    # (a connection opened per burst costs a handshake, type setup and its prepared statements
+    # again); a call finding all busy waits for one.
+    database_pool_size: int = 10
     discovery: str = "static"
     # Static discovery: where each service listens, `host:port` (or `ip:port,ip:port` for several).
     # DNS discovery: one `name:port` per service whose DNS answer lists every instance (a
@@ -354,6 +358,7 @@ class Settings:
             port=ports[service],
             data_dir=data_dir,
             database_url=database_url,
+            database_pool_size=env.int("SHOPMESH_DATABASE_POOL_SIZE", 10, low=1, high=1000),
             discovery=discovery,
             addresses=addresses,
             dns_server=dns_server,

@@ -39,6 +39,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Result, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mesh.kernel.errors import Duplicate, Unavailable
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 _WRITE = "shopmesh_write"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# How long a call waits for a free pooled connection before it is answered UNAVAILABLE (a caller's
+# own deadline, usually shorter, ends it first).
+POOL_WAIT_SECONDS = 10.0
 
 
 def _sqlite_setup(engine: Engine, *, begin_hook: bool = True) -> None:
@@ -186,13 +190,16 @@ class Database:
             self._writer = _Inline(inline_engine, "BEGIN IMMEDIATE", busy_timeout_ms=0)
 
     @classmethod
-    def connect(cls, url: str) -> Database:
+    def connect(cls, url: str, pool_size: int = 10) -> Database:
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
-            # No ping per checkout (on asyncpg a BEGIN and a ROLLBACK, two round trips before every
-            # transaction): a connection found dead mid-call invalidates the whole pool instead, and
-            # the call is answered UNAVAILABLE (`Store`), so the caller's retry gets fresh connections.
-            return cls(create_async_engine(parsed))
+            # A fixed pool: `pool_size` connections kept and reused, none opened for a burst and
+            # closed after it (each new one cost a handshake, asyncpg's type setup and its prepared
+            # statements again: measured, BENCHMARKS.md). No ping per checkout (on asyncpg a BEGIN
+            # and a ROLLBACK, two round trips before every transaction): a connection found dead
+            # mid-call invalidates the whole pool instead, and the call is answered UNAVAILABLE
+            # (`Store`), so the caller's retry gets fresh connections.
+            return cls(create_async_engine(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=POOL_WAIT_SECONDS))
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         # Transactions always end in COMMIT or ROLLBACK here, so the pool's
         # extra rollback on every check-in would only cost a thread hop.
@@ -312,7 +319,7 @@ class Store(Generic[Tx]):
         try:
             async with self.db.read() as conn:
                 yield self.tx(conn)
-        except (DBAPIError, OSError) as error:
+        except (DBAPIError, OSError, PoolTimeout) as error:
             if not _lost(error):
                 raise
             raise _unavailable(error) from error
@@ -325,17 +332,17 @@ class Store(Generic[Tx]):
                 yield self.tx(conn)
         except IntegrityError as error:
             raise Duplicate(str(error.orig)) from error
-        except (DBAPIError, OSError) as error:
+        except (DBAPIError, OSError, PoolTimeout) as error:
             if not _lost(error):
                 raise
             raise _unavailable(error) from error
 
 
-def _lost(error: DBAPIError | OSError) -> bool:
+def _lost(error: DBAPIError | OSError | PoolTimeout) -> bool:
     """Whether `error` says the database server could not be reached or the connection was lost
     (SQLAlchemy then invalidates the pool, so a retry connects afresh). SQLite's own errors (a
     locked or unwritable file) are not: they stay errors of this process."""
-    if isinstance(error, OSError):
+    if isinstance(error, (OSError, PoolTimeout)):
         return True
     if isinstance(error.orig, sqlite3.Error):
         return False
@@ -345,7 +352,7 @@ def _lost(error: DBAPIError | OSError) -> bool:
 _said_unreachable = 0.0
 
 
-def _unavailable(error: DBAPIError | OSError) -> Unavailable:
+def _unavailable(error: DBAPIError | OSError | PoolTimeout) -> Unavailable:
     """The caller's answer (UNAVAILABLE, retry); the log says so at most every 10 s, not per call."""
     global _said_unreachable
     at = time.monotonic()
