@@ -80,7 +80,7 @@ async def create_order(store: Store, inventory: Inventory, outbox: Outbox, reque
 async def _begin(store: Store, request: OrderRequest) -> bool:
     """Records the attempt; False when one is open under this id already (a concurrent or earlier call)."""
     try:
-        async with store.write() as tx:
+        async with store.write_one() as tx:
             await tx.begin_attempt(request)
     except RequestIdTaken:
         return False
@@ -90,7 +90,7 @@ async def _begin(store: Store, request: OrderRequest) -> bool:
 async def _forget(store: Store, request: OrderRequest, fresh: bool) -> None:
     """Ends the attempt this call began: nothing was sold for it."""
     if fresh:
-        async with store.write() as tx:
+        async with store.write_one() as tx:
             await tx.end_attempt(request.request_id)
 
 
@@ -102,7 +102,7 @@ async def _return(store: Store, inventory: Inventory, request: OrderRequest) -> 
     except ShopError as error:
         logger.warning("request %s refused after its sale; recovery returns its stock: %s", request.request_id, error)
         return
-    async with store.write() as tx:
+    async with store.write_one() as tx:
         await tx.end_attempt(request.request_id)
 
 

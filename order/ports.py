@@ -45,6 +45,9 @@ class Store(Protocol):
 
     def read(self) -> AbstractAsyncContextManager[Tx]: ...
     def write(self) -> AbstractAsyncContextManager[Tx]: ...
+    def write_one(self) -> AbstractAsyncContextManager[Tx]:
+        """A write of exactly one statement (cheaper on PostgreSQL); a second one is refused."""
+        ...
 
 
 class Inventory(Protocol):

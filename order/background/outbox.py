@@ -134,7 +134,7 @@ class OutboxRelay:
             results = await asyncio.gather(*(self._send([e]) for e in events), return_exceptions=True)
         delivered = [e.event_id for e, r in zip(events, results, strict=True) if r is None]
         failed = [(e.event_id, r) for e, r in zip(events, results, strict=True) if r is not None]
-        async with self._store.write() as tx:
+        async with self._store.write() if failed else self._store.write_one() as tx:
             if delivered:
                 await tx.mark_delivered(delivered)
             if failed:

@@ -82,3 +82,21 @@ async def test_a_server_that_refuses_connections_is_unavailable_at_once(postgres
             await tx.value()
     assert loop.time() - started < 5
     await db.close()
+
+
+async def test_write_one_is_one_statement_without_a_transaction_and_refuses_a_second(postgres) -> None:  # type: ignore[no-untyped-def]
+    db = Database.connect(postgres.create_database())
+    await db.create_schema(metadata)
+    store = Counters(db)
+    async with store.write_one() as tx:
+        await tx.conn.execute(insert(counters).values(name="c", value=1))
+        # autocommit: the row is there for everyone before the block ends
+        async with store.read() as other:
+            assert await other.value() == 1
+    with pytest.raises(RuntimeError, match="write_one\\(\\) runs one statement"):
+        async with store.write_one() as tx:
+            await tx.conn.execute(counters.update().values(value=2))
+            await tx.conn.execute(counters.update().values(value=3))
+    async with store.read() as tx:
+        assert await tx.value() == 2  # the first ran (and is kept: it was its own transaction)
+    await db.close()

@@ -87,7 +87,7 @@ class FakeStore:
         yield tx
         self.orders, self.events, self.attempts = tx.orders, tx.events, tx.attempts
 
-    write = read
+    write = write_one = read
 
 
 class FakeOutbox:
