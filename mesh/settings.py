@@ -211,6 +211,11 @@ class Settings:
     # (a connection opened per burst costs a handshake, type setup and its prepared statements
     # again); a call finding all busy waits for one.
     database_pool_size: int = 10
+    # PostgreSQL reached through a pooler in transaction mode (PgBouncer `pool_mode = transaction`):
+    # "transaction" keeps every statement inside a transaction (the pooler may hand the next one
+    # to another server connection), prepares no statement for reuse, and follows new
+    # notifications by polling, since LISTEN needs a session of its own. "none": a direct connection.
+    database_pooler: str = "none"
     discovery: str = "static"
     # Static discovery: where each service listens, `host:port` (or `ip:port,ip:port` for several).
     # DNS discovery: one `name:port` per service whose DNS answer lists every instance (a
@@ -359,6 +364,7 @@ class Settings:
             data_dir=data_dir,
             database_url=database_url,
             database_pool_size=env.int("SHOPMESH_DATABASE_POOL_SIZE", 10, low=1, high=1000),
+            database_pooler=env.choice("SHOPMESH_DATABASE_POOLER", "none", ("none", "transaction")),
             discovery=discovery,
             addresses=addresses,
             dns_server=dns_server,

@@ -1,12 +1,13 @@
 """gRPC benchmark: a bare grpc.aio ceiling, GetProduct, and CreateOrder end to end, in one run.
 
     .venv/bin/python scripts/bench_grpc.py [--duration 10] [--concurrency 32] [--baseline REF]
-        [--open-loop 25,50,75] [--database sqlite|postgresql|both]
+        [--open-loop 25,50,75] [--database sqlite|postgresql|pgbouncer|both|all]
 
 With `--database postgresql` the services keep their data on a throwaway PostgreSQL server
 (Debian's binaries, started as the tests start it, on loopback); with `--database both` the same
 services run twice, once on SQLite files and once on PostgreSQL, measured in the same interleaved
-rounds, and the server's own CPU per request is shown beside the services'.
+rounds, and the server's own CPU per request is shown beside the services'; `all` adds the same
+services on that server through PgBouncer in transaction mode.
 
 With `--baseline REF` the three services as they were at git REF (a worktree of it, the same
 venv) run beside today's, each with its own data, and every target is measured for both in
@@ -181,13 +182,14 @@ def start(args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> 
 
 
 def start_services(tree: Path, work: Path, processes: dict[str, subprocess.Popen], tag: str,
-                   workers: int = 1, databases: dict[str, str] | None = None) -> dict[str, int]:
+                   workers: int = 1, databases: dict[str, str] | None = None,
+                   settings: dict[str, str] | None = None) -> dict[str, int]:
     """inventory, notification and order from the checkout at `tree`, on their own ports and data
     (SQLite files, or `databases`: each service's database URL)."""
     data = work / (tag or "current")
     data.mkdir()
     env = dict(os.environ, SHOPMESH_DATA_DIR=str(data), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(tree), SHOPMESH_WORKERS=str(workers))
+               PYTHONPATH=str(tree), SHOPMESH_WORKERS=str(workers), **(settings or {}))
     ports = {name: free_port() for name in ("inventory", "order", "notification")}
     for name in ports:
         env[f"SHOPMESH_{name.upper()}_PORT"] = str(ports[name])
@@ -256,8 +258,9 @@ def main() -> None:
     parser.add_argument("--open-loop-workers", type=int, default=200, help="ghz workers in open loop")
     parser.add_argument("--workers", type=int, default=1,
                         help="also measure today's services with SHOPMESH_WORKERS=N (use --connections > 1)")
-    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="sqlite",
-                        help="where the services keep their data; both: each, in the same rounds")
+    parser.add_argument("--database", choices=("sqlite", "postgresql", "pgbouncer", "both", "all"), default="sqlite",
+                        help="where the services keep their data (pgbouncer: PostgreSQL through PgBouncer in "
+                             "transaction mode); both: SQLite and PostgreSQL, all: the three, in the same rounds")
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
@@ -276,22 +279,30 @@ def main() -> None:
             rows = [Target("ceiling: bare grpc.aio GetProduct", f"127.0.0.1:{echo_port}",
                            "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [processes["echo"].pid])]
             # Today's services on each database asked for; the baseline and the workers on the first.
-            first = "postgresql" if args.database == "postgresql" else "sqlite"
-            postgres = None
-            if args.database in ("postgresql", "both"):
-                from tests.support.postgres import throwaway_server
+            databases = {"both": ("sqlite", "postgresql"), "all": ("sqlite", "postgresql", "pgbouncer")}.get(
+                args.database) or (args.database,)
+            first = databases[0]
+            postgres = bouncer = None
+            if set(databases) & {"postgresql", "pgbouncer"}:
+                from tests.support.postgres import PgBouncer, throwaway_server
 
                 postgres = servers.enter_context(throwaway_server(free_port()))
+                if "pgbouncer" in databases:
+                    bouncer = PgBouncer(postgres, free_port())
+                    bouncer.start()
+                    servers.callback(bouncer.stop)
 
             def on(database: str, tree: Path, tag: str, label: str, workers: int = 1) -> list[Target]:
                 if database == "sqlite":
                     return targets_for(start_services(tree, work, processes, tag, workers), processes, tag, label)
-                urls = {name: postgres.create_database() for name in ("inventory", "order", "notification")}
-                ports = start_services(tree, work, processes, tag, workers, databases=urls)
-                return targets_for(ports, processes, tag, label, "PostgreSQL", postgres.cpu_seconds)
+                where = bouncer if database == "pgbouncer" else postgres
+                urls = {name: where.create_database() for name in ("inventory", "order", "notification")}
+                ports = start_services(tree, work, processes, tag, workers, databases=urls, settings=where.settings())
+                name = "PostgreSQL via PgBouncer" if database == "pgbouncer" else "PostgreSQL"
+                return targets_for(ports, processes, tag, label, name, where.cpu_seconds)
 
-            today = {database: on(database, ROOT, "" if database == first else "-pg", "")
-                     for database in ({"both": ("sqlite", "postgresql")}.get(args.database) or (args.database,))}
+            today = {database: on(database, ROOT, "" if database == first else f"-{database}", "")
+                     for database in databases}
             for found in today.values():
                 rows += found
             if args.baseline:
@@ -321,8 +332,10 @@ def main() -> None:
                     a, b = by[several.label], by[one.label]
                     print(f"\n{several.label}: {a['rps'] / b['rps']:.2f}x the requests/s of 1 worker, "
                           f"{a['cpu_ms'] / b['cpu_ms']:.2f}x its CPU per request")
-            if args.database == "both":
-                for lite, pg in zip(today["sqlite"], today["postgresql"], strict=True):
+            for database in ("postgresql", "pgbouncer"):
+                if "sqlite" not in today or database not in today:
+                    continue
+                for lite, pg in zip(today["sqlite"], today[database], strict=True):
                     a, b = by[pg.label], by[lite.label]
                     print(f"\n{pg.label}: {a['cpu_ms'] / b['cpu_ms']:.2f}x SQLite's services' CPU per request "
                           f"({a['cpu_ms']:.3f} vs {b['cpu_ms']:.3f} ms), {a['rps'] / b['rps']:.2f}x its requests/s; "
@@ -351,7 +364,8 @@ def report(rows: list[Target], results: dict[str, dict], args: argparse.Namespac
               f"| {r['ghz_cpu_ms']:.3f} ({r['ghz_cores']:.2f}) |")
     print("\nCreateOrder's CPU is order + inventory + notification. CPU is user+system time of the server")
     print("processes from /proc over the measured run, divided by the successful calls; the database")
-    print("server's (PostgreSQL: the postmaster and its backends) is its own column.")
+    print("server's (PostgreSQL: the postmaster and its backends; and PgBouncer where it is between) is its")
+    print("own column.")
 
 
 def open_loop(rows: list[Target], closed: dict[str, dict], args: argparse.Namespace) -> None:

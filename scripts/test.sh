@@ -10,7 +10,8 @@ cd "$ROOT"
 PY="$(scripts/setup.sh test)"
 TOOLS_BIN="$(scripts/install-tools.sh)"
 # Debian's packages the tests drive, installed when missing (as root): chromium and
-# chromedriver (the browser tests), postgresql (the tests start throwaway servers), podman and
+# chromedriver (the browser tests), postgresql and pgbouncer (the tests start throwaway servers
+# and poolers), podman and
 # mmdebstrap (the image, built from the Dockerfile on base images made from Debian's packages,
 # and compose), containerd, runc, the CNI plugins and nftables (the node of the tests' Kubernetes),
 # wrk (the gateway benchmark's smoke run).
@@ -19,6 +20,7 @@ need() { command -v "$1" >/dev/null || compgen -G "$1" >/dev/null || missing+=("
 need chromium chromium
 need chromedriver chromium-driver
 need "/usr/lib/postgresql/*/bin/initdb" postgresql
+need /usr/sbin/pgbouncer pgbouncer
 need podman podman
 need mmdebstrap mmdebstrap
 need containerd containerd

@@ -66,6 +66,21 @@ def postgres() -> Iterator[object]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def pgbouncer(postgres: object) -> Iterator[object]:
+    """Debian's PgBouncer in transaction pooling mode in front of the session's PostgreSQL."""
+    import shutil
+
+    from tests.support.postgres import PgBouncer
+
+    if shutil.which("pgbouncer") is None and not Path("/usr/sbin/pgbouncer").exists():
+        needed("PgBouncer", "Debian: apt-get install pgbouncer")
+    bouncer = PgBouncer(postgres, free_port())  # type: ignore[arg-type]
+    bouncer.start()
+    yield bouncer
+    bouncer.stop()
+
+
 # --- No process of the mesh may log a traceback or an asyncio error during the suite ---------------
 #
 # Real processes write their logs under the test's temporary folders (`*.log`); after every test

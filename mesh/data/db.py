@@ -31,6 +31,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -189,15 +190,18 @@ _MIGRATIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] 
 class Database:
     """One service's database: `async with db.write() as conn:` is one transaction."""
 
-    def __init__(self, engine: AsyncEngine, inline_engine: Engine | None = None):
+    def __init__(self, engine: AsyncEngine, inline_engine: Engine | None = None, *, pooled: bool = False):
         self.engine = engine
         telemetry.instrument_engines(engine.sync_engine, *([inline_engine] if inline_engine is not None else []))
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # Behind a transaction pooler a server connection is ours only inside a transaction: every
+        # statement runs in one (asyncpg prepares and executes in two exchanges) and no LISTEN.
+        self.pooled = pooled
         # PostgreSQL reads run without BEGIN/COMMIT: at READ COMMITTED (its default) each statement
         # takes its own snapshot inside a transaction too, so a read transaction only added two
         # round trips; so does a write of one statement, atomic by itself (`write_one`). The same
         # pool, connections switched to autocommit while checked out.
-        self._autocommit = None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit = None if self.is_sqlite or pooled else engine.execution_options(isolation_level="AUTOCOMMIT")
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._reader = self._writer = None
         if inline_engine is not None:
@@ -205,8 +209,20 @@ class Database:
             self._writer = _Inline(inline_engine, "BEGIN IMMEDIATE", busy_timeout_ms=0)
 
     @classmethod
-    def connect(cls, url: str, pool_size: int = 10) -> Database:
+    def connect(cls, url: str, pool_size: int = 10, pooler: str = "none") -> Database:
         parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite" and pooler == "transaction":
+            # Through PgBouncer in transaction mode (1.18, Debian 12's, keeps no prepared statement
+            # per client): no statement cache on either side, and each statement prepared under a
+            # name of its own, so two clients' statements never meet on one server connection
+            # (the pooler's `server_reset_query_always` with DISCARD ALL drops them). Costs a
+            # prepare per statement: measured in BENCHMARKS.md.
+            engine = create_async_engine(
+                parsed.update_query_dict({"prepared_statement_cache_size": "0"}),
+                pool_size=pool_size, max_overflow=0, pool_timeout=POOL_WAIT_SECONDS,
+                connect_args={"statement_cache_size": 0,
+                              "prepared_statement_name_func": lambda: f"__shopmesh_{uuid.uuid4().hex}__"})
+            return cls(engine, pooled=True)
         if parsed.get_backend_name() != "sqlite":
             # A fixed pool: `pool_size` connections kept and reused, none opened for a burst and
             # closed after it (each new one cost a handshake, asyncpg's type setup and its prepared
@@ -300,8 +316,9 @@ class Database:
     @contextlib.asynccontextmanager
     async def listening(self, channel: str, heard: Callable[[str], None]) -> AsyncIterator[bool]:
         """On PostgreSQL, `heard(payload)` for every NOTIFY on `channel` (from any instance), on a
-        connection of its own held for as long as this lasts; True. On SQLite, nothing; False."""
-        if self.is_sqlite:
+        connection of its own held for as long as this lasts; True. On SQLite, or behind a
+        transaction pooler (LISTEN needs a session), nothing; False: the caller polls."""
+        if self.is_sqlite or self.pooled:
             yield False
             return
         async with self.engine.connect() as conn:

@@ -84,7 +84,8 @@ async def _run(service: str, action: str, url: str, message: str) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         if action in ("revision", "check"):  # compared against a scratch database at the newest revision
             url = f"sqlite+aiosqlite:///{Path(scratch) / 'scratch.db'}"
-        db = Database.connect(url or Settings.from_env(service).database_url)
+        settings = Settings.from_env(service)
+        db = Database.connect(url or settings.database_url, pooler="none" if url else settings.database_pooler)
         try:
             await db.migrate(versions, metadata)
 

@@ -25,9 +25,11 @@ from tests.support.waiting import eventually_async, settled
 STOCK, ORDERS, USERS = 60, 200, 8
 
 
-@pytest.fixture
-def replicas(postgres: object, tmp_path: Path) -> Iterator[Replicas]:
-    mesh = Replicas(postgres, tmp_path)
+@pytest.fixture(params=["direct", "pgbouncer"])
+def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replicas]:
+    """The replicas on the PostgreSQL server directly, or through PgBouncer in transaction mode."""
+    server = request.getfixturevalue("postgres" if request.param == "direct" else "pgbouncer")
+    mesh = Replicas(server, tmp_path)
     try:
         mesh.start_all()
         yield mesh

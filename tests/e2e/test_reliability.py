@@ -22,7 +22,7 @@ from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 from tests.support.http import Http
-from tests.support.mesh import Mesh, new_product, rpc_calls
+from tests.support.mesh import Launcher, Mesh, new_product, rpc_calls
 from tests.support.metrics import scrape, value
 from tests.support.waiting import eventually, eventually_async, settled
 
@@ -289,7 +289,26 @@ async def post_order(host: str, port: int, body: dict, source: str | None = None
     return int(status_line.split()[1])
 
 
-def test_a_thousand_concurrent_orders_for_a_hundred_units_sell_exactly_a_hundred(launcher) -> None:
+@pytest.fixture(params=["sqlite", "pgbouncer"])
+def crowded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Launcher]:
+    """The Quickstart's mesh on SQLite, or the same launcher with every service on PostgreSQL
+    through PgBouncer in transaction mode, as production runs it."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("launcher")
+        return
+    bouncer = request.getfixturevalue("pgbouncer")
+    mesh = Launcher(tmp_path / "pooled", env={
+        **{f"SHOPMESH_{s.upper()}_DATABASE_URL": bouncer.create_database() for s in ("inventory", "order", "notification")},
+        **bouncer.settings()})
+    mesh.start()
+    try:
+        yield mesh
+    finally:
+        assert mesh.interrupt(120) == 0
+
+
+def test_a_thousand_concurrent_orders_for_a_hundred_units_sell_exactly_a_hundred(crowded: Launcher) -> None:
+    launcher = crowded
     sku, user = new_product(launcher, 100), f"crowd-{uuid.uuid4().hex[:6]}"
     host, port = launcher.address("gateway").split(":")
     lowest = {"available": 100, "reserved": 0}

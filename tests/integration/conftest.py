@@ -1,7 +1,8 @@
 """Real servers in this process on port 0, each with its own real database.
 
-Every test that starts services runs twice: on SQLite files (the embedded default) and on a
-real PostgreSQL server, each service in its own database, so the SQL stays portable.
+Every test that starts services runs three times: on SQLite files (the embedded default), on a
+real PostgreSQL server (each service in its own database, so the SQL stays portable), and on that
+server through PgBouncer in transaction pooling mode, as production runs it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,22 @@ import pytest
 from tests.support.mesh import InProcess, Start
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "pgbouncer"])
 def database(request: pytest.FixtureRequest) -> object | None:
-    """None for SQLite files under the test's folder; else the PostgreSQL server."""
-    return request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    """None for SQLite files under the test's folder; else the PostgreSQL server, directly or
+    through PgBouncer in transaction pooling mode."""
+    return None if request.param == "sqlite" else request.getfixturevalue(
+        {"postgresql": "postgres", "pgbouncer": "pgbouncer"}[request.param])
+
+
+@pytest.fixture
+def connect(database: object | None):  # type: ignore[no-untyped-def]
+    """`connect(url)`: a `Database` on `url` the way the services connect to this database (through
+    the pooler, with its setting, when there is one)."""
+    from mesh.data.db import Database
+
+    pooler = "none" if database is None else database.settings().get("SHOPMESH_DATABASE_POOLER", "none")  # type: ignore[attr-defined]
+    return lambda url: Database.connect(url, pooler=pooler)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, insert, select, text
 
 from mesh.data import migrate
-from mesh.data.db import Database
 from tests.conftest import ROOT
 
 SERVICES = ("inventory", "order", "notification")
@@ -45,9 +44,9 @@ def head(versions: Path, metadata: MetaData) -> str:
 
 
 @pytest.mark.parametrize("name", SERVICES)
-async def test_the_revisions_build_exactly_the_tables_the_store_declares(url, name: str) -> None:
+async def test_the_revisions_build_exactly_the_tables_the_store_declares(url, connect, name: str) -> None:
     versions, metadata = service(name)
-    db = Database.connect(url())
+    db = connect(url())
     try:
         await db.migrate(versions, metadata)
         revision, differences = await db.run_sync(state, metadata)
@@ -59,10 +58,10 @@ async def test_the_revisions_build_exactly_the_tables_the_store_declares(url, na
         await db.close()
 
 
-async def test_instances_starting_at_once_migrate_once_and_all_come_up(url) -> None:
+async def test_instances_starting_at_once_migrate_once_and_all_come_up(url, connect) -> None:
     versions, metadata = service("order")
     where = url("shared")
-    instances = [Database.connect(where) for _ in range(4)]
+    instances = [connect(where) for _ in range(4)]
     try:
         await asyncio.gather(*(db.migrate(versions, metadata) for db in instances))
         revision, differences = await instances[0].run_sync(state, metadata)
@@ -74,9 +73,9 @@ async def test_instances_starting_at_once_migrate_once_and_all_come_up(url) -> N
             await db.close()
 
 
-async def test_one_process_migrating_several_databases_at_once_keeps_them_apart(url) -> None:
+async def test_one_process_migrating_several_databases_at_once_keeps_them_apart(url, connect) -> None:
     names = ("inventory", "order", "notification")
-    dbs = [Database.connect(url(name)) for name in names]
+    dbs = [connect(url(name)) for name in names]
     try:
         await asyncio.gather(*(db.migrate(*service(name)) for db, name in zip(dbs, names, strict=True)))
         for db, name in zip(dbs, names, strict=True):
@@ -87,11 +86,11 @@ async def test_one_process_migrating_several_databases_at_once_keeps_them_apart(
             await db.close()
 
 
-async def test_a_database_made_before_migrations_keeps_its_rows_and_joins_the_history(url) -> None:
+async def test_a_database_made_before_migrations_keeps_its_rows_and_joins_the_history(url, connect) -> None:
     versions, metadata = service("inventory")
     from inventory.store import products
 
-    db = Database.connect(url("legacy"))
+    db = connect(url("legacy"))
     try:
         def old_release(conn: Connection) -> None:  # what the services did before: create_all, no history
             metadata.create_all(conn)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from mesh.data.db import Database
 from mesh.kernel.clock import now
 from mesh.kernel.retention import PURGE_BATCH
 from order.background import outbox as relay_module
@@ -27,9 +26,9 @@ class Unused:
 
 
 async def test_delivered_events_past_retention_go_and_owed_or_recent_ones_stay(
-        tmp_path: Path, database: object | None) -> None:
+        tmp_path: Path, database: object | None, connect) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite+aiosqlite:///{tmp_path}/order.db" if database is None else database.create_database()  # type: ignore[attr-defined]
-    db = Database.connect(url)
+    db = connect(url)
     await db.migrate(MIGRATIONS, metadata)
     store = OrderStore(db)
     try:
@@ -58,7 +57,7 @@ async def test_delivered_events_past_retention_go_and_owed_or_recent_ones_stay(
 
 
 async def test_settled_reservations_past_retention_go_and_held_or_recent_ones_stay(
-        tmp_path: Path, database: object | None) -> None:
+        tmp_path: Path, database: object | None, connect) -> None:  # type: ignore[no-untyped-def]
     from inventory import handlers
     from inventory.domain import Line, Product
     from inventory.store import InventoryStore, reservation_lines, reservations
@@ -66,7 +65,7 @@ async def test_settled_reservations_past_retention_go_and_held_or_recent_ones_st
     from mesh.kernel.money import Money
 
     url = f"sqlite+aiosqlite:///{tmp_path}/inventory.db" if database is None else database.create_database()  # type: ignore[attr-defined]
-    db = Database.connect(url)
+    db = connect(url)
     await db.migrate(Path(handlers.__file__).resolve().parent / "migrations", inventory_metadata)
     store = InventoryStore(db)
     try:

@@ -21,6 +21,7 @@ from mesh.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, Settings
 from tests.conftest import ROOT
 from tests.support.chart import CHART, EXAMPLES, component, helm, of_kind, pod_templates, render
 
+EXAMPLES_BY_NAME = {p.stem: p for p in EXAMPLES}
 VALUE_SETS = [pytest.param((), id="defaults"), *(pytest.param((p,), id=p.stem) for p in EXAMPLES)]
 
 
@@ -293,3 +294,18 @@ def test_workers_per_pod_come_from_values_and_reach_every_container() -> None:
                 seen.add(name)
                 assert env["SHOPMESH_WORKERS"] == ("4" if name == "inventory" else "1"), (name, env)
     assert seen == {"gateway", "inventory", "order", "notification"}
+
+
+def test_a_pooler_in_transaction_mode_is_said_to_every_service_with_a_database() -> None:
+    def env(sets: tuple[str, ...]) -> dict[str, dict[str, str]]:
+        docs = render(EXAMPLES_BY_NAME["postgresql-external"], sets=sets)
+        return {name: {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+                for name, pod in pod_templates(docs)}
+
+    direct, pooled = env(()), env(("externalDatabase.pooler=transaction", "database.poolSize=4"))
+    for name in ("shopmesh-inventory", "shopmesh-order", "shopmesh-notification"):
+        assert "SHOPMESH_DATABASE_POOLER" not in direct[name] and direct[name]["SHOPMESH_DATABASE_POOL_SIZE"] == "10"
+        assert pooled[name]["SHOPMESH_DATABASE_POOLER"] == "transaction", pooled[name]
+        assert pooled[name]["SHOPMESH_DATABASE_POOL_SIZE"] == "4"
+        Settings.from_env(name.removeprefix("shopmesh-"), {k: v for k, v in pooled[name].items() if v is not None})
+    assert "SHOPMESH_DATABASE_POOLER" not in pooled["shopmesh-gateway"]

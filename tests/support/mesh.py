@@ -260,7 +260,8 @@ class InProcess:
 
         builders = {"inventory": inventory.app.build, "notification": notification.app.build, "order": order.app.build}
         where = {} if self.database is None else {
-            f"SHOPMESH_{service.upper()}_DATABASE_URL": self.database.create_database()}  # type: ignore[attr-defined]
+            f"SHOPMESH_{service.upper()}_DATABASE_URL": self.database.create_database(),  # type: ignore[attr-defined]
+            **self.database.settings()}  # type: ignore[attr-defined]
         settings = Settings.from_env(
             service, {"SHOPMESH_DATA_DIR": str(self.data_dir), f"SHOPMESH_{service.upper()}_PORT": "0", **where, **env}
         )

@@ -69,6 +69,10 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{database}"
 
+    def settings(self) -> dict[str, str]:
+        """What a service needs besides its database URL to use this server: nothing."""
+        return {}
+
     def cpu_seconds(self) -> float:
         """CPU seconds (user + system) the server has used: the postmaster's, its reaped children's
         (counted into the postmaster by the kernel when it waits for them) and its live backends'."""
@@ -106,3 +110,90 @@ def throwaway_server(port: int) -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+class PgBouncer:
+    """Debian's PgBouncer in transaction pooling mode in front of a `PostgresServer`, on its own
+    loopback port, as production runs the mesh: `create_database()` makes the database on the
+    server and answers its URL through the pooler."""
+
+    def __init__(self, server: PostgresServer, port: int):
+        self.server = server
+        self.port = port
+        self._dir = Path(tempfile.mkdtemp(prefix="shopmesh-pgbouncer-"))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        (self._dir / "users.txt").write_text(f'"{USER}" ""\n')
+        ini = self._dir / "pgbouncer.ini"
+        ini.write_text(f"""[databases]
+* = host=127.0.0.1 port={self.server.port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {self._dir / "users.txt"}
+pool_mode = transaction
+; the services name each prepared statement uniquely; DISCARD ALL drops them when a server
+; connection goes back to the pool, so they do not pile up on the server
+server_reset_query = DISCARD ALL
+server_reset_query_always = 1
+max_client_conn = 2000
+default_pool_size = 20
+logfile = {self._dir / "pgbouncer.log"}
+""")
+        argv = [binary, str(ini)]
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            shutil.chown(self._dir, "postgres")
+            for path in self._dir.iterdir():
+                shutil.chown(path, "postgres")
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        import socket
+        import time
+
+        deadline = time.monotonic() + 20
+        while True:  # listening yet? (a tool's wait, not a test's: nothing here is under test)
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"pgbouncer did not start: {self.log()}") from None
+                time.sleep(0.05)
+
+    def log(self) -> str:
+        path = self._dir / "pgbouncer.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) of the server and of PgBouncer (under `runuser` as root)."""
+        assert self.process is not None
+        ours = {self.process.pid}
+        total = self.server.cpu_seconds()
+        for stat in sorted(Path("/proc").glob("[0-9]*/stat")):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, parent = int(stat.parent.name), int(fields[1])
+            if pid in ours or parent in ours:
+                ours.add(pid)
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def create_database(self) -> str:
+        """A fresh database on the server; its URL through the pooler."""
+        return self.server.create_database().replace(f":{self.server.port}/", f":{self.port}/")
+
+    def settings(self) -> dict[str, str]:
+        return {"SHOPMESH_DATABASE_POOLER": "transaction"}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -25,6 +25,7 @@ class Replicas(Mesh):
             **{f"SHOPMESH_{s.upper()}_DATABASE_URL": postgres.create_database() for s in self.instances},  # type: ignore[attr-defined]
             **{f"SHOPMESH_{s.upper()}_ADDR": ",".join(self.address(f"{s}-{i + 1}") for i in range(n))
                for s, n in self.instances.items()},
+            **postgres.settings(),  # type: ignore[attr-defined]
             **settings,
         })
 
