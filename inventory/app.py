@@ -28,6 +28,7 @@ async def build(settings: Settings, discovery: Discovery) -> App:
         bindings=[Binding(SERVICE_NAME, inventory_pb2_grpc.add_InventoryServiceServicer_to_server, api)],
         closers=[db.close],
         gauges=[lambda: refresh_gauges(store)],
+        database=db,
     )
     # Every instance sweeps; the guarded release lets exactly one win per reservation.
     sweep_every = min(max(settings.reservation_ttl / 4, 0.2), 5.0)

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from inventory import handlers
 from inventory.ports import Metrics, Store
+from mesh.kernel.errors import Unavailable
 from mesh.kernel.retention import PURGE_EVERY
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,9 @@ async def sweep_expired(store: Store, metrics: Metrics, interval: float, stoppin
                 purged_at = asyncio.get_running_loop().time()
                 await handlers.purge_refusals(store)
                 await handlers.purge_settled(store, settled_kept)
-        except Exception:  # a locked or unreachable database: try again next round
+        except Unavailable as error:  # the database out of reach (said by mesh/data): next round
+            logger.debug("expiring reservations waits: %s", error)
+        except Exception:  # a locked database: try again next round
             logger.exception("expiring reservations failed")
         try:
             await asyncio.wait_for(stopping.wait(), interval)

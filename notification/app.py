@@ -22,7 +22,7 @@ SERVICE_NAME = notification_pb2.DESCRIPTOR.services_by_name["NotificationService
 async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url, settings.database_pool_size, settings.database_pooler)
     await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
-    app = App(bindings=[], closers=[db.close])
+    app = App(bindings=[], closers=[db.close], database=db)
     store, wakeups = NotificationStore(db), Wakeups()
     api = NotificationApi(store, PrometheusMetrics(), wakeups, app.stopping)
     # One reader per process for what other instances store, however many streams are open.

@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from mesh.kernel import aio
+from mesh.kernel.errors import Unavailable
 from notification.handlers import CHANNEL, Wakeups
 from notification.ports import Store
 
@@ -42,7 +43,10 @@ async def _poll(store: Store, wakeups: Wakeups, interval: float, stopping: async
         try:
             async with store.read() as tx:
                 fresh = await tx.users_after(max(mark - LOOKBACK, 0), WATCH_BATCH)
-        except Exception:  # a locked or unreachable database: next round
+        except Unavailable as error:  # the database out of reach (said by mesh/data): next round
+            logger.debug("watching for notifications waits: %s", error)
+            continue
+        except Exception:  # a locked database: next round
             logger.exception("watching for notifications failed")
             continue
         for sequence, user_id in fresh:

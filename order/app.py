@@ -45,6 +45,7 @@ async def build(settings: Settings, discovery: Discovery) -> App:
         bindings=[Binding(SERVICE_NAME, order_pb2_grpc.add_OrderServiceServicer_to_server, api)],
         closers=[db.close, upstreams.close, recovery.mark_committed],  # run last to first
         gauges=[lambda: refresh_gauges(store)],
+        database=db,
     )
     app.background.append(asyncio.create_task(relay.run(), name="outbox-relay"))
     app.background.append(asyncio.create_task(recovery.run(), name="recovery"))

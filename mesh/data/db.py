@@ -43,6 +43,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from mesh.kernel import aio
 from mesh.kernel.errors import Duplicate, Unavailable
 from mesh.observe import telemetry
 
@@ -53,6 +54,13 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # How long a call waits for a free pooled connection before it is answered UNAVAILABLE (a caller's
 # own deadline, usually shorter, ends it first).
 POOL_WAIT_SECONDS = 10.0
+# A backstop on the server for work no caller's deadline ends (a call's own deadline cancels its
+# statement first): a lock waited for longer, or a statement running longer, is ended and
+# answered UNAVAILABLE. Through a transaction pooler set them on the role instead
+# (ALTER ROLE ... SET lock_timeout = ...): PgBouncer 1.18 refuses them as startup parameters.
+SERVER_TIMEOUTS = {"lock_timeout": "10s", "statement_timeout": "30s"}
+# How soon a LISTEN connection the server dropped is opened again (tried again at this pace).
+LISTEN_RETRY_SECONDS = 1.0
 
 
 def _sqlite_setup(engine: Engine, *, begin_hook: bool = True) -> None:
@@ -197,6 +205,9 @@ class Database:
         # Behind a transaction pooler a server connection is ours only inside a transaction: every
         # statement runs in one (asyncpg prepares and executes in two exchanges) and no LISTEN.
         self.pooled = pooled
+        # Set when a call finds the server out of reach: whoever follows the database's health
+        # (mesh/server/bootstrap.py) checks it at once instead of at its next period.
+        self.lost = asyncio.Event()
         # PostgreSQL reads run without BEGIN/COMMIT: at READ COMMITTED (its default) each statement
         # takes its own snapshot inside a transaction too, so a read transaction only added two
         # round trips; so does a write of one statement, atomic by itself (`write_one`). The same
@@ -230,7 +241,9 @@ class Database:
             # and a ROLLBACK, two round trips before every transaction): a connection found dead
             # mid-call invalidates the whole pool instead, and the call is answered UNAVAILABLE
             # (`Store`), so the caller's retry gets fresh connections.
-            return cls(create_async_engine(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=POOL_WAIT_SECONDS))
+            return cls(create_async_engine(
+                parsed, pool_size=pool_size, max_overflow=0, pool_timeout=POOL_WAIT_SECONDS,
+                connect_args={"server_settings": SERVER_TIMEOUTS}))
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         # Transactions always end in COMMIT or ROLLBACK here, so the pool's
         # extra rollback on every check-in would only cost a thread hop.
@@ -313,26 +326,68 @@ class Database:
                 async with conn.begin():
                     yield conn
 
+    async def reachable(self, timeout: float = 2.0) -> bool:
+        """Whether the server answers a `SELECT 1` within `timeout` seconds (SQLite: a file, always)."""
+        if self.is_sqlite:
+            return True
+        try:
+            async with asyncio.timeout(timeout), (self._autocommit or self.engine).connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except Exception:  # noqa: BLE001 - whatever the failure, the answer is "not reachable now"
+            return False
+        return True
+
     @contextlib.asynccontextmanager
     async def listening(self, channel: str, heard: Callable[[str], None]) -> AsyncIterator[bool]:
         """On PostgreSQL, `heard(payload)` for every NOTIFY on `channel` (from any instance), on a
-        connection of its own held for as long as this lasts; True. On SQLite, or behind a
-        transaction pooler (LISTEN needs a session), nothing; False: the caller polls."""
+        connection of its own held for as long as this lasts, opened again when the server drops
+        it (a restart, a killed backend); True. On SQLite, or behind a transaction pooler (LISTEN
+        needs a session), nothing; False: the caller polls (and must anyway for what was
+        committed while no connection listened)."""
         if self.is_sqlite or self.pooled:
             yield False
             return
-        async with self.engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection  # asyncpg's own connection
 
-            def on_notify(_connection: object, _pid: int, _channel: str, payload: str) -> None:
-                heard(payload)
+        def on_notify(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+            heard(payload)
 
-            await driver.add_listener(channel, on_notify)  # type: ignore[union-attr]
-            try:
-                yield True
-            finally:
-                with contextlib.suppress(Exception):  # the connection may be gone already
-                    await driver.remove_listener(channel, on_notify)  # type: ignore[union-attr]
+        stop = asyncio.Event()
+        first: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        async def hold() -> None:
+            while not stop.is_set():
+                dropped = asyncio.Event()
+                try:
+                    async with self.engine.connect() as conn:
+                        driver = (await conn.get_raw_connection()).driver_connection  # asyncpg's own
+                        driver.add_termination_listener(lambda _connection, dropped=dropped: dropped.set())  # type: ignore[union-attr]
+                        await driver.add_listener(channel, on_notify)  # type: ignore[union-attr]
+                        if not first.done():
+                            first.set_result(True)
+                        elif not stop.is_set():
+                            logger.info("listening on %s again", channel)
+                        await aio.first_set(stop, dropped)
+                        if dropped.is_set():
+                            await conn.invalidate()
+                        else:
+                            with contextlib.suppress(Exception):  # the connection may be going meanwhile
+                                await driver.remove_listener(channel, on_notify)  # type: ignore[union-attr]
+                except Exception as error:
+                    if not first.done():  # out of reach at the start: the caller's to handle
+                        first.set_exception(error)
+                        return
+                    if not _lost(error):
+                        logger.exception("listening on %s failed; trying again", channel)
+                    self.lost.set()
+                if not stop.is_set():
+                    await aio.first_set(stop, timeout=LISTEN_RETRY_SECONDS)
+
+        holder = asyncio.create_task(hold(), name=f"listen-{channel}")
+        try:
+            yield await first
+        finally:
+            stop.set()
+            await holder
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -359,53 +414,84 @@ class Store(Generic[Tx]):
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
-        with _translated():
+        with _translated(self.db):
             async with self.db.read() as conn:
                 yield self.tx(conn)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
         """A write transaction; `Duplicate` whether the driver said so at the statement or at commit."""
-        with _translated():
+        with _translated(self.db):
             async with self.db.write() as conn:
                 yield self.tx(conn)
 
     @contextlib.asynccontextmanager
     async def write_one(self) -> AsyncIterator[Tx]:
         """A write of one statement (`Database.write_one`): two round trips fewer on PostgreSQL."""
-        with _translated():
+        with _translated(self.db):
             async with self.db.write_one() as conn:
                 yield self.tx(conn)
 
 
 @contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """The driver's errors in the use cases' terms: `Duplicate`, `Unavailable`; anything else as is."""
+def _translated(db: Database) -> Iterator[None]:
+    """The driver's errors in the use cases' terms: `Duplicate`, `Unavailable` (and `db.lost` set);
+    anything else as is."""
     try:
         yield
     except IntegrityError as error:
         raise Duplicate(str(error.orig)) from error
-    except (DBAPIError, OSError, PoolTimeout) as error:
+    except Exception as error:
+        if _timed_out(error):
+            raise Unavailable("the database did not answer in time (a lock held too long, or a long statement); "
+                              "retry shortly") from error
         if not _lost(error):
             raise
+        db.lost.set()
         raise _unavailable(error) from error
 
 
-def _lost(error: DBAPIError | OSError | PoolTimeout) -> bool:
+def _lost(error: BaseException) -> bool:
     """Whether `error` says the database server could not be reached or the connection was lost
     (SQLAlchemy then invalidates the pool, so a retry connects afresh). SQLite's own errors (a
     locked or unwritable file) are not: they stay errors of this process."""
     if isinstance(error, (OSError, PoolTimeout)):
         return True
-    if isinstance(error.orig, sqlite3.Error):
+    if isinstance(error, DBAPIError):
+        if isinstance(error.orig, sqlite3.Error):
+            return False
+        return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError)) or _driver_lost(
+            error.orig)
+    return _driver_lost(error)
+
+
+def _timed_out(error: BaseException) -> bool:
+    """PostgreSQL ended the statement on one of our timeouts (lock_timeout, statement_timeout)."""
+    try:
+        from asyncpg import exceptions
+    except ImportError:
         return False
-    return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
+    orig = error.orig if isinstance(error, DBAPIError) else error
+    return isinstance(orig, (exceptions.LockNotAvailableError, exceptions.QueryCanceledError))
+
+
+def _driver_lost(error: BaseException | None) -> bool:
+    """asyncpg's own words for a server out of reach, which reach us unwrapped when a new connection
+    fails ("the database system is shutting down", "... is starting up"): its connection errors,
+    its interface errors (a connection closed under us), operator intervention (class 57: admin
+    shutdown, crash shutdown, cannot connect now)."""
+    try:
+        from asyncpg import exceptions
+    except ImportError:  # the postgres extra is not installed: no asyncpg error can happen
+        return False
+    return isinstance(error, (exceptions.PostgresConnectionError, exceptions.OperatorInterventionError,
+                              exceptions.InterfaceError))
 
 
 _said_unreachable = 0.0
 
 
-def _unavailable(error: DBAPIError | OSError | PoolTimeout) -> Unavailable:
+def _unavailable(error: BaseException) -> Unavailable:
     """The caller's answer (UNAVAILABLE, retry); the log says so at most every 10 s, not per call."""
     global _said_unreachable
     at = time.monotonic()

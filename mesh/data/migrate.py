@@ -49,6 +49,9 @@ def config(versions: Path, metadata: MetaData, connection: Connection | None = N
 def upgrade(connection: Connection, versions: Path, metadata: MetaData) -> None:
     """Brings the database behind `connection` (in a write transaction) to the newest revision."""
     if connection.dialect.name == "postgresql":  # one migrator at a time; released at commit
+        # A migration may take long and wait long for another instance's: not a call's timeouts.
+        connection.execute(text("SET LOCAL lock_timeout = 0"))
+        connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(str(versions.name).encode())
                                                                          ^ zlib.crc32(b"shopmesh-migrate")})
     cfg = config(versions, metadata, connection)

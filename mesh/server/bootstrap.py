@@ -14,6 +14,7 @@ orchestrator takes a stopping instance out of its endpoints rather than killing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mesh.client.discovery import Discovery, create_discovery
+from mesh.data.db import Database
 from mesh.kernel.faults import FaultPoints
 from mesh.observe import logs, metrics, telemetry
 from mesh.rpc import tls
@@ -57,6 +59,8 @@ class App:
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     # Brings gauges read from the database up to date before each /metrics scrape.
     gauges: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The service's database: while it cannot be reached, health says NOT_SERVING (`follow_database`).
+    database: Database | None = None
 
     async def close(self) -> None:
         for task in self.background:
@@ -86,9 +90,15 @@ class Running:
     streams: Admission = field(default_factory=lambda: Admission(1))
 
     async def not_ready(self) -> None:
-        for name in ["", *(b.name for b in self.app.bindings)]:  # LIVENESS stays SERVING
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.serving(False)
         self.app.stopping.set()  # long-lived streams end
+
+    async def serving(self, yes: bool) -> None:
+        """Health of the process and each of its services (LIVENESS stays SERVING: a restart would
+        not help a process that is only waiting for its database)."""
+        status = health_pb2.HealthCheckResponse.SERVING if yes else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *(b.name for b in self.app.bindings)]:
+            await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
         """gRPC's graceful stop, but not waiting on what none of our handlers serves.
@@ -167,6 +177,33 @@ async def create_server(settings: Settings, app: App) -> Running:
     return Running(server, port, health_servicer, app, admission, streams)
 
 
+DATABASE_CHECK_SECONDS = 5.0  # how often a process that can reach its database asks again
+DATABASE_RETRY_SECONDS = 1.0  # ... and one that cannot
+
+
+async def follow_database(db: Database, running: Running, stopping: asyncio.Event) -> None:
+    """Health NOT_SERVING while the database cannot be reached (readiness probes and Consul take the
+    instance out of rotation; liveness stays, a restart would not help), SERVING again once it can,
+    with no restart. Asked every DATABASE_CHECK_SECONDS, and at once when a call finds it out of reach."""
+    serving = True
+    while not stopping.is_set():
+        if serving:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(db.lost.wait(), DATABASE_CHECK_SECONDS)
+        else:
+            await asyncio.sleep(DATABASE_RETRY_SECONDS)
+        db.lost.clear()
+        reachable = await db.reachable()
+        if reachable == serving or stopping.is_set():  # a stop's NOT_SERVING is not undone
+            continue
+        serving = reachable
+        await running.serving(serving)
+        if serving:
+            logger.info("the database can be reached again: health SERVING")
+        else:
+            logger.warning("the database cannot be reached: health NOT_SERVING until it can")
+
+
 async def serve(settings: Settings, build: Callable[[Settings, Discovery], Awaitable[App]]) -> None:
     for concern in settings.concerns():
         logger.warning("%s", concern)
@@ -185,6 +222,9 @@ async def serve(settings: Settings, build: Callable[[Settings, Discovery], Await
         await app.close()
         await discovery.close()
         raise
+    if app.database is not None and not app.database.is_sqlite:
+        app.background.append(asyncio.create_task(follow_database(app.database, running, app.stopping),
+                                                  name="database-health"))
     await discovery.register(settings.service, app.bindings[0].name, running.port)
     logger.info("%s serving on %s:%d (instance %s)", settings.service, settings.host, running.port, settings.instance_id)
     if metrics_server is not None:

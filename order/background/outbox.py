@@ -103,6 +103,8 @@ class OutboxRelay:
                 if time.monotonic() - self._purged_at >= PURGE_EVERY:
                     self._purged_at = time.monotonic()
                     await self.purge()
+            except Unavailable as error:  # its database out of reach (said by mesh/data): next round
+                logger.debug("outbox relay waits: %s", error)
             except Exception:
                 logger.exception("outbox relay failed")
             failures = failures + 1 if self._failing else 0

@@ -29,7 +29,7 @@ import logging
 from datetime import timedelta
 
 from mesh.kernel.clock import now
-from mesh.kernel.errors import FailedPrecondition, NotFound, ShopError
+from mesh.kernel.errors import FailedPrecondition, NotFound, ShopError, Unavailable
 from order import domain
 from order.domain import Attempt, Order
 from order.ports import Inventory, Metrics, Outbox, Store
@@ -75,6 +75,9 @@ class Recovery:
             self._flush.clear()
             try:
                 await self.mark_committed()
+            except Unavailable as error:  # a database or a service out of reach (said where): next round
+                logger.debug("could not record committed orders yet: %s", error)
+                await asyncio.sleep(self._interval)
             except Exception:
                 logger.exception("could not record committed orders; retrying")
                 await asyncio.sleep(self._interval)
@@ -87,6 +90,8 @@ class Recovery:
                     pass
                 while await self.resolve_pending() == BATCH:
                     pass
+            except Unavailable as error:  # a database or a service out of reach (said where): next round
+                logger.debug("resolving half-done orders waits: %s", error)
             except Exception:
                 logger.exception("resolving half-done orders failed; retrying in %.1fs", self._interval)
             await asyncio.sleep(self._interval)

@@ -100,3 +100,30 @@ async def test_write_one_is_one_statement_without_a_transaction_and_refuses_a_se
     async with store.read() as tx:
         assert await tx.value() == 2  # the first ran (and is kept: it was its own transaction)
     await db.close()
+
+
+@pytest.mark.allow_log("the database cannot be reached")
+async def test_a_listener_whose_connection_is_killed_listens_again(postgres) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.waiting import eventually_async
+
+    url = postgres.create_database()
+    db, admin = Database.connect(url), Database.connect(postgres.url("postgres"))
+    heard: list[str] = []
+    async with db.listening("shopmesh_test", heard.append) as listening:
+        assert listening
+        assert await _kill_backends(admin, url.rsplit("/", 1)[1]) >= 1  # the LISTEN connection among them
+        other = Database.connect(url)  # another instance on the same database, NOTIFYing
+
+        async def notify_heard() -> bool:
+            try:
+                async with other.write() as conn:
+                    await conn.execute(text("SELECT pg_notify('shopmesh_test', 'again')"))
+            except Exception:  # noqa: BLE001 - not up again yet
+                return False
+            await asyncio.sleep(0.1)
+            return "again" in heard
+
+        await eventually_async(notify_heard, 10, "a NOTIFY heard on a new LISTEN connection", every=0.2)
+        await other.close()
+    await db.close()
+    await admin.close()

@@ -51,9 +51,29 @@ class PostgresServer:
         data = self._dir / "data"
         self._run("initdb", "-D", str(data), "-A", "trust", "-U", USER, "--no-sync")
         # Durability is not under test here; speed is welcome.
-        options = (f"-p {self.port} -k {self._dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
-        self._run("pg_ctl", "-D", str(data), "-o", options, "-l", str(self._dir / "server.log"), "-w", "start")
+        self._options = (f"-p {self.port} -k {self._dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+        self.resume()
+
+    def resume(self) -> None:
+        """Starts the (initialised) server, waiting until it accepts connections."""
+        self._run("pg_ctl", "-D", str(self._dir / "data"), "-o", self._options, "-l", str(self._dir / "server.log"),
+                  "-w", "start")
+
+    def halt(self) -> None:
+        """`pg_ctl stop -m fast`: every session ended, the server down until `resume`."""
+        self._run("pg_ctl", "-D", str(self._dir / "data"), "-m", "fast", "-w", "stop")
+
+    def restart(self) -> None:
+        """`pg_ctl restart -m fast`, as an operator's restart does it."""
+        self._run("pg_ctl", "-D", str(self._dir / "data"), "-m", "fast", "-o", self._options,
+                  "-l", str(self._dir / "server.log"), "-w", "restart")
+
+    def terminate_backends(self) -> None:
+        """`pg_terminate_backend` of every client session but this one."""
+        self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", "postgres", "-c",
+                  "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
 
     def create_database(self) -> str:
         """A fresh, empty database; its SQLAlchemy URL."""
@@ -92,7 +112,8 @@ class PostgresServer:
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self._dir / "data"), "-m", "immediate", "stop")
+            if (self._dir / "data" / "postmaster.pid").exists():  # a test may have halted it
+                self._run("pg_ctl", "-D", str(self._dir / "data"), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
 
