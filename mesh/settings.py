@@ -250,6 +250,9 @@ class Settings:
     # Inventory: how long a committed or released reservation is kept (a retried Commit or
     # Release is answered from it), then purged.
     reservation_retention: float = 7 * 86400.0
+    # Notification: how long a notification is kept (listed, streamed, and answered from when its
+    # event is sent again), then purged.
+    notification_retention: float = 90 * 86400.0
     # Gateway: largest request body, and the deadline of a call (default and the
     # most a client may ask for with a `grpc-timeout` header).
     http_max_body: int = 1024 * 1024
@@ -383,6 +386,8 @@ class Settings:
             reservation_ttl=max(env.seconds("SHOPMESH_RESERVATION_TTL_SECONDS", 60.0, high=86400), 0.1),
             reservation_retention=max(env.seconds("SHOPMESH_RESERVATION_RETENTION_SECONDS", 7 * 86400.0,
                                                   high=366 * 86400), 3600.0),
+            notification_retention=max(env.seconds("SHOPMESH_NOTIFICATION_RETENTION_SECONDS", 90 * 86400.0,
+                                                   high=10 * 366 * 86400), 86400.0),
             http_max_body=env.int("SHOPMESH_HTTP_MAX_BODY_BYTES", 1024 * 1024, low=1, high=1024**3),
             http_read_timeout=max(env.seconds("SHOPMESH_HTTP_READ_TIMEOUT_SECONDS", 30.0, high=3600), 0.1),
             http_idle_timeout=max(env.seconds("SHOPMESH_HTTP_IDLE_TIMEOUT_SECONDS", 75.0, high=86400), 0.1),

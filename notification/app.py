@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
@@ -28,5 +29,8 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     # One reader per process for what other instances store, however many streams are open.
     app.background.append(asyncio.create_task(
         background.watch(store, wakeups, settings.stream_poll_interval, app.stopping), name="notification-watch"))
+    app.background.append(asyncio.create_task(
+        background.purge(store, timedelta(seconds=settings.notification_retention), app.stopping),
+        name="notification-retention"))
     app.bindings = [Binding(SERVICE_NAME, notification_pb2_grpc.add_NotificationServiceServicer_to_server, api)]
     return app

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from mesh.kernel import aio
 from mesh.kernel.errors import Unavailable
+from mesh.kernel.retention import PURGE_EVERY
+from notification import handlers
 from notification.handlers import CHANNEL, Wakeups
 from notification.ports import Store
 
@@ -55,3 +58,16 @@ async def _poll(store: Store, wakeups: Wakeups, interval: float, stopping: async
             seen.add(sequence)
             mark = max(mark, sequence)
         seen = {s for s in seen if s > mark - LOOKBACK}
+
+
+async def purge(store: Store, kept: timedelta, stopping: asyncio.Event) -> None:
+    """Notifications past their retention go, at most every PURGE_EVERY seconds, a batch at a time."""
+    while True:
+        try:
+            await handlers.purge_old(store, kept)
+        except Unavailable as error:  # the database out of reach (said by mesh/data): next round
+            logger.debug("purging notifications waits: %s", error)
+        except Exception:  # a locked database: next round
+            logger.exception("purging notifications failed")
+        if await aio.first_set(stopping, timeout=PURGE_EVERY):
+            return

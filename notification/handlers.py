@@ -6,9 +6,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 
 from mesh.kernel import aio, paging
+from mesh.kernel.clock import now
 from mesh.kernel.errors import Duplicate
+from mesh.kernel.retention import PURGE_BATCH, in_batches
 from notification import domain
 from notification.domain import Notification
 from notification.ports import Metrics, Store
@@ -167,3 +170,16 @@ async def stream_notifications(
         if counted:
             metrics.streams(-1)
             logger.info("stream closed for user %s", user_id)
+
+
+async def purge_old(store: Store, kept: timedelta) -> int:
+    """Forgets notifications stored more than `kept` ago, a batch per transaction. After that an
+    event sent again would be notified afresh: `kept` is far longer than any redelivery waits."""
+    async def one_batch() -> int:
+        async with store.write() as tx:
+            return await tx.purge_older(now() - kept, PURGE_BATCH)
+
+    purged = await in_batches(one_batch)
+    if purged:
+        logger.info("purged %d notifications stored more than %s ago", purged, kept)
+    return purged

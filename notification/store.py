@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -147,6 +149,16 @@ class NotificationTx:
         query = (select(notifications.c.sequence, notifications.c.user_id)
                  .where(notifications.c.sequence > after).order_by(notifications.c.sequence).limit(limit))
         return [(int(row[0]), str(row[1])) for row in await self.conn.execute(query)]
+
+    async def purge_older(self, created_before: datetime, limit: int) -> int:
+        """Deletes up to `limit` notifications stored before `created_before`, oldest first (along
+        the primary key: sequences grow with time, so no index on the time is needed)."""
+        sequences = [row[0] for row in await self.conn.execute(
+            select(notifications.c.sequence).where(notifications.c.create_time < created_before)
+            .order_by(notifications.c.sequence).limit(limit))]
+        if sequences:
+            await self.conn.execute(delete(notifications).where(notifications.c.sequence.in_(sequences)))
+        return len(sequences)
 
     async def max_sequence(self) -> int:
         return int((await self.conn.execute(select(func.max(notifications.c.sequence)))).scalar() or 0)

@@ -89,3 +89,37 @@ async def test_settled_reservations_past_retention_go_and_held_or_recent_ones_st
         assert (product.available, product.reserved, product.sold) == (97, 1, 2), "stock is untouched"
     finally:
         await db.close()
+
+
+async def test_notifications_past_retention_go_in_batches_and_recent_ones_stay_deduplicated(
+        tmp_path: Path, database: object | None, connect) -> None:  # type: ignore[no-untyped-def]
+    from notification import handlers
+    from notification.domain import Notification
+    from notification.store import NotificationStore, notifications
+    from notification.store import metadata as notification_metadata
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/notification.db" if database is None else database.create_database()  # type: ignore[attr-defined]
+    db = connect(url)
+    await db.migrate(Path(handlers.__file__).resolve().parent / "migrations", notification_metadata)
+    store = NotificationStore(db)
+
+    def wanted(event_id: str) -> Notification:
+        return Notification(event_id, "u", "order.created", "Order confirmed", "1 item")
+
+    try:
+        old = [f"old-{n}" for n in range(PURGE_BATCH * 2 + 7)]
+        async with store.write() as tx:
+            await tx.insert_many([wanted(e) for e in [*old, "recent"]])
+            await tx.conn.execute(update(notifications).where(notifications.c.event_id.in_(old))
+                                  .values(create_time=now() - timedelta(days=91)))
+        assert await handlers.purge_old(store, timedelta(days=90)) == len(old)  # three batches
+        async with store.read() as tx:
+            assert [row[0] for row in await tx.conn.execute(select(notifications.c.event_id))] == ["recent"]
+        assert await handlers.purge_old(store, timedelta(days=90)) == 0
+        # The recent one still answers a repeat of its event: sent once, not twice.
+        again = await handlers.send_notification(store, Tally(), handlers.Wakeups(), wanted("recent"))
+        async with store.read() as tx:
+            assert (await tx.conn.execute(select(func.count()).select_from(notifications))).scalar_one() == 1
+            assert (await tx.by_event("recent")).notification_id == again.notification_id  # type: ignore[union-attr]
+    finally:
+        await db.close()
