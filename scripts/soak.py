@@ -1,6 +1,6 @@
 """Soak: orders flow for minutes while random services are kill -9ed and restarted.
 
-    .venv/bin/python scripts/soak.py [--minutes 5] [--seed 1]
+    .venv/bin/python scripts/soak.py [--minutes 5] [--seed 1] [--database sqlite|postgresql]
 
 Not part of the test suite (it takes minutes). It starts inventory, notification
 and order as separate processes (reservation TTL 3 s, recovery every 0.5 s),
@@ -11,12 +11,17 @@ everything back up, it waits for the mesh to settle and checks: no reservation
 left held, every order in exactly one final state, CONFIRMED quantities equal
 the units sold, every acknowledged order CONFIRMED and present, and exactly one
 notification per order event. Prints what it checked; exits 1 on any violation.
+
+With `--database postgresql` the services keep their data on a throwaway PostgreSQL server
+(Debian's binaries, on loopback), and the server itself is restarted (`pg_ctl restart -m fast`)
+at a third and at two thirds of the run, besides the kills.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -46,7 +51,7 @@ USER = "soak"
 
 
 class Mesh:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, databases: dict[str, str] | None = None):
         self.work = work
         self.ports = {name: free_port() for name in SERVICES}
         self.env = dict(os.environ, SHOPMESH_DATA_DIR=str(work), SHOPMESH_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
@@ -54,6 +59,8 @@ class Mesh:
                         SHOPMESH_CALL_TIMEOUT_SECONDS="2", SHOPMESH_METRICS="off")
         for name, port in self.ports.items():
             self.env[f"SHOPMESH_{name.upper()}_PORT"] = str(port)
+        for name, url in (databases or {}).items():
+            self.env[f"SHOPMESH_{name.upper()}_DATABASE_URL"] = url
         self.processes: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str) -> None:
@@ -175,13 +182,23 @@ def settle_and_check(mesh: Mesh, acknowledged: dict[str, str]) -> list[str]:
     return problems
 
 
-async def soak(mesh: Mesh, minutes: float, seed: int) -> tuple[dict[str, str], Counter, Counter, Counter]:
+async def restarts(server, minutes: float, kills: Counter) -> None:  # type: ignore[no-untyped-def]
+    """The database server restarted at a third and at two thirds of the run."""
+    for _ in range(2):
+        await asyncio.sleep(minutes * 60 / 3)
+        await asyncio.to_thread(server.restart)
+        kills["postgresql restarts"] += 1
+
+
+async def soak(mesh: Mesh, minutes: float, seed: int, server=None) -> tuple[dict[str, str], Counter, Counter, Counter]:  # type: ignore[no-untyped-def]
     stop = asyncio.Event()
     acknowledged: dict[str, str] = {}
     outcomes, reads, kills = Counter(), Counter(), Counter()
     tasks = [asyncio.create_task(client(mesh, stop, acknowledged, outcomes)) for _ in range(8)]
     tasks.append(asyncio.create_task(watch_stock(mesh, stop, reads)))
     tasks.append(asyncio.create_task(chaos(mesh, stop, kills, random.Random(seed))))
+    if server is not None:
+        tasks.append(asyncio.create_task(restarts(server, minutes, kills)))
     await asyncio.sleep(minutes * 60)
     stop.set()
     await asyncio.gather(*tasks)
@@ -192,9 +209,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shopmesh-soak-"))
-    mesh = Mesh(work)
+    with contextlib.ExitStack() as servers:
+        server = None
+        if args.database == "postgresql":
+            from tests.support.postgres import throwaway_server
+
+            server = servers.enter_context(throwaway_server(free_port()))
+        run(work, args, server)
+
+
+def run(work: Path, args: argparse.Namespace, server) -> None:  # type: ignore[no-untyped-def]
+    mesh = Mesh(work, None if server is None else {name: server.create_database() for name in SERVICES})
     try:
         for name in SERVICES:
             mesh.start(name)
@@ -203,11 +231,12 @@ def main() -> None:
                 product=inventory_pb2.Product(sku="soak", name="Soak", available=INITIAL,
                                               price=money_pb2.Money(currency_code="USD", minor_units=100))))
         started = time.monotonic()
-        acknowledged, outcomes, reads, kills = asyncio.run(soak(mesh, args.minutes, args.seed))
+        acknowledged, outcomes, reads, kills = asyncio.run(soak(mesh, args.minutes, args.seed, server))
         for name in SERVICES:  # everything up for the final reckoning
             if mesh.processes[name].poll() is not None:
                 mesh.start(name)
-        print(f"{time.monotonic() - started:.0f} s of orders from 8 clients, seed {args.seed}: calls {dict(outcomes)}; "
+        print(f"{time.monotonic() - started:.0f} s of orders from 8 clients on {args.database}, seed {args.seed}: "
+              f"calls {dict(outcomes)}; "
               f"kill -9: {dict(kills)}; stock reads {reads['reads']}, invariant violations {reads['violations']}")
         problems = settle_and_check(mesh, acknowledged)
         if reads["violations"]:

@@ -119,3 +119,11 @@ def test_bench_transport_measures_connections_streams_and_hostile_clients() -> N
     assert "1. 100 idle keep-alive connections:" in out and "2. 50 open SSE streams:" in out
     [row] = [line.split() for line in out.splitlines() if line.startswith("this tree")]
     assert float(row[4]) < 64, row  # the gateway's peak above idle, in MB, with the hostile clients
+
+
+def test_soak_on_postgresql_kills_restarts_and_checks_every_invariant() -> None:
+    if bin_dir() is None:
+        needed("PostgreSQL's binaries", "apt-get install postgresql (scripts/test.sh does)")
+    out = run("scripts/soak.py", "--minutes", "0.4", "--seed", "3", "--database", "postgresql", timeout=400)
+    assert "on postgresql, seed 3" in out and "'postgresql restarts': 2" in out, out[-2000:]
+    assert "invariant violations 0" in out and "RESULT: PASS" in out, out[-2000:]
