@@ -77,14 +77,15 @@ async def reserve_stock(store: Store, metrics: Metrics, reservation_id: str, lin
             at = await tx.claim_reservation(reservation_id, ttl, committed=commit)  # Duplicate: a repeat
             priced = []
             for line in lines:  # sorted by SKU: every writer takes rows in one order
-                price = await tx.take(line.sku, line.quantity, sell=commit)
+                price = await tx.take(reservation_id, line.sku, line.quantity, sell=commit)
                 if price is None:  # raising rolls back every line held so far
                     product = await tx.get_product(line.sku)
                     if product is None:
                         raise _Refused(domain.ProductNotFound(line.sku))
                     raise _Refused(domain.OutOfStock(line.sku, line.quantity, product.available))
                 priced.append(Line(line.sku, line.quantity, price))
-            reservation = await tx.insert_lines(reservation_id, at, priced, ttl, committed=commit)
+        reservation = (Reservation(reservation_id, tuple(priced), ReservationState.COMMITTED, at, at, None) if commit
+                       else Reservation(reservation_id, tuple(priced), ReservationState.RESERVED, at, at, at + ttl))
     except _Refused as refused:
         await _remember_refusal(store, reservation_id, lines, refused.error)
         raise refused.error from None

@@ -7,7 +7,6 @@ CHECK constraints back that up in the schema itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
@@ -115,6 +114,22 @@ _HOLD = _take_into("reserved")
 _SELL = _take_into("sold")
 _INSERT_RESERVATION = insert(reservations)
 _INSERT_LINES = insert(reservation_lines)
+
+
+def _take_and_record(column: str):  # noqa: ANN202 - a PostgreSQL INSERT ... WITH (UPDATE ...)
+    """PostgreSQL only: the stock `UPDATE` and the reservation line it prices in one statement (a
+    data-modifying CTE), so a sale holds the product's row lock from this statement to COMMIT,
+    one round trip, and makes one round trip fewer. SQLite has no DML in a CTE: two statements."""
+    taken = _take_into(column).cte("taken")
+    line = select(bindparam("rid", type_=String), bindparam("b_sku", type_=String),
+                  bindparam("qty", type_=BigInteger), taken.c.currency_code, taken.c.price_minor)
+    return (insert(reservation_lines)
+            .from_select(["reservation_id", "sku", "quantity", "currency_code", "unit_price_minor"], line)
+            .returning(reservation_lines.c.currency_code, reservation_lines.c.unit_price_minor.label("price_minor")))
+
+
+_HOLD_AND_RECORD = _take_and_record("reserved")
+_SELL_AND_RECORD = _take_and_record("sold")
 _SET_STATE = (
     update(reservations)
     .where(reservations.c.reservation_id == bindparam("rid"), reservations.c.state == bindparam("from_state"))
@@ -184,12 +199,20 @@ class InventoryTx:
     async def record_movement(self, sku: str, delta: int, reason: str) -> None:
         await self.conn.execute(insert(stock_movements).values(sku=sku, delta=delta, reason=reason, create_time=now()))
 
-    async def take(self, sku: str, quantity: int, *, sell: bool = False) -> Money | None:
-        """Moves `quantity` from available to reserved (to sold, with `sell`) if there is that
-        much; its price, else None."""
-        result = await self.conn.execute(_SELL if sell else _HOLD, {"b_sku": sku, "qty": quantity, "at": now()})
-        row = result.first()
-        return None if row is None else Money(row.currency_code, row.price_minor)
+    async def take(self, reservation_id: str, sku: str, quantity: int, *, sell: bool = False) -> Money | None:
+        """Moves `quantity` from available to reserved (to sold, with `sell`) if there is that much,
+        and records it as a line of `reservation_id` at the product's price in that same moment;
+        the price, else None (nothing moved, nothing recorded)."""
+        values = {"rid": reservation_id, "b_sku": sku, "qty": quantity, "at": now()}
+        if getattr(self.conn, "dialect", None) is not None and self.conn.dialect.name == "postgresql":
+            row = (await self.conn.execute(_SELL_AND_RECORD if sell else _HOLD_AND_RECORD, values)).first()
+            return None if row is None else Money(row.currency_code, row.price_minor)
+        row = (await self.conn.execute(_SELL if sell else _HOLD, values)).first()
+        if row is None:
+            return None
+        await self.conn.execute(_INSERT_LINES, {"reservation_id": reservation_id, "sku": sku, "quantity": quantity,
+                                                "currency_code": row.currency_code, "unit_price_minor": row.price_minor})
+        return Money(row.currency_code, row.price_minor)
 
     async def move_units(self, sku: str, quantity: int, source: str, target: str) -> None:
         columns = products.c
@@ -219,26 +242,6 @@ class InventoryTx:
              "expire_time": None if committed else at + ttl},
         )
         return at
-
-    async def insert_lines(self, reservation_id: str, at: datetime, lines: Sequence[Line], ttl: timedelta, *,
-                           committed: bool = False) -> Reservation:
-        """The lines of the reservation `claim_reservation` wrote at `at`, and the whole of it."""
-        await self.conn.execute(
-            _INSERT_LINES,
-            [
-                {
-                    "reservation_id": reservation_id,
-                    "sku": line.sku,
-                    "quantity": line.quantity,
-                    "currency_code": line.unit_price.currency_code,  # type: ignore[union-attr]
-                    "unit_price_minor": line.unit_price.minor_units,  # type: ignore[union-attr]
-                }
-                for line in lines
-            ],
-        )
-        if committed:
-            return Reservation(reservation_id, tuple(lines), ReservationState.COMMITTED, at, at, None)
-        return Reservation(reservation_id, tuple(lines), ReservationState.RESERVED, at, at, at + ttl)
 
     async def open_reservations(self) -> tuple[int, int]:
         """Reservations held now (neither committed nor released) and the units they hold."""
