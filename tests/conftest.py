@@ -52,9 +52,7 @@ def needed(what: str, install: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[object]:
-    """One real PostgreSQL server for the session (Debian's `postgresql` package)."""
+def _postgres_server() -> Iterator[object]:
     from tests.support.postgres import PostgresServer, bin_dir
 
     binaries = bin_dir()
@@ -64,6 +62,18 @@ def postgres() -> Iterator[object]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """One real PostgreSQL server for the session (Debian's `postgresql` package)."""
+    yield from _postgres_server()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[object]:
+    """A PostgreSQL server of the test's own, for a test that stops, restarts or breaks it."""
+    yield from _postgres_server()
 
 
 @pytest.fixture(scope="session")

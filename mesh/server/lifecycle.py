@@ -77,7 +77,7 @@ async def _bounded(step: Awaitable[None], seconds: float, what: str, tell_after:
     if tell_after is not None and tell_after < seconds:
         done, _ = await asyncio.wait({task}, timeout=tell_after)
         if task not in done:
-            logger.warning("shutdown: %s still waiting after %g s. Tasks:\n%s", what, tell_after, _stacks())
+            logger.warning("shutdown: %s still waiting after %g s. Tasks:\n%s", what, tell_after, task_stacks())
         seconds -= tell_after
     done, _ = await asyncio.wait({task}, timeout=seconds)
     if task in done:
@@ -85,12 +85,12 @@ async def _bounded(step: Awaitable[None], seconds: float, what: str, tell_after:
         return
     # The stacks while it still waits (after cancelling, they would show only the cancellation).
     logger.warning("shutdown: %s took more than %g s; going on without it. Tasks still waiting:\n%s",
-                   what, seconds, _stacks())
+                   what, seconds, task_stacks())
     task.cancel()
     await asyncio.wait({task}, timeout=1)
 
 
-def _stacks() -> str:
+def task_stacks() -> str:
     """Each task's await chain, outermost first, down to what it waits on (asyncio's own
     `print_stack` shows only the outermost frame of a suspended task)."""
     found = []

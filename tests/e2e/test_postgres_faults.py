@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,8 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
-from tests.conftest import free_port, needed
-from tests.support.postgres import PostgresServer, bin_dir
+from tests.support.postgres import PostgresServer
 from tests.support.replicas import Replicas
 from tests.support.waiting import eventually, settled
 
@@ -33,15 +31,9 @@ RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.St
 
 
 @pytest.fixture
-def server() -> Iterator[PostgresServer]:
+def server(own_postgres: PostgresServer) -> PostgresServer:
     """A PostgreSQL server of this test's own: the test stops and restarts it."""
-    binaries = bin_dir()
-    if binaries is None:
-        needed("PostgreSQL", "Debian: apt-get install postgresql")
-    own = PostgresServer(binaries, free_port())  # type: ignore[arg-type]
-    own.start()
-    yield own
-    own.stop()
+    return own_postgres
 
 
 def _health(address: str, service: str) -> int:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -270,11 +271,23 @@ class InProcess:
         self.running.append(served)
         return served
 
-    async def stop_all(self) -> None:
+    async def stop_all(self, bound: float = 30.0) -> None:
+        """Stops every service, callers first. A step that takes longer than `bound` seconds is
+        given up on (the rest still stop, so no server outlives the test's loop) and fails the
+        test with every task's await chain at that moment: a hang named, not a suite timeout."""
+        from mesh.server.lifecycle import task_stacks
+
+        hung = []
         for served in reversed(self.running):
-            await served.server.stop(0)
-            await served.app.close()
+            for what, step in (("server.stop", served.server.stop(0)), ("app.close", served.app.close())):
+                task = asyncio.ensure_future(step)
+                done, _ = await asyncio.wait({task}, timeout=bound)
+                if not done:
+                    hung.append(f"{served.app.bindings[0].name} {what} hung for {bound:g}s; tasks:\n{task_stacks()}")
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
         self.running.clear()
+        assert not hung, "\n".join(hung)
 
 
 def channel(served: Running) -> grpc.aio.Channel:
