@@ -120,16 +120,14 @@ async def _store(store: Store, request: OrderRequest, held: Held, priced: tuple[
     )
     await faults.point("order.storing")
     try:
-        async with store.write() as tx:
-            order = await tx.insert(order, request.fingerprint, committed=held.state is HeldState.COMMITTED)
-            await tx.add_event(domain.created_event(order))
-            if not await tx.end_attempt(request.request_id):
-                raise AttemptTaken(request.request_id)  # rolls the order back: recovery returns its stock
+        async with store.write_one() as tx:  # nothing stored if the attempt is gone: recovery returns its stock
+            order = await tx.store(order, request.fingerprint, domain.created_event(order),
+                                   committed=held.state is HeldState.COMMITTED)
     except RequestIdTaken:  # stored before (a repeat) or by a concurrent call with this request_id
         found = await _replay(store, request)
         if found is None:  # pragma: no cover - the unique request_id was taken by an order
             raise
-        async with store.write() as tx:
+        async with store.write_one() as tx:
             await tx.end_attempt(request.request_id)  # a repeat's own attempt, now finished
         return found
     except AttemptTaken:

@@ -104,12 +104,20 @@ class OneStatement:
     def __init__(self, conn: AsyncConnection):
         self._conn = conn
         self._ran = False
+        self.dialect = conn.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> Result[Any]:
         if self._ran:
             raise RuntimeError("write_one() runs one statement; use write() for a transaction of several")
         self._ran = True
         return await self._conn.execute(statement, parameters)
+
+
+def on_postgresql(conn: object) -> bool:
+    """Whether a transaction object's connection speaks to PostgreSQL (SQLite's inline one has no
+    dialect): for the few statements PostgreSQL runs as one where SQLite needs several."""
+    dialect = getattr(conn, "dialect", None)
+    return dialect is not None and dialect.name == "postgresql"
 
 
 class _Inline:

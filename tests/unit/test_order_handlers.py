@@ -10,7 +10,7 @@ import pytest
 from mesh.kernel.errors import AlreadyExists, Unavailable
 from mesh.kernel.money import Money
 from order import domain, handlers
-from order.domain import Held, HeldState, RequestIdTaken
+from order.domain import AttemptTaken, Held, HeldState, RequestIdTaken
 from tests.support.fakes import NoFaults, Tally
 
 
@@ -42,7 +42,7 @@ class FakeTx:
     """A transaction over FakeStore's dicts; changes apply only if the block ends without error."""
 
     def __init__(self, store: FakeStore):
-        self.store = store
+        self.owner = store
         self.orders, self.events = dict(store.orders), list(store.events)
         self.attempts = dict(store.attempts)
 
@@ -60,17 +60,17 @@ class FakeTx:
             return True
         return False
 
-    async def insert(self, order, fingerprint, *, committed=False):
-        if self.store.broken:
+    async def store(self, order, fingerprint, event, *, committed=False):
+        if self.owner.broken:
             raise OSError("disk full")
         if order.request_id in self.orders:  # the unique constraint on request_id
             raise RequestIdTaken(order.request_id)
+        if not await self.end_attempt(order.request_id):
+            raise AttemptTaken(order.request_id)
         self.orders[order.request_id] = (order, fingerprint)
-        self.store.committed[order.request_id] = committed
-        return order
-
-    async def add_event(self, event):
         self.events.append(event)
+        self.owner.committed[order.request_id] = committed
+        return order
 
 
 class FakeStore:
