@@ -87,6 +87,15 @@ def failure_from_record(record: str) -> ShopError:
     return FailedPrecondition(data["message"], subject=data["subject"], kind=data["kind"])
 
 
+class NotTaken(Exception):
+    """A store's word that a sale took nothing: `sku` is unknown or has too few units available
+    (its transaction is rolled back; the use case reads which, and refuses)."""
+
+    def __init__(self, sku: str):
+        super().__init__(sku)
+        self.sku = sku
+
+
 class ProductNotFound(NotFound):
     def __init__(self, sku: str):
         super().__init__(f"product {sku!r} not found")

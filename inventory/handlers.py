@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from inventory import domain
-from inventory.domain import Line, Product, Reservation, ReservationState
+from inventory.domain import Line, NotTaken, Product, Reservation, ReservationState
 from inventory.ports import Metrics, Store
 from mesh.kernel import paging
 from mesh.kernel.clock import now
@@ -72,25 +72,25 @@ async def reserve_stock(store: Store, metrics: Metrics, reservation_id: str, lin
     """
     domain.check_reservation_id(reservation_id)
     lines = domain.check_lines(lines)
+    # A one-line sale is one statement on PostgreSQL (InventoryTx.reserve); more need a transaction.
     try:
-        async with store.write() as tx:
-            at = await tx.claim_reservation(reservation_id, ttl, committed=commit)  # Duplicate: a repeat
-            priced = []
-            for line in lines:  # sorted by SKU: every writer takes rows in one order
-                price = await tx.take(reservation_id, line.sku, line.quantity, sell=commit)
-                if price is None:  # raising rolls back every line held so far
-                    product = await tx.get_product(line.sku)
-                    if product is None:
-                        raise _Refused(domain.ProductNotFound(line.sku))
-                    raise _Refused(domain.OutOfStock(line.sku, line.quantity, product.available))
-                priced.append(Line(line.sku, line.quantity, price))
-        reservation = (Reservation(reservation_id, tuple(priced), ReservationState.COMMITTED, at, at, None) if commit
-                       else Reservation(reservation_id, tuple(priced), ReservationState.RESERVED, at, at, at + ttl))
-    except _Refused as refused:
-        await _remember_refusal(store, reservation_id, lines, refused.error)
-        raise refused.error from None
+        async with store.write_one() if len(lines) == 1 else store.write() as tx:
+            at, priced = await tx.reserve(reservation_id, lines, ttl, committed=commit)  # Duplicate: a repeat
+    except NotTaken as short:  # nothing moved: say why, and keep the answer for a repeat
+        async with store.read() as tx:
+            product = await tx.get_product(short.sku)
+        quantity = next(line.quantity for line in lines if line.sku == short.sku)
+        error = (domain.ProductNotFound(short.sku) if product is None
+                 else domain.OutOfStock(short.sku, quantity, product.available))
+        if not await _remember_refusal(store, reservation_id, lines, error):
+            # The id has an outcome already (a one-line sale on PostgreSQL tries the stock before
+            # the id): a repeat, or a concurrent request that stored first. That outcome stands.
+            return await _replay(store, metrics, reservation_id, lines, commit)
+        raise error from None
     except Duplicate:
         return await _replay(store, metrics, reservation_id, lines, commit)
+    reservation = (Reservation(reservation_id, priced, ReservationState.COMMITTED, at, at, None) if commit
+                   else Reservation(reservation_id, priced, ReservationState.RESERVED, at, at, at + ttl))
     metrics.units("reserved", reservation.units)
     if commit:
         metrics.units("sold", reservation.units)
@@ -118,13 +118,15 @@ class _Refused(Exception):
         self.error = error
 
 
-async def _remember_refusal(store: Store, reservation_id: str, lines: Sequence[Line], error: ShopError) -> None:
-    """Stores a refusal (after its transaction rolled back) so a repeat gets the same answer, as Stripe's keys do."""
+async def _remember_refusal(store: Store, reservation_id: str, lines: Sequence[Line], error: ShopError) -> bool:
+    """Stores a refusal (after its transaction rolled back) so a repeat gets the same answer, as
+    Stripe's keys do; False if the id has an outcome stored already."""
     try:
-        async with store.write() as tx:
+        async with store.write_one() as tx:
             await tx.insert_rejection(reservation_id, domain.fingerprint(lines), domain.failure_record(error))
     except Duplicate:
-        pass  # a concurrent request with this id stored its outcome first; a repeat replays that one
+        return False
+    return True
 
 
 async def commit_reservation(store: Store, metrics: Metrics, reservation_id: str) -> Reservation:

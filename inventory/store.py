@@ -7,6 +7,7 @@ CHECK constraints back that up in the schema itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
@@ -27,12 +28,13 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from inventory.domain import Line, Product, Reservation, ReservationState, failure_from_record
-from mesh.data.db import Store
+from inventory.domain import Line, NotTaken, Product, Reservation, ReservationState, failure_from_record
+from mesh.data.db import Store, on_postgresql
 from mesh.kernel.clock import now
 from mesh.kernel.money import Money
 
@@ -116,10 +118,30 @@ _INSERT_RESERVATION = insert(reservations)
 _INSERT_LINES = insert(reservation_lines)
 
 
+def _sell_one(column: str):  # noqa: ANN202 - a PostgreSQL SELECT ... WITH (UPDATE, INSERT, INSERT)
+    """PostgreSQL only, a sale of one line as one statement: the stock `UPDATE`, the reservation's
+    row and its line (data-modifying CTEs, each insert fed by the one before, so nothing is
+    written if the stock is not there). The product's row lock is taken and released within that
+    one statement; a sale is one round trip, not four. A reservation id already taken fails the
+    whole statement (`Duplicate`), the stock it moved with it."""
+    b = bindparam
+    taken = _take_into(column).cte("taken")
+    head = (insert(reservations).from_select(
+        ["reservation_id", "state", "create_time", "update_time", "expire_time"],
+        select(b("rid", type_=String), b("state", type_=SmallInteger), b("at", type_=DateTime),
+               b("at", type_=DateTime), b("expire", type_=DateTime)).select_from(taken))
+        .returning(reservations.c.reservation_id).cte("head"))
+    line = (insert(reservation_lines).from_select(
+        ["reservation_id", "sku", "quantity", "currency_code", "unit_price_minor"],
+        select(head.c.reservation_id, b("b_sku", type_=String), b("qty", type_=BigInteger), taken.c.currency_code,
+               taken.c.price_minor).select_from(head).join(taken, true()))
+        .returning(reservation_lines.c.currency_code, reservation_lines.c.unit_price_minor).cte("line"))
+    return select(line.c.currency_code, line.c.unit_price_minor)
+
+
 def _take_and_record(column: str):  # noqa: ANN202 - a PostgreSQL INSERT ... WITH (UPDATE ...)
-    """PostgreSQL only: the stock `UPDATE` and the reservation line it prices in one statement (a
-    data-modifying CTE), so a sale holds the product's row lock from this statement to COMMIT,
-    one round trip, and makes one round trip fewer. SQLite has no DML in a CTE: two statements."""
+    """PostgreSQL only, a line of a sale of several: the stock `UPDATE` and the line it prices in
+    one statement, so the row lock is held from it to COMMIT, and a line is one round trip."""
     taken = _take_into(column).cte("taken")
     line = select(bindparam("rid", type_=String), bindparam("b_sku", type_=String),
                   bindparam("qty", type_=BigInteger), taken.c.currency_code, taken.c.price_minor)
@@ -130,6 +152,8 @@ def _take_and_record(column: str):  # noqa: ANN202 - a PostgreSQL INSERT ... WIT
 
 _HOLD_AND_RECORD = _take_and_record("reserved")
 _SELL_AND_RECORD = _take_and_record("sold")
+_HOLD_ONE = _sell_one("reserved")
+_SELL_ONE = _sell_one("sold")
 _SET_STATE = (
     update(reservations)
     .where(reservations.c.reservation_id == bindparam("rid"), reservations.c.state == bindparam("from_state"))
@@ -199,20 +223,43 @@ class InventoryTx:
     async def record_movement(self, sku: str, delta: int, reason: str) -> None:
         await self.conn.execute(insert(stock_movements).values(sku=sku, delta=delta, reason=reason, create_time=now()))
 
-    async def take(self, reservation_id: str, sku: str, quantity: int, *, sell: bool = False) -> Money | None:
-        """Moves `quantity` from available to reserved (to sold, with `sell`) if there is that much,
-        and records it as a line of `reservation_id` at the product's price in that same moment;
-        the price, else None (nothing moved, nothing recorded)."""
-        values = {"rid": reservation_id, "b_sku": sku, "qty": quantity, "at": now()}
-        if getattr(self.conn, "dialect", None) is not None and self.conn.dialect.name == "postgresql":
-            row = (await self.conn.execute(_SELL_AND_RECORD if sell else _HOLD_AND_RECORD, values)).first()
-            return None if row is None else Money(row.currency_code, row.price_minor)
-        row = (await self.conn.execute(_SELL if sell else _HOLD, values)).first()
-        if row is None:
-            return None
-        await self.conn.execute(_INSERT_LINES, {"reservation_id": reservation_id, "sku": sku, "quantity": quantity,
-                                                "currency_code": row.currency_code, "unit_price_minor": row.price_minor})
-        return Money(row.currency_code, row.price_minor)
+    async def reserve(self, reservation_id: str, lines: Sequence[Line], ttl: timedelta, *,
+                      committed: bool = False) -> tuple[datetime, tuple[Line, ...]]:
+        """Holds (with `committed`, sells) every line and records it under `reservation_id` at its
+        product's price in that moment; the reservation's time and its priced lines. NotTaken(sku)
+        for the first line there is not enough of (raised in the transaction: nothing moves);
+        `Duplicate` when the id is taken. Lines in SKU order, so every writer takes rows in one
+        order. On PostgreSQL a one-line sale is one statement (`Store.write_one` suffices) and
+        each line of a longer one is one; SQLite needs two a line, after the reservation's row."""
+        at = now()
+        state = ReservationState.COMMITTED if committed else ReservationState.RESERVED
+        expire = None if committed else at + ttl
+        postgresql = on_postgresql(self.conn)
+        if postgresql and len(lines) == 1:
+            [line] = lines
+            row = (await self.conn.execute(_SELL_ONE if committed else _HOLD_ONE, {
+                "rid": reservation_id, "state": state, "at": at, "expire": expire, "b_sku": line.sku,
+                "qty": line.quantity})).first()
+            if row is None:
+                raise NotTaken(line.sku)
+            return at, (Line(line.sku, line.quantity, Money(row.currency_code, row.unit_price_minor)),)
+        await self.conn.execute(_INSERT_RESERVATION, {"reservation_id": reservation_id, "state": state,
+                                                      "create_time": at, "update_time": at, "expire_time": expire})
+        priced = []
+        for line in lines:
+            values = {"rid": reservation_id, "b_sku": line.sku, "qty": line.quantity, "at": at}
+            if postgresql:
+                row = (await self.conn.execute(_SELL_AND_RECORD if committed else _HOLD_AND_RECORD, values)).first()
+            else:
+                row = (await self.conn.execute(_SELL if committed else _HOLD, values)).first()
+                if row is not None:
+                    await self.conn.execute(_INSERT_LINES, {
+                        "reservation_id": reservation_id, "sku": line.sku, "quantity": line.quantity,
+                        "currency_code": row.currency_code, "unit_price_minor": row.price_minor})
+            if row is None:
+                raise NotTaken(line.sku)
+            priced.append(Line(line.sku, line.quantity, Money(row.currency_code, row.price_minor)))
+        return at, tuple(priced)
 
     async def move_units(self, sku: str, quantity: int, source: str, target: str) -> None:
         columns = products.c
@@ -231,17 +278,6 @@ class InventoryTx:
         failure = failure_from_record(head.failure) if head.failure else None
         return Reservation(reservation_id, lines, ReservationState(head.state), head.create_time, head.update_time,
                            head.expire_time, head.fingerprint or "", failure)
-
-    async def claim_reservation(self, reservation_id: str, ttl: timedelta, *, committed: bool = False) -> datetime:
-        """Writes the reservation's row before its lines, and its time; an id already taken is `Duplicate`."""
-        at = now()
-        state = ReservationState.COMMITTED if committed else ReservationState.RESERVED
-        await self.conn.execute(
-            _INSERT_RESERVATION,
-            {"reservation_id": reservation_id, "state": state, "create_time": at, "update_time": at,
-             "expire_time": None if committed else at + ttl},
-        )
-        return at
 
     async def open_reservations(self) -> tuple[int, int]:
         """Reservations held now (neither committed nor released) and the units they hold."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 
@@ -59,9 +58,8 @@ CHANNEL = "shopmesh_notifications"  # where each instance announces a user's new
 async def send_notification(store: Store, metrics: Metrics, wakeups: Wakeups, wanted: Notification) -> Notification:
     """Stores and delivers the notification; the same event again returns the first one."""
     try:
-        async with store.write() as tx:
-            stored = await tx.insert(wanted, str(uuid.uuid4()))
-            await tx.announce(CHANNEL, stored.user_id)
+        async with store.write_one() as tx:
+            [stored] = await tx.insert_many([wanted], CHANNEL)
     except Duplicate:  # this event was stored before, or concurrently
         async with store.read() as tx:
             existing = await tx.by_event(wanted.event_id)
@@ -76,7 +74,7 @@ async def send_notification(store: Store, metrics: Metrics, wakeups: Wakeups, wa
 
 async def send_notifications(store: Store, metrics: Metrics, wakeups: Wakeups,
                              wanted: Sequence[Notification]) -> list[Notification]:
-    """Stores and delivers them in one transaction, all or none, in the order given; an event
+    """Stores and delivers them in one statement, all or none, in the order given; an event
     stored before, or earlier in the same batch, gives back its first notification (and
     delivers nothing new), as SendNotification does for a repeat."""
     unique: dict[str, Notification] = {}
@@ -86,14 +84,13 @@ async def send_notifications(store: Store, metrics: Metrics, wakeups: Wakeups,
             raise domain.EventConflict(w.event_id)
     for attempt in (1, 2):
         try:
-            async with store.write() as tx:
+            async with store.read() as tx:
                 known = await tx.by_events(list(unique))
-                for w in unique.values():
-                    if w.event_id in known and not known[w.event_id].same_event(w):
-                        raise domain.EventConflict(w.event_id)
-                new = await tx.insert_many([w for w in unique.values() if w.event_id not in known])
-                for user_id in dict.fromkeys(n.user_id for n in new):
-                    await tx.announce(CHANNEL, user_id)
+            for w in unique.values():
+                if w.event_id in known and not known[w.event_id].same_event(w):
+                    raise domain.EventConflict(w.event_id)
+            async with store.write_one() as tx:  # stored between the read and this: Duplicate, read again
+                new = await tx.insert_many([w for w in unique.values() if w.event_id not in known], CHANNEL)
             break
         except Duplicate:  # a concurrent call stored one of them first: read it this time
             if attempt == 2:

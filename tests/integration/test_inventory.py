@@ -365,3 +365,27 @@ async def test_concurrent_sales_of_the_last_units_sell_each_once(stub) -> None:
     assert (mug.available, mug.reserved, mug.sold) == (0, 0, 10)
     sold_ids = {i % 30 for i, ok in enumerate(results) if ok}
     assert len(sold_ids) == 10  # every repeat of a sold id replays its sale; the others are refused
+
+
+@pytest.mark.parametrize("commit", [False, True])
+async def test_a_repeat_of_the_sale_that_took_the_last_units_replays_it_not_out_of_stock(stub, commit: bool) -> None:
+    """On PostgreSQL a one-line sale tries the stock before its id: with no stock left, a repeat
+    must still find the id's outcome and replay it (and a refusal stays the refusal)."""
+    await create(stub, available=2)
+    await create(stub, sku="pot", available=1)
+    await create(stub, sku="cup", available=1)
+    one = pb.ReserveStockRequest(reservation_id="last", lines=[pb.ReservationLine(sku="mug", quantity=2)], commit=commit)
+    two = pb.ReserveStockRequest(reservation_id="last-2", commit=commit, lines=[  # a transaction of lines
+        pb.ReservationLine(sku="cup", quantity=1), pb.ReservationLine(sku="pot", quantity=1)])
+    first, first_two = await stub.ReserveStock(one), await stub.ReserveStock(two)
+    replies = await asyncio.gather(*(stub.ReserveStock(r) for r in [one, two] * 5))
+    assert replies == [first, first_two] * 5
+    mug = await stub.GetProduct(pb.GetProductRequest(sku="mug"))
+    assert (mug.available, mug.reserved + mug.sold) == (0, 2)
+    refused = pb.ReserveStockRequest(reservation_id="late", lines=[pb.ReservationLine(sku="mug", quantity=1)])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReserveStock(refused)
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await stub.ReserveStock(refused)
+    assert caught.value.code() == again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert again.value.details() == caught.value.details()

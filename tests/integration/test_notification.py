@@ -224,3 +224,12 @@ async def test_an_event_twice_in_one_batch_is_stored_once_and_twice_with_other_c
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
     listed = await stub.ListNotifications(pb.ListNotificationsRequest(user_id="alice"))
     assert sorted(n.event_id for n in listed.notifications) == ["t1", "t2"]
+
+
+async def test_a_batch_is_numbered_in_the_order_given_whatever_the_event_ids(stub) -> None:
+    """A stream resumes after a sequence, so a batch's notifications are numbered as sent."""
+    given = ["o-9", "o-1", "o-5", "o-3", "o-7"]
+    reply = await stub.BatchSendNotifications(pb.BatchSendNotificationsRequest(requests=[send(e) for e in given]))
+    assert [n.event_id for n in reply.notifications] == given
+    listed = await stub.ListNotifications(pb.ListNotificationsRequest(user_id="alice"))
+    assert [n.event_id for n in listed.notifications] == given[::-1]  # newest first

@@ -109,7 +109,7 @@ async def test_notifications_past_retention_go_in_batches_and_recent_ones_stay_d
     try:
         old = [f"old-{n}" for n in range(PURGE_BATCH * 2 + 7)]
         async with store.write() as tx:
-            await tx.insert_many([wanted(e) for e in [*old, "recent"]])
+            await tx.insert_many([wanted(e) for e in [*old, "recent"]], handlers.CHANNEL)
             await tx.conn.execute(update(notifications).where(notifications.c.event_id.in_(old))
                                   .values(create_time=now() - timedelta(days=91)))
         assert await handlers.purge_old(store, timedelta(days=90)) == len(old)  # three batches
