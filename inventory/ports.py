@@ -49,3 +49,6 @@ class Metrics(Protocol):
     """What the business counts: units moved (reserved, sold, released, expired); replays count nothing."""
 
     def units(self, movement: str, count: int) -> None: ...
+    def sale_written(self, seconds: float) -> None:
+        """How long a sale's write held its locks (first statement to commit)."""
+        ...

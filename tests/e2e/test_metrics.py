@@ -137,6 +137,11 @@ def test_business_counters_follow_orders_reservations_and_notifications(launcher
         assert value(now["inventory"], "shop_inventory_units_total", movement=movement) - value(
             before["inventory"], "shop_inventory_units_total", movement=movement) == units, movement
     assert ("shop_inventory_open_reservations", ()) in now["inventory"]
+    # One sale written: the replay and the refusal wrote none (what a hot product's lock time is read from).
+    assert value(now["inventory"], "shop_inventory_sale_write_seconds_count") - value(
+        before["inventory"], "shop_inventory_sale_write_seconds_count") == 1
+    assert value(now["inventory"], "shop_inventory_sale_write_seconds_sum") > value(
+        before["inventory"], "shop_inventory_sale_write_seconds_sum")
     # The order service called ReserveStock as a client: once, for the replay too (inventory replays it).
     assert value(now["order"], "grpc_client_handled_total", **rpc("ReserveStock", "OK")) - value(
         before["order"], "grpc_client_handled_total", **rpc("ReserveStock", "OK")) == 2

@@ -11,9 +11,13 @@ class Tally:
 
     def __init__(self) -> None:
         self.counted: Counter[str] = Counter()
+        self.sale_writes: list[float] = []
 
     def units(self, movement: str, count: int) -> None:
         self.counted[f"units.{movement}"] += count
+
+    def sale_written(self, seconds: float) -> None:
+        self.sale_writes.append(seconds)
 
     def orders(self, status: str) -> None:
         self.counted[f"orders.{status}"] += 1

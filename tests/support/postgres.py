@@ -29,9 +29,11 @@ def bin_dir() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self, bin_path: Path, port: int):
+    def __init__(self, bin_path: Path, port: int, *settings: str):
+        """`settings`: more `name=value` server settings (a benchmark's statistics, say)."""
         self._bin = bin_path
         self.port = port
+        self._settings = "".join(f" -c {setting}" for setting in settings)
         # Not under pytest's tmp folders: as root the server runs as `postgres`, which must reach it.
         self._dir = Path(tempfile.mkdtemp(prefix="shopmesh-pg-"))
         self._as_postgres = os.geteuid() == 0  # PostgreSQL refuses to run as root
@@ -52,7 +54,7 @@ class PostgresServer:
         self._run("initdb", "-D", str(data), "-A", "trust", "-U", USER, "--no-sync")
         # Durability is not under test here; speed is welcome.
         self._options = (f"-p {self.port} -k {self._dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+                         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300" + self._settings)
         self.resume()
 
     def resume(self) -> None:
@@ -80,6 +82,12 @@ class PostgresServer:
         name = f"t{os.getpid()}_{next(self._names)}"
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, name)
         return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{name}"
+
+    def query(self, sql: str) -> str:
+        """One statement's result as psql prints it unaligned (`-At`), as the server's superuser."""
+        argv = [str(self._bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", "postgres",
+                "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
 
     def run_sql_file(self, path: Path) -> None:
         """Runs a SQL script as the server's superuser, stopping at its first error."""
@@ -119,13 +127,13 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def throwaway_server(port: int) -> Iterator[PostgresServer]:
+def throwaway_server(port: int, *settings: str) -> Iterator[PostgresServer]:
     """A started server for a script (the benchmarks), stopped and removed after; exits with a
     message naming the package when PostgreSQL is not installed."""
     binaries = bin_dir()
     if binaries is None:
         raise SystemExit("PostgreSQL's binaries are not installed (Debian: apt-get install postgresql)")
-    server = PostgresServer(binaries, port)
+    server = PostgresServer(binaries, port, *settings)
     server.start()
     try:
         yield server
