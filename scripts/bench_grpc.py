@@ -1,13 +1,15 @@
 """gRPC benchmark: a bare grpc.aio ceiling, GetProduct, and CreateOrder end to end, in one run.
 
     .venv/bin/python scripts/bench_grpc.py [--duration 10] [--concurrency 32] [--baseline REF]
-        [--open-loop 25,50,75] [--database sqlite|postgresql|pgbouncer|both|all]
+        [--open-loop 25,50,75] [--database sqlite|postgresql|pgbouncer|both|all] [--json FILE]
 
 With `--database postgresql` the services keep their data on a throwaway PostgreSQL server
 (Debian's binaries, started as the tests start it, on loopback); with `--database both` the same
 services run twice, once on SQLite files and once on PostgreSQL, measured in the same interleaved
 rounds, and the server's own CPU per request is shown beside the services'; `all` adds the same
-services on that server through PgBouncer in transaction mode.
+services on that server through PgBouncer in transaction mode. On PostgreSQL the write-ahead log
+written per request is measured too. `--json FILE` writes every measured figure, for
+scripts/capacity.py.
 
 With `--baseline REF` the three services as they were at git REF (a worktree of it, the same
 venv) run beside today's, each with its own data, and every target is measured for both in
@@ -116,7 +118,8 @@ def ghz_path() -> str:
 
 
 def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argparse.Namespace,
-            rps: int = 0, concurrency: int = 0, database_cpu: Callable[[], float] | None = None) -> dict:
+            rps: int = 0, concurrency: int = 0, database_cpu: Callable[[], float] | None = None,
+            wal: Callable[[], float] | None = None) -> dict:
     command = [
         ghz_path(), "--insecure", "--protoset", str(ROOT / "generated" / "shopmesh.protoset"),
         "--call", method, "-d", json.dumps(data),
@@ -127,6 +130,7 @@ def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argpar
     subprocess.run([*command, "-n", str(max(rps, 50) if rps else 1000), address], capture_output=True, check=True)
     before = [cpu_seconds(p) for p in pids]
     database_before = database_cpu() if database_cpu else 0.0
+    wal_before = wal() if wal else 0.0
     ghz_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # --duration-stop=wait: calls still in flight at the end finish and count, not show up as errors.
     timed = [*command, "-z", f"{args.duration}s", "--duration-stop", "wait", address]
@@ -137,6 +141,7 @@ def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argpar
     per_process = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
     cpu = sum(per_process)
     database = database_cpu() - database_before if database_cpu else None
+    wal_written = wal() - wal_before if wal else None
     report = json.loads(out)
     latencies = {d["percentage"]: d["latency"] / 1e6 for d in report.get("latencyDistribution") or []}
     ok = report["statusCodeDistribution"].get("OK", 0)
@@ -149,6 +154,7 @@ def run_ghz(address: str, method: str, data: dict, pids: list[int], args: argpar
         "cpu_ms": 1000 * cpu / max(ok, 1),
         "cpu_ms_each": [1000 * c / max(ok, 1) for c in per_process],
         "database_cpu_ms": None if database is None else 1000 * database / max(ok, 1),
+        "wal_bytes": None if wal_written is None else wal_written / max(ok, 1),
         "ghz_cpu_ms": 1000 * ghz_cpu / max(ok, 1),
         "ghz_cores": ghz_cpu / args.duration,
     }
@@ -219,19 +225,21 @@ class Target:
     data: dict
     pids: list[int]
     database_cpu: Callable[[], float] | None = None
+    wal: Callable[[], float] | None = None
 
 
 def targets_for(ports: dict[str, int], processes: dict[str, subprocess.Popen], tag: str, label: str,
-                database: str = "SQLite", database_cpu: Callable[[], float] | None = None) -> list[Target]:
+                database: str = "SQLite", database_cpu: Callable[[], float] | None = None,
+                wal: Callable[[], float] | None = None) -> list[Target]:
     pid = {name: processes[f"{name}{tag}"].pid for name in ports}
     suffix = f" @ {label}" if label else ""
     order = {"request_id": "{{newUUID}}", "user_id": "bench-{{.RequestNumber}}", "lines": [{"sku": "bench", "quantity": 1}]}
     return [
         Target(f"GetProduct (inventory + {database}){suffix}", f"127.0.0.1:{ports['inventory']}",
-               "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [pid["inventory"]], database_cpu),
+               "shop.inventory.v1.InventoryService.GetProduct", {"sku": "bench"}, [pid["inventory"]], database_cpu, wal),
         Target(f"CreateOrder end to end (3 services, {database}){suffix}", f"127.0.0.1:{ports['order']}",
                "shop.order.v1.OrderService.CreateOrder", order, [pid["order"], pid["inventory"], pid["notification"]],
-               database_cpu),
+               database_cpu, wal),
     ]
 
 
@@ -261,6 +269,7 @@ def main() -> None:
     parser.add_argument("--database", choices=("sqlite", "postgresql", "pgbouncer", "both", "all"), default="sqlite",
                         help="where the services keep their data (pgbouncer: PostgreSQL through PgBouncer in "
                              "transaction mode); both: SQLite and PostgreSQL, all: the three, in the same rounds")
+    parser.add_argument("--json", metavar="FILE", help="also write every measured figure to FILE (scripts/capacity.py reads it)")
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
@@ -299,7 +308,7 @@ def main() -> None:
                 urls = {name: where.create_database() for name in ("inventory", "order", "notification")}
                 ports = start_services(tree, work, processes, tag, workers, databases=urls, settings=where.settings())
                 name = "PostgreSQL via PgBouncer" if database == "pgbouncer" else "PostgreSQL"
-                return targets_for(ports, processes, tag, label, name, where.cpu_seconds)
+                return targets_for(ports, processes, tag, label, name, where.cpu_seconds, postgres.wal_bytes)
 
             today = {database: on(database, ROOT, "" if database == first else f"-{database}", "")
                      for database in databases}
@@ -318,9 +327,15 @@ def main() -> None:
                 for row in rows:
                     print(f"round {round_ + 1}: {row.label} for {args.duration}s ...", file=sys.stderr, flush=True)
                     rounds[row.label].append(run_ghz(row.address, row.method, row.data, row.pids, args,
-                                                     database_cpu=row.database_cpu))
+                                                     database_cpu=row.database_cpu, wal=row.wal))
             results = {label: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for label, runs in rounds.items()}
             report(rows, results, args)
+            if args.json:
+                Path(args.json).write_text(json.dumps({
+                    "command": " ".join(["scripts/bench_grpc.py", *sys.argv[1:]]), "cores": os.cpu_count(),
+                    "duration": args.duration, "concurrency": args.concurrency,
+                    "pool_size": int(os.environ.get("SHOPMESH_DATABASE_POOL_SIZE", "10")),
+                    "targets": {row.label: results[row.label] for row in rows}}, indent=2) + "\n")
             by = results
             if args.baseline:
                 for now, was in zip(today[first], then, strict=True):
@@ -359,13 +374,15 @@ def report(rows: list[Target], results: dict[str, dict], args: argparse.Namespac
         r = results[row.label]
         each = " + ".join(f"{c:.2f}" for c in r["cpu_ms_each"]) if len(r["cpu_ms_each"]) > 1 else ""
         database = "" if r["database_cpu_ms"] is None else f"{r['database_cpu_ms']:.3f}"
+        if r["wal_bytes"] is not None:
+            database += f" ({r['wal_bytes']:.0f} B WAL)"
         print(f"| {row.label} | {r['rps']:.0f} | {100 * r['rps'] / ceiling:.0f}% | {r['p50']:.2f} | {r['p99']:.2f} "
               f"| {r['errors'] or 'none'} | {r['cpu_ms']:.3f}{f' ({each})' if each else ''} | {database} "
               f"| {r['ghz_cpu_ms']:.3f} ({r['ghz_cores']:.2f}) |")
     print("\nCreateOrder's CPU is order + inventory + notification. CPU is user+system time of the server")
     print("processes from /proc over the measured run, divided by the successful calls; the database")
     print("server's (PostgreSQL: the postmaster and its backends; and PgBouncer where it is between) is its")
-    print("own column.")
+    print("own column, with the write-ahead log written per request.")
 
 
 def open_loop(rows: list[Target], closed: dict[str, dict], args: argparse.Namespace) -> None:

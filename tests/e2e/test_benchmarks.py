@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from tests.conftest import ROOT, needed, tool
 from tests.support.postgres import bin_dir
@@ -52,7 +54,8 @@ def test_bench_grpc_runs_every_target_today_beside_a_baseline_and_two_workers() 
 def test_bench_grpc_measures_every_database_in_the_same_rounds() -> None:
     if bin_dir() is None:
         needed("PostgreSQL's binaries", "apt-get install postgresql (scripts/test.sh does)")
-    out = run("scripts/bench_grpc.py", "--duration", "1", "--repeat", "1", "--database", "all")
+    costs = Path(tempfile.mkdtemp(prefix="shopmesh-costs-")) / "costs.json"
+    out = run("scripts/bench_grpc.py", "--duration", "1", "--repeat", "1", "--database", "all", "--json", str(costs))
     rows = {row[0]: row for row in table_rows(out, "| target | requests/s |")}
     for database in ("SQLite", "PostgreSQL", "PostgreSQL via PgBouncer"):
         for label in (f"GetProduct (inventory + {database})", f"CreateOrder end to end (3 services, {database})"):
@@ -61,8 +64,14 @@ def test_bench_grpc_measures_every_database_in_the_same_rounds() -> None:
             assert float(row[6].split()[0]) > 0, row  # the services' CPU
             assert (row[7] != "") == (database != "SQLite"), row  # the database server's, where it is one
             if database != "SQLite":
-                assert float(row[7]) > 0, row
+                assert float(row[7].split()[0]) > 0, row
+            if database != "SQLite" and label.startswith("CreateOrder"):
+                assert int(row[7].split("(")[1].split()[0]) > 1000, row  # bytes of WAL an order
     assert out.count("x SQLite's services' CPU per request") == 4
+    # The capacity model reads that run's figures and checks itself against it.
+    model = run("scripts/capacity.py", "--costs", str(costs))
+    assert "Check on this machine (" in model and "orders/s, measured" in model
+    assert [row[0] for row in table_rows(model, "| orders/s |")] == ["1,000", "10,000", "100,000"]
 
 
 def test_bench_gateway_observability_and_validate_run_and_print_their_tables() -> None:
@@ -103,8 +112,10 @@ def test_bench_hot_sku_compares_one_hot_sku_with_a_spread_load_on_postgresql() -
     _postgres()
     out = run("scripts/bench_hot_sku.py", "--duration", "1", "--concurrency", "4")
     rows = table_rows(out, "| load | orders/s |")
-    assert [row[0] for row in rows] == ["one hot SKU", "spread over 100 SKUs"]
+    assert [row[0] for row in rows] == ["one hot SKU, 1 buyer per order instance", "one hot SKU", "spread over 100 SKUs"]
     assert all(float(row[1]) > 0 and row[4] == "none" for row in rows), rows
+    assert all(0 < float(row[6]) < float(row[7]) for row in rows), rows  # PostgreSQL's part of inventory's write
+    assert "row lock held per sale" in out
 
 
 def test_bench_streams_opens_streams_and_times_events_across_instances() -> None:

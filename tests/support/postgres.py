@@ -89,6 +89,10 @@ class PostgresServer:
                 "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
 
+    def wal_bytes(self) -> float:
+        """Bytes of write-ahead log the server has written since it was made (its current LSN)."""
+        return float(self.query("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+
     def run_sql_file(self, path: Path) -> None:
         """Runs a SQL script as the server's superuser, stopping at its first error."""
         self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", "postgres",
