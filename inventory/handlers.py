@@ -10,10 +10,9 @@ from datetime import timedelta
 from inventory import domain
 from inventory.domain import Line, NotTaken, Product, Reservation, ReservationState
 from inventory.ports import Metrics, Store
-from mesh.kernel import paging
+from mesh.kernel import paging, retention
 from mesh.kernel.clock import now
 from mesh.kernel.errors import Duplicate, ShopError
-from mesh.kernel.retention import PURGE_BATCH, in_batches
 
 logger = logging.getLogger(__name__)
 DEFAULT_TTL = timedelta(seconds=60)
@@ -181,14 +180,8 @@ async def purge_refusals(store: Store, kept: timedelta = REFUSALS_KEPT) -> int:
 async def purge_settled(store: Store, kept: timedelta) -> int:
     """Forgets reservations committed or released more than `kept` ago, a batch per transaction:
     a retried Commit or Release of one is answered from it only within that time."""
-    async def one_batch() -> int:
-        async with store.write() as tx:
-            return await tx.purge_settled(now() - kept, PURGE_BATCH)
-
-    purged = await in_batches(one_batch)
-    if purged:
-        logger.info("purged %d reservations settled more than %s ago", purged, kept)
-    return purged
+    return await retention.purge_older(store.write, lambda tx, before, limit: tx.purge_settled(before, limit), kept,
+                                       "reservations settled", logger)
 
 
 async def expire_reservations(store: Store, metrics: Metrics, limit: int = 100) -> int:

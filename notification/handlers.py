@@ -7,10 +7,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 
-from mesh.kernel import aio, paging
-from mesh.kernel.clock import now
+from mesh.kernel import aio, paging, retention
 from mesh.kernel.errors import Duplicate
-from mesh.kernel.retention import PURGE_BATCH, in_batches
 from notification import domain
 from notification.domain import Notification
 from notification.ports import Metrics, Store
@@ -172,11 +170,5 @@ async def stream_notifications(
 async def purge_old(store: Store, kept: timedelta) -> int:
     """Forgets notifications stored more than `kept` ago, a batch per transaction. After that an
     event sent again would be notified afresh: `kept` is far longer than any redelivery waits."""
-    async def one_batch() -> int:
-        async with store.write() as tx:
-            return await tx.purge_older(now() - kept, PURGE_BATCH)
-
-    purged = await in_batches(one_batch)
-    if purged:
-        logger.info("purged %d notifications stored more than %s ago", purged, kept)
-    return purged
+    return await retention.purge_older(store.write, lambda tx, before, limit: tx.purge_older(before, limit), kept,
+                                       "notifications stored", logger)

@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from mesh.kernel.clock import now
 from mesh.kernel.errors import DeadlineExceeded, ShopError, Unavailable
-from mesh.kernel.retention import PURGE_BATCH, PURGE_EVERY, in_batches
+from mesh.kernel.retention import PURGE_EVERY, purge_older
 from mesh.observe import telemetry
 from order.domain import Event
 from order.ports import Notifier, Store
@@ -111,14 +110,8 @@ class OutboxRelay:
 
     async def purge(self) -> int:
         """Deletes the events delivered more than `retention` ago, a batch per transaction."""
-        async def one_batch() -> int:
-            async with self._store.write() as tx:
-                return await tx.purge_delivered(now() - self._retention, PURGE_BATCH)
-
-        purged = await in_batches(one_batch)
-        if purged:
-            logger.info("outbox: purged %d events delivered more than %s ago", purged, self._retention)
-        return purged
+        return await purge_older(self._store.write, lambda tx, before, limit: tx.purge_delivered(before, limit),
+                                 self._retention, "outbox events delivered", logger)
 
     async def deliver_pending(self) -> int:
         """Delivers one batch of pending events; how many were delivered."""

@@ -34,6 +34,16 @@ def an_order(request_id: str, order_id: str) -> tuple[domain.OrderRequest, Order
                           status=OrderStatus.CONFIRMED, request_id=request_id, reservation_id=request.reservation_id)
 
 
+async def begin(store: OrderStore, request: domain.OrderRequest) -> None:
+    async with store.write_one() as tx:
+        await tx.begin_attempt(request)
+
+
+async def keep(store: OrderStore, order: Order, fingerprint: str) -> Order:
+    async with store.write_one() as tx:
+        return await tx.store(order, fingerprint, domain.created_event(order))
+
+
 async def counts(store: OrderStore) -> dict[str, int]:
     async with store.read() as tx:
         return {table.name: (await tx.conn.execute(select(func.count()).select_from(table))).scalar_one()
@@ -42,8 +52,7 @@ async def counts(store: OrderStore) -> dict[str, int]:
 
 async def test_an_order_is_stored_with_its_lines_and_event_and_its_attempt_ends(store: OrderStore) -> None:
     request, order = an_order("r1", "00000000-0000-4000-8000-000000000001")
-    async with store.write_one() as tx:
-        await tx.begin_attempt(request)
+    await begin(store, request)
     async with store.write_one() as tx:
         stored = await tx.store(order, request.fingerprint, domain.created_event(order), committed=True)
     assert stored.sequence and stored.create_time is not None
@@ -58,31 +67,24 @@ async def test_an_order_is_stored_with_its_lines_and_event_and_its_attempt_ends(
 
 async def test_an_abandoned_or_missing_attempt_stores_nothing(store: OrderStore) -> None:
     request, order = an_order("r2", "00000000-0000-4000-8000-000000000002")
-    async with store.write_one() as tx:
-        await tx.begin_attempt(request)
+    await begin(store, request)
     async with store.write_one() as tx:
         assert await tx.abandon_attempt("r2")  # recovery began returning its stock
     with pytest.raises(AttemptTaken):
-        async with store.write_one() as tx:
-            await tx.store(order, request.fingerprint, domain.created_event(order))
+        await keep(store, order, request.fingerprint)
     assert await counts(store) == {"orders": 0, "order_lines": 0, "outbox": 0, "order_attempts": 1}
     _, other = an_order("r3", "00000000-0000-4000-8000-000000000003")
     with pytest.raises(AttemptTaken):  # never begun (or recovery finished it)
-        async with store.write_one() as tx:
-            await tx.store(other, request.fingerprint, domain.created_event(other))
+        await keep(store, other, request.fingerprint)
     assert await counts(store) == {"orders": 0, "order_lines": 0, "outbox": 0, "order_attempts": 1}
 
 
 async def test_a_request_id_already_stored_is_refused_and_its_new_attempt_kept(store: OrderStore) -> None:
     request, order = an_order("r4", "00000000-0000-4000-8000-000000000004")
-    async with store.write_one() as tx:
-        await tx.begin_attempt(request)
-    async with store.write_one() as tx:
-        await tx.store(order, request.fingerprint, domain.created_event(order))
-    async with store.write_one() as tx:
-        await tx.begin_attempt(request)  # a repeat's own attempt
+    await begin(store, request)
+    await keep(store, order, request.fingerprint)
+    await begin(store, request)  # a repeat's own attempt
     _, twin = an_order("r4", "00000000-0000-4000-8000-000000000005")
     with pytest.raises(RequestIdTaken):
-        async with store.write_one() as tx:
-            await tx.store(twin, request.fingerprint, domain.created_event(twin))
+        await keep(store, twin, request.fingerprint)
     assert await counts(store) == {"orders": 1, "order_lines": 2, "outbox": 1, "order_attempts": 1}
