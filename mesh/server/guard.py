@@ -13,6 +13,7 @@ The hooks, each a small class with a name (only those switched on are in the lis
 - `Named`    the caller's x-request-id in every log line and downstream call
 - `Traced`   a server span (tracing on)
 - `Logged`   one log line per RPC: failures the caller caused at INFO, server-side ones at WARNING
+             (at most one per method and code each 10 s, counting the rest)
 
 The answer is the one error table (`mesh.rpc.status`): a ShopError becomes its status with a
 google.rpc.Status in the trailers, anything else INTERNAL without its text.
@@ -168,14 +169,32 @@ class Traced(Hook):
 
 
 class Logged(Hook):
+    """A line per call: DEBUG when OK, INFO for the caller's faults, WARNING for the server's. The
+    WARNINGs of one method and code come at most one per WARN_EVERY seconds, the next one saying
+    how many it stood for (an outage fails every call; the log should say so once, not bury it)."""
+
     name = "logging"
+    WARN_EVERY = 10.0
+
+    def __init__(self) -> None:
+        self._warned: dict[grpc.StatusCode, tuple[float, int]] = {}  # code -> (last line, calls since)
 
     def leave(self, call: Call, code: grpc.StatusCode) -> None:
         level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO if code in CALLER_FAULT else logging.WARNING
-        if logger.isEnabledFor(level):
-            elapsed = (time.perf_counter() - call.started) * 1000
-            logger.log(level, "%s %s in %.1f ms", call.method, code.name, elapsed,
-                       extra={"grpc_code": code.name, "duration_ms": round(elapsed, 3)})
+        if not logger.isEnabledFor(level):
+            return
+        elapsed = (time.perf_counter() - call.started) * 1000
+        more = ""
+        if level == logging.WARNING:
+            now = time.monotonic()
+            last, since = self._warned.get(code, (-self.WARN_EVERY, 0))
+            if now - last < self.WARN_EVERY:
+                self._warned[code] = (last, since + 1)
+                return
+            self._warned[code] = (now, 0)
+            more = f" (and {since} more like it since the last line)" if since else ""
+        logger.log(level, "%s %s in %.1f ms%s", call.method, code.name, elapsed, more,
+                   extra={"grpc_code": code.name, "duration_ms": round(elapsed, 3)})
 
 
 def hooks_for(method: str, kind: str, admission: Admission) -> list[Hook]:
