@@ -17,10 +17,12 @@ friends, so CPU per request can be read from the same page.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -117,4 +119,58 @@ def _registry() -> Any:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, directory)
+    registry.register(GroupProcessCollector(os.getppid()))
     return registry
+
+
+class GroupProcessCollector:
+    """The standard `process_*` series for a group of workers (SHOPMESH_WORKERS): one instance is
+    the supervisor and its worker processes, so its CPU, memory and open files are their sums and
+    its start time the supervisor's, read from /proc at each scrape. prometheus_client's own
+    ProcessCollector sees one process, and its multiprocess mode leaves these out altogether."""
+
+    _TICKS = os.sysconf("SC_CLK_TCK")
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+    def __init__(self, supervisor: int):
+        self.supervisor = supervisor
+
+    def _group(self) -> list[tuple[int, list[str]]]:
+        """(pid, its /proc stat fields after the name) of the supervisor and its children."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            pid = int(stat.parent.name)
+            if pid == self.supervisor or int(fields[1]) == self.supervisor:
+                found.append((pid, fields))
+        return found
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        group = self._group()
+        if not group:
+            return
+        boot = next((float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime ")), 0.0)
+        cpu = sum(int(f[11]) + int(f[12]) for _, f in group) / self._TICKS
+        rss = sum(int(f[21]) for _, f in group) * self._PAGE
+        vsize = sum(int(f[20]) for _, f in group)
+        start = next((boot + int(f[19]) / self._TICKS for pid, f in group if pid == self.supervisor), 0.0)
+        fds = 0
+        for pid, _ in group:
+            with contextlib.suppress(OSError):
+                fds += len(os.listdir(f"/proc/{pid}/fd"))
+        yield CounterMetricFamily("process_cpu_seconds", "User and system CPU of the instance's processes "
+                                  "(the supervisor and its workers), in seconds.", value=cpu)
+        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of the instance's processes.",
+                                value=rss)
+        yield GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory of the instance's processes.",
+                                value=vsize)
+        yield GaugeMetricFamily("process_start_time_seconds", "When the instance's supervisor started, "
+                                "in seconds since the epoch.", value=start)
+        yield GaugeMetricFamily("process_open_fds", "Open file descriptors of the instance's processes.", value=fds)
+        yield GaugeMetricFamily("process_workers", "Worker processes the instance runs now.", value=len(group) - 1)

@@ -16,7 +16,7 @@ import pytest
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from tests.conftest import ROOT, free_port
 from tests.support.mesh import Mesh, new_product, wait_http
-from tests.support.metrics import scrape, total
+from tests.support.metrics import scrape, total, value
 from tests.support.waiting import eventually
 
 
@@ -70,6 +70,13 @@ def test_two_workers_share_the_port_and_the_calls_and_report_one_merged_count(me
         assert served(metrics_port, "GetProduct") == 16 * 60
     gauge = [k for k in scrape(f"http://127.0.0.1:{metrics_port}/metrics") if k[0] == "shop_inventory_open_reservations"]
     assert len(gauge) == 1, gauge  # one series, not one per worker
+    # The process_* series are there too, for the group: the supervisor and both workers.
+    page = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    group_cpu = sum(cpu(pid) for pid in [supervisor.pid, *workers])
+    assert value(page, "process_workers") == 2
+    assert 0.9 * group_cpu <= value(page, "process_cpu_seconds_total") <= group_cpu + 1.0, (page, group_cpu)
+    assert value(page, "process_resident_memory_bytes") > 2 * 20 * 2**20  # two Pythons with gRPC loaded
+    assert value(page, "process_start_time_seconds") > 1.7e9 and value(page, "process_open_fds") > 10
     # On SQLite the workers share one write lock: said once, at start.
     assert mesh.logs["inventory"].read_text().count("SHOPMESH_WORKERS=2 on SQLite") == 1
 
