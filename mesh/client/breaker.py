@@ -33,15 +33,27 @@ class State(enum.IntEnum):
 
 class Breaker:
     def __init__(self, failures: int = 5, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 min_deadline: float = 1.0):
+                 min_deadline: float = 1.0, changed: Callable[[State], None] = lambda state: None):
+        """`changed(state)` is told every change of state (a metric, for the operator)."""
         self.threshold = failures
         self.cooldown = cooldown
         self.min_deadline = min_deadline
         self._clock = clock
-        self.state = State.CLOSED
+        self._changed = changed
+        self._state = State.CLOSED
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        if state is not self._state:
+            self._state = state
+            self._changed(state)
 
     def allow(self) -> bool:
         """Whether a call may go out now (in half-open, only the one probe)."""

@@ -274,7 +274,8 @@ class Upstreams:
         found = self._breakers.get(service)
         if found is None:
             found = self._breakers[service] = Breaker(self._settings.breaker_failures, self._settings.breaker_cooldown,
-                                                      min_deadline=self._settings.breaker_min_deadline)
+                                                      min_deadline=self._settings.breaker_min_deadline,
+                                                      changed=metrics.breaker_gauge(service))
         return found
 
     def bound(self, service: str, key: Any, make: Callable[[grpc.aio.Channel], T]) -> T:

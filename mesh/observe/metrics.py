@@ -61,6 +61,31 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _enabled = False
 
 
+BREAKER = Gauge("shop_upstream_breaker_state", "The circuit breaker in front of each upstream service: 0 closed "
+                "(calls go through), 1 open (calls fail at once), 2 half-open (one probe goes through); the "
+                "highest among a group's workers.", ("upstream",), multiprocess_mode="max")
+
+
+IN_FLIGHT = Gauge("shop_server_in_flight", "The server's own calls (kind=calls) and open streams (kind=streams) "
+                  "being served now, summed over a group's workers.", ("kind",), multiprocess_mode="livesum")
+IN_FLIGHT_LIMIT = Gauge("shop_server_in_flight_limit", "How many of each kind the server takes at once before it "
+                        "refuses more (SHOPMESH_MAX_CONCURRENT_RPCS, SHOPMESH_MAX_OPEN_STREAMS), summed over a "
+                        "group's workers.", ("kind",), multiprocess_mode="livesum")
+
+
+def in_flight_gauge(kind: str, limit: int) -> Gauge:
+    """The gauge of `kind` an Admission moves as calls enter and leave; its limit is set here."""
+    IN_FLIGHT_LIMIT.labels(kind).set(limit)
+    return IN_FLIGHT.labels(kind)
+
+
+def breaker_gauge(upstream: str) -> Callable[[int], None]:
+    """What a breaker calls on each change of its state: the gauge of `upstream` follows it."""
+    series = BREAKER.labels(upstream)
+    series.set(0)
+    return lambda state: series.set(int(state))
+
+
 def setup(enabled: bool) -> None:
     global _enabled
     _enabled = enabled

@@ -105,6 +105,7 @@ class Admission:
         self.what, self.setting = what, setting
         self.in_flight = 0
         self._warned = -self.WARN_EVERY
+        self._gauge = metrics.in_flight_gauge(what, limit) if metrics.enabled() else None
 
     def enter(self) -> bool:
         if self.in_flight >= self.limit:
@@ -115,10 +116,14 @@ class Admission:
                                self.setting)
             return False
         self.in_flight += 1
+        if self._gauge is not None:
+            self._gauge.inc()
         return True
 
     def leave(self) -> None:
         self.in_flight -= 1
+        if self._gauge is not None:
+            self._gauge.dec()
 
     def refusal(self) -> str:
         return f"server overloaded: {self.limit} {self.what} at once; retry shortly"

@@ -219,3 +219,24 @@ def test_the_open_reservations_gauge_is_read_from_the_database(launcher: Launche
     for name, units in (("shop_inventory_open_reservations", 1), ("shop_inventory_reserved_units", 3)):
         assert value(held, name) - value(before, name) == units, name
         assert value(released, name) == value(before, name), name
+
+
+def test_open_streams_and_their_limit_are_gauges_an_alert_can_compare(launcher: Launcher, pages: Pages) -> None:
+    """What deploy/prometheus/rules.yml's stream-limit alert divides: streams open over the limit."""
+    from generated.shop.notification.v1 import notification_pb2, notification_pb2_grpc
+
+    def streams() -> float:
+        return value(scrape(pages.urls["notification"]), "shop_server_in_flight", kind="streams")
+
+    page = scrape(pages.urls["notification"])
+    assert value(page, "shop_server_in_flight_limit", kind="streams") == 10_000  # SHOPMESH_MAX_OPEN_STREAMS
+    assert value(page, "shop_server_in_flight_limit", kind="calls") > 0
+    before = streams()
+    with grpc.insecure_channel(launcher.address("notification")) as channel:
+        stub = notification_pb2_grpc.NotificationServiceStub(channel)
+        opened = [stub.StreamNotifications(notification_pb2.StreamNotificationsRequest(user_id=f"gauge-{i}"))
+                  for i in range(3)]
+        eventually(lambda: streams() == before + 3, 10, "three streams counted open")
+        for stream in opened:
+            stream.cancel()
+        eventually(lambda: streams() == before, 10, "the streams counted closed")

@@ -545,6 +545,8 @@ def test_the_gateway_answers_503_fast_while_the_breaker_is_open_then_probes(mesh
     for _ in range(20):  # while open, nothing reaches inventory
         assert call(mesh, "GET", "/v1/products/any-sku")[0] == 503
     assert served_calls(mesh, "GetProduct") == reached
+    breaker = value(scrape(f"http://{mesh.address('gateway')}/metrics"), "shop_upstream_breaker_state", upstream="inventory")
+    assert breaker == 1, "an operator sees the breaker open (deploy/prometheus/rules.yml alerts on it)"
     time.sleep(2.1)
     status, _, body = call(mesh, "GET", "/v1/products/any-sku")  # half-open: one probe goes through
     assert status == 503 and "calls are not sent" not in body["message"]

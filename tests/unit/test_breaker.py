@@ -76,3 +76,18 @@ def test_a_deadline_the_caller_cut_short_is_not_the_upstreams_failure() -> None:
     assert breaker.allow()  # half-open: the probe is a hasty call, which tells nothing...
     breaker.record(grpc.StatusCode.DEADLINE_EXCEEDED, 0.01)
     assert breaker.state is State.HALF_OPEN and breaker.allow()  # ...so the next call may probe
+
+
+def test_every_change_of_state_is_told_once_and_nothing_else() -> None:
+    clock, told = Clock(), []
+    breaker = Breaker(failures=2, cooldown=5, clock=clock, changed=told.append)
+    breaker.record(UNAVAILABLE)
+    breaker.record(OK)
+    assert told == []  # one failure, then an answer: still closed
+    breaker.record(UNAVAILABLE)
+    breaker.record(UNAVAILABLE)
+    assert not breaker.allow() and not breaker.allow()
+    clock.now = 5
+    assert breaker.allow()
+    breaker.record(OK)
+    assert told == [State.OPEN, State.HALF_OPEN, State.CLOSED]
