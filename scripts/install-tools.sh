@@ -4,7 +4,8 @@
 # checks) and the Connect conformance suite (connectconformance) with `go install`, a Consul
 # agent built from Consul's published Go module (see build_consul below), and
 # protojson-reference, our small Go program that reads JSON with Go's protojson
-# (grpc-gateway's codec) so the tests compare the gateway's reader with it.
+# (grpc-gateway's codec) so the tests compare the gateway's reader with it; Prometheus and
+# promtool from their Go module (about 12 minutes the first time, cached after).
 # Cached: a tool already present at the pinned version is not rebuilt.
 set -euo pipefail
 
@@ -19,6 +20,10 @@ TOOLS=(
   "ghz|github.com/bojand/ghz/cmd/ghz@v0.120.0"
   "buf|github.com/bufbuild/buf/cmd/buf@v1.75.0"
   "connectconformance|connectrpc.com/conformance/cmd/connectconformance@v1.0.7"
+  # Prometheus 3.x (its Go module numbers it v0.316.0): the server the scrape configuration and
+  # rules in deploy/prometheus/ are tested against, and promtool (check and unit-test the rules).
+  "prometheus|github.com/prometheus/prometheus/cmd/prometheus@v0.316.0"
+  "promtool|github.com/prometheus/prometheus/cmd/promtool@v0.316.0"
 )
 
 command -v go >/dev/null || { echo "install-tools: Go is required (https://go.dev/dl)" >&2; exit 1; }

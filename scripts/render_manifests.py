@@ -5,7 +5,7 @@ From the declaration:
     deploy/helm/shopmesh/files/services.json   the chart's copy (every template loops over it)
     deploy/helm/shopmesh/files/postgres-init.sql   one database per service that owns one
     docker-compose.yml                         the block of the mesh's services (the rest is hand-written)
-    deploy/prometheus.yml                      compose's scrape configuration
+    deploy/prometheus/prometheus.yml           compose's scrape configuration (rules.yml beside it)
 From the chart with its default values (needs Helm):
     deploy/kubernetes/shopmesh.yaml            for `kubectl apply -f` users. The one value that differs
                                                from the chart's defaults is the bundled PostgreSQL's
@@ -93,22 +93,29 @@ def compose(services: dict[str, Service], current: str) -> str:
     return head + COMPOSE_BEGIN + "\n" + block + "\n" + COMPOSE_END + tail
 
 
-def prometheus(services: dict[str, Service]) -> str:
+def prometheus(services: dict[str, Service], consul: str = "consul:8500", hosts: dict[str, str] | None = None,
+               rules: str = "/etc/prometheus/rules.yml") -> str:
+    """Prometheus' configuration: compose's by default; a test renders it for its own Consul
+    agent, the HTTP services' `host:port` (`hosts`) and where the rules file is."""
     grpc = [s.name for s in services.values() if not s.http]
     http = [s for s in services.values() if s.http]
+    hosts = hosts or {}
     out = f"""\
 # Rendered from mesh/services.toml by scripts/render_manifests.py: Prometheus for docker-compose.
 # Every gRPC instance is found through Consul (replicas come and go), and scraped on the port it
 # registered as service meta `metrics_port` (SHOPMESH_<SERVICE>_METRICS_PORT); the gateway
-# serves /metrics on its own port.
+# serves /metrics on its own port. The recording and alerting rules are rules.yml, beside this.
 global:
   scrape_interval: 5s
   evaluation_interval: 5s
 
+rule_files:
+  - {rules}
+
 scrape_configs:
   - job_name: shopmesh-services
     consul_sd_configs:
-      - server: consul:8500
+      - server: {consul}
         services: [{", ".join(grpc)}]
     relabel_configs:
       - source_labels: [__meta_consul_service_metadata_metrics_port]
@@ -127,7 +134,7 @@ scrape_configs:
         out += f"""
   - job_name: shopmesh-{s.name}
     static_configs:
-      - targets: ["{s.name}:{s.metrics_port}"]
+      - targets: ["{hosts.get(s.name, f"{s.name}:{s.metrics_port}")}"]
         labels:
           service: {s.name}
 """
@@ -151,7 +158,7 @@ def rendered(services: dict[str, Service], root: Path = ROOT, chart: Path = CHAR
         chart / "files" / "services.json": chart_services(services),
         chart / "files" / "postgres-init.sql": postgres_init(services),
         root / "docker-compose.yml": compose(services, (ROOT / "docker-compose.yml").read_text()),
-        root / "deploy" / "prometheus.yml": prometheus(services),
+        root / "deploy" / "prometheus" / "prometheus.yml": prometheus(services),
     }
     if helm is not None and helm.exists():
         staged = Path(os.environ.get("TMPDIR", "/tmp")) / f"shopmesh-chart-{os.getpid()}"

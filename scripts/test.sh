@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need and runs the whole suite: the venv with test
-# dependencies, the Go-built tools (grpcurl, grpc-health-probe, ghz, buf, connectconformance, Consul) in
+# dependencies, the Go-built tools (grpcurl, grpc-health-probe, ghz, buf, connectconformance, Consul,
+# Prometheus and promtool) in
 # .tools/bin, the Kubernetes pieces and Helm in .tools/cluster/bin, Debian's packages
 # below, the container images, then pytest.
 # Arguments go to pytest.

@@ -178,7 +178,7 @@ class ConsulDiscovery:
             port=port,
             tags=["grpc", f"v{s.version}"],
             meta={"version": s.version, "protocol": "grpc", "instance": s.instance_id,
-                  # Prometheus' consul_sd_configs scrape this port (see deploy/prometheus.yml).
+                  # Prometheus' consul_sd_configs scrape this port (see deploy/prometheus/prometheus.yml).
                   **({METRICS_PORT_META: str(s.metrics_port)} if s.metrics and s.metrics_port else {})},
             check={
                 **consul.Check.grpc(

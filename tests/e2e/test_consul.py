@@ -104,7 +104,7 @@ def test_every_service_shows_up_passing_with_a_grpc_check(mesh) -> None:
             assert f":{port}/shop.{service}.v1." in checks[0]["Output"]  # checked on its own gRPC service name
             assert entry["Service"]["Meta"]["protocol"] == "grpc" and entry["Service"]["Meta"]["version"]
             assert "grpc" in entry["Service"]["Tags"] and entry["Service"]["ID"] in services.processes
-            # What Prometheus' Consul discovery scrapes (deploy/prometheus.yml): the instance's /metrics port.
+            # What Prometheus' Consul discovery scrapes (deploy/prometheus/prometheus.yml): the instance's /metrics port.
             metrics_port = entry["Service"]["Meta"]["metrics_port"]
             assert metrics_port == str(services.metrics_ports[entry["Service"]["ID"]])
             page = scrape(f"http://{entry['Service']['Address']}:{metrics_port}/metrics")

@@ -150,7 +150,7 @@ def test_a_fourth_service_declared_once_is_in_the_chart_compose_and_scrape_confi
     assert compose["greeter"]["command"] == ["greeter"]
     assert compose["greeter"]["environment"]["SHOPMESH_GREETER_PORT"] == "50060"
     assert "-service=greeter.v1.GreeterService" in compose["greeter"]["healthcheck"]["test"]
-    scrape = yaml.safe_load((out / "deploy" / "prometheus.yml").read_text())
+    scrape = yaml.safe_load((out / "deploy" / "prometheus" / "prometheus.yml").read_text())
     services = scrape["scrape_configs"][0]["consul_sd_configs"][0]["services"]
     assert services == ["inventory", "order", "notification", "greeter"]
     manifests = [d for d in yaml.safe_load_all((out / "deploy" / "kubernetes" / "shopmesh.yaml").read_text()) if d]

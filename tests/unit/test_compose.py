@@ -124,7 +124,7 @@ def test_the_collector_forwards_traces_to_jaeger_over_otlp() -> None:
 def test_prometheus_scrapes_every_instance_through_consul_on_its_registered_metrics_port() -> None:
     from mesh.client.discovery import METRICS_PORT_META
 
-    config = yaml.safe_load(mounted("prometheus", "/etc/prometheus/prometheus.yml").read_text())
+    config = yaml.safe_load((mounted("prometheus", "/etc/prometheus") / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     services = jobs["shopmesh-services"]
     [consul_sd] = services["consul_sd_configs"]
