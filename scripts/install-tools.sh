@@ -5,7 +5,8 @@
 # agent built from Consul's published Go module (see build_consul below), and
 # protojson-reference, our small Go program that reads JSON with Go's protojson
 # (grpc-gateway's codec) so the tests compare the gateway's reader with it; Prometheus and
-# promtool from their Go module (about 12 minutes the first time, cached after).
+# promtool from their Go module (about 12 minutes the first time, cached after), and Jaeger
+# (build_jaeger below).
 # Cached: a tool already present at the pinned version is not rebuilt.
 set -euo pipefail
 
@@ -71,6 +72,29 @@ build_consul() {
   echo "$CONSUL_VERSION" >"$stamp"
 }
 build_consul
+
+# Jaeger 2, its single binary (collector, in-memory storage, query API and UI): the trace
+# backend tests/e2e/test_jaeger.py sends the mesh's OTLP to, run with deploy/jaeger/config.yaml.
+# Jaeger's module is a program whose dependencies need resolving as a module of their own, so
+# it is built from a small wrapper module made here (`go get -tool`), pinned to the release.
+JAEGER_VERSION="v1.75.0"
+build_jaeger() {
+  local stamp="$BIN/.jaeger.version" wrapper
+  if [[ -x "$BIN/jaeger" && -f "$stamp" && "$(cat "$stamp")" == "$JAEGER_VERSION" ]]; then
+    return
+  fi
+  echo "install-tools: building jaeger $JAEGER_VERSION from its Go module (a few minutes)" >&2
+  wrapper="$(mktemp -d)"
+  (
+    cd "$wrapper"
+    printf 'module shopmesh.local/jaeger\n\ngo 1.24\n' >go.mod
+    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION"
+    CGO_ENABLED=0 go build -o "$BIN/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger
+  ) >&2
+  rm -rf "$wrapper"
+  echo "$JAEGER_VERSION" >"$stamp"
+}
+build_jaeger
 
 build_reference() {
   local src="$ROOT/tests/reference/protojson" stamp="$BIN/.protojson-reference.version" want

@@ -118,7 +118,11 @@ def test_the_collector_forwards_traces_to_jaeger_over_otlp() -> None:
     assert pipeline["receivers"] == ["otlp"] and set(pipeline["processors"]) <= set(collector["processors"])
     [exporter] = pipeline["exporters"]
     assert collector["exporters"][exporter]["endpoint"] == "jaeger:4317"
-    assert SERVICES["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    # Jaeger runs the configuration tests/e2e/test_jaeger.py runs, its OTLP receiver on :4317 by default.
+    assert SERVICES["jaeger"]["command"] == ["--config=/etc/jaeger/config.yaml"]
+    jaeger = yaml.safe_load((mounted("jaeger", "/etc/jaeger") / "config.yaml").read_text())
+    assert jaeger["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(":-0.0.0.0:4317}")
+    assert jaeger["extensions"]["jaeger_query"]["http"]["endpoint"].endswith(":-0.0.0.0:16686}")
 
 
 def test_prometheus_scrapes_every_instance_through_consul_on_its_registered_metrics_port() -> None:
