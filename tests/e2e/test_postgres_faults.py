@@ -21,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
+from tests.support.metrics import scrape, value
 from tests.support.postgres import PostgresServer
 from tests.support.replicas import Replicas
 from tests.support.waiting import eventually, settled
@@ -150,8 +151,13 @@ def test_the_mesh_rides_out_a_stopped_a_restarted_and_a_killed_postgresql(server
         assert set(buyers.confirmed) <= confirmed, set(buyers.confirmed) - confirmed
         product = settled(lambda: replicas.product(sku), lambda p: not p.reserved, 30, "no stock left held")
         assert (product.available + product.sold, product.sold) == (STOCK, len(confirmed)), (product, len(confirmed))
+        def backlog() -> str:
+            return "; outbox pending: " + ", ".join(
+                f"{name} {value(scrape(f'http://127.0.0.1:{replicas.metrics_ports[name]}/metrics'), 'shop_order_outbox_pending')}"
+                for name in ("order-1", "order-2"))
+
         events = settled(lambda: replicas.created_events(USERS, "fault-"), lambda e: len(e) >= len(confirmed), 60,
-                         f"{len(confirmed)} order events notified")
+                         f"{len(confirmed)} order events notified", detail=backlog)
         assert Counter(events) == Counter(f"order.created:{i}" for i in confirmed), Counter(events).most_common(3)
         print(f"{len(confirmed)} orders through a stop, a restart and killed backends "
               f"({buyers.retried} retries); stock {product.available}+{product.sold}; each notified once")

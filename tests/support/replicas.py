@@ -47,12 +47,21 @@ class Replicas(Mesh):
                                               price=money_pb2.Money(currency_code="USD", minor_units=250))))
 
     def created_events(self, users: int, prefix: str) -> list[str]:
-        """The ids of the `order.created` events notified to users `{prefix}0` .. `{prefix}{users - 1}`."""
+        """The ids of the `order.created` events notified to users `{prefix}0` .. `{prefix}{users - 1}`,
+        every page of each user's notifications."""
+        found = []
         with grpc.insecure_channel(self.address("notification-1")) as channel:
             stub = notification_pb2_grpc.NotificationServiceStub(channel)
-            return [n.event_id for u in range(users) for n in stub.ListNotifications(
-                notification_pb2.ListNotificationsRequest(user_id=f"{prefix}{u}", page_size=100)).notifications
-                if n.kind == "order.created"]
+            for u in range(users):
+                page = ""
+                while True:
+                    listed = stub.ListNotifications(notification_pb2.ListNotificationsRequest(
+                        user_id=f"{prefix}{u}", page_size=100, page_token=page), timeout=10)
+                    found += [n.event_id for n in listed.notifications if n.kind == "order.created"]
+                    page = listed.next_page_token
+                    if not page:
+                        break
+        return found
 
     def served(self, name: str, method: str) -> float:
         """How many `method` calls the instance `name` has answered."""
