@@ -124,14 +124,19 @@ def panel_queries() -> list[tuple[str, str, str]]:
     return found
 
 
-def traffic(observed: Observed) -> None:
-    """Orders through the gateway (one refused), a product not found, a cancel: every kind of
-    series the dashboard reads moves."""
+def new_product(observed: Observed, name: str, stock: int) -> str:
     sku = f"prom-{uuid.uuid4().hex[:6]}"
     with grpc.insecure_channel(f"127.0.0.1:{observed.mesh.port('inventory-1')}") as channel:
         inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(
-            product=inventory_pb2.Product(sku=sku, name="Observed", available=50,
+            product=inventory_pb2.Product(sku=sku, name=name, available=stock,
                                           price=money_pb2.Money(currency_code="USD", minor_units=500))))
+    return sku
+
+
+def traffic(observed: Observed) -> None:
+    """Orders through the gateway (one refused), a product not found, a cancel: every kind of
+    series the dashboard reads moves."""
+    sku = new_product(observed, "Observed", 50)
     gateway = Http(observed.mesh.address("gateway"))
     for i in range(10):
         status, _, body = gateway.call("POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": f"prom-{i}",
@@ -169,11 +174,7 @@ def test_real_failures_fire_the_alerts(observed: Observed) -> None:
     assert "ShopmeshServiceDown" not in prometheus.firing()
     observed.mesh.stop("notification-1")
     traffic_without_notices = 30
-    sku = f"prom-{uuid.uuid4().hex[:6]}"
-    with grpc.insecure_channel(f"127.0.0.1:{observed.mesh.port('inventory-1')}") as channel:
-        inventory_pb2_grpc.InventoryServiceStub(channel).CreateProduct(inventory_pb2.CreateProductRequest(
-            product=inventory_pb2.Product(sku=sku, name="Backlog", available=100,
-                                          price=money_pb2.Money(currency_code="USD", minor_units=500))))
+    sku = new_product(observed, "Backlog", 100)
     gateway = Http(observed.mesh.address("gateway"))
     for i in range(traffic_without_notices):
         status, _, body = gateway.call("POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": f"late-{i}",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT, free_port
 from tests.support.http import call
-from tests.support.waiting import eventually
+from tests.support.waiting import ended, eventually
 
 CONFIG = ROOT / "deploy" / "jaeger" / "config.yaml"
 
@@ -48,9 +48,4 @@ class Jaeger:
         return found
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        ended(self.process)

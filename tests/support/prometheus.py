@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import free_port
 from tests.support.http import call
-from tests.support.waiting import eventually
+from tests.support.waiting import ended, eventually
 
 
 class Prometheus:
@@ -60,9 +60,4 @@ class Prometheus:
         return found
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        ended(self.process)

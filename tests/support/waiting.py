@@ -77,3 +77,15 @@ def said(log: Path, text: str, process: subprocess.Popen | None = None, timeout:
 
     tail = lambda: log.read_text(errors="replace")[-3000:] if log.exists() else ""  # noqa: E731
     return eventually(found, timeout, f"{log.name} to say {text!r}", detail=tail)[0]
+
+
+def ended(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if `process` has not exited within `timeout` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
