@@ -54,9 +54,9 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # How long a call waits for a free pooled connection before it is answered UNAVAILABLE (a caller's
 # own deadline, usually shorter, ends it first).
 POOL_WAIT_SECONDS = 10.0
-# A backstop on the server for work no caller's deadline ends (a call's own deadline cancels its
-# statement first): a lock waited for longer, or a statement running longer, is ended and
-# answered UNAVAILABLE. Through a transaction pooler set them on the role instead
+# What bounds a statement: one sent runs to its end even if its caller hangs up or its deadline
+# passes (`Uncut`), so a lock waited for longer, or a statement running longer, is ended by the
+# server and answered UNAVAILABLE. Through a transaction pooler set them on the role instead
 # (ALTER ROLE ... SET lock_timeout = ...): PgBouncer 1.18 refuses them as startup parameters.
 SERVER_TIMEOUTS = {"lock_timeout": "10s", "statement_timeout": "30s"}
 # How soon a LISTEN connection the server dropped is opened again (tried again at this pace).
@@ -98,19 +98,35 @@ class InlineConnection:
         return self._conn.exec_driver_sql(statement)
 
 
-class OneStatement:
-    """An autocommit connection that refuses a second statement: two would not be one transaction."""
+class Uncut:
+    """A PostgreSQL connection as the stores use it: a statement sent runs to its end even if its
+    caller hangs up meanwhile (`aio.uncut`); the cancellation goes on at the statement's boundary,
+    and the transaction rolls back as for any error.
 
-    def __init__(self, conn: AsyncConnection):
+    Cut mid-statement, asyncpg sends a cancel request (a connection of its own to the server) and
+    the pool closes the connection whose statement was cut: each caller hanging up cost everyone
+    a connection and its setup again, and asyncpg 0.32's cancel request, itself cut by that close
+    while negotiating TLS, left an unread future that asyncio logs as an error (asyncpg issues
+    #1211, #1310; seen in CI run 42). tests/integration/test_hang_ups.py. What bounds a statement
+    instead is the server's lock and statement timeouts (SERVER_TIMEOUTS).
+
+    `one=True` (autocommit): a second statement is refused, as two would not be one transaction.
+    """
+
+    def __init__(self, conn: AsyncConnection, *, one: bool = False):
         self._conn = conn
-        self._ran = False
+        self._one, self._ran = one, False
         self.dialect = conn.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> Result[Any]:
-        if self._ran:
-            raise RuntimeError("write_one() runs one statement; use write() for a transaction of several")
-        self._ran = True
-        return await self._conn.execute(statement, parameters)
+        if self._one:
+            if self._ran:
+                raise RuntimeError("write_one() runs one statement; use write() for a transaction of several")
+            self._ran = True
+        return await aio.uncut(self._conn.execute(statement, parameters))
+
+    async def exec_driver_sql(self, statement: str) -> Result[Any]:
+        return await aio.uncut(self._conn.exec_driver_sql(statement))
 
 
 def on_postgresql(conn: object) -> bool:
@@ -288,20 +304,20 @@ class Database:
         await self.run_sync(create_missing, metadata)
 
     @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection | InlineConnection]:
+    async def read(self) -> AsyncIterator[AsyncConnection | InlineConnection | Uncut]:
         if self._reader is not None and not self._reader.busy and self._reader.try_begin():
             with self._reader.transaction() as conn:
                 yield conn
             return
         if self._autocommit is not None:
             async with self._autocommit.connect() as conn:
-                yield conn
+                yield Uncut(conn)
             return
-        async with self.engine.connect() as conn, conn.begin():
-            yield conn
+        async with self.engine.connect() as conn, self._transaction(conn):
+            yield conn if self.is_sqlite else Uncut(conn)
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection | InlineConnection]:
+    async def write(self) -> AsyncIterator[AsyncConnection | InlineConnection | Uncut]:
         writer = self._writer
         if (
             writer is not None
@@ -313,10 +329,10 @@ class Database:
                 yield conn
             return
         async with self._async_write() as conn:
-            yield conn
+            yield conn if self.is_sqlite else Uncut(conn)
 
     @contextlib.asynccontextmanager
-    async def write_one(self) -> AsyncIterator[AsyncConnection | InlineConnection | OneStatement]:
+    async def write_one(self) -> AsyncIterator[AsyncConnection | InlineConnection | Uncut]:
         """A write of exactly one statement: on PostgreSQL without BEGIN and COMMIT (a statement is
         its own transaction there; two round trips fewer), on SQLite a write transaction as `write`."""
         if self._autocommit is None:
@@ -324,15 +340,32 @@ class Database:
                 yield conn
             return
         async with self._autocommit.connect() as conn:
-            yield OneStatement(conn)
+            yield Uncut(conn, one=True)
 
     @contextlib.asynccontextmanager
     async def _async_write(self) -> AsyncIterator[AsyncConnection]:
         async with self._write_lock or contextlib.nullcontext():
             async with self.engine.connect() as conn:
                 await conn.execution_options(**{_WRITE: True})
-                async with conn.begin():
+                async with self._transaction(conn):
                     yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        """`conn.begin()`; on PostgreSQL its COMMIT and ROLLBACK run to their end even if the
+        caller hangs up meanwhile, as its statements do (`Uncut`)."""
+        if self.is_sqlite:
+            async with conn.begin():
+                yield
+            return
+        transaction = await conn.begin()  # (on asyncpg the BEGIN itself goes with the first statement)
+        try:
+            yield
+        except BaseException:
+            if transaction.is_active:
+                await aio.uncut(transaction.rollback())
+            raise
+        await aio.uncut(transaction.commit())
 
     async def reachable(self, timeout: float = 2.0) -> bool:
         """Whether the server answers a `SELECT 1` within `timeout` seconds (SQLite: a file, always)."""
@@ -415,7 +448,7 @@ class Store(Generic[Tx]):
     `Duplicate`, a database out of reach (refused, restarted, its backend killed) `Unavailable`.
     """
 
-    tx: Callable[[AsyncConnection | InlineConnection | OneStatement], Tx]
+    tx: Callable[[AsyncConnection | InlineConnection | Uncut], Tx]
 
     def __init__(self, db: Database):
         self.db = db

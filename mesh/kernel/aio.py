@@ -4,6 +4,8 @@
   once its stock is held). It runs as its own task with its own deadline (downstream calls get
   the default call timeout, not what is left of an almost spent caller's), and its outcome is
   always read: the caller gets it if still there, else it is logged.
+- `uncut`: one step (a database statement) run to its end even if the task awaiting it is
+  cancelled meanwhile; the cancellation then goes on from there, at the step's boundary.
 - `first_set`: wait for any of several events, or a timeout, leaving no waiter task behind
   however the wait ends (also when the waiting stream is cancelled).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 from mesh.kernel import deadline
@@ -48,6 +50,24 @@ async def finish_anyway(work: Coroutine[Any, Any, T], what: str) -> T:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         abandoned = True
+        raise
+
+
+async def uncut(step: Awaitable[T]) -> T:
+    """`step` to its end even if this task is cancelled while it runs; then the cancellation goes
+    on (CancelledError, as it would have been raised mid-step). Only for steps with a bound of
+    their own (a statement under the server's statement and lock timeouts)."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:  # cancelled again: one CancelledError still follows
+                pass
+        if not task.cancelled():
+            task.exception()  # read, whatever it is: the cancellation is the caller's answer
         raise
 
 

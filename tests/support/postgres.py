@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,20 @@ class PostgresServer:
         name = f"t{os.getpid()}_{next(self._names)}"
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, name)
         return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{name}"
+
+    def log(self) -> str:
+        """What the server has logged so far."""
+        return (self._dir / "server.log").read_text(errors="replace")
+
+    def hold_row(self, database: str, sql: str, seconds: float) -> subprocess.Popen[str]:
+        """An outside session that runs `sql` (an UPDATE: its rows locked) in a transaction held
+        open for `seconds`; returns at once with the session's process (`wait()` for its end)."""
+        script = f"BEGIN; {sql}; SELECT pg_sleep({seconds}); COMMIT;"
+        argv = [str(self._bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", database,
+                "-q", "-v", "ON_ERROR_STOP=1", "-c", script]
+        session = subprocess.Popen(argv, stdout=subprocess.DEVNULL, text=True)
+        time.sleep(0.2)  # its lock taken before the caller goes on
+        return session
 
     def query(self, sql: str) -> str:
         """One statement's result as psql prints it unaligned (`-At`), as the server's superuser."""
@@ -176,6 +191,11 @@ server_reset_query = DISCARD ALL
 server_reset_query_always = 1
 max_client_conn = 2000
 default_pool_size = 20
+; every test makes databases of its own, and each keeps its pool of server connections: idle
+; ones go soon, and all of them together stay well under the server's max_connections (300)
+; however many tests ran before (a suite that ran the PgBouncer tests first ran out)
+server_idle_timeout = 5
+max_user_connections = 150
 logfile = {self._dir / "pgbouncer.log"}
 """)
         argv = [binary, str(ini)]
