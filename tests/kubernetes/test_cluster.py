@@ -1,14 +1,17 @@
 """The chart on a real Kubernetes (tests/support/cluster.py): `helm install --wait` succeeds
 because the kubelet ran our gRPC probes against our containers; then, through the gateway's
 Service, an order is placed and notified, a deleted pod is replaced with no failed request, a
-rolling update of order under load fails no request, and inventory scaled to 3 gets calls on
-all three (headless DNS + the servers' maximum connection age)."""
+rolling update of order under load fails no request, inventory scaled to 3 gets calls on
+all three (headless DNS + the servers' maximum connection age), and the gateway's autoscaler,
+reading metrics-server, adds a pod under load and removes it after."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -231,4 +234,52 @@ def test_helm_refuses_bad_values_against_the_cluster(cluster: Cluster) -> None:
     assert "bad" not in cluster.helm("list", "-q").stdout.split()
 
 
-pytestmark = pytest.mark.timeout(900)  # the cluster and the release come up in the first test's time
+def _autoscaler(cluster: Cluster) -> dict[str, Any]:
+    return cluster.get("hpa", "shopmesh-gateway")
+
+
+def test_the_gateways_autoscaler_adds_a_pod_under_load_and_removes_it_after(cluster: Cluster, shop: Shop) -> None:
+    """The chart's HorizontalPodAutoscaler for real: the controller manager reads the gateway pods'
+    CPU from metrics-server (metrics.k8s.io, through the API server's aggregation layer), wrk's
+    load takes the gateway from one pod to two, and once wrk stops it goes back to one, while a
+    polite client's requests, all along, all succeed."""
+    eventually(lambda: cluster.pod_cpu("gateway"), timeout=120, every=2,
+               what="the gateway pods' CPU from metrics-server", detail=cluster.metrics_server_state)
+    upgrade = cluster.helm(
+        "upgrade", "shopmesh", str(CHART), "--reuse-values", "--wait", "--timeout", "4m",
+        "--set", "gateway.autoscaling.enabled=true", "--set", "gateway.autoscaling.minReplicas=1",
+        "--set", "gateway.autoscaling.maxReplicas=2", "--set", "gateway.autoscaling.targetCPUUtilizationPercentage=50",
+        "--set", "gateway.autoscaling.scaleDownStabilizationSeconds=15",
+        # What the utilisation is a share of: enough that the polite client alone stays under it.
+        "--set", "gateway.resources.requests.cpu=200m", check=False)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr + _diagnose(cluster)
+    eventually(lambda: _autoscaler(cluster)["status"].get("currentMetrics") and len(cluster.ready_pods("gateway")) == 1,
+               timeout=180, every=2, what="the autoscaler reading the CPU of one gateway pod",
+               detail=lambda: json.dumps(_autoscaler(cluster)["status"]) + _diagnose(cluster))
+    sku = shop.product(stock=100_000)
+    with Load(shop, sku) as polite:
+        wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d300s", f"http://{shop.address}/v1/products/{sku}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            started = time.monotonic()
+            eventually(lambda: len(cluster.ready_pods("gateway")) == 2, timeout=240, every=2,
+                       what="a second gateway pod, ready, under load",
+                       detail=lambda: json.dumps(_autoscaler(cluster)["status"]) + str(cluster.pod_cpu("gateway")))
+            print(f"scaled up {time.monotonic() - started:.0f}s into the load; CPU {cluster.pod_cpu('gateway')}")
+        finally:
+            wrk.send_signal(signal.SIGINT)  # wrk's own stop: it prints what it sent
+            print(wrk.communicate(timeout=30)[0][-600:])
+        stopped = time.monotonic()
+        eventually(lambda: len(cluster.ready_pods("gateway")) == 1
+                   and cluster.get("deployment", "shopmesh-gateway")["spec"]["replicas"] == 1,
+                   timeout=240, every=2, what="the gateway back at one pod once the load stopped",
+                   detail=lambda: json.dumps(_autoscaler(cluster)["status"]) + str(cluster.pod_cpu("gateway")))
+        print(f"scaled down {time.monotonic() - stopped:.0f}s after the load stopped")
+        time.sleep(MAX_AGE)  # and it keeps serving
+    assert polite.sent > 100
+    assert not polite.failures, polite.failures[:5]
+    events = cluster.kubectl("get", "events", "--field-selector", "involvedObject.kind=HorizontalPodAutoscaler").stdout
+    assert "New size: 2" in events and "New size: 1" in events, events
+
+
+pytestmark = pytest.mark.timeout(1200)  # the cluster and the release come up in the first test's time

@@ -2,7 +2,8 @@
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kubelet (built from their
 Go modules by scripts/install-cluster.sh), Debian's containerd and runc for the node, the CNI
-bridge plugin for pods, and CoreDNS (also from its Go module) for cluster DNS: the kubelet runs
+bridge plugin for pods, CoreDNS (also from its Go module) for cluster DNS, and metrics-server
+(from its module too) behind the API server's aggregation layer for the autoscaler: the kubelet runs
 our containers and their gRPC probes for real. Images come from scripts/build-image.sh
 (Podman) and are imported into containerd.
 
@@ -16,6 +17,7 @@ tables, turns into a pod's). Everything is torn down at the end: pods killed, mo
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import ipaddress
@@ -85,6 +87,10 @@ def _pki(out: Path) -> None:
     leaf("admin", "admin", org="system:masters")  # also the controller manager's and CoreDNS's identity
     leaf("kubelet", f"system:node:{NODE}", org="system:nodes", ips=(NODE_IP,))
     leaf("scheduler", "system:kube-scheduler")
+    # The aggregation layer: the API server's identity towards an extension API server (it passes
+    # the caller's name in X-Remote-* headers), and metrics-server's serving certificate.
+    leaf("front-proxy", "front-proxy-client")
+    leaf("metrics-server", "metrics-server", ips=(NODE_IP,), dns=("metrics-server.kube-system.svc",))
     service_accounts = rsa.generate_private_key(65537, 2048)
     (out / "sa.key").write_bytes(pem(service_accounts))
     (out / "sa.pub").write_bytes(service_accounts.public_key().public_bytes(
@@ -184,7 +190,13 @@ class Cluster:
                     "--kubelet-client-certificate", pki / "admin.crt", "--kubelet-client-key", pki / "admin.key",
                     "--kubelet-certificate-authority", pki / "ca.crt",
                     "--kubelet-preferred-address-types", "InternalIP", "--allow-privileged=false",
-                    "--profiling=false")
+                    "--profiling=false",
+                    # The aggregation layer, for metrics.k8s.io (metrics-server, on the node's address).
+                    "--requestheader-client-ca-file", pki / "ca.crt", "--requestheader-allowed-names", "front-proxy-client",
+                    "--requestheader-username-headers", "X-Remote-User", "--requestheader-group-headers", "X-Remote-Group",
+                    "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+                    "--proxy-client-cert-file", pki / "front-proxy.crt", "--proxy-client-key-file", pki / "front-proxy.key",
+                    "--enable-aggregator-routing=true")
         self._until(lambda: self.kubectl("get", "--raw", "/readyz", check=False).stdout == "ok", 90, "API server ready")
         self._spawn("kube-controller-manager", CLUSTER_BIN / "kube-controller-manager",
                     "--kubeconfig", self.home / "admin.kubeconfig", "--bind-address", "127.0.0.1",
@@ -200,6 +212,7 @@ class Cluster:
         self._until(lambda: '"Ready"' in self.kubectl("get", "node", NODE, "-o", "json", check=False).stdout
                     and self._node_ready(), 90, "node Ready")
         self._volumes()
+        self._metrics_server(pki)
 
     def _spawn(self, name: str, *command: object) -> None:
         log = self.home / f"{name}.out"  # not *.log: not a mesh process's log for the watch
@@ -322,6 +335,51 @@ state = "{root}/state"
         }))
         self._spawn("kube-proxy", CLUSTER_BIN / "kube-proxy", "--config", self.home / "kube-proxy.yaml")
 
+    def _metrics_server(self, pki: Path) -> None:
+        """metrics-server on the node's address, registered as the API server's metrics.k8s.io
+        (an APIService whose Service has no selector: its endpoint is this process), reading
+        each kubelet's resource metrics every 10 s: what `kubectl top` and the HPA read."""
+        port = free_port()
+        self._spawn("metrics-server", CLUSTER_BIN / "metrics-server", "--secure-port", port, "--bind-address", NODE_IP,
+                    "--tls-cert-file", pki / "metrics-server.crt", "--tls-private-key-file", pki / "metrics-server.key",
+                    "--kubeconfig", self.kubeconfig, "--authentication-kubeconfig", self.kubeconfig,
+                    "--authorization-kubeconfig", self.kubeconfig,
+                    "--kubelet-use-node-status-port", "--kubelet-preferred-address-types", "InternalIP",
+                    "--kubelet-certificate-authority", pki / "ca.crt",
+                    "--kubelet-client-certificate", pki / "admin.crt", "--kubelet-client-key", pki / "admin.key",
+                    "--metric-resolution", "10s", "--kubelet-request-timeout", "5s")
+        ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+             "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+             "subsets": [{"addresses": [{"ip": NODE_IP}], "ports": [{"name": "https", "port": port}]}]},
+            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1beta1.metrics.k8s.io"},
+             "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "caBundle": ca,
+                      "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
+                      "groupPriorityMinimum": 100, "versionPriority": 100}},
+        ]}))
+        self._until(self._metrics_served, 60, "metrics.k8s.io served by metrics-server")
+
+    def _metrics_served(self) -> bool:
+        service = self.get("apiservice", "v1beta1.metrics.k8s.io")
+        return any(c["type"] == "Available" and c["status"] == "True" for c in service.get("status", {}).get("conditions", []))
+
+    def pod_cpu(self, component: str) -> dict[str, str]:
+        """Each of a component's pods' CPU as metrics-server reports it (metrics.k8s.io), by pod name."""
+        answer = self.kubectl("get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods"
+                              f"?labelSelector=app.kubernetes.io%2Fname%3D{component}", check=False)
+        if answer.returncode != 0:  # not served yet (metrics-server's first scrapes), or not at all
+            return {}
+        return {p["metadata"]["name"]: p["containers"][0]["usage"]["cpu"] for p in json.loads(answer.stdout)["items"]}
+
+    def metrics_server_state(self) -> str:
+        """Why metrics may be missing: the APIService's conditions and metrics-server's last words."""
+        service = self.kubectl("get", "apiservice", "v1beta1.metrics.k8s.io", "-o", "jsonpath={.status.conditions}",
+                               check=False)
+        log = (self.home / "metrics-server.out").read_text(errors="replace")[-3000:]
+        return f"\n--- APIService ---\n{service.stdout}{service.stderr}\n--- metrics-server ---\n{log}"
+
     def service_ip(self, name: str) -> str:
         return str(self.get("service", name)["spec"]["clusterIP"])
 
@@ -339,7 +397,7 @@ state = "{root}/state"
     # --- taking it down ---
 
     def stop(self) -> None:
-        for name in ("kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager", "coredns"):
+        for name in ("metrics-server", "kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager", "coredns"):
             self._stop(name)
         if "containerd" in self.processes:
             for task in self.ctr("tasks", "ls", "-q", check=False).stdout.split():
