@@ -14,7 +14,8 @@ TOOLS_BIN="$(scripts/install-tools.sh)"
 # chromedriver (the browser tests), postgresql and pgbouncer (the tests start throwaway servers
 # and poolers), podman and
 # mmdebstrap (the image, built from the Dockerfile on base images made from Debian's packages,
-# and compose), containerd, runc, the CNI plugins and nftables (the node of the tests' Kubernetes),
+# and compose), containerd, runc, the CNI plugins, nftables and ipset (the node of the tests'
+# Kubernetes, its NetworkPolicies enforced by kube-router with iptables and ipsets),
 # wrk (the gateway benchmark's smoke run).
 missing=()
 need() { command -v "$1" >/dev/null || compgen -G "$1" >/dev/null || missing+=("$2"); }
@@ -28,6 +29,7 @@ need containerd containerd
 need runc runc
 need /usr/lib/cni/bridge containernetworking-plugins
 need nft nftables
+need ipset ipset
 need wrk wrk
 if ((${#missing[@]})); then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then

@@ -169,6 +169,64 @@ def test_an_order_is_placed_and_its_notification_arrives(shop: Shop) -> None:
     assert shop.call("GET", f"/v1/products/{sku}")[2]["available"] == "4"  # int64: a JSON string
 
 
+# What a pod runs to learn which of "ip:port" it can open a TCP connection to (3 s each).
+PROBE = """
+import json, socket, sys
+reached = {}
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        reached[target] = True
+    except OSError:
+        reached[target] = False
+print(json.dumps(reached))
+"""
+
+
+def _endpoint(cluster: Cluster, component: str) -> str:
+    pod = cluster.ready_pods(component)[0]
+    return f"{pod['status']['podIP']}:{pod['spec']['containers'][0]['ports'][0]['containerPort']}"
+
+
+def _stranger_reaches(cluster: Cluster, *targets: str) -> dict[str, bool]:
+    """Which targets a pod of no component of ours (its own labels, our image) can connect to."""
+    name = f"stranger-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("run", name, "--image=localhost/shopmesh:local", "--image-pull-policy=Never", "--restart=Never",
+                    "--labels=app=stranger", "--command", "--", "python", "-c", PROBE, *targets)
+    try:
+        eventually(lambda: cluster.get("pod", name)["status"].get("phase") in ("Succeeded", "Failed"), timeout=90,
+                   every=1, what=f"pod {name} done", detail=lambda: _diagnose(cluster))
+        return json.loads(cluster.kubectl("logs", name).stdout.strip().splitlines()[-1])
+    finally:
+        cluster.kubectl("delete", "pod", name, "--wait=false", check=False)
+
+
+def test_network_policies_are_enforced_a_stranger_reaches_only_the_gateway(cluster: Cluster) -> None:
+    """kube-router enforces the chart's NetworkPolicies: a pod the chart does not name reaches the
+    gateway (open to all) but not order, inventory, notification or PostgreSQL; the gateway reaches
+    order. Order's policy deleted, the stranger reaches order: the policy is what stopped it."""
+    gateway, order, inventory, notification, database = (
+        _endpoint(cluster, c) for c in ("gateway", "order", "inventory", "notification", "postgresql"))
+    reached = _stranger_reaches(cluster, gateway, order, inventory, notification, database)
+    assert reached == {gateway: True, order: False, inventory: False, notification: False, database: False}, reached
+    pod = cluster.ready_pods("gateway")[0]["metadata"]["name"]
+    from_gateway = cluster.kubectl("exec", pod, "--", "python", "-c", PROBE, order, notification).stdout
+    assert json.loads(from_gateway) == {order: True, notification: True}, from_gateway
+    saved = cluster.get("networkpolicy", "shopmesh-order")
+    cluster.kubectl("delete", "networkpolicy", "shopmesh-order")
+    try:
+        eventually(lambda: _stranger_reaches(cluster, order) == {order: True}, timeout=60, every=1,
+                   what="the stranger reaching order once order's policy is gone")
+    finally:
+        kept = {k: v for k, v in saved["metadata"].items() if k in ("name", "namespace", "labels", "annotations")}
+        restored = {k: v for k, v in saved.items() if k != "status"}
+        created = cluster.kubectl("create", "-f", "-", input=json.dumps({**restored, "metadata": kept}), check=False)
+        assert created.returncode == 0, created.stderr
+    eventually(lambda: _stranger_reaches(cluster, order) == {order: False}, timeout=60, every=1,
+               what="the stranger shut out of order again with the policy back")
+
+
 @pytest.mark.parametrize("component", ["inventory", "gateway"])
 def test_a_deleted_pod_is_replaced_with_no_failed_request(cluster: Cluster, shop: Shop, component: str) -> None:
     """A gRPC service's pod (its clients re-resolve the headless name) and a gateway pod (the

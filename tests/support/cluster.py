@@ -23,6 +23,7 @@ import datetime
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -168,6 +169,7 @@ class Cluster:
                                                  "client-key": str(pki / f"{who}.key")}}],
                 "contexts": [{"name": "local", "context": {"cluster": "local", "user": who}}],
             }))
+        _remove_policy_rules()  # what a run killed before its teardown left
         self.netns_before = set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
         _run("ip", "link", "add", BRIDGE, "type", "bridge", check=False)
         _run("ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE, check=False)
@@ -211,6 +213,7 @@ class Cluster:
         self._kube_proxy()
         self._until(lambda: '"Ready"' in self.kubectl("get", "node", NODE, "-o", "json", check=False).stdout
                     and self._node_ready(), 90, "node Ready")
+        self._kube_router()  # (it finds its node by name: after the kubelet registered it)
         self._volumes()
         self._metrics_server(pki)
 
@@ -380,6 +383,16 @@ state = "{root}/state"
         log = (self.home / "metrics-server.out").read_text(errors="replace")[-3000:]
         return f"\n--- APIService ---\n{service.stdout}{service.stderr}\n--- metrics-server ---\n{log}"
 
+    def _kube_router(self) -> None:
+        """NetworkPolicies enforced: kube-router's policy controller alone (no routing, no service
+        proxy), on the node, keeping iptables rules and ipsets that match each pod's traffic, as
+        the bridge's traffic passes iptables (br_netfilter, bridge-nf-call-iptables). Its rules are
+        its own chains (KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*), removed at `stop`."""
+        self._spawn("kube-router", CLUSTER_BIN / "kube-router", "--kubeconfig", self.kubeconfig,
+                    "--hostname-override", NODE, "--run-firewall=true", "--run-router=false",
+                    "--run-service-proxy=false", "--enable-cni=false", "--service-cluster-ip-range", SERVICE_CIDR,
+                    "--health-port", free_port(), "--metrics-port", "0")
+
     def service_ip(self, name: str) -> str:
         return str(self.get("service", name)["spec"]["clusterIP"])
 
@@ -397,8 +410,10 @@ state = "{root}/state"
     # --- taking it down ---
 
     def stop(self) -> None:
-        for name in ("metrics-server", "kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager", "coredns"):
+        for name in ("metrics-server", "kube-router", "kubelet", "kube-proxy", "kube-scheduler",
+                     "kube-controller-manager", "coredns"):
             self._stop(name)
+        _remove_policy_rules()
         if "containerd" in self.processes:
             for task in self.ctr("tasks", "ls", "-q", check=False).stdout.split():
                 self.ctr("tasks", "kill", "-s", "SIGKILL", task, check=False)
@@ -432,6 +447,28 @@ state = "{root}/state"
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
+
+
+POLICY_CHAINS = ("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-")
+
+
+def _remove_policy_rules() -> None:
+    """kube-router's iptables chains and ipsets, and nothing else of this machine's rules (its own
+    `--cleanup-config` crashes in v2.1.0, in the service proxy's cleanup, and would also delete
+    every IPVS service on the machine)."""
+    rules = _run("iptables", "-t", "filter", "-S", check=False).stdout.splitlines()
+    for rule in rules:  # the jumps into its chains from the built-in ones
+        words = shlex.split(rule)
+        if words[:1] == ["-A"] and words[1] in ("INPUT", "FORWARD", "OUTPUT") and any(
+                w.startswith(POLICY_CHAINS) for w in words[2:]):
+            _run("iptables", "-t", "filter", "-D", *words[1:], check=False)
+    chains = [r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(POLICY_CHAINS)]
+    for flag in ("-F", "-X"):  # emptied first: they jump into each other
+        for chain in chains:
+            _run("iptables", "-t", "filter", flag, chain, check=False)
+    for name in _run("ipset", "list", "-n", check=False).stdout.split():
+        if name.startswith(("KUBE-DST-", "KUBE-SRC-", "kube-router-")):
+            _run("ipset", "destroy", name, check=False)
 
 
 def images_built() -> None:
