@@ -3,7 +3,8 @@
 Services only ever call `read()` and `write()`, each one transaction, and run
 the same SQLAlchemy Core statements whatever is underneath.
 
-PostgreSQL (coming): both are ordinary async transactions on the async engine.
+PostgreSQL: ordinary async transactions on the async engine (reads and one-statement writes in
+autocommit), every statement run to its end even if its caller hangs up (`Uncut`).
 
 SQLite (the embedded default) gets WAL (readers never wait for the writer), a
 busy timeout (another process's writer is waited for, not failed) and write
