@@ -75,9 +75,12 @@ async def test_callers_hanging_up_mid_statement_cost_no_connection_and_a_polite_
                 await call
 
         rude = asyncio.gather(*(hang_up(i) for i in range(HANG_UPS)))
+        await asyncio.sleep(0.05)
+        waiting = database.lock_waiters(name)  # type: ignore[attr-defined]
         codes = [code for batch in await asyncio.gather(*(polite(10, "cup") for _ in range(4))) for code in batch]
         await rude
         holder.wait(timeout=30)
+        assert waiting >= 1, "no sale waited on the held row: nobody hung up mid-statement"
         assert codes == [grpc.StatusCode.OK] * 40
         await asyncio.gather(*(polite(5) for _ in range(12)))
         after = _backends(database, name)

@@ -95,8 +95,18 @@ class PostgresServer:
         argv = [str(self._bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", database,
                 "-q", "-v", "ON_ERROR_STOP=1", "-c", script]
         session = subprocess.Popen(argv, stdout=subprocess.DEVNULL, text=True)
-        time.sleep(0.2)  # its lock taken before the caller goes on
+        deadline = time.monotonic() + 10
+        while self.query(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' "
+                         "AND wait_event = 'PgSleep'") != "1":  # its UPDATE done, its lock held
+            if session.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the session holding rows ({sql}) did not get to hold them")
+            time.sleep(0.02)
         return session
+
+    def lock_waiters(self, database: str) -> int:
+        """How many of `database`'s sessions wait on a lock now."""
+        return int(self.query(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' "
+                              "AND wait_event_type = 'Lock'"))
 
     def query(self, sql: str) -> str:
         """One statement's result as psql prints it unaligned (`-At`), as the server's superuser."""
