@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from inventory.metrics import PrometheusMetrics, refresh_gauges
 from inventory.store import InventoryStore, metadata
 from mesh.client.discovery import Discovery
 from mesh.data.db import Database
+from mesh.rpc import identity
 from mesh.server.bootstrap import App, Binding
 from mesh.settings import Settings
 
@@ -23,7 +25,9 @@ async def build(settings: Settings, discovery: Discovery) -> App:
     db = Database.connect(settings.database_url, settings.database_pool_size, settings.database_pooler)
     await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     store, metrics = InventoryStore(db), PrometheusMetrics()
-    api = InventoryApi(store, metrics, timedelta(seconds=settings.reservation_ttl))
+    api = InventoryApi(store, metrics, timedelta(seconds=settings.reservation_ttl),
+                       viewer=functools.partial(identity.caller, trusted=settings.trusted_callers, tls=settings.tls),
+                       anonymous_edits=not settings.tls)
     app = App(
         bindings=[Binding(SERVICE_NAME, inventory_pb2_grpc.add_InventoryServiceServicer_to_server, api)],
         closers=[db.close],

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from mesh.kernel import validate
+from mesh.kernel import money, validate
 from mesh.kernel.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ShopError
 from mesh.kernel.money import Money, parse_money
 
@@ -27,6 +27,11 @@ class ReservationState(enum.IntEnum):
     REJECTED = 4
 
 
+class ProductState(enum.IntEnum):
+    ACTIVE = 1
+    ARCHIVED = 2  # not for sale, not listed by default
+
+
 @dataclass(frozen=True)
 class Product:
     sku: str
@@ -37,6 +42,35 @@ class Product:
     sold: int = 0
     create_time: datetime | None = None
     update_time: datetime | None = None
+    state: ProductState = ProductState.ACTIVE
+    # Counts every change of the row (details and stock): the etag, and the guard of UpdateProduct.
+    version: int = 1
+
+    @property
+    def etag(self) -> str:
+        return etag_of(self.version)
+
+
+def etag_of(version: int) -> str:
+    """An etag as callers see it: opaque to them, the row's version to us."""
+    return f"v{version}"
+
+
+def version_of(etag: str) -> int | None:
+    """The version an etag names; None for one this service never gave (it matches no product)."""
+    if etag[:1] == "v" and etag[1:].isdigit() and len(etag) < 20:
+        return int(etag[1:])
+    return None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What UpdateProduct changes: each field None when left as it is (the mask does not name it)."""
+
+    name: str | None = None
+    currency_code: str | None = None
+    minor_units: int | None = None
+    state: ProductState | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +134,21 @@ class ProductNotFound(NotFound):
     def __init__(self, sku: str):
         super().__init__(f"product {sku!r} not found")
         self.sku = sku
+
+
+class ProductArchived(FailedPrecondition):
+    def __init__(self, sku: str):
+        super().__init__(f"product {sku!r} is archived and cannot be ordered", subject=f"sku/{sku}",
+                         kind="PRODUCT_ARCHIVED")
+        self.sku = sku
+
+
+class ProductChangedSinceRead(Aborted):
+    """AIP-154: the etag sent is not the product's; reread it, and decide again."""
+
+    def __init__(self, sku: str):
+        super().__init__(f"product {sku!r} changed since it was read (its etag is not the one sent); "
+                         "read it again and repeat the update from what it is now")
 
 
 class ProductExists(AlreadyExists):
@@ -184,7 +233,8 @@ class ReservationChanged(Aborted):
 check_sku = validate.sku
 
 
-def new_product(sku: str, name: str, currency_code: str, minor_units: int, available: int, *, has_price: bool) -> Product:
+def new_product(sku: str, name: str, currency_code: str, minor_units: int, available: int, *, has_price: bool,
+                state: int = 0) -> Product:
     check_sku("product.sku", sku)
     name = validate.text("product.name", name, MAX_NAME).strip()
     if not has_price:
@@ -192,7 +242,58 @@ def new_product(sku: str, name: str, currency_code: str, minor_units: int, avail
     price = parse_money("product.price", currency_code, minor_units)
     if not 0 <= available <= MAX_STOCK:
         raise InvalidArgument("product.available", f"must be from 0 to {MAX_STOCK}")
-    return Product(sku=sku, name=name, price=price, available=available)
+    if state not in (0, *ProductState):
+        raise InvalidArgument("product.state", "must be ACTIVE or ARCHIVED")
+    return Product(sku=sku, name=name, price=price, available=available, state=ProductState(state or 1))
+
+
+# UpdateProduct's mask (AIP-161): what may be named, and what each refused path is told.
+UPDATABLE = ("name", "price", "price.currency_code", "price.minor_units", "state")
+_OUTPUT_ONLY = ("reserved", "sold", "create_time", "update_time", "etag")
+
+
+def check_mask(paths: Sequence[str]) -> frozenset[str]:
+    """The mask's paths, `*` spelled out; INVALID_ARGUMENT naming the first path that cannot be updated."""
+    found: set[str] = set()
+    for path in paths:
+        root = path.split(".")[0]
+        if path == "*":
+            found.update(("name", "price", "state"))
+        elif path in UPDATABLE:
+            found.add(path)
+        elif root in _OUTPUT_ONLY:
+            raise InvalidArgument("update_mask", f"{path!r} is output only: the service sets it")
+        elif root == "sku":
+            raise InvalidArgument("update_mask", f"{path!r} cannot change: the SKU names the product")
+        elif root == "available":
+            raise InvalidArgument("update_mask", f"{path!r} changes only through AdjustStock (and orders), "
+                                                 "which keep a record of every movement")
+        else:
+            raise InvalidArgument("update_mask", f"{path!r} is not a field of Product that can be updated; "
+                                                 f"these are: {', '.join(UPDATABLE)}")
+    if "price" in found:
+        found -= {"price.currency_code", "price.minor_units"}
+    return frozenset(found)
+
+
+def change(paths: frozenset[str], name: str, currency_code: str, minor_units: int, state: int, *,
+           has_price: bool) -> Change:
+    """The values the mask names, each checked as CreateProduct checks it."""
+    whole_price = "price" in paths
+    if whole_price and not has_price:
+        raise InvalidArgument("product.price", "value is required: the mask names price")
+    if state not in (0, *ProductState) and "state" in paths:
+        raise InvalidArgument("product.state", "must be ACTIVE or ARCHIVED")
+    if "state" in paths and state == 0:
+        raise InvalidArgument("product.state", "must be ACTIVE or ARCHIVED: the mask names state")
+    return Change(
+        name=validate.text("product.name", name, MAX_NAME).strip() if "name" in paths else None,
+        currency_code=(money.currency("product.price.currency_code", currency_code)
+                       if whole_price or "price.currency_code" in paths else None),
+        minor_units=(money.amount("product.price.minor_units", minor_units)
+                     if whole_price or "price.minor_units" in paths else None),
+        state=ProductState(state) if "state" in paths else None,
+    )
 
 
 def check_adjustment(sku: str, delta: int, reason: str) -> tuple[str, int, str]:

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from inventory import domain
-from inventory.domain import Line, NotTaken, Product, Reservation, ReservationState
+from inventory.domain import Change, Line, NotTaken, Product, ProductState, Reservation, ReservationState
 from inventory.ports import Metrics, Store
 from mesh.kernel import paging, retention
+from mesh.kernel.caller import Caller
 from mesh.kernel.clock import now
-from mesh.kernel.errors import Duplicate, ShopError
+from mesh.kernel.errors import Duplicate, InvalidArgument, PermissionDenied, ShopError
 
 logger = logging.getLogger(__name__)
 DEFAULT_TTL = timedelta(seconds=60)
@@ -38,12 +39,42 @@ async def get_product(store: Store, sku: str) -> Product:
     return product
 
 
-async def list_products(store: Store, page_size: int, page_token: str) -> tuple[list[Product], str]:
+async def list_products(store: Store, page_size: int, page_token: str, *,
+                        show_archived: bool = False) -> tuple[list[Product], str]:
     limit = paging.page_size(page_size)
     position = paging.decode_token(page_token, after=str)
     async with store.read() as tx:
-        found = await tx.list_products(position["after"] if position else None, limit + 1)
+        found = await tx.list_products(position["after"] if position else None, limit + 1, archived=show_archived)
     return paging.page(found, limit, lambda product: {"after": product.sku})
+
+
+def check_editor(caller: Caller | None, *, anonymous: bool) -> None:
+    """Only an admin changes the catalogue. A call acting for nobody (`caller` None) is the local
+    mesh's own or a tool's, trusted only where `anonymous` says so (plaintext on loopback; over
+    mTLS every update must come from the gateway on an admin's behalf)."""
+    if caller is None and not anonymous:
+        raise PermissionDenied("updating a product needs an admin; this call acts for no signed-in user")
+    if caller is not None and not caller.admin:
+        raise PermissionDenied(f"only an admin may update a product; {caller.user_id!r} is not one")
+
+
+async def update_product(store: Store, sku: str, change: Change, etag: str) -> Product:
+    """Writes what `change` names in one statement, guarded by `etag` when one is given (AIP-154):
+    of two writers holding the same etag exactly one succeeds, the other is told to reread."""
+    domain.check_sku("product.sku", sku)
+    if change == Change():
+        raise InvalidArgument("update_mask", "nothing to update: name fields in update_mask, or set name, price "
+                                             "or state in product")
+    version = domain.version_of(etag) if etag else None
+    updated = None
+    if not etag or version is not None:  # an etag we never gave matches nothing: no write to try
+        async with store.write_one() as tx:
+            updated = await tx.update_product(sku, change, version)
+    if updated is None:
+        async with store.read() as tx:
+            exists = await tx.get_product(sku) is not None
+        raise domain.ProductChangedSinceRead(sku) if exists else domain.ProductNotFound(sku)
+    return updated
 
 
 async def adjust_stock(store: Store, sku: str, delta: int, reason: str) -> Product:
@@ -83,6 +114,7 @@ async def reserve_stock(store: Store, metrics: Metrics, reservation_id: str, lin
             product = await tx.get_product(short.sku)
         quantity = next(line.quantity for line in lines if line.sku == short.sku)
         error = (domain.ProductNotFound(short.sku) if product is None
+                 else domain.ProductArchived(short.sku) if product.state is ProductState.ARCHIVED
                  else domain.OutOfStock(short.sku, quantity, product.available))
         if not await _remember_refusal(store, reservation_id, lines, error):
             # The id has an outcome already (a one-line sale on PostgreSQL tries the stock before

@@ -33,7 +33,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from inventory.domain import Line, NotTaken, Product, Reservation, ReservationState, failure_from_record
+from inventory.domain import (
+    Change,
+    Line,
+    NotTaken,
+    Product,
+    ProductState,
+    Reservation,
+    ReservationState,
+    failure_from_record,
+)
 from mesh.data.db import Store, on_postgresql
 from mesh.kernel.clock import now
 from mesh.kernel.money import Money
@@ -52,6 +61,10 @@ products = Table(
     Column("sold", BigInteger, nullable=False, default=0),
     Column("create_time", DateTime, nullable=False),
     Column("update_time", DateTime, nullable=False),
+    # ProductState: only ACTIVE products sell.
+    Column("state", SmallInteger, nullable=False, server_default="1"),
+    # +1 with every change of the row, stock included: the product's etag, and UpdateProduct's guard.
+    Column("version", BigInteger, nullable=False, server_default="1"),
     CheckConstraint("available >= 0", name="available_not_negative"),
     CheckConstraint("reserved >= 0", name="reserved_not_negative"),
     CheckConstraint("sold >= 0", name="sold_not_negative"),
@@ -102,12 +115,16 @@ _LINES_BY_RESERVATION = (
 )
 
 def _take_into(column: str):  # noqa: ANN202 - an UPDATE statement
-    """available -= qty, `column` += qty, only if that much is available; the price comes back."""
+    """available -= qty, `column` += qty, only if that much is available and the product is for
+    sale; the price comes back, read in the statement that takes the stock (the row locked), so a
+    sale is priced as the product was when it sold, never from a read before or after."""
     return (
         update(products)
-        .where(products.c.sku == bindparam("b_sku"), products.c.available >= bindparam("qty"))
+        .where(products.c.sku == bindparam("b_sku"), products.c.available >= bindparam("qty"),
+               products.c.state == int(ProductState.ACTIVE))
         .values({"available": products.c.available - bindparam("qty"),
-                 column: products.c[column] + bindparam("qty"), "update_time": bindparam("at")})
+                 column: products.c[column] + bindparam("qty"), "update_time": bindparam("at"),
+                 "version": products.c.version + 1})
         .returning(products.c.currency_code, products.c.price_minor)
     )
 
@@ -174,6 +191,8 @@ def _product(row: object) -> Product:
         sold=row.sold,  # type: ignore[attr-defined]
         create_time=row.create_time,  # type: ignore[attr-defined]
         update_time=row.update_time,  # type: ignore[attr-defined]
+        state=ProductState(row.state),  # type: ignore[attr-defined]
+        version=row.version,  # type: ignore[attr-defined]
     )
 
 
@@ -201,14 +220,33 @@ class InventoryTx:
                 sold=0,
                 create_time=at,
                 update_time=at,
+                state=product.state,
+                version=1,
             )
         )
-        return Product(product.sku, product.name, product.price, product.available, 0, 0, at, at)
+        return Product(product.sku, product.name, product.price, product.available, 0, 0, at, at, product.state, 1)
 
-    async def list_products(self, after_sku: str | None, limit: int) -> list[Product]:
+    async def update_product(self, sku: str, change: Change, version: int | None) -> Product | None:
+        """The fields `change` gives, in one statement, only if the row is still at `version` (when
+        given): the etag check and the write cannot be split by another writer. None if no row was
+        changed (no such product, or another version)."""
+        values: dict[str, object] = {"version": products.c.version + 1, "update_time": now()}
+        for column, value in (("name", change.name), ("currency_code", change.currency_code),
+                              ("price_minor", change.minor_units), ("state", change.state)):
+            if value is not None:
+                values[column] = value
+        query = update(products).where(products.c.sku == sku).values(values).returning(*products.c)
+        if version is not None:
+            query = query.where(products.c.version == version)
+        row = (await self.conn.execute(query)).first()
+        return None if row is None else _product(row)
+
+    async def list_products(self, after_sku: str | None, limit: int, *, archived: bool = False) -> list[Product]:
         query = select(products).order_by(products.c.sku).limit(limit)
         if after_sku is not None:
             query = query.where(products.c.sku > after_sku)
+        if not archived:
+            query = query.where(products.c.state == int(ProductState.ACTIVE))
         return [_product(row) for row in await self.conn.execute(query)]
 
     async def add_available(self, sku: str, delta: int, ceiling: int) -> bool:
@@ -216,7 +254,7 @@ class InventoryTx:
         result = await self.conn.execute(
             update(products)
             .where(products.c.sku == sku, products.c.available + delta >= 0, products.c.available + delta <= ceiling)
-            .values(available=products.c.available + delta, update_time=now())
+            .values(available=products.c.available + delta, update_time=now(), version=products.c.version + 1)
         )
         return result.rowcount == 1
 
@@ -266,7 +304,8 @@ class InventoryTx:
         await self.conn.execute(
             update(products)
             .where(columns.sku == sku)
-            .values({source: columns[source] - quantity, target: columns[target] + quantity, "update_time": now()})
+            .values({source: columns[source] - quantity, target: columns[target] + quantity, "update_time": now(),
+                     "version": columns.version + 1})
         )
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:

@@ -29,8 +29,16 @@ class Money:
 
 
 def parse_money(field: str, currency_code: str, minor_units: int) -> Money:
-    if not _CURRENCY.match(currency_code):
-        raise InvalidArgument(f"{field}.currency_code", "must be a three-letter ISO 4217 code such as USD")
+    return Money(currency(f"{field}.currency_code", currency_code), amount(f"{field}.minor_units", minor_units))
+
+
+def currency(field: str, code: str) -> str:
+    if not _CURRENCY.match(code):
+        raise InvalidArgument(field, "must be a three-letter ISO 4217 code such as USD")
+    return code
+
+
+def amount(field: str, minor_units: int) -> int:
     if not 0 <= minor_units <= MAX_MINOR_UNITS:
-        raise InvalidArgument(f"{field}.minor_units", f"must be from 0 to {MAX_MINOR_UNITS}")
-    return Money(currency_code, minor_units)
+        raise InvalidArgument(field, f"must be from 0 to {MAX_MINOR_UNITS}")
+    return minor_units

@@ -26,11 +26,12 @@ _sym_db = _symbol_database.Default()
 from generated.buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from generated.shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ashop/common/v1/money.proto\"\xd5\x02\n\x07Product\x12<\n\x03sku\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\xc8\x01\x01\x12\x1d\n\x04name\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\x12\x30\n\x05price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12!\n\tavailable\x18\x04 \x01(\x03\x42\x0e\xbaH\x0b\"\t\x18\x80\xa0\x94\xa5\x8d\x1d(\x00\x12\x16\n\x08reserved\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04sold\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"O\n\x14\x43reateProductRequest\x12\x37\n\x07product\x18\x01 \x01(\x0b\x32\x1a.shop.inventory.v1.ProductB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"Q\n\x11GetProductRequest\x12<\n\x03sku\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\xc8\x01\x01\"O\n\x13ListProductsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"]\n\x14ListProductsResponse\x12,\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa1\x01\n\x12\x41\x64justStockRequest\x12<\n\x03sku\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\xc8\x01\x01\x12,\n\x05\x64\x65lta\x18\x02 \x01(\x03\x42\x1d\xe2\x41\x01\x02\xbaH\x16\"\x14\x18\x80\xa0\x94\xa5\x8d\x1d(\x80\xe0\xeb\xda\xf2\xe2\xff\xff\xff\x01\x38\x00\x12\x1f\n\x06reason\x18\x03 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\"\xa3\x01\n\x0fReservationLine\x12<\n\x03sku\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\xc8\x01\x01\x12!\n\x08quantity\x18\x02 \x01(\x03\x42\x0f\xe2\x41\x01\x02\xbaH\x08\"\x06\x18\xc0\x84=(\x01\x12/\n\nunit_price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyB\x04\xe2\x41\x01\x03\"\xba\x02\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x31\n\x05lines\x18\x02 \x03(\x0b\x32\".shop.inventory.v1.ReservationLine\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32$.shop.inventory.v1.Reservation.State\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08RESERVED\x10\x01\x12\r\n\tCOMMITTED\x10\x02\x12\x0c\n\x08RELEASED\x10\x03\"\x91\x01\n\x13ReserveStockRequest\x12\'\n\x0ereservation_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x41\n\x05lines\x18\x02 \x03(\x0b\x32\".shop.inventory.v1.ReservationLineB\x0e\xe2\x41\x01\x02\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x08\"C\n\x18\x43ommitReservationRequest\x12\'\n\x0ereservation_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\"D\n\x19ReleaseReservationRequest\x12\'\n\x0ereservation_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x32\x95\x07\n\x10InventoryService\x12s\n\rCreateProduct\x12\'.shop.inventory.v1.CreateProductRequest\x1a\x1a.shop.inventory.v1.Product\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/products:\x07product\x12m\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a\x1a.shop.inventory.v1.Product\"\x1d\x90\x02\x01\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/products/{sku}\x12x\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"\x17\x90\x02\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/products\x12{\n\x0b\x41\x64justStock\x12%.shop.inventory.v1.AdjustStockRequest\x1a\x1a.shop.inventory.v1.Product\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/products/{sku}:adjustStock:\x01*\x12s\n\x0cReserveStock\x12&.shop.inventory.v1.ReserveStockRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/reservations:\x01*\x12\x95\x01\n\x11\x43ommitReservation\x12+.shop.inventory.v1.CommitReservationRequest\x1a\x1e.shop.inventory.v1.Reservation\"3\x82\xd3\xe4\x93\x02-\"(/v1/reservations/{reservation_id}:commit:\x01*\x12\x98\x01\n\x12ReleaseReservation\x12,.shop.inventory.v1.ReleaseReservationRequest\x1a\x1e.shop.inventory.v1.Reservation\"4\x82\xd3\xe4\x93\x02.\")/v1/reservations/{reservation_id}:release:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ashop/common/v1/money.proto\"\xe5\x03\n\x07Product\x12<\n\x03sku\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\xc8\x01\x01\x12\x1d\n\x04name\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\x12\x30\n\x05price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12!\n\tavailable\x18\x04 \x01(\x03\x42\x0e\xbaH\x0b\"\t\x18\x80\xa0\x94\xa5\x8d\x1d(\x00\x12\x16\n\x08reserved\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04sold\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x05state\x18\t \x01(\x0e\x32 .shop.inventory.v1.Product.StateB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x19\n\x04\x65tag\x18\n \x01(\tB\x0b\xe2\x41\x01\x03\xbaH\x04r\x02\x18@\"8\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x0c\n\x08\x41RCHIVED\x10\x02\"O\n\x14\x43reateProductRequest\x12\x37\n\x07product\x18\x01 \x01(\x0b\x32\x1a.shop.inventory.v1.ProductB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"\x86\x01\n\x14UpdateProductRequest\x12\x37\n\x07product\x18\x01 \x01(\x0b\x32\x1a.shop.inventory.v1.ProductB\n\xe2\x41\x01\x02\xbaH\x03\xd8\x01\x03\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"Q\n\x11GetProductRequest\x12<\n\x03sku\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\xc8\x01\x01\"f\n\x13ListProductsRequest\x12\x1a\n\tpage_size\x18\x01 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12\x15\n\rshow_archived\x18\x03 \x01(\x08\"]\n\x14ListProductsResponse\x12,\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa1\x01\n\x12\x41\x64justStockRequest\x12<\n\x03sku\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\xc8\x01\x01\x12,\n\x05\x64\x65lta\x18\x02 \x01(\x03\x42\x1d\xe2\x41\x01\x02\xbaH\x16\"\x14\x18\x80\xa0\x94\xa5\x8d\x1d(\x80\xe0\xeb\xda\xf2\xe2\xff\xff\xff\x01\x38\x00\x12\x1f\n\x06reason\x18\x03 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\xc8\x01\xc8\x01\x01\"\xa3\x01\n\x0fReservationLine\x12<\n\x03sku\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\xc8\x01\x01\x12!\n\x08quantity\x18\x02 \x01(\x03\x42\x0f\xe2\x41\x01\x02\xbaH\x08\"\x06\x18\xc0\x84=(\x01\x12/\n\nunit_price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyB\x04\xe2\x41\x01\x03\"\xba\x02\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x31\n\x05lines\x18\x02 \x03(\x0b\x32\".shop.inventory.v1.ReservationLine\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32$.shop.inventory.v1.Reservation.State\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08RESERVED\x10\x01\x12\r\n\tCOMMITTED\x10\x02\x12\x0c\n\x08RELEASED\x10\x03\"\x91\x01\n\x13ReserveStockRequest\x12\'\n\x0ereservation_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x12\x41\n\x05lines\x18\x02 \x03(\x0b\x32\".shop.inventory.v1.ReservationLineB\x0e\xe2\x41\x01\x02\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x08\"C\n\x18\x43ommitReservationRequest\x12\'\n\x0ereservation_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\"D\n\x19ReleaseReservationRequest\x12\'\n\x0ereservation_id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\x18\x80\x01\xc8\x01\x01\x32\x99\x08\n\x10InventoryService\x12s\n\rCreateProduct\x12\'.shop.inventory.v1.CreateProductRequest\x1a\x1a.shop.inventory.v1.Product\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/products:\x07product\x12m\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a\x1a.shop.inventory.v1.Product\"\x1d\x90\x02\x01\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/products/{sku}\x12x\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"\x17\x90\x02\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/products\x12\x81\x01\n\rUpdateProduct\x12\'.shop.inventory.v1.UpdateProductRequest\x1a\x1a.shop.inventory.v1.Product\"+\x82\xd3\xe4\x93\x02%2\x1a/v1/products/{product.sku}:\x07product\x12{\n\x0b\x41\x64justStock\x12%.shop.inventory.v1.AdjustStockRequest\x1a\x1a.shop.inventory.v1.Product\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/products/{sku}:adjustStock:\x01*\x12s\n\x0cReserveStock\x12&.shop.inventory.v1.ReserveStockRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/reservations:\x01*\x12\x95\x01\n\x11\x43ommitReservation\x12+.shop.inventory.v1.CommitReservationRequest\x1a\x1e.shop.inventory.v1.Reservation\"3\x82\xd3\xe4\x93\x02-\"(/v1/reservations/{reservation_id}:commit:\x01*\x12\x98\x01\n\x12ReleaseReservation\x12,.shop.inventory.v1.ReleaseReservationRequest\x1a\x1e.shop.inventory.v1.Reservation\"4\x82\xd3\xe4\x93\x02.\")/v1/reservations/{reservation_id}:release:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,8 +54,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_PRODUCT'].fields_by_name['update_time']._loaded_options = None
   _globals['_PRODUCT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_PRODUCT'].fields_by_name['state']._loaded_options = None
+  _globals['_PRODUCT'].fields_by_name['state']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_PRODUCT'].fields_by_name['etag']._loaded_options = None
+  _globals['_PRODUCT'].fields_by_name['etag']._serialized_options = b'\342A\001\003\272H\004r\002\030@'
   _globals['_CREATEPRODUCTREQUEST'].fields_by_name['product']._loaded_options = None
   _globals['_CREATEPRODUCTREQUEST'].fields_by_name['product']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_UPDATEPRODUCTREQUEST'].fields_by_name['product']._loaded_options = None
+  _globals['_UPDATEPRODUCTREQUEST'].fields_by_name['product']._serialized_options = b'\342A\001\002\272H\003\330\001\003'
+  _globals['_UPDATEPRODUCTREQUEST'].fields_by_name['update_mask']._loaded_options = None
+  _globals['_UPDATEPRODUCTREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
   _globals['_GETPRODUCTREQUEST'].fields_by_name['sku']._loaded_options = None
   _globals['_GETPRODUCTREQUEST'].fields_by_name['sku']._serialized_options = b'\342A\001\002\272H(r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\310\001\001'
   _globals['_LISTPRODUCTSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -87,6 +96,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORYSERVICE'].methods_by_name['GetProduct']._serialized_options = b'\220\002\001\202\323\344\223\002\024\022\022/v1/products/{sku}'
   _globals['_INVENTORYSERVICE'].methods_by_name['ListProducts']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['ListProducts']._serialized_options = b'\220\002\001\202\323\344\223\002\016\022\014/v1/products'
+  _globals['_INVENTORYSERVICE'].methods_by_name['UpdateProduct']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['UpdateProduct']._serialized_options = b'\202\323\344\223\002%2\032/v1/products/{product.sku}:\007product'
   _globals['_INVENTORYSERVICE'].methods_by_name['AdjustStock']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['AdjustStock']._serialized_options = b'\202\323\344\223\002#\"\036/v1/products/{sku}:adjustStock:\001*'
   _globals['_INVENTORYSERVICE'].methods_by_name['ReserveStock']._loaded_options = None
@@ -95,30 +106,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORYSERVICE'].methods_by_name['CommitReservation']._serialized_options = b'\202\323\344\223\002-\"(/v1/reservations/{reservation_id}:commit:\001*'
   _globals['_INVENTORYSERVICE'].methods_by_name['ReleaseReservation']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['ReleaseReservation']._serialized_options = b'\202\323\344\223\002.\")/v1/reservations/{reservation_id}:release:\001*'
-  _globals['_PRODUCT']._serialized_start=210
-  _globals['_PRODUCT']._serialized_end=551
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=553
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=632
-  _globals['_GETPRODUCTREQUEST']._serialized_start=634
-  _globals['_GETPRODUCTREQUEST']._serialized_end=715
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=717
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=796
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=798
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=891
-  _globals['_ADJUSTSTOCKREQUEST']._serialized_start=894
-  _globals['_ADJUSTSTOCKREQUEST']._serialized_end=1055
-  _globals['_RESERVATIONLINE']._serialized_start=1058
-  _globals['_RESERVATIONLINE']._serialized_end=1221
-  _globals['_RESERVATION']._serialized_start=1224
-  _globals['_RESERVATION']._serialized_end=1538
-  _globals['_RESERVATION_STATE']._serialized_start=1465
-  _globals['_RESERVATION_STATE']._serialized_end=1538
-  _globals['_RESERVESTOCKREQUEST']._serialized_start=1541
-  _globals['_RESERVESTOCKREQUEST']._serialized_end=1686
-  _globals['_COMMITRESERVATIONREQUEST']._serialized_start=1688
-  _globals['_COMMITRESERVATIONREQUEST']._serialized_end=1755
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1757
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1825
-  _globals['_INVENTORYSERVICE']._serialized_start=1828
-  _globals['_INVENTORYSERVICE']._serialized_end=2745
+  _globals['_PRODUCT']._serialized_start=244
+  _globals['_PRODUCT']._serialized_end=729
+  _globals['_PRODUCT_STATE']._serialized_start=673
+  _globals['_PRODUCT_STATE']._serialized_end=729
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=731
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=810
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=813
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=947
+  _globals['_GETPRODUCTREQUEST']._serialized_start=949
+  _globals['_GETPRODUCTREQUEST']._serialized_end=1030
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1032
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1134
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1136
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1229
+  _globals['_ADJUSTSTOCKREQUEST']._serialized_start=1232
+  _globals['_ADJUSTSTOCKREQUEST']._serialized_end=1393
+  _globals['_RESERVATIONLINE']._serialized_start=1396
+  _globals['_RESERVATIONLINE']._serialized_end=1559
+  _globals['_RESERVATION']._serialized_start=1562
+  _globals['_RESERVATION']._serialized_end=1876
+  _globals['_RESERVATION_STATE']._serialized_start=1803
+  _globals['_RESERVATION_STATE']._serialized_end=1876
+  _globals['_RESERVESTOCKREQUEST']._serialized_start=1879
+  _globals['_RESERVESTOCKREQUEST']._serialized_end=2024
+  _globals['_COMMITRESERVATIONREQUEST']._serialized_start=2026
+  _globals['_COMMITRESERVATIONREQUEST']._serialized_end=2093
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=2095
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=2163
+  _globals['_INVENTORYSERVICE']._serialized_start=2166
+  _globals['_INVENTORYSERVICE']._serialized_end=3215
 # @@protoc_insertion_point(module_scope)

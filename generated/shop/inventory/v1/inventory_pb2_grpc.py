@@ -52,6 +52,11 @@ class InventoryServiceStub:
                 request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ListProductsRequest.SerializeToString,
                 response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ListProductsResponse.FromString,
                 _registered_method=True)
+        self.UpdateProduct = channel.unary_unary(
+                '/shop.inventory.v1.InventoryService/UpdateProduct',
+                request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.UpdateProductRequest.SerializeToString,
+                response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.Product.FromString,
+                _registered_method=True)
         self.AdjustStock = channel.unary_unary(
                 '/shop.inventory.v1.InventoryService/AdjustStock',
                 request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.AdjustStockRequest.SerializeToString,
@@ -95,6 +100,16 @@ class InventoryServiceServicer:
 
     def ListProducts(self, request, context):
         """Products ordered by SKU, one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProduct(self, request, context):
+        """Changes a product's name, price or state (AIP-134): the fields update_mask names, or, with no
+        mask, those set in `product` (over REST: those present in the JSON body). With product.etag
+        (over REST also If-Match), only if the product is still as it was read; else ABORTED (409, 412
+        with If-Match) and nothing changes. Stock changes only through AdjustStock and reservations.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +162,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.ListProducts,
                     request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ListProductsRequest.FromString,
                     response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ListProductsResponse.SerializeToString,
+            ),
+            'UpdateProduct': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProduct,
+                    request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.UpdateProductRequest.FromString,
+                    response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.Product.SerializeToString,
             ),
             'AdjustStock': grpc.unary_unary_rpc_method_handler(
                     servicer.AdjustStock,
@@ -252,6 +272,33 @@ class InventoryService:
             '/shop.inventory.v1.InventoryService/ListProducts',
             shop_dot_inventory_dot_v1_dot_inventory__pb2.ListProductsRequest.SerializeToString,
             shop_dot_inventory_dot_v1_dot_inventory__pb2.ListProductsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProduct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.inventory.v1.InventoryService/UpdateProduct',
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.UpdateProductRequest.SerializeToString,
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.Product.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,12 @@ class InventoryServiceStub:
     """One product with its stock: available, held by open reservations, and sold."""
     ListProducts: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ListProductsRequest, _inventory_pb2.ListProductsResponse]
     """Products ordered by SKU, one page at a time."""
+    UpdateProduct: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.UpdateProductRequest, _inventory_pb2.Product]
+    """Changes a product's name, price or state (AIP-134): the fields update_mask names, or, with no
+    mask, those set in `product` (over REST: those present in the JSON body). With product.etag
+    (over REST also If-Match), only if the product is still as it was read; else ABORTED (409, 412
+    with If-Match) and nothing changes. Stock changes only through AdjustStock and reservations.
+    """
     AdjustStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.AdjustStockRequest, _inventory_pb2.Product]
     """Restocks (positive delta) or corrects (negative delta) available stock."""
     ReserveStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ReserveStockRequest, _inventory_pb2.Reservation]
@@ -68,6 +74,12 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """One product with its stock: available, held by open reservations, and sold."""
     ListProducts: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ListProductsRequest, _inventory_pb2.ListProductsResponse]  # type: ignore[assignment]
     """Products ordered by SKU, one page at a time."""
+    UpdateProduct: _aio.UnaryUnaryMultiCallable[_inventory_pb2.UpdateProductRequest, _inventory_pb2.Product]  # type: ignore[assignment]
+    """Changes a product's name, price or state (AIP-134): the fields update_mask names, or, with no
+    mask, those set in `product` (over REST: those present in the JSON body). With product.etag
+    (over REST also If-Match), only if the product is still as it was read; else ABORTED (409, 412
+    with If-Match) and nothing changes. Stock changes only through AdjustStock and reservations.
+    """
     AdjustStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.AdjustStockRequest, _inventory_pb2.Product]  # type: ignore[assignment]
     """Restocks (positive delta) or corrects (negative delta) available stock."""
     ReserveStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReserveStockRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
@@ -109,6 +121,18 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.ListProductsResponse, _abc.Awaitable[_inventory_pb2.ListProductsResponse]]:
         """Products ordered by SKU, one page at a time."""
+
+    @_abc_1.abstractmethod
+    def UpdateProduct(
+        self,
+        request: _inventory_pb2.UpdateProductRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.Product, _abc.Awaitable[_inventory_pb2.Product]]:
+        """Changes a product's name, price or state (AIP-134): the fields update_mask names, or, with no
+        mask, those set in `product` (over REST: those present in the JSON body). With product.etag
+        (over REST also If-Match), only if the product is still as it was read; else ABORTED (409, 412
+        with If-Match) and nothing changes. Stock changes only through AdjustStock and reservations.
+        """
 
     @_abc_1.abstractmethod
     def AdjustStock(
