@@ -17,7 +17,8 @@ from mesh.server.http import Request, Response
 # Request headers a page may send: the ones the gateway reads.
 # Connect's and gRPC-Web's clients send their protocol headers (connect-*, grpc-*, x-grpc-web,
 # x-user-agent) and, for a gzip body, content-encoding.
-ALLOWED_HEADERS = ("content-type", "authorization", "x-api-key", "idempotency-key", "x-request-id",
+ALLOWED_HEADERS = ("content-type", "authorization", "x-api-key", "idempotency-key", "if-match", "if-none-match",
+                   "x-request-id",
                    "grpc-timeout", "traceparent", "tracestate", "last-event-id", "x-requested-with",
                    "connect-protocol-version", "connect-timeout-ms", "connect-content-encoding",
                    "connect-accept-encoding", "content-encoding", "grpc-encoding", "grpc-accept-encoding",

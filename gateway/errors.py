@@ -39,7 +39,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 CODE_OF: dict[int, grpc.StatusCode] = {
     400: _C.INVALID_ARGUMENT, 401: _C.UNAUTHENTICATED, 403: _C.PERMISSION_DENIED, 404: _C.NOT_FOUND,
     405: _C.UNIMPLEMENTED,  # the method is not one this resource implements (grpc-gateway's choice)
-    408: _C.DEADLINE_EXCEEDED, 409: _C.ALREADY_EXISTS,
+    408: _C.DEADLINE_EXCEEDED, 409: _C.ALREADY_EXISTS, 412: _C.FAILED_PRECONDITION,
     413: _C.INVALID_ARGUMENT, 414: _C.INVALID_ARGUMENT, 415: _C.INVALID_ARGUMENT, 417: _C.INVALID_ARGUMENT,
     431: _C.INVALID_ARGUMENT,  # a request too large, of the wrong type or shape: fix it, do not retry it
     429: _C.RESOURCE_EXHAUSTED, 499: _C.CANCELLED, 500: _C.INTERNAL, 501: _C.UNIMPLEMENTED,

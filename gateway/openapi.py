@@ -10,6 +10,7 @@ document states what the services will accept.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import protovalidate
@@ -21,6 +22,7 @@ from gateway.auth import Authenticator, Need
 from gateway.endpoints import Doc, Table
 from gateway.ranges import integer_pattern
 from gateway.routes import Route
+from gateway.transcode import etag_holder
 from generated.buf.validate import validate_pb2
 
 # 64-bit integers are JSON strings: their range is a pattern, exactly what the gateway reads.
@@ -53,6 +55,7 @@ WELL_KNOWN = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"},
     "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}, "additionalProperties": True},
+    "google.protobuf.FieldMask": {"type": "string", "description": "field paths separated by commas (name,price)"},
 }
 STATUS_SCHEMA = {
     "type": "object",
@@ -72,6 +75,8 @@ IN_WORDS = {
     "page_token": "opaque: the nextPageToken of a previous response of this RPC, or empty for the first page; "
                   "any other value is refused (400)",
     "lines": "each SKU at most once: a second line for the same SKU is refused (400)",
+    "update_mask": "the fields to change, each given in the body: name, price (or price.currencyCode, "
+                   "price.minorUnits) and state; available changes only through adjustStock (400 otherwise)",
 }
 
 
@@ -161,10 +166,11 @@ class _Builder:
         return dict(SCALARS[field.type])
 
     def message(self, descriptor: Descriptor, *, skip: frozenset[str] = frozenset(),
-                filled: frozenset[str] = frozenset()) -> str:
+                filled: frozenset[str] = frozenset(), partial: bool = False) -> str:
         """The schema of a message; `skip`: fields taken from the path, `filled`: required
-        fields the gateway may fill itself (from a header or the token), so optional here."""
-        name = descriptor.full_name if not skip else f"{descriptor.full_name}Body"
+        fields the gateway may fill itself (from a header or the token), so optional here;
+        `partial`: a PATCH's body, where every field is optional (those present are updated)."""
+        name = descriptor.full_name + ("Patch" if partial else "Body" if skip else "")
         if name in self.schemas:
             return name
         self.schemas[name] = {}  # placeholder: messages may refer to themselves
@@ -176,8 +182,13 @@ class _Builder:
             behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
             if field_behavior_pb2.OUTPUT_ONLY in behaviors:
                 schema = {**schema, "readOnly": True} if "$ref" not in schema else {"allOf": [schema], "readOnly": True}
-            if field.name in must and field.name not in filled:
+            if partial and field.enum_type is not None:  # present means "set to this": the zero value is no state
+                zero = field.enum_type.values_by_number[0].name
+                schema = {**schema, "enum": [name for name in schema["enum"] if name != zero]}
+            if field.name in must and field.name not in filled and not partial:
                 required.append(field.json_name)
+            elif field.name in must and partial:
+                pass  # may be left out, but present (null too) it is set, and must then keep its rules
             else:  # the proto3 JSON mapping reads null as the field's default
                 schema = {**schema, "nullable": True} if "$ref" not in schema else {"allOf": [schema], "nullable": True}
             properties[field.json_name] = schema
@@ -189,7 +200,7 @@ class _Builder:
 def _query_parameters(builder: _Builder, route: Route) -> list[dict[str, Any]]:
     params = []
     for field in route.method.input_type.fields:
-        if field.name in route.path_fields or field.type == _T.TYPE_MESSAGE:
+        if field.name in route.path_fields or (field.type == _T.TYPE_MESSAGE and field.message_type.full_name not in WELL_KNOWN):
             continue
         schema = builder.field(field)
         params.append({"name": field.json_name, "in": "query", "required": False, "schema": schema,
@@ -216,7 +227,8 @@ def document(table: Table, *, title: str = "shopmesh", version: str = "1", auth:
             "tags": [method.containing_service.name],
             "summary": f"{method.containing_service.full_name}.{method.name}",
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": _path_schema(builder, method.input_type, name)}
+                {"name": _short(name), "in": "path", "required": True,
+                 "schema": _path_schema(builder, method.input_type, name)}
                 for name, _ in route.template.variables
             ],
             "responses": {
@@ -245,10 +257,26 @@ def document(table: Table, *, title: str = "shopmesh", version: str = "1", auth:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body_name)}}}
         elif route.body:
             field = method.input_type.fields_by_name[route.body]
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": builder.field(field)}}}
+            schema = builder.field(field)
+            if route.http_method == "PATCH":  # only the fields present change; the path names the resource
+                in_path = frozenset(name.split(".", 1)[1] for name in route.path_fields if name.startswith(f"{field.name}."))
+                schema = _ref(builder.message(field.message_type, skip=in_path, partial=True))
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
             operation["parameters"] += [p for p in _query_parameters(builder, route) if p["name"] != field.json_name]
+            if "update_mask" in method.input_type.fields_by_name and route.http_method == "PATCH":
+                operation["description"] = (operation.get("description", "") + " Without updateMask, the fields "
+                                            "present in the body are updated (as grpc-gateway's PATCH).").strip()
         else:
             operation["parameters"] += _query_parameters(builder, route)
+        if etag_holder(method.input_type, route.body, route.http_method) is not None:
+            operation["parameters"].append({
+                "name": "If-Match", "in": "header", "required": False,
+                "schema": {"type": "string", "pattern": r'^(\*|"[!#-~]*")$'},
+                "description": "The ETag of the resource as read: the change is made only if it is still that "
+                               "(else 412 Precondition Failed)."})
+            operation["responses"]["412"] = {
+                "description": "The resource changed since the If-Match ETag was read; read it again",
+                "content": {"application/json": {"schema": _ref("google.rpc.Status")}}}
         if route.streaming:
             item = builder.message(method.output_type)
             operation["responses"]["200"] = {
@@ -260,7 +288,10 @@ def document(table: Table, *, title: str = "shopmesh", version: str = "1", auth:
                 "description": "OK",
                 "content": {"application/json": {"schema": _ref(builder.message(method.output_type))}},
             }
-        paths.setdefault(route.template.source, {})[route.http_method.lower()] = operation
+            if "etag" in method.output_type.fields_by_name:
+                operation["responses"]["200"]["headers"] = {"ETag": {
+                    "description": "The resource's etag, quoted: send it back as If-Match", "schema": {"type": "string"}}}
+        paths.setdefault(_doc_path(route.template.source), {})[route.http_method.lower()] = operation
     for path, endpoint in table.documented():
         assert endpoint.doc is not None
         paths.setdefault(path, {})[endpoint.method.lower()] = _own_operation(endpoint.doc, auth)
@@ -311,6 +342,17 @@ def _path_schema(builder: _Builder, message: Descriptor, path: str) -> dict[str,
         message = message.fields_by_name[parent].message_type
     schema = builder.field(message.fields_by_name[name])
     return schema if "minLength" in schema or "pattern" in schema else {**schema, "minLength": 1}
+
+
+def _short(variable: str) -> str:
+    """A path variable as OpenAPI names it: `product.sku` is `sku`, so PATCH /v1/products/{product.sku}
+    and GET /v1/products/{sku} are one path of the document (OpenAPI holds two templates that differ
+    only in a variable's name to be the same path, and invalid)."""
+    return variable.rsplit(".", 1)[-1]
+
+
+def _doc_path(source: str) -> str:
+    return re.sub(r"\{([A-Za-z0-9_.]+)(=[^}]*)?\}", lambda m: "{" + _short(m.group(1)) + "}", source)
 
 
 def _primary(routes: list[Route], route: Route) -> str:

@@ -62,9 +62,11 @@ _INT_RANGES = {
 }
 _FLOAT_MAX = 3.4028234663852886e38
 _FLOAT_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_TIME_TYPES = ("google.protobuf.Timestamp", "google.protobuf.Duration")
+# Well-known messages written as one string, so also settable from a URL (`?updateMask=name,price`).
+_TIME_TYPES = ("google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask")
 _TIME_EXAMPLES = {"google.protobuf.Timestamp": "an RFC 3339 time such as 2026-01-31T12:00:00Z",
-                  "google.protobuf.Duration": "a duration such as 1.5s"}
+                  "google.protobuf.Duration": "a duration such as 1.5s",
+                  "google.protobuf.FieldMask": "field paths separated by commas, such as name,price.minorUnits"}
 
 
 class _Bad(Exception):
@@ -234,6 +236,9 @@ def _well_known(field: FieldDescriptor, target: Message, value: Any) -> None:
     if kind in _TIME_TYPES:
         if not isinstance(value, str):
             raise _Bad(f"must be {_TIME_EXAMPLES[kind]}, not {_kind(value)}")
+        if kind == "google.protobuf.FieldMask":
+            target.paths.extend(_mask_paths(value))  # type: ignore[attr-defined]
+            return
         try:
             target.FromJsonString(value)  # type: ignore[attr-defined]
         except ValueError:
@@ -243,6 +248,46 @@ def _well_known(field: FieldDescriptor, target: Message, value: Any) -> None:
         json_format.ParseDict(_plain(value), target, max_recursion_depth=MAX_JSON_DEPTH)
     except json_format.ParseError:
         raise _Bad(f"must be a {kind} in its JSON form") from None
+
+
+def _mask_paths(text: str) -> list[str]:
+    """A FieldMask's paths from its JSON form (`name,price.minorUnits`), or, as grpc-gateway's query
+    parameters are written, in proto names (`price.minor_units`): each becomes the proto path."""
+    paths = []
+    for path in text.split(","):
+        path = path.strip()
+        if not path:
+            continue
+        if not re.fullmatch(r"[A-Za-z_*][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", path):
+            raise _Bad(f"{path!r} is not a field path (names separated by dots)")
+        paths.append(path if "_" in path else re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), path))
+    return paths
+
+
+def mask_of(value: Any, descriptor: Descriptor, *, skip: frozenset[str] = frozenset()) -> list[str]:
+    """The field mask a JSON object implies: the proto path of every field present in it, as
+    grpc-gateway's runtime.FieldMaskFromRequestBody derives it for a PATCH without one (into
+    nested objects; a repeated field, a map, a scalar, null or `{}` ends a path). `skip`: top-level
+    fields that are not data (AIP-154's etag, the precondition). Sorted, as grpc-gateway sorts."""
+    paths: list[str] = []
+    queue: list[tuple[Any, Descriptor | None, str]] = [(value, descriptor, "")]
+    while queue:
+        node, message, path = queue.pop(0)
+        if isinstance(node, _Object) and node and message is not None:
+            for key, item in node:
+                field = fields_of(message).get(key)
+                if field is None or (not path and field.name in skip):
+                    continue
+                child = f"{path}.{field.name}" if path else field.name
+                if field.is_repeated:  # a map is repeated too: whole, never into its entries
+                    paths.append(child)
+                elif field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
+                    queue.append((item, field.message_type, child))
+                else:
+                    queue.append((item, None, child))
+        elif path:
+            paths.append(path)
+    return sorted(set(paths))
 
 
 class Reader:

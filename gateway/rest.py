@@ -6,6 +6,11 @@ framing only: how a route's message is read, and how the answer, a stream's even
 are written. The caller's identity, when sign-in is on, travels to the service as metadata
 (`mesh/rpc/identity.py`), so the service that owns the data decides what the caller may see: the
 order service answers NOT_FOUND for another user's order, with no extra lookup here.
+
+Resources with an AIP-154 `etag` get HTTP's conditional requests from it, for every RPC alike: a
+reply carrying one has it as its `ETag` header; `If-Match` fills the request's etag (the
+resource's, in a body of one field), and the service's ABORTED for it is 412 Precondition
+Failed, as RFC 9110 says; `If-None-Match` on a GET that still matches is 304 Not Modified.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
 
+import grpc
 from google.protobuf.message import Message
 
 from gateway import errors
@@ -20,7 +26,7 @@ from gateway.auth import Need
 from gateway.endpoints import Match, Serve
 from gateway.errors import Failure
 from gateway.routes import Route
-from gateway.transcode import BadRequest, build_request, dumps, to_dict, to_json
+from gateway.transcode import BadRequest, build_request, dumps, etag_holder, to_dict, to_json
 from gateway.upstream import Deadline, Method, Upstream, grpc_timeout
 from mesh.server.http import Request, Response
 from mesh.settings import Settings
@@ -37,6 +43,8 @@ class Rest:
         method = Method.of(route.method, route.service)
         fields = method.request_class.DESCRIPTOR.fields_by_name
         resumable, keyed = "resume_after" in fields, "request_id" in fields
+        etag_in = etag_holder(method.request_class.DESCRIPTOR, route.body, route.http_method)
+        etag_out = "etag" in method.response_class.DESCRIPTOR.fields_by_name
 
         async def served(request: Request) -> Response:
             match: Match = request.state["match"]
@@ -47,9 +55,13 @@ class Rest:
             try:
                 message = build_request(method.request_class, body_field=route.body, body=request.body,
                                         path=match.values,
-                                        query=parse_qs(request.query, keep_blank_values=True) if request.query else {})
+                                        query=parse_qs(request.query, keep_blank_values=True) if request.query else {},
+                                        patch=route.http_method == "PATCH")
             except BadRequest as error:
                 raise Failure(400, str(error), violations=error.violations) from None
+            if_match = request.headers.get("if-match")
+            if if_match is not None and etag_in is not None:
+                _precondition(if_match, message if not etag_in else getattr(message, etag_in))
             if keyed:
                 _idempotency_key(request, message)
             if resumable:
@@ -58,9 +70,21 @@ class Rest:
             asked = grpc_timeout(request, self._settings.http_max_timeout)
             if method.streaming:
                 return await self._events(request, method, message, need, asked, resumable)
-            answer = await self._upstream.unary(request, method, message, need, asked)
+            try:
+                answer = await self._upstream.unary(request, method, message, need, asked)
+            except Failure as failure:
+                if if_match is not None and etag_in is not None and (failure.code is grpc.StatusCode.ABORTED or (
+                        if_match.strip() == "*" and failure.code is grpc.StatusCode.NOT_FOUND)):
+                    failure.status = 412  # the precondition the client stated is false
+                raise
             headers = [(f"grpc-metadata-{k}", str(v)) for k, v in answer.headers if not k.endswith("-bin")]
-            return Response(200, to_json(method.response_class.FromString(answer.data)), headers=headers)
+            reply = method.response_class.FromString(answer.data)
+            if etag_out and reply.etag and '"' not in reply.etag:  # type: ignore[attr-defined]
+                tag = f'"{reply.etag}"'  # type: ignore[attr-defined]
+                headers.append(("etag", tag))
+                if request.method in ("GET", "HEAD") and tag in _tags(request.headers.get("if-none-match", "")):
+                    return Response(304, b"", headers=headers)
+            return Response(200, to_json(reply), headers=headers)
 
         return served
 
@@ -96,6 +120,32 @@ class Rest:
         # upstream stream too.
         return Response(200, content_type="text/event-stream", stream=events(), on_close=stream.cancel,
                         overflow=_resume_later)
+
+
+def _tags(header: str) -> list[str]:
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def _precondition(header: str, resource: Message) -> None:
+    """`If-Match: "etag"` into the resource's etag (RFC 9110 13.1.1); `*` asks only that it exists."""
+    tags = _tags(header)
+    problem = None
+    if tags == ["*"]:
+        return
+    if len(tags) != 1:
+        problem = "give one entity tag (the ETag of the product as read), or *"
+    elif tags[0].startswith("W/"):
+        raise Failure(412, "If-Match: a weak entity tag never matches (RFC 9110 section 13.1.1); "
+                           "send the ETag header as it came", code=grpc.StatusCode.FAILED_PRECONDITION)
+    elif tags[0] == '""':
+        raise Failure(412, 'If-Match: "" is no resource\'s entity tag', code=grpc.StatusCode.FAILED_PRECONDITION)
+    elif len(tags[0]) < 2 or tags[0][0] != '"' or tags[0][-1] != '"':
+        problem = f'must be an entity tag in double quotes, such as "v3", not {tags[0]!r}'
+    elif resource.etag and resource.etag != tags[0][1:-1]:  # type: ignore[attr-defined]
+        problem = f"is {tags[0]} but etag in the body is {resource.etag!r}; send one of them"  # type: ignore[attr-defined]
+    if problem is not None:
+        raise Failure(400, f"If-Match header {problem}", violations=[("If-Match", problem)])
+    resource.etag = tags[0][1:-1]  # type: ignore[attr-defined]
 
 
 def _idempotency_key(request: Request, message: Message) -> None:

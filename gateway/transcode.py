@@ -6,6 +6,12 @@ field of the request), and query parameters only for fields bound by neither (`a
 allowed to override it, and so is a body value that contradicts the path. Values are read
 strictly (`gateway/protojson.py`); every problem is a `BadRequest` violation naming the field as
 the client spelled it.
+
+A PATCH whose request has an `update_mask` (AIP-134) and takes one field as its body gets, when
+the client sent no mask, the mask of the fields present in the JSON body, as grpc-gateway's patch
+feature derives it: `{"name": ""}` updates the name to "" (which the service then refuses), and a
+field left out is left alone. The resource's `etag` is the update's precondition, not a field to
+change, so it is not put in the mask.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from gateway.protojson import BadRequest, Reader, fields_of, loads
+from gateway.protojson import BadRequest, Reader, fields_of, loads, mask_of
 
-__all__ = ["BadRequest", "build_request", "dumps", "to_dict", "to_json"]
+__all__ = ["BadRequest", "build_request", "dumps", "etag_holder", "to_dict", "to_json"]
 
 
 def _proto_path(descriptor: Descriptor, dotted: str) -> str | None:
@@ -47,10 +53,12 @@ def build_request(
     body: bytes,
     path: dict[str, str],
     query: dict[str, list[str]],
+    patch: bool = False,
 ) -> Message:
     descriptor = message_class.DESCRIPTOR
     message = message_class()
     reader = Reader()
+    parsed: Any = None
     if body_field:
         if body.strip():
             parsed = loads(body)
@@ -63,7 +71,7 @@ def build_request(
         raise BadRequest([("request body", "this method takes no request body; send its fields in the query")])
     for name, value in path.items():
         said = _json_names(descriptor, name)
-        if body_field == "*":
+        if body_field == "*" or name.startswith(f"{body_field}."):
             given = _current(message, name)
             if given not in ("", 0) and str(given) != value:
                 reader.violations.append((said, f"is {given!r} in the body but {value!r} in the path; "
@@ -83,7 +91,32 @@ def build_request(
         else:
             reader.text(message, name, raw)
     reader.done()
+    if patch and body_field not in ("", "*") and parsed is not None and _derives_mask(descriptor):
+        mask = message.update_mask  # type: ignore[attr-defined]
+        if not mask.paths:
+            mask.paths.extend(mask_of(parsed, descriptor.fields_by_name[body_field].message_type,
+                                      skip=frozenset({"etag"})))
     return message
+
+
+def etag_holder(request: Descriptor, body: str, http_method: str) -> str | None:
+    """Where a PATCH's, PUT's or DELETE's If-Match goes: "" for the request's own `etag`, the body
+    field's name when the body is a resource with one (UpdateProduct's `product`), None when the RPC
+    has no etag to compare (or creates: a POST's resource has no etag yet)."""
+    if http_method not in ("PATCH", "PUT", "DELETE"):
+        return None
+    if "etag" in request.fields_by_name:
+        return ""
+    field = request.fields_by_name.get(body) if body not in ("", "*") else None
+    if field is not None and field.message_type is not None and "etag" in field.message_type.fields_by_name:
+        return field.name
+    return None
+
+
+def _derives_mask(descriptor: Descriptor) -> bool:
+    field = descriptor.fields_by_name.get("update_mask")
+    return field is not None and field.message_type is not None and \
+        field.message_type.full_name == "google.protobuf.FieldMask"
 
 
 _SAID: dict[tuple[str, str], str] = {}

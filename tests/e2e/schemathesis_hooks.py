@@ -46,5 +46,10 @@ def filter_case(ctx, case):  # type: ignore[no-untyped-def]
         skus = [line.get("sku") for line in lines if isinstance(line, dict)]
         if len(skus) != len(set(skus)):
             return False  # each SKU at most once
+    if case.method.upper() == "PATCH":  # UpdateProduct: what the mask (named or implied) says, in words
+        if case.query and case.query.get("updateMask") is not None:
+            return False  # each field it names must also be in the body
+        if "available" in body or not {"name", "price", "state"} & set(body):
+            return False  # available moves only through adjustStock; an update changes something
     key = (case.headers or {}).get("Idempotency-Key")
     return not (key is not None and body.get("requestId") not in (None, "", key))  # the header, or equal to it

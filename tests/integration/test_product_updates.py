@@ -15,9 +15,9 @@ from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2 as pb
 from generated.shop.inventory.v1 import inventory_pb2_grpc
 from generated.shop.order.v1 import order_pb2
-from tests.integration.test_inventory import create, details
-from tests.integration.test_order import open_shop, order_request
 from tests.support.mesh import Start, channel
+from tests.support.shop import open_shop, order_request
+from tests.support.shop import status_details as details
 
 ARCHIVED, ACTIVE = pb.Product.State.ARCHIVED, pb.Product.State.ACTIVE
 
@@ -27,6 +27,11 @@ async def stub(start: Start):
     served = await start("inventory")
     async with channel(served) as ch:
         yield inventory_pb2_grpc.InventoryServiceStub(ch)
+
+
+async def create(stub, sku: str = "mug", available: int = 10, cents: int = 1299) -> pb.Product:
+    product = pb.Product(sku=sku, name="Mug", price=usd(cents), available=available)
+    return await stub.CreateProduct(pb.CreateProductRequest(product=product))
 
 
 def update(sku: str = "mug", *paths: str, etag: str = "", **fields: object) -> pb.UpdateProductRequest:

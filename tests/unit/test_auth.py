@@ -75,6 +75,7 @@ def test_api_keys_and_the_policy_table() -> None:
         auth.principal(bearer("anything"))  # no JWT key configured
     assert Authenticator.need("/shop.inventory.v1.InventoryService/GetProduct") is Need.ANYONE
     assert Authenticator.need("/shop.inventory.v1.InventoryService/AdjustStock") is Need.ADMIN
+    assert Authenticator.need("/shop.inventory.v1.InventoryService/UpdateProduct") is Need.ADMIN
     assert Authenticator.need("/some.new.v1.Service/Method") is Need.ADMIN  # closed until decided
 
 

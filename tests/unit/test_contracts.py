@@ -16,7 +16,7 @@ from notification import domain as notification_domain
 from order import domain as order_domain
 
 SERVICES = {
-    "shop.inventory.v1.InventoryService": (inventory_pb2, {"CreateProduct", "GetProduct", "ListProducts", "AdjustStock",
+    "shop.inventory.v1.InventoryService": (inventory_pb2, {"CreateProduct", "GetProduct", "ListProducts", "UpdateProduct", "AdjustStock",
                                                            "ReserveStock", "CommitReservation", "ReleaseReservation"}),
     "shop.order.v1.OrderService": (order_pb2, {"CreateOrder", "GetOrder", "ListOrders", "CancelOrder"}),
     "shop.notification.v1.NotificationService": (notification_pb2, {"SendNotification", "BatchSendNotifications", "ListNotifications",

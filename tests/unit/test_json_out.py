@@ -107,6 +107,9 @@ def _fill(message: Message, rng: random.Random, depth: int = 0) -> Message:
     if descriptor.full_name == "google.protobuf.Timestamp":
         message.seconds, message.nanos = rng.randint(0, 4102444800), rng.choice([0, 1000, 123456789])  # type: ignore[attr-defined]
         return message
+    if descriptor.full_name == "google.protobuf.FieldMask":  # paths that have a JSON form
+        message.paths.extend(rng.sample(["name", "price.minor_units", "state", "a.b_c"], rng.randint(0, 3)))  # type: ignore[attr-defined]
+        return message
     if descriptor.full_name == "google.protobuf.Duration":
         message.seconds, message.nanos = rng.randint(0, 10**6), rng.choice([0, 500000000])  # type: ignore[attr-defined]
         return message
