@@ -135,3 +135,35 @@ def test_only_the_gateways_certificate_may_name_the_user_a_call_acts_for(secured
     assert other.value.code() == grpc.StatusCode.NOT_FOUND  # someone else's order is as good as missing
     admin = (("x-shopmesh-user", "ops"), ("x-shopmesh-admin", "true"))
     assert orders("gateway").GetOrder(get, metadata=admin, timeout=5).order_id == order.order_id
+
+
+def test_over_mtls_only_an_admin_named_by_the_gateway_may_update_a_product(secured: tuple[Launcher, Path]) -> None:
+    """The services' own check behind the gateway's: inventory updates a product only for an admin
+    the gateway's certificate vouches for; another mesh certificate may neither claim one nor update
+    as nobody in particular."""
+    from google.protobuf import field_mask_pb2
+
+    from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+
+    mesh, certs = secured
+    ca = (certs / "ca.pem").read_bytes()
+
+    def inventory(name: str) -> inventory_pb2_grpc.InventoryServiceStub:
+        credentials = grpc.ssl_channel_credentials(ca, (certs / f"{name}-key.pem").read_bytes(),
+                                                   (certs / f"{name}.pem").read_bytes())
+        channel = grpc.secure_channel(mesh.address("inventory"), credentials,
+                                      options=[("grpc.ssl_target_name_override", "shopmesh.internal")])
+        return inventory_pb2_grpc.InventoryServiceStub(channel)
+
+    update = inventory_pb2.UpdateProductRequest(product=inventory_pb2.Product(sku="coffee-mug", name="Renamed over mTLS"),
+                                                update_mask=field_mask_pb2.FieldMask(paths=["name"]))
+    admin = (("x-shopmesh-user", "ops"), ("x-shopmesh-admin", "true"))
+    for who, metadata, says in (("client", (), "acts for no signed-in user"),
+                                ("client", admin, "gateway"),
+                                ("gateway", (("x-shopmesh-user", "bob"),), "'bob' is not one")):
+        with pytest.raises(grpc.RpcError) as refused:
+            inventory(who).UpdateProduct(update, metadata=metadata, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and says in refused.value.details(), who
+    before = inventory("client").GetProduct(inventory_pb2.GetProductRequest(sku="coffee-mug"), timeout=5)
+    assert before.name != "Renamed over mTLS"
+    assert inventory("gateway").UpdateProduct(update, metadata=admin, timeout=5).name == "Renamed over mTLS"
