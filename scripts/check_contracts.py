@@ -7,7 +7,7 @@
 Three checks, each naming what it refuses:
 - `buf lint` with the rules in protos/buf.yaml (Buf's STANDARD set, minus three written down
   there with the reason);
-- `buf breaking` against the contracts as they were at the last release
+- `buf breaking` against the contracts as they were at every release
   (protos/releases/<version>.binpb), with Buf's FILE rules: nothing a generated stub, the wire
   or the JSON mapping depends on may change (numbers, names, types, enum values, packages);
 - our own: no existing RPC's `google.api.http` verb, path or body changed (buf does not look),
@@ -152,10 +152,11 @@ def check(protos: Path) -> list[str]:
         bare = image(protos, Path(folder) / "bare.binpb", source_info=False)
         release = last_release()
         problems += [f"lint: {line}" for line in _buf("lint", str(current))]
-        problems += [f"breaking (against release {release.stem}): {line}"
-                     for line in _buf("breaking", str(current), "--against", str(release))]
-        problems += [f"http (against release {release.stem}): {line}" for line in http_changes(current, release)]
-        problems += [f"names (against release {release.stem}): {line}" for line in removed(current, release)]
+        for older in sorted(RELEASES.glob("*.binpb"), key=lambda p: _key(p.stem)):  # every release's users
+            problems += [f"breaking (against release {older.stem}): {line}"
+                         for line in _buf("breaking", str(current), "--against", str(older))]
+            problems += [f"http (against release {older.stem}): {line}" for line in http_changes(current, older)]
+            problems += [f"names (against release {older.stem}): {line}" for line in removed(current, older)]
         if _ours(bare) != _ours(release) and _key(version(protos)) <= _key(release.stem):
             problems.append(f"version: the contracts changed since release {release.stem} but protos/VERSION is "
                             f"{version(protos)}; raise it (the minor for additions, as a release's "
