@@ -2,6 +2,12 @@
 // (generated/ts) over Connect, or over gRPC-Web with ?transport=grpc-web, both answered by the
 // gateway itself. Bundled by esbuild into gateway/static/shop.js (scripts/build_web.py).
 //
+// A small shop front: the catalogue a page at a time (the API's page tokens; archived products
+// hidden), a cart of several lines placed as one order under one idempotency key (a double click,
+// or a retry after a dropped answer, places one order), the shopper's orders with cancel, their
+// notifications live, and for an admin, editing a product's name, price and state guarded by its
+// etag (an edit that lost a race shows the product as it is now; nothing is overwritten).
+//
 // With sign-in on (SHOPMESH_AUTH=on) the key or token the shopper types goes to POST /session once,
 // which answers with an HttpOnly cookie: from then on the browser sends it and no script on this
 // page can read it. Every call adds X-Requested-With, which the gateway asks of cookie-signed calls
@@ -12,18 +18,27 @@ import { Code, ConnectError, createClient, type Interceptor, type Transport } fr
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 
 import type { Money } from "@generated/shop/common/v1/money_pb";
-import { InventoryService } from "@generated/shop/inventory/v1/inventory_pb";
+import { InventoryService, type Product, Product_State } from "@generated/shop/inventory/v1/inventory_pb";
 import { type Notification, NotificationService } from "@generated/shop/notification/v1/notification_pb";
 import { type Order, Order_Status, OrderService } from "@generated/shop/order/v1/order_pb";
 import { BadRequestSchema } from "@generated/google/rpc/error_details_pb";
 
-const $ = <T extends HTMLElement = HTMLElement>(selector: string): T => {
-  const found = document.querySelector<T>(selector);
+const PAGE_SIZE = 6;
+const ORDERS_PAGE = 5;
+
+const $ = <T extends HTMLElement = HTMLElement>(selector: string, root: ParentNode = document): T => {
+  const found = root.querySelector<T>(selector);
   if (found === null) throw new Error(`the page has no ${selector}`);
   return found;
 };
 const money = (m: Money | undefined): string =>
   m === undefined ? "" : `${m.currencyCode} ${(Number(m.minorUnits) / 100).toFixed(2)}`;
+const say = (where: HTMLElement, text: string, kind: "ok" | "error" | "warn" | "" = ""): void => {
+  const p = document.createElement("p");
+  p.className = kind;
+  p.textContent = text;
+  where.replaceChildren(p);
+};
 
 // crypto.randomUUID needs a secure context (https, or localhost): elsewhere a random v4 UUID by hand.
 const newId = (): string => (typeof crypto.randomUUID === "function" ? crypto.randomUUID()
@@ -57,58 +72,253 @@ export function describe(error: unknown): string {
   const said = fields.length ? fields.map((v) => `${v.field}: ${v.description}`).join("; ") : failure.rawMessage;
   return said || Code[failure.code];
 }
+const explain = (error: unknown): string =>
+  error instanceof ConnectError || !(error instanceof Error) ? describe(error) : error.message;
+
+// --- who is shopping -------------------------------------------------------------------------
+
+let canEdit = false;  // an admin (or anyone, with sign-in off: the API lets everyone then)
+const shopper = (): string => $<HTMLInputElement>("#user").value.trim();
+
+// --- the catalogue, a page at a time --------------------------------------------------------
+
+const catalogue = { tokens: [""], at: 0, next: "", shown: new Map<string, Product>() };
 
 async function loadProducts(): Promise<void> {
-  const { products } = await inventory.listProducts({ pageSize: 100 });
-  const rows = $<HTMLTableElement>("#products").tBodies[0];
-  const select = $<HTMLSelectElement>("#sku");
-  const picked = select.value;
-  rows.replaceChildren();
-  select.replaceChildren();
-  for (const p of products) {
-    const row = rows.insertRow();
-    row.dataset.sku = p.sku;
-    for (const [text, cls] of [[p.sku], [p.name], [money(p.price), "num"], [String(p.available), "num available"]]) {
-      const cell = row.insertCell();
-      cell.textContent = text ?? "";
-      if (cls) cell.className = cls;
-    }
-    select.add(new Option(`${p.name} (${money(p.price)})`, p.sku));
+  const showArchived = canEdit && $<HTMLInputElement>("#show-archived").checked;
+  const page = await inventory.listProducts({ pageSize: PAGE_SIZE, pageToken: catalogue.tokens[catalogue.at], showArchived });
+  if (!page.products.length && catalogue.at > 0) {  // the last page emptied (archived meanwhile): step back
+    catalogue.at -= 1;
+    return loadProducts();
   }
-  if (picked) select.value = picked;
+  catalogue.next = page.nextPageToken;
+  catalogue.shown = new Map(page.products.map((p) => [p.sku, p]));
+  const list = $<HTMLUListElement>("#products");
+  const open = new Set([...list.querySelectorAll<HTMLElement>(".product:has(.editor:not([hidden]))")].map((e) => e.dataset.sku));
+  list.replaceChildren(...page.products.map((p) => productRow(p, open.has(p.sku))));
+  $<HTMLButtonElement>("#prev-page").disabled = catalogue.at === 0;
+  $<HTMLButtonElement>("#next-page").disabled = !catalogue.next;
+  $("#page-info").textContent = `page ${catalogue.at + 1}`;
+}
+
+function productRow(p: Product, editing = false): HTMLLIElement {
+  const template = $<HTMLTemplateElement>("#product-row");
+  const row = template.content.firstElementChild!.cloneNode(true) as HTMLLIElement;
+  row.dataset.sku = p.sku;
+  fill(row, p);
+  $<HTMLButtonElement>(".add", row).onclick = () => {
+    const quantity = $<HTMLInputElement>(".quantity", row);
+    if (!quantity.reportValidity()) return;
+    addToCart(catalogue.shown.get(p.sku) ?? p, BigInt(quantity.value));
+  };
+  const edit = $<HTMLButtonElement>(".edit", row);
+  edit.hidden = !canEdit;
+  edit.onclick = () => openEditor(row, catalogue.shown.get(p.sku) ?? p);
+  $<HTMLButtonElement>(".cancel-edit", row).onclick = () => { $(".editor", row).hidden = true; };
+  $<HTMLFormElement>(".editor", row).onsubmit = (event) => { event.preventDefault(); void save(row); };
+  if (editing && canEdit) openEditor(row, p);
+  return row;
+}
+
+function fill(row: HTMLElement, p: Product): void {
+  $(".name", row).textContent = p.name;
+  $(".sku", row).textContent = p.sku;
+  $(".price", row).textContent = money(p.price);
+  $(".available", row).textContent = String(p.available);
+  const archived = p.state === Product_State.ARCHIVED;
+  row.classList.toggle("archived", archived);
+  $(".archived-tag", row).hidden = !archived;
+  $<HTMLButtonElement>(".add", row).disabled = archived || p.available === 0n;
+  row.dataset.etag = p.etag;
+}
+
+function openEditor(row: HTMLElement, p: Product): void {
+  $<HTMLInputElement>(".edit-name", row).value = p.name;
+  $<HTMLInputElement>(".edit-price", row).value = (Number(p.price?.minorUnits ?? 0n) / 100).toFixed(2);
+  $<HTMLInputElement>(".edit-active", row).checked = p.state !== Product_State.ARCHIVED;
+  row.dataset.editing = p.etag;  // the product as the admin sees it: the edit's precondition
+  $(".editor", row).hidden = false;
+}
+
+/** Saves the admin's edit only if the product is still as it was when the editor opened (its etag);
+ * if someone else changed it meanwhile, shows the product as it is now and saves nothing. */
+async function save(row: HTMLElement): Promise<void> {
+  const sku = row.dataset.sku!;
+  const status = $(".edit-status", row);
+  const before = catalogue.shown.get(sku);
+  const cents = Math.round(Number($<HTMLInputElement>(".edit-price", row).value) * 100);
+  const button = $<HTMLButtonElement>(".save", row);
+  button.disabled = true;
+  try {
+    const saved = await inventory.updateProduct({
+      product: {
+        sku, etag: row.dataset.editing ?? "", name: $<HTMLInputElement>(".edit-name", row).value,
+        price: { currencyCode: before?.price?.currencyCode ?? "USD", minorUnits: BigInt(cents) },
+        state: $<HTMLInputElement>(".edit-active", row).checked ? Product_State.ACTIVE : Product_State.ARCHIVED,
+      },
+      updateMask: { paths: ["name", "price", "state"] },
+    });
+    catalogue.shown.set(sku, saved);
+    fill(row, saved);
+    row.dataset.editing = saved.etag;
+    say(status, "Saved.", "ok");
+  } catch (error) {
+    if (ConnectError.from(error).code !== Code.Aborted) {
+      say(status, explain(error), "error");
+      return;
+    }
+    const now = await inventory.getProduct({ sku });  // the edit lost a race: show what won
+    catalogue.shown.set(sku, now);
+    fill(row, now);
+    openEditor(row, now);
+    say(status, `Not saved: this product changed while you edited it. It is now “${now.name}” at ${money(now.price)}; `
+      + "edit again from these values.", "warn");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- the cart: several lines, one order, one idempotency key ---------------------------------
+
+const cart = new Map<string, { product: Product; quantity: bigint }>();
+// The order's request id: made when the cart is placed, kept while the cart stays as it is, so a
+// second click or a retry after a lost answer asks for the same order (the order service answers
+// it with the first one); a changed cart is a new order and gets a new key.
+let checkoutKey: string | null = null;
+
+function addToCart(product: Product, quantity: bigint): void {
+  const line = cart.get(product.sku);
+  cart.set(product.sku, { product, quantity: (line?.quantity ?? 0n) + quantity });
+  cartChanged();
+}
+
+function cartChanged(): void {
+  checkoutKey = null;
+  renderCart();
+}
+
+function renderCart(): void {
+  const list = $<HTMLUListElement>("#cart-lines");
+  list.replaceChildren(...[...cart.values()].map(({ product, quantity }) => {
+    const item = document.createElement("li");
+    item.dataset.sku = product.sku;
+    const name = document.createElement("span");
+    name.textContent = `${product.name} · ${money(product.price)}`;
+    const count = document.createElement("input");
+    Object.assign(count, { type: "number", min: "1", max: "1000000", value: String(quantity), className: "line-quantity" });
+    count.setAttribute("aria-label", `quantity of ${product.name}`);
+    count.onchange = () => {
+      if (!count.reportValidity()) return;
+      cart.set(product.sku, { product, quantity: BigInt(count.value) });
+      cartChanged();
+    };
+    const remove = document.createElement("button");
+    Object.assign(remove, { type: "button", className: "secondary remove", textContent: "Remove" });
+    remove.onclick = () => { cart.delete(product.sku); cartChanged(); };
+    item.append(name, count, remove);
+    return item;
+  }));
+  const lines = [...cart.values()];
+  $("#cart-empty").hidden = lines.length > 0;
+  $<HTMLButtonElement>("#place-order").disabled = lines.length === 0;
+  const total = $("#cart-total");
+  total.hidden = lines.length === 0;
+  const currencies = new Set(lines.map((l) => l.product.price?.currencyCode));
+  total.textContent = currencies.size > 1 ? "Lines in more than one currency cannot be one order."
+    : `Total ${money({ currencyCode: [...currencies][0] ?? "", minorUnits:
+        lines.reduce((sum, l) => sum + (l.product.price?.minorUnits ?? 0n) * l.quantity, 0n) } as Money)} (priced again when placed)`;
+}
+
+async function placeOrder(): Promise<void> {
+  const button = $<HTMLButtonElement>("#place-order");
+  button.disabled = true;
+  checkoutKey ??= newId();
+  const key = checkoutKey;
+  try {
+    const order = await orders.createOrder({
+      requestId: key, userId: shopper(),
+      lines: [...cart.values()].map(({ product, quantity }) => ({ sku: product.sku, quantity })),
+    });
+    if (checkoutKey === key) {  // still the cart this order was for
+      cart.clear();
+      cartChanged();
+    }
+    showOrder(order);
+    await Promise.all([loadProducts(), loadOrders()]);
+  } catch (error) {
+    say($("#order-status"), explain(error), "error");  // the key stays: trying again asks for the same order
+  } finally {
+    button.disabled = cart.size === 0;
+  }
 }
 
 function showOrder(order: Order): void {
-  const status = $("#order-status");
-  status.replaceChildren();
   const line = document.createElement("p");
   line.className = order.status === Order_Status.CANCELLED ? "" : "ok";
   line.dataset.orderId = order.orderId;
   line.textContent = `Order ${order.orderId}: ${Order_Status[order.status]}, total ${money(order.total)}`;
-  status.append(line);
-  if (order.status === Order_Status.CONFIRMED) {
-    const cancel = document.createElement("button");
-    cancel.className = "secondary";
-    cancel.id = "cancel-order";
-    cancel.textContent = "Cancel this order";
-    cancel.onclick = async () => {
-      try {
-        showOrder(await orders.cancelOrder({ orderId: order.orderId, reason: "cancelled on the web page" }));
-        await loadProducts();
-      } catch (error) {
-        showError(error);
-      }
-    };
-    status.append(cancel);
-  }
+  $("#order-status").replaceChildren(line);
 }
 
-function showError(error: unknown): void {
-  const p = document.createElement("p");
-  p.className = "error";
-  p.textContent = error instanceof ConnectError || !(error instanceof Error) ? describe(error) : error.message;
-  $("#order-status").replaceChildren(p);
+// --- the shopper's orders ----------------------------------------------------------------------
+
+const history = { next: "" };
+
+async function loadOrders(more = false): Promise<void> {
+  const user = shopper();
+  const list = $<HTMLUListElement>("#orders");
+  if (!user) {
+    list.replaceChildren();
+    return;
+  }
+  const page = await orders.listOrders({ userId: user, pageSize: ORDERS_PAGE, pageToken: more ? history.next : "" });
+  history.next = page.nextPageToken;
+  const items = page.orders.map(orderItem);
+  if (more) list.append(...items); else list.replaceChildren(...items);
+  $("#orders-empty").hidden = list.children.length > 0;
+  $("#more-orders").hidden = !history.next;
 }
+
+function orderItem(order: Order): HTMLLIElement {
+  const item = document.createElement("li");
+  item.dataset.orderId = order.orderId;
+  const head = document.createElement("div");
+  head.className = "order-head";
+  const status = document.createElement("span");
+  status.className = "status";
+  status.textContent = Order_Status[order.status];
+  const total = document.createElement("span");
+  total.textContent = money(order.total);
+  head.append(status, total);
+  const lines = document.createElement("small");
+  lines.className = "muted";
+  const when = order.createTime ? timestampDate(order.createTime).toLocaleString() : "";
+  lines.textContent = `${order.lines.map((l) => `${l.quantity} × ${l.sku}`).join(", ")} · ${when}`;
+  const id = document.createElement("small");
+  id.className = "muted";
+  id.textContent = order.orderId;
+  item.append(head, lines, id);
+  if (order.status === Order_Status.CONFIRMED) {
+    const cancel = document.createElement("button");
+    Object.assign(cancel, { type: "button", className: "secondary cancel-order", textContent: "Cancel order" });
+    cancel.onclick = async () => {
+      cancel.disabled = true;
+      try {
+        const cancelled = await orders.cancelOrder({ orderId: order.orderId, reason: "cancelled on the web page" });
+        item.replaceWith(orderItem(cancelled));
+        showOrder(cancelled);
+        await loadProducts();
+      } catch (error) {
+        cancel.disabled = false;
+        say($("#order-status"), explain(error), "error");
+      }
+    };
+    item.append(cancel);
+  }
+  return item;
+}
+
+// --- notifications, live -----------------------------------------------------------------------
 
 let stream: AbortController | null = null;
 function follow(user: string): void {
@@ -160,26 +370,10 @@ function addNotification(n: Notification): void {
   detail.textContent = `${n.body} · ${when}`;
   item.append(detail);
   $("#notifications").prepend(item);
+  if (n.kind.startsWith("order.")) void loadOrders().catch(() => {});  // another tab's order, or a cancel
 }
 
-$("#order-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const button = $<HTMLButtonElement>("#place-order");
-  button.disabled = true;
-  try {
-    const order = await orders.createOrder({
-      requestId: newId(),
-      userId: $<HTMLInputElement>("#user").value,
-      lines: [{ sku: $<HTMLSelectElement>("#sku").value, quantity: BigInt($<HTMLInputElement>("#quantity").value || "0") }],
-    });
-    showOrder(order);
-    await loadProducts();
-  } catch (error) {
-    showError(error);
-  } finally {
-    button.disabled = false;
-  }
-});
+// --- sign-in -----------------------------------------------------------------------------------
 
 // A JWT is three base64url parts; anything else is taken for an API key.
 const credentialHeaders = (value: string): Record<string, string> =>
@@ -196,10 +390,15 @@ async function whoami(): Promise<void> {
   $("#sign-in").hidden = !auth || response.ok;
   $("#signed-in").hidden = !auth || !response.ok;
   user.readOnly = auth;
+  canEdit = !auth || (response.ok && Boolean(me.admin));
+  $("#show-archived-label").hidden = !canEdit;
+  if (!canEdit) $<HTMLInputElement>("#show-archived").checked = false;
+  void loadProducts().catch(showCatalogueError);
   if (!response.ok) {
     user.value = "";
     stream?.abort();
     $("#notifications").replaceChildren();
+    $("#orders").replaceChildren();
     $("#stream-state").textContent = "sign in to see notifications";
     return;
   }
@@ -208,7 +407,10 @@ async function whoami(): Promise<void> {
     user.value = me.userId;
   }
   follow(user.value);
+  await loadOrders();
 }
+
+const showCatalogueError = (error: unknown): void => say($("#catalogue-status"), explain(error), "error");
 
 $("#sign-in").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -218,7 +420,7 @@ $("#sign-in").addEventListener("submit", async (event) => {
   const response = await fetch("/session", { method: "POST", headers: credentialHeaders(value) });
   if (!response.ok) {
     const refusal = await response.json();
-    showError(new Error(`sign-in refused: ${refusal.message || response.status}`));
+    say($("#order-status"), `sign-in refused: ${refusal.message || response.status}`, "error");
   }
   await whoami();
 });
@@ -226,12 +428,36 @@ $("#sign-out").addEventListener("click", async () => {
   await fetch("/session", { method: "DELETE", headers: SAME_SITE });
   await whoami();
 });
-$("#user").addEventListener("change", () => follow($<HTMLInputElement>("#user").value));
-loadProducts().catch(showError);
-whoami().catch(showError);
+$("#order-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  void placeOrder();
+});
+$("#user").addEventListener("change", () => {
+  follow(shopper());
+  void loadOrders().catch(() => {});
+});
+$("#prev-page").addEventListener("click", () => {
+  catalogue.at = Math.max(0, catalogue.at - 1);
+  void loadProducts().catch(showCatalogueError);
+});
+$("#next-page").addEventListener("click", () => {
+  if (!catalogue.next) return;
+  catalogue.tokens[catalogue.at + 1] = catalogue.next;
+  catalogue.at += 1;
+  void loadProducts().catch(showCatalogueError);
+});
+$("#show-archived").addEventListener("change", () => {
+  catalogue.tokens = [""];
+  catalogue.at = 0;
+  void loadProducts().catch(showCatalogueError);
+});
+$("#more-orders").addEventListener("click", () => void loadOrders(true).catch(() => {}));
+renderCart();
+whoami().catch(showCatalogueError);
 
 // The typed clients, for the browser's console (and the tests): shop.orders.createOrder({...}).
 Object.assign(window, {
   shop: { inventory, orders, notifications, transport, describe, create, ConnectError, Code, createClient,
-          InventoryService, OrderService, NotificationService, BadRequestSchema },
+          InventoryService, OrderService, NotificationService, BadRequestSchema,
+          checkoutKey: () => checkoutKey },
 });
