@@ -132,3 +132,31 @@ def test_json_nested_too_deep_is_refused_before_it_is_walked() -> None:
     with pytest.raises(BadRequest, match="nested deeper"):
         loads(b"[" * 100_000)
 
+
+
+# The field mask of a PATCH without one: ours (gateway/protojson.py mask_of) against grpc-gateway's
+# runtime.FieldMaskFromRequestBody on the same bodies and descriptors.
+MASK_CASES: list[tuple[str, str]] = [
+    (PRODUCT, '{"name":"x"}'), (PRODUCT, '{"name":""}'), (PRODUCT, '{}'), (PRODUCT, '{"available":0}'),
+    (PRODUCT, '{"price":{"minorUnits":"5"}}'), (PRODUCT, '{"price":{"minor_units":5,"currencyCode":"EUR"}}'),
+    (PRODUCT, '{"price":{}}'), (PRODUCT, '{"price":null}'), (PRODUCT, '{"name":null,"state":"ARCHIVED"}'),
+    (PRODUCT, '{"name":"a","price":{"currencyCode":"EUR","minorUnits":1},"state":"ARCHIVED","sku":"s"}'),
+    (PRODUCT, '{"createTime":"2026-01-01T00:00:00Z","update_time":null}'), (PRODUCT, '{"etag":"v1","sold":"3"}'),
+    (ORDER, '{"lines":[{"sku":"a","quantity":1}],"userId":"u"}'), (ORDER, '{"lines":[]}'),
+    (READ_ORDER, '{"total":{"currencyCode":"USD"},"lines":[{"sku":"a"}],"status":"CONFIRMED"}'),
+]
+
+
+def test_the_mask_of_a_patch_body_is_the_one_grpc_gateway_derives() -> None:
+    from gateway.protojson import mask_of
+
+    binary = tool("protojson-reference", "run scripts/install-tools.sh (it builds tests/reference/protojson with Go)")
+    lines = "".join(json.dumps({"type": kind, "body": body, "mask": True}) + "\n" for kind, body in MASK_CASES)
+    done = subprocess.run([binary, str(PROTOSET)], input=lines, capture_output=True, text=True, timeout=60, check=True)
+    theirs = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(theirs) == len(MASK_CASES) and all(answer["ok"] for answer in theirs), theirs
+    differ = [f"{kind} {body}: ours {ours}, grpc-gateway {answer.get('paths', [])}"
+              for (kind, body), answer in zip(MASK_CASES, theirs, strict=True)
+              if (ours := mask_of(loads(body.encode()), TYPES[kind].DESCRIPTOR)) != sorted(answer.get("paths", []))]
+    assert not differ, "\n".join(differ)
+    assert mask_of(loads(b'{"etag":"v1","name":"x"}'), TYPES[PRODUCT].DESCRIPTOR, skip=frozenset({"etag"})) == ["name"]
