@@ -238,6 +238,15 @@ def test_with_sign_in_on_a_shopper_signs_in_orders_as_themselves_and_follows_the
     wait.until(ready.text_to_be_present_in_element((By.ID, "stream-state"), "live"))
     assert not browser.find_elements(By.CSS_SELECTOR, "#notifications li")  # carol's are not dave's
 
+    # An admin's key: the editor is offered (and the archived products on request).
+    browser.find_element(By.ID, "sign-out").click()
+    wait.until(ready.visibility_of_element_located((By.ID, "sign-in")))
+    browser.find_element(By.ID, "credential").send_keys("ann-key-0123")
+    browser.find_element(By.ID, "sign-in-button").click()
+    wait.until(ready.text_to_be_present_in_element((By.ID, "who"), "ann"))
+    wait.until(lambda b: product_row(b, wait, sku).find_element(By.CSS_SELECTOR, ".edit").is_displayed())
+    assert browser.find_element(By.ID, "show-archived-label").is_displayed()
+
 
 CROSS_ORIGIN_PAGE = """<!doctype html><meta charset="utf-8"><title>another shop</title><pre id="out">running</pre>
 <script>
