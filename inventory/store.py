@@ -27,6 +27,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     select,
     true,
     update,
@@ -114,6 +115,10 @@ _LINES_BY_RESERVATION = (
     .order_by(reservation_lines.c.sku)
 )
 
+# Constants in the SQL text: the prebuilt statements (and the CTEs made of them) bind only what they name.
+_ACTIVE, _ONE = literal_column(str(int(ProductState.ACTIVE))), literal_column("1")
+
+
 def _take_into(column: str):  # noqa: ANN202 - an UPDATE statement
     """available -= qty, `column` += qty, only if that much is available and the product is for
     sale; the price comes back, read in the statement that takes the stock (the row locked), so a
@@ -121,10 +126,10 @@ def _take_into(column: str):  # noqa: ANN202 - an UPDATE statement
     return (
         update(products)
         .where(products.c.sku == bindparam("b_sku"), products.c.available >= bindparam("qty"),
-               products.c.state == int(ProductState.ACTIVE))
+               products.c.state == _ACTIVE)
         .values({"available": products.c.available - bindparam("qty"),
                  column: products.c[column] + bindparam("qty"), "update_time": bindparam("at"),
-                 "version": products.c.version + 1})
+                 "version": products.c.version + _ONE})
         .returning(products.c.currency_code, products.c.price_minor)
     )
 
@@ -145,7 +150,7 @@ def _sell_one(column: str):  # noqa: ANN202 - a PostgreSQL SELECT ... WITH (UPDA
     taken = _take_into(column).cte("taken")
     head = (insert(reservations).from_select(
         ["reservation_id", "state", "create_time", "update_time", "expire_time"],
-        select(b("rid", type_=String), b("state", type_=SmallInteger), b("at", type_=DateTime),
+        select(b("rid", type_=String), b("r_state", type_=SmallInteger), b("at", type_=DateTime),
                b("at", type_=DateTime), b("expire", type_=DateTime)).select_from(taken))
         .returning(reservations.c.reservation_id).cte("head"))
     line = (insert(reservation_lines).from_select(
@@ -246,7 +251,7 @@ class InventoryTx:
         if after_sku is not None:
             query = query.where(products.c.sku > after_sku)
         if not archived:
-            query = query.where(products.c.state == int(ProductState.ACTIVE))
+            query = query.where(products.c.state == _ACTIVE)
         return [_product(row) for row in await self.conn.execute(query)]
 
     async def add_available(self, sku: str, delta: int, ceiling: int) -> bool:
@@ -276,7 +281,7 @@ class InventoryTx:
         if postgresql and len(lines) == 1:
             [line] = lines
             row = (await self.conn.execute(_SELL_ONE if committed else _HOLD_ONE, {
-                "rid": reservation_id, "state": state, "at": at, "expire": expire, "b_sku": line.sku,
+                "rid": reservation_id, "r_state": state, "at": at, "expire": expire, "b_sku": line.sku,
                 "qty": line.quantity})).first()
             if row is None:
                 raise NotTaken(line.sku)

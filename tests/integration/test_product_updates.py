@@ -169,6 +169,8 @@ async def test_an_archived_product_is_not_sold_nor_listed_and_can_come_back(stub
     sold = await stub.ReserveStock(pb.ReserveStockRequest(reservation_id="sold", commit=True,
                                                           lines=[pb.ReservationLine(sku="b-mug", quantity=1)]))
     assert sold.state == pb.Reservation.COMMITTED
+    # A sale never touches the product's own state (a reservation's state is not the product's).
+    assert (await stub.GetProduct(pb.GetProductRequest(sku="b-mug"))).state == ACTIVE
     archived = await stub.UpdateProduct(update("b-mug", "state", state=ARCHIVED))
     assert archived.state == ARCHIVED
     error = await refused(stub.ReserveStock(pb.ReserveStockRequest(
@@ -248,5 +250,7 @@ async def test_orders_racing_price_changes_are_priced_at_a_price_the_product_had
         stored = await shop.orders.GetOrder(order_pb2.GetOrderRequest(order_id=order.order_id))
         assert [(l.sku, l.unit_price.minor_units) for l in stored.lines] == [(l.sku, l.unit_price.minor_units) for l in order.lines]
     assert len(seen) > 20  # the prices did change while orders were placed
+    for sku in ("mug", "pot"):  # a sale never touches the product's own state
+        assert (await shop.inventory.GetProduct(pb.GetProductRequest(sku=sku))).state == ACTIVE
     for ch in shop.channels:
         await ch.close()
