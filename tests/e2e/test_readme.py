@@ -34,7 +34,7 @@ def run_block(script: str, launcher: Launcher) -> str:
 def test_the_readme_grpcurl_examples_run_against_the_mesh(launcher: Launcher) -> None:
     tool("grpcurl")
     blocks = readme_blocks()
-    assert len(blocks) == 3, "README lost a tested block"
+    assert len(blocks) == 4, "README lost a tested block"
     out = run_block(blocks[0], launcher)
     assert "shop.order.v1.OrderService" in out
     assert '"status": "CONFIRMED"' in out
@@ -48,6 +48,14 @@ def test_the_readme_curl_examples_run_against_the_gateway(launcher: Launcher) ->
     assert '"status":"CONFIRMED"' in out and '"requestId":"readme-http-1"' in out
     assert "HTTP/1.1 404 Not Found" in out and '"code":5' in out
     assert '"ready":true' in out
+
+
+def test_the_readme_update_examples_run_against_the_gateway(launcher: Launcher) -> None:
+    out = run_block(readme_blocks()[2], launcher)
+    assert 'etag: "v1"' in out.lower()
+    assert '"price":{"currencyCode":"EUR","minorUnits":"3500"}' in out and '"name":"Desk lamp"' in out
+    assert "}412\n" in out  # the status curl printed after the price-only PATCH
+    assert '"state":"ARCHIVED"' in out
 
 
 def test_the_quickstart_command_sets_up_runs_and_stops_the_mesh(tmp_path: Path) -> None:
@@ -75,6 +83,6 @@ def test_the_quickstart_command_sets_up_runs_and_stops_the_mesh(tmp_path: Path) 
 
 
 def test_the_readme_connect_examples_run_against_the_gateway(launcher: Launcher) -> None:
-    out = run_block(readme_blocks()[2], launcher)
+    out = run_block(readme_blocks()[3], launcher)
     assert out.count('"sku":"coffee-mug"') == 2  # POST and GET
     assert '"code":"invalid_argument"' in out and '"type":"google.rpc.BadRequest"' in out
