@@ -80,7 +80,11 @@ async def send_notifications(store: Store, metrics: Metrics, wakeups: Wakeups,
         first = unique.setdefault(w.event_id, w)
         if not first.same_event(w):
             raise domain.EventConflict(w.event_id)
-    for attempt in (1, 2):
+    # A Duplicate means a concurrent call stored (and committed: the unique check waits for it)
+    # an event of ours since our read, so the next read knows at least one more: one attempt
+    # more than there are events always ends, however many calls race (relays retrying a batch
+    # after the database came back, say).
+    for attempt in range(len(unique) + 1):
         try:
             async with store.read() as tx:
                 known = await tx.by_events(list(unique))
@@ -91,7 +95,7 @@ async def send_notifications(store: Store, metrics: Metrics, wakeups: Wakeups,
                 new = await tx.insert_many([w for w in unique.values() if w.event_id not in known], CHANNEL)
             break
         except Duplicate:  # a concurrent call stored one of them first: read it this time
-            if attempt == 2:
+            if attempt == len(unique):
                 raise
     metrics.sent(len(new))
     for stored in new:

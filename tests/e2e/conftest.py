@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.http import Http
 from tests.support.mesh import Launcher
 
 
@@ -15,3 +16,9 @@ def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
     yield mesh
     if mesh.process and mesh.process.poll() is None:
         mesh.interrupt()
+
+
+@pytest.fixture(scope="module")
+def api(launcher: Launcher) -> Http:
+    """JSON to and from the shared mesh's gateway."""
+    return Http(launcher.address("gateway"))

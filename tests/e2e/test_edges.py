@@ -12,15 +12,9 @@ import uuid
 import pytest
 
 from tests.support.http import Http, new_product
-from tests.support.mesh import Launcher
 
 PYTHON_WORDS = ("invalid literal", "int()", "Available Fields", "bytes-like", "Traceback", "NoneType", "KeyError",
                 "json.decoder", "Expecting value", "page_size")
-
-
-@pytest.fixture(scope="module")
-def api(launcher: Launcher) -> Http:
-    return Http(launcher.address("gateway"))
 
 
 def raw_post(api: Http, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:

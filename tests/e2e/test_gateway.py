@@ -14,11 +14,6 @@ from tests.support.mesh import Launcher, wait_http
 from tests.support.waiting import eventually, settled
 
 
-@pytest.fixture(scope="module")
-def api(launcher: Launcher) -> Http:
-    return Http(launcher.address("gateway"))
-
-
 def test_products_create_get_list_and_adjust(api: Http) -> None:
     sku = new_product(api, stock=4)
     status, _, product = api.call("GET", f"/v1/products/{sku}")

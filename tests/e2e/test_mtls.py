@@ -29,6 +29,14 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launcher
     mesh.interrupt()
 
 
+def stub(mesh: Launcher, certs: Path, service: str, holder: str, kind):  # noqa: ANN001, ANN201 - a generated stub class
+    """A `kind` stub to `service` over mTLS, with the certificate `holder` was issued (gateway, client, ...)."""
+    credentials = grpc.ssl_channel_credentials((certs / "ca.pem").read_bytes(), (certs / f"{holder}-key.pem").read_bytes(),
+                                               (certs / f"{holder}.pem").read_bytes())
+    return kind(grpc.secure_channel(mesh.address(service), credentials,
+                                    options=[("grpc.ssl_target_name_override", "shopmesh.internal")]))
+
+
 def health(address: str, credentials: grpc.ChannelCredentials | None) -> int:
     options = [("grpc.ssl_target_name_override", "shopmesh.internal")]
     channel = (grpc.secure_channel(address, credentials, options=options) if credentials is not None
@@ -112,14 +120,9 @@ def test_only_the_gateways_certificate_may_name_the_user_a_call_acts_for(secured
     from generated.shop.order.v1 import order_pb2, order_pb2_grpc
 
     mesh, certs = secured
-    ca = (certs / "ca.pem").read_bytes()
 
     def orders(name: str) -> order_pb2_grpc.OrderServiceStub:
-        credentials = grpc.ssl_channel_credentials(ca, (certs / f"{name}-key.pem").read_bytes(),
-                                                   (certs / f"{name}.pem").read_bytes())
-        channel = grpc.secure_channel(mesh.address("order"), credentials,
-                                      options=[("grpc.ssl_target_name_override", "shopmesh.internal")])
-        return order_pb2_grpc.OrderServiceStub(channel)
+        return stub(mesh, certs, "order", name, order_pb2_grpc.OrderServiceStub)
 
     order = orders("client").CreateOrder(order_pb2.CreateOrderRequest(
         request_id=str(uuid.uuid4()), user_id="alice", lines=[order_pb2.OrderLine(sku="coffee-mug", quantity=1)]),
@@ -146,14 +149,9 @@ def test_over_mtls_only_an_admin_named_by_the_gateway_may_update_a_product(secur
     from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
     mesh, certs = secured
-    ca = (certs / "ca.pem").read_bytes()
 
     def inventory(name: str) -> inventory_pb2_grpc.InventoryServiceStub:
-        credentials = grpc.ssl_channel_credentials(ca, (certs / f"{name}-key.pem").read_bytes(),
-                                                   (certs / f"{name}.pem").read_bytes())
-        channel = grpc.secure_channel(mesh.address("inventory"), credentials,
-                                      options=[("grpc.ssl_target_name_override", "shopmesh.internal")])
-        return inventory_pb2_grpc.InventoryServiceStub(channel)
+        return stub(mesh, certs, "inventory", name, inventory_pb2_grpc.InventoryServiceStub)
 
     update = inventory_pb2.UpdateProductRequest(product=inventory_pb2.Product(sku="coffee-mug", name="Renamed over mTLS"),
                                                 update_mask=field_mask_pb2.FieldMask(paths=["name"]))

@@ -25,11 +25,6 @@ def grpcurl_run(grpcurl: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([grpcurl, "-plaintext", *args], capture_output=True, text=True, timeout=20)
 
 
-@pytest.fixture(scope="module")
-def api(launcher: Launcher) -> Http:
-    return Http(launcher.address("gateway"))
-
-
 def test_a_patch_without_a_mask_updates_exactly_the_fields_in_the_body(api: Http) -> None:
     sku = new_product(api, stock=4)
     status, headers, read = api.call("GET", f"/v1/products/{sku}")
