@@ -59,8 +59,8 @@ class Rest:
                                         patch=route.http_method == "PATCH")
             except BadRequest as error:
                 raise Failure(400, str(error), violations=error.violations) from None
-            if_match = request.headers.get("if-match")
-            if if_match is not None and etag_in is not None:
+            if_match = request.headers.get("if-match") if etag_in is not None else None
+            if if_match is not None:
                 _precondition(if_match, message if not etag_in else getattr(message, etag_in))
             if keyed:
                 _idempotency_key(request, message)
@@ -73,14 +73,13 @@ class Rest:
             try:
                 answer = await self._upstream.unary(request, method, message, need, asked)
             except Failure as failure:
-                if if_match is not None and etag_in is not None and (failure.code is grpc.StatusCode.ABORTED or (
-                        if_match.strip() == "*" and failure.code is grpc.StatusCode.NOT_FOUND)):
+                if if_match is not None and _failed_precondition(failure, if_match):
                     failure.status = 412  # the precondition the client stated is false
                 raise
             headers = [(f"grpc-metadata-{k}", str(v)) for k, v in answer.headers if not k.endswith("-bin")]
             reply = method.response_class.FromString(answer.data)
-            if etag_out and reply.etag and '"' not in reply.etag:  # type: ignore[attr-defined]
-                tag = f'"{reply.etag}"'  # type: ignore[attr-defined]
+            tag = _entity_tag(reply) if etag_out else None
+            if tag is not None:
                 headers.append(("etag", tag))
                 if request.method in ("GET", "HEAD") and tag in _tags(request.headers.get("if-none-match", "")):
                     return Response(304, b"", headers=headers)
@@ -120,6 +119,19 @@ class Rest:
         # upstream stream too.
         return Response(200, content_type="text/event-stream", stream=events(), on_close=stream.cancel,
                         overflow=_resume_later)
+
+
+def _entity_tag(reply: Message) -> str | None:
+    """The reply's AIP-154 etag as an HTTP entity tag (quoted), if it has one that can be one."""
+    etag = reply.etag  # type: ignore[attr-defined]
+    return f'"{etag}"' if etag and '"' not in etag else None
+
+
+def _failed_precondition(failure: Failure, if_match: str) -> bool:
+    """Whether an upstream's refusal says the If-Match condition is false: the resource changed
+    (ABORTED), or, for `If-Match: *`, there is no resource at all."""
+    return failure.code is grpc.StatusCode.ABORTED or (
+        if_match.strip() == "*" and failure.code is grpc.StatusCode.NOT_FOUND)
 
 
 def _tags(header: str) -> list[str]:
