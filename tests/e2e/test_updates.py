@@ -9,11 +9,13 @@ import struct
 import subprocess
 import uuid
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import pytest
 from google.protobuf import field_mask_pb2
 
 from generated.shop.inventory.v1 import inventory_pb2
+from generated.shop.order.v1 import order_pb2
 from tests.support.http import Http, connect_json, frames, new_product
 from tests.support.http import call as http_call
 from tests.support.mesh import Launcher, Mesh
@@ -116,6 +118,19 @@ def test_an_archived_product_is_refused_to_orders_hidden_from_lists_and_comes_ba
                 return skus
 
     assert sku not in listed("") and sku in listed("&showArchived=true")
+    # Connect and gRPC-Web say it in their own forms, from the same status.
+    gateway = f"{api.host}:{api.port}"
+    order = {"requestId": str(uuid.uuid4()), "userId": "arch", "lines": [{"sku": sku, "quantity": 1}]}
+    status, _, error = connect_json(gateway, "/shop.order.v1.OrderService/CreateOrder", order)
+    assert status == 400 and error["code"] == "failed_precondition" and "is archived" in error["message"], error
+    request = order_pb2.CreateOrderRequest(request_id=str(uuid.uuid4()), user_id="arch",
+                                           lines=[order_pb2.OrderLine(sku=sku, quantity=1)]).SerializeToString()
+    status, headers, body = http_call(gateway, "POST", "/shop.order.v1.OrderService/CreateOrder",
+                                      struct.pack(">BI", 0, len(request)) + request,
+                                      {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"})
+    trailer = b"".join(data for flags, data in frames(body) if flags & 0x80).decode()
+    said = {**headers, **dict(line.split(": ", 1) for line in trailer.strip().split("\r\n") if line)}
+    assert status == 200 and said["grpc-status"] == "9" and "archived" in unquote(said["grpc-message"]), said
     assert api.call("PATCH", f"/v1/products/{sku}", {"state": "ACTIVE"})[0] == 200
     status, _, order = api.call("POST", "/v1/orders", {"requestId": str(uuid.uuid4()), "userId": "arch",
                                                         "lines": [{"sku": sku, "quantity": 1}]})
