@@ -15,6 +15,7 @@ Failed, as RFC 9110 says; `If-None-Match` on a GET that still matches is 304 Not
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
 
@@ -81,7 +82,7 @@ class Rest:
             tag = _entity_tag(reply) if etag_out else None
             if tag is not None:
                 headers.append(("etag", tag))
-                if request.method in ("GET", "HEAD") and tag in _tags(request.headers.get("if-none-match", "")):
+                if request.method in ("GET", "HEAD") and _none_match(request.headers.get("if-none-match", ""), tag):
                     return Response(304, b"", headers=headers)
             return Response(200, to_json(reply), headers=headers)
 
@@ -134,13 +135,34 @@ def _failed_precondition(failure: Failure, if_match: str) -> bool:
         if_match.strip() == "*" and failure.code is grpc.StatusCode.NOT_FOUND)
 
 
-def _tags(header: str) -> list[str]:
-    return [tag.strip() for tag in header.split(",") if tag.strip()]
+# One member of an If-Match / If-None-Match list (RFC 9110 8.8.3): an entity tag, whose quotes may hold
+# commas (`"a,b"` is one tag), or anything else up to the next comma, kept whole to be named as malformed.
+_LIST_MEMBER = re.compile(r'[ \t]*((?:W/)?"[^"]*"|[^,"]*?)[ \t]*(?:,|\Z)')
+
+
+def entity_tags(header: str) -> list[str]:
+    """The members of an `If-Match` / `If-None-Match` header, in order; a header that is not such a
+    list is one member (the whole value), which then fails the quoting check with its own text."""
+    tags, at = [], 0
+    while at < len(header):
+        member = _LIST_MEMBER.match(header, at)
+        if member is None:
+            return [header.strip()]
+        if member.group(1):
+            tags.append(member.group(1))
+        at = member.end()
+    return tags
+
+
+def _none_match(header: str, tag: str) -> bool:
+    """Whether `If-None-Match` names the current tag: `*`, or the same opaque tag, weak or not (the
+    weak comparison RFC 9110 13.1.2 asks for)."""
+    return any(t == "*" or t.removeprefix("W/") == tag for t in entity_tags(header))
 
 
 def _precondition(header: str, resource: Message) -> None:
     """`If-Match: "etag"` into the resource's etag (RFC 9110 13.1.1); `*` asks only that it exists."""
-    tags = _tags(header)
+    tags = entity_tags(header)
     problem = None
     if tags == ["*"]:
         return

@@ -85,6 +85,9 @@ def test_if_match_makes_the_update_conditional_and_a_stale_one_is_412(api: Http)
     for bad in ("v1", '"a", "b"'):
         status, _, error = api.call("PATCH", f"/v1/products/{sku}", {"name": "X"}, headers={"if-match": bad})
         assert status == 400 and error["details"][0]["fieldViolations"][0]["field"] == "If-Match", error
+    # A quoted tag may hold a comma (RFC 9110 8.8.3): one well-formed tag that is not this product's.
+    status, _, error = api.call("PATCH", f"/v1/products/{sku}", {"name": "X"}, headers={"if-match": '"p,E:*4ZB;"'})
+    assert status == 412 and error["code"] == 10, error
     assert api.call("PATCH", f"/v1/products/{sku}", {"name": "Any"}, headers={"if-match": "*"})[0] == 200
     assert api.call("PATCH", "/v1/products/no-such-sku", {"name": "Any"}, headers={"if-match": "*"})[0] == 412
     assert api.call("PATCH", "/v1/products/no-such-sku", {"name": "Any"})[0] == 404
@@ -95,6 +98,10 @@ def test_if_none_match_on_a_get_is_304_until_the_product_changes(api: Http) -> N
     _, headers, _ = api.call("GET", f"/v1/products/{sku}")
     status, again, body = api.call("GET", f"/v1/products/{sku}", headers={"if-none-match": headers["etag"]})
     assert status == 304 and not body and again["etag"] == headers["etag"]
+    # If-None-Match compares weakly and takes a list (RFC 9110 13.1.2): W/ and a tag among others match too.
+    for header in ("W/" + headers["etag"], f'"x,y", {headers["etag"]}', "*"):
+        assert api.call("GET", f"/v1/products/{sku}", headers={"if-none-match": header})[0] == 304, header
+    assert api.call("GET", f"/v1/products/{sku}", headers={"if-none-match": '"x,y"'})[0] == 200
     api.call("POST", f"/v1/products/{sku}:adjustStock", {"delta": "1", "reason": "restock"})
     status, _, body = api.call("GET", f"/v1/products/{sku}", headers={"if-none-match": headers["etag"]})
     assert status == 200 and body["available"] == "11"
