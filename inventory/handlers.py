@@ -42,10 +42,11 @@ async def get_product(store: Store, sku: str) -> Product:
 async def list_products(store: Store, page_size: int, page_token: str, *,
                         show_archived: bool = False) -> tuple[list[Product], str]:
     limit = paging.page_size(page_size)
-    position = paging.decode_token(page_token, after=str)
+    query = {"show_archived": show_archived}
+    position = paging.decode_token(page_token, query=query, after=str)
     async with store.read() as tx:
         found = await tx.list_products(position["after"] if position else None, limit + 1, archived=show_archived)
-    return paging.page(found, limit, lambda product: {"after": product.sku})
+    return paging.page(found, limit, lambda product: {"after": product.sku}, query)
 
 
 def check_editor(caller: Caller | None, *, anonymous: bool) -> None:

@@ -110,10 +110,11 @@ async def list_notifications(
 ) -> tuple[list[Notification], str]:
     domain.check_user_id(user_id)
     limit = paging.page_size(page_size)
-    position = paging.decode_token(page_token, before=int)
+    query = {"user_id": user_id}
+    position = paging.decode_token(page_token, query=query, before=int)
     async with store.read() as tx:
         found = await tx.for_user(user_id, before=position["before"] if position else None, limit=limit + 1)
-    return paging.page(found, limit, lambda notification: {"before": notification.sequence})
+    return paging.page(found, limit, lambda notification: {"before": notification.sequence}, query)
 
 
 async def resume_point(store: Store, user_id: str, resume_after: str) -> int | None:

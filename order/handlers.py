@@ -164,10 +164,11 @@ async def get_order(store: Store, order_id: str, viewer: Caller | None = None) -
 async def list_orders(store: Store, user_id: str, page_size: int, page_token: str) -> tuple[list[Order], str]:
     domain.check_user_id(user_id)
     limit = paging.page_size(page_size)
-    position = paging.decode_token(page_token, before=int)
+    query = {"user_id": user_id}
+    position = paging.decode_token(page_token, query=query, before=int)
     async with store.read() as tx:
         found = await tx.for_user(user_id, position["before"] if position else None, limit + 1)
-    return paging.page(found, limit, lambda order: {"before": order.sequence})
+    return paging.page(found, limit, lambda order: {"before": order.sequence}, query)
 
 
 async def cancel_order(store: Store, inventory: Inventory, outbox: Outbox, order_id: str, reason: str,

@@ -125,6 +125,11 @@ def test_an_archived_product_is_refused_to_orders_hidden_from_lists_and_comes_ba
                 return skus
 
     assert sku not in listed("") and sku in listed("&showArchived=true")
+    # A page token belongs to the list it came from (AIP-158): reused with the filter changed, it is refused.
+    _, _, first = api.call("GET", "/v1/products?pageSize=1&showArchived=true")
+    status, _, error = api.call("GET", f"/v1/products?pageSize=1&pageToken={first['nextPageToken']}")
+    violations = [v for d in error["details"] for v in d.get("fieldViolations", [])]
+    assert status == 400 and violations[0]["field"] == "pageToken" and "show_archived" in violations[0]["description"], error
     # Connect and gRPC-Web say it in their own forms, from the same status.
     gateway = f"{api.host}:{api.port}"
     order = {"requestId": str(uuid.uuid4()), "userId": "arch", "lines": [{"sku": sku, "quantity": 1}]}

@@ -392,7 +392,11 @@ async function whoami(): Promise<void> {
   user.readOnly = auth;
   canEdit = !auth || (response.ok && Boolean(me.admin));
   $("#show-archived-label").hidden = !canEdit;
-  if (!canEdit) $<HTMLInputElement>("#show-archived").checked = false;
+  const showArchived = $<HTMLInputElement>("#show-archived");
+  if (!canEdit && showArchived.checked) {  // a page token is good only for the list it came from
+    showArchived.checked = false;
+    toFirstPage();
+  }
   void loadProducts().catch(showCatalogueError);
   if (!response.ok) {
     user.value = "";
@@ -446,9 +450,12 @@ $("#next-page").addEventListener("click", () => {
   catalogue.at += 1;
   void loadProducts().catch(showCatalogueError);
 });
-$("#show-archived").addEventListener("change", () => {
+function toFirstPage(): void {
   catalogue.tokens = [""];
   catalogue.at = 0;
+}
+$("#show-archived").addEventListener("change", () => {
+  toFirstPage();  // the tokens came from the other list: the API refuses them for this one
   void loadProducts().catch(showCatalogueError);
 });
 $("#more-orders").addEventListener("click", () => void loadOrders(true).catch(() => {}));
