@@ -22,7 +22,7 @@ SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].ful
 
 
 async def build(settings: Settings, discovery: Discovery) -> App:
-    db = Database.connect(settings.database_url, settings.database_pool_size, settings.database_pooler)
+    db = Database.of(settings)
     await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     store, metrics = InventoryStore(db), PrometheusMetrics()
     api = InventoryApi(store, metrics, timedelta(seconds=settings.reservation_ttl),

@@ -216,6 +216,11 @@ class Settings:
     # to another server connection), prepares no statement for reuse, and follows new
     # notifications by polling, since LISTEN needs a session of its own. "none": a direct connection.
     database_pooler: str = "none"
+    # PostgreSQL: a statement waiting on a lock longer than this, or running longer than the
+    # second, is ended by the server and the call answered UNAVAILABLE (seconds; 0 = never). They
+    # bound what a call's deadline cannot: a statement once sent runs to its end (mesh/data/db.py).
+    database_lock_timeout: float = 10.0
+    database_statement_timeout: float = 30.0
     discovery: str = "static"
     # Static discovery: where each service listens, `host:port` (or `ip:port,ip:port` for several).
     # DNS discovery: one `name:port` per service whose DNS answer lists every instance (a
@@ -368,6 +373,8 @@ class Settings:
             database_url=database_url,
             database_pool_size=env.int("SHOPMESH_DATABASE_POOL_SIZE", 10, low=1, high=1000),
             database_pooler=env.choice("SHOPMESH_DATABASE_POOLER", "none", ("none", "transaction")),
+            database_lock_timeout=env.seconds("SHOPMESH_DATABASE_LOCK_TIMEOUT_SECONDS", 10.0, high=3600),
+            database_statement_timeout=env.seconds("SHOPMESH_DATABASE_STATEMENT_TIMEOUT_SECONDS", 30.0, high=86400),
             discovery=discovery,
             addresses=addresses,
             dns_server=dns_server,

@@ -21,7 +21,7 @@ SERVICE_NAME = notification_pb2.DESCRIPTOR.services_by_name["NotificationService
 
 
 async def build(settings: Settings, discovery: Discovery) -> App:
-    db = Database.connect(settings.database_url, settings.database_pool_size, settings.database_pooler)
+    db = Database.of(settings)
     await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     app = App(bindings=[], closers=[db.close], database=db)
     store, wakeups = NotificationStore(db), Wakeups()

@@ -26,7 +26,7 @@ SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 
 
 async def build(settings: Settings, discovery: Discovery) -> App:
-    db = Database.connect(settings.database_url, settings.database_pool_size, settings.database_pooler)
+    db = Database.of(settings)
     await db.migrate(Path(__file__).resolve().parent / "migrations", metadata)
     upstreams = Upstreams(discovery, settings)
     await upstreams.watch("inventory", "notification")

@@ -35,8 +35,9 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Result, make_url
@@ -48,6 +49,9 @@ from mesh.kernel import aio
 from mesh.kernel.errors import Duplicate, Unavailable
 from mesh.observe import telemetry
 
+if TYPE_CHECKING:
+    from mesh.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 _WRITE = "shopmesh_write"
@@ -55,11 +59,26 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # How long a call waits for a free pooled connection before it is answered UNAVAILABLE (a caller's
 # own deadline, usually shorter, ends it first).
 POOL_WAIT_SECONDS = 10.0
-# What bounds a statement: one sent runs to its end even if its caller hangs up or its deadline
-# passes (`Uncut`), so a lock waited for longer, or a statement running longer, is ended by the
-# server and answered UNAVAILABLE. Through a transaction pooler set them on the role instead
-# (ALTER ROLE ... SET lock_timeout = ...): PgBouncer 1.18 refuses them as startup parameters.
-SERVER_TIMEOUTS = {"lock_timeout": "10s", "statement_timeout": "30s"}
+
+
+@dataclass(frozen=True)
+class ServerTimeouts:
+    """What bounds a statement on PostgreSQL: one sent runs to its end even if its caller hangs up
+    or its deadline passes (`Uncut`), so a lock waited for longer than `lock`, or a statement
+    running longer than `statement` (seconds; 0 = never), is ended by the server and answered
+    UNAVAILABLE, and its pooled connection is free again. A direct connection sends them as
+    startup parameters; through a transaction pooler, which refuses those (PgBouncer 1.18) and
+    hands each transaction any server connection, `Database.migrate` makes them the service role's
+    defaults in its database (`ALTER ROLE CURRENT_USER IN DATABASE ... SET`), which every server
+    connection the pooler opens then has, and DISCARD ALL resets to."""
+
+    lock: float = 10.0
+    statement: float = 30.0
+
+    def parameters(self) -> dict[str, str]:
+        return {"lock_timeout": f"{round(self.lock * 1000)}ms", "statement_timeout": f"{round(self.statement * 1000)}ms"}
+
+
 # How soon a LISTEN connection the server dropped is opened again (tried again at this pace).
 LISTEN_RETRY_SECONDS = 1.0
 
@@ -109,7 +128,7 @@ class Uncut:
     a connection and its setup again, and asyncpg 0.32's cancel request, itself cut by that close
     while negotiating TLS, left an unread future that asyncio logs as an error (asyncpg issues
     #1211, #1310; seen in CI run 42). tests/integration/test_hang_ups.py. What bounds a statement
-    instead is the server's lock and statement timeouts (SERVER_TIMEOUTS).
+    instead is the server's lock and statement timeouts (`ServerTimeouts`).
 
     `one=True` (autocommit): a second statement is refused, as two would not be one transaction.
     """
@@ -223,8 +242,10 @@ _MIGRATIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] 
 class Database:
     """One service's database: `async with db.write() as conn:` is one transaction."""
 
-    def __init__(self, engine: AsyncEngine, inline_engine: Engine | None = None, *, pooled: bool = False):
+    def __init__(self, engine: AsyncEngine, inline_engine: Engine | None = None, *, pooled: bool = False,
+                 timeouts: ServerTimeouts | None = None):
         self.engine = engine
+        self.timeouts = timeouts or ServerTimeouts()
         telemetry.instrument_engines(engine.sync_engine, *([inline_engine] if inline_engine is not None else []))
         self.is_sqlite = engine.dialect.name == "sqlite"
         # Behind a transaction pooler a server connection is ours only inside a transaction: every
@@ -245,8 +266,18 @@ class Database:
             self._writer = _Inline(inline_engine, "BEGIN IMMEDIATE", busy_timeout_ms=0)
 
     @classmethod
-    def connect(cls, url: str, pool_size: int = 10, pooler: str = "none") -> Database:
+    def of(cls, settings: Settings, url: str = "") -> Database:
+        """A service's database as its settings describe it: the URL (or `url`), pool, pooler and
+        server timeouts."""
+        return cls.connect(url or settings.database_url, settings.database_pool_size,
+                           "none" if url else settings.database_pooler,
+                           ServerTimeouts(settings.database_lock_timeout, settings.database_statement_timeout))
+
+    @classmethod
+    def connect(cls, url: str, pool_size: int = 10, pooler: str = "none",
+                timeouts: ServerTimeouts | None = None) -> Database:
         parsed = make_url(url)
+        timeouts = timeouts or ServerTimeouts()
         if parsed.get_backend_name() != "sqlite" and pooler == "transaction":
             # Through PgBouncer in transaction mode (1.18, Debian 12's, keeps no prepared statement
             # per client): no statement cache on either side, and each statement prepared under a
@@ -258,7 +289,7 @@ class Database:
                 pool_size=pool_size, max_overflow=0, pool_timeout=POOL_WAIT_SECONDS,
                 connect_args={"statement_cache_size": 0,
                               "prepared_statement_name_func": lambda: f"__shopmesh_{uuid.uuid4().hex}__"})
-            return cls(engine, pooled=True)
+            return cls(engine, pooled=True, timeouts=timeouts)
         if parsed.get_backend_name() != "sqlite":
             # A fixed pool: `pool_size` connections kept and reused, none opened for a burst and
             # closed after it (each new one cost a handshake, asyncpg's type setup and its prepared
@@ -268,7 +299,7 @@ class Database:
             # (`Store`), so the caller's retry gets fresh connections.
             return cls(create_async_engine(
                 parsed, pool_size=pool_size, max_overflow=0, pool_timeout=POOL_WAIT_SECONDS,
-                connect_args={"server_settings": SERVER_TIMEOUTS}))
+                connect_args={"server_settings": timeouts.parameters()}), timeouts=timeouts)
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         # Transactions always end in COMMIT or ROLLBACK here, so the pool's
         # extra rollback on every check-in would only cost a thread hop.
@@ -290,6 +321,18 @@ class Database:
         lock = _MIGRATIONS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
         async with lock:
             await self.run_sync(migrate.upgrade, versions, metadata)
+            if self.pooled and await self.run_sync(migrate.role_defaults, self.timeouts.parameters()):
+                await self._renew_server_session()
+
+    async def _renew_server_session(self) -> None:
+        """Ends the server session the pooler lent us, so that the next is opened with the role's
+        new defaults: the one a migration just ran on would otherwise be lent on for an hour
+        without them. Its end is the expected answer; the pool drops the connection."""
+        async with self.engine.connect() as conn:
+            try:
+                await conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+            except Exception:  # noqa: BLE001 - the session ended, as asked
+                await conn.invalidate()
 
     async def run_sync(self, work: Callable[..., Any], *args: Any) -> Any:
         """`work(connection, *args)` on a plain SQLAlchemy Connection in one write transaction: schema work, tools."""
@@ -508,13 +551,11 @@ def _lost(error: BaseException) -> bool:
 
 
 def _timed_out(error: BaseException) -> bool:
-    """PostgreSQL ended the statement on one of our timeouts (lock_timeout, statement_timeout)."""
-    try:
-        from asyncpg import exceptions
-    except ImportError:
-        return False
+    """PostgreSQL ended the statement on one of our timeouts: lock_not_available (lock_timeout) or
+    query_canceled (statement_timeout), by SQLSTATE, which SQLAlchemy's asyncpg adapter copies onto
+    the error it raises (its `orig` is the adapter's error, the driver's is only its cause)."""
     orig = error.orig if isinstance(error, DBAPIError) else error
-    return isinstance(orig, (exceptions.LockNotAvailableError, exceptions.QueryCanceledError))
+    return getattr(orig, "sqlstate", None) in ("55P03", "57014")
 
 
 def _driver_lost(error: BaseException | None) -> bool:

@@ -70,6 +70,31 @@ def upgrade(connection: Connection, versions: Path, metadata: MetaData) -> None:
                     f"now at revision {after}")
 
 
+def role_defaults(connection: Connection, parameters: dict[str, str]) -> bool:
+    """Makes `parameters` the connecting role's defaults in this database, for the sessions a
+    pooler opens to take them (`ServerTimeouts`); only what differs is written (a role may set its
+    own). Whether anything changed: sessions opened before keep what they had."""
+    database = connection.execute(text("SELECT current_database()")).scalar_one()
+    changed = False
+    for name, value in parameters.items():
+        if _setting(connection, name) != value:
+            connection.execute(text(f"ALTER ROLE CURRENT_USER IN DATABASE "
+                                    f"{connection.dialect.identifier_preparer.quote(database)} SET {name} = '{value}'"))
+            logger.info("database role: %s is %s in sessions opened from now on (a pooler's older server "
+                        "connections take it as it renews them: PgBouncer's server_lifetime)", name, value)
+            changed = True
+    return changed
+
+
+def _setting(connection: Connection, name: str) -> str | None:
+    """The role's stored default for `name` in this database, as written (None when unset)."""
+    row = connection.execute(text(
+        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+        "WHERE d.datname = current_database() AND s.setrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+    )).scalar_one_or_none()
+    return next((entry.split("=", 1)[1] for entry in row or () if entry.startswith(f"{name}=")), None)
+
+
 def current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
@@ -88,7 +113,7 @@ async def _run(service: str, action: str, url: str, message: str) -> int:
         if action in ("revision", "check"):  # compared against a scratch database at the newest revision
             url = f"sqlite+aiosqlite:///{Path(scratch) / 'scratch.db'}"
         settings = Settings.from_env(service)
-        db = Database.connect(url or settings.database_url, pooler="none" if url else settings.database_pooler)
+        db = Database.of(settings, url)
         try:
             await db.migrate(versions, metadata)
 

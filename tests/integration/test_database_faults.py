@@ -5,6 +5,7 @@ never the driver's exception, and the pool heals without a restart."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
@@ -127,3 +128,57 @@ async def test_a_listener_whose_connection_is_killed_listens_again(postgres) -> 
         await other.close()
     await db.close()
     await admin.close()
+
+
+@pytest.mark.parametrize("path", ["pgbouncer", "ordinary role"])
+async def test_a_statement_behind_an_outside_lock_is_ended_by_the_server_and_its_connection_comes_back(
+        request, postgres, path: str) -> None:  # type: ignore[no-untyped-def]
+    """The backstop under every deadline: a statement once sent runs to its end (`Uncut`), so one
+    waiting on a lock an outside session holds is ended by the server's lock_timeout, answered
+    UNAVAILABLE while the lock is still held, and the pool's only connection is free again.
+    Through PgBouncer in transaction mode the timeouts cannot be startup parameters: the service's
+    migration makes them its role's defaults; and a production role is no superuser, so that runs
+    as an ordinary role owning its database too."""
+    import time
+
+    import inventory
+    from inventory.store import metadata as inventory_tables
+    from mesh.data.db import ServerTimeouts
+    from tests.support.postgres import USER
+
+    if path == "pgbouncer":
+        url = request.getfixturevalue("pgbouncer").create_database()
+    else:
+        url = postgres.create_database()
+        role = f"ordinary_{url.rsplit('/', 1)[1]}"
+        postgres.query(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+        postgres.query(f"ALTER DATABASE {url.rsplit('/', 1)[1]} OWNER TO {role}")
+        url = url.replace(f"//{USER}@", f"//{role}@")
+    database = url.rsplit("/", 1)[1]
+    db = Database.connect(url, pool_size=1, pooler="transaction", timeouts=ServerTimeouts(lock=0.5, statement=20))
+    await db.migrate(Path(inventory.__file__).parent / "migrations", inventory_tables)
+    await db.create_schema(metadata)
+    store = Counters(db)
+    async with store.write() as tx:
+        await tx.conn.execute(insert(counters).values(name="c", value=7))
+    holder = postgres.hold_row(database, "UPDATE counters SET value = value WHERE name = 'c'", 15)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="did not answer in time"):
+            async with store.write() as tx:  # no deadline of its own: only the server ends the wait
+                await tx.conn.execute(counters.update().values(value=8))
+        took = time.monotonic() - started
+        assert took < 3, f"a statement waited {took:.1f}s on a lock with lock_timeout 0.5 s"
+        assert holder.poll() is None and postgres.lock_waiters(database) == 0  # lock held; nobody waits
+        async with store.read() as tx:  # the pool's one connection serves again, the lock still held
+            assert await tx.value() == 7
+    finally:
+        holder.kill()
+        holder.wait()
+        await db.close()
+    # What the migration left: the two defaults, for this role in this database only.
+    async with Database.connect(url, pooler="transaction", timeouts=ServerTimeouts(lock=0.5, statement=20)).engine.connect() as conn:
+        settings = (await conn.exec_driver_sql(
+            "SELECT setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+            "WHERE d.datname = current_database()")).scalar_one()
+    assert sorted(settings) == ["lock_timeout=500ms", "statement_timeout=20000ms"], settings
