@@ -6,7 +6,7 @@
 // hidden), a cart of several lines placed as one order under one idempotency key (a double click,
 // or a retry after a dropped answer, places one order), the shopper's orders with cancel, their
 // notifications live, and for an admin, editing a product's name, price and state guarded by its
-// etag (an edit that lost a race shows the product as it is now; nothing is overwritten).
+// etag, merged on a conflict only when nobody else touched the fields it changes (`save`).
 //
 // With sign-in on (SHOPMESH_AUTH=on) the key or token the shopper types goes to POST /session once,
 // which answers with an HttpOnly cookie: from then on the browser sends it and no script on this
@@ -132,47 +132,83 @@ function fill(row: HTMLElement, p: Product): void {
   row.dataset.etag = p.etag;
 }
 
+// The product as each open editor showed it: the base of the admin's change.
+const editing = new Map<string, Product>();
+
 function openEditor(row: HTMLElement, p: Product): void {
   $<HTMLInputElement>(".edit-name", row).value = p.name;
   $<HTMLInputElement>(".edit-price", row).value = (Number(p.price?.minorUnits ?? 0n) / 100).toFixed(2);
   $<HTMLInputElement>(".edit-active", row).checked = p.state !== Product_State.ARCHIVED;
-  row.dataset.editing = p.etag;  // the product as the admin sees it: the edit's precondition
+  editing.set(p.sku, p);
   $(".editor", row).hidden = false;
 }
 
-/** Saves the admin's edit only if the product is still as it was when the editor opened (its etag);
- * if someone else changed it meanwhile, shows the product as it is now and saves nothing. */
+type Editable = "name" | "price" | "state";
+const EDITABLE: Editable[] = ["name", "price", "state"];
+type Fields = { name: string; price?: { currencyCode: string; minorUnits: bigint }; state: Product_State };
+
+function sameField(a: Fields, b: Fields, field: Editable): boolean {
+  if (field === "price") return a.price?.currencyCode === b.price?.currencyCode && a.price?.minorUnits === b.price?.minorUnits;
+  return a[field] === b[field];
+}
+
+/** What the admin's editor says, as a product, and the fields in it that differ from `base`. */
+function edited(row: HTMLElement, base: Product): { change: Fields; paths: Editable[] } {
+  const cents = Math.round(Number($<HTMLInputElement>(".edit-price", row).value) * 100);
+  const change: Fields = {
+    name: $<HTMLInputElement>(".edit-name", row).value,
+    price: { currencyCode: base.price?.currencyCode ?? "USD", minorUnits: BigInt(cents) },
+    state: $<HTMLInputElement>(".edit-active", row).checked ? Product_State.ACTIVE : Product_State.ARCHIVED,
+  };
+  return { change, paths: EDITABLE.filter((field) => !sameField(change, base, field)) };
+}
+
+/** Saves the fields the admin changed, only if the product is still as it was when the editor
+ * opened (its etag). A three-way merge, as `kubectl apply` does on a conflict: when the etag moved
+ * only for what this edit leaves alone (stock sold during a sale, another admin's change of another
+ * field), the same change is sent again on the fresh etag; when someone changed one of these very
+ * fields, the page shows the product as it is now and saves nothing. */
 async function save(row: HTMLElement): Promise<void> {
   const sku = row.dataset.sku!;
   const status = $(".edit-status", row);
-  const before = catalogue.shown.get(sku);
-  const cents = Math.round(Number($<HTMLInputElement>(".edit-price", row).value) * 100);
+  const base = editing.get(sku) ?? catalogue.shown.get(sku);
+  if (!base) return;
+  const { change, paths } = edited(row, base);
+  if (!paths.length) {
+    say(status, "Nothing changed.", "ok");
+    return;
+  }
   const button = $<HTMLButtonElement>(".save", row);
   button.disabled = true;
   try {
-    const saved = await inventory.updateProduct({
-      product: {
-        sku, etag: row.dataset.editing ?? "", name: $<HTMLInputElement>(".edit-name", row).value,
-        price: { currencyCode: before?.price?.currencyCode ?? "USD", minorUnits: BigInt(cents) },
-        state: $<HTMLInputElement>(".edit-active", row).checked ? Product_State.ACTIVE : Product_State.ARCHIVED,
-      },
-      updateMask: { paths: ["name", "price", "state"] },
-    });
-    catalogue.shown.set(sku, saved);
-    fill(row, saved);
-    row.dataset.editing = saved.etag;
-    say(status, "Saved.", "ok");
-  } catch (error) {
-    if (ConnectError.from(error).code !== Code.Aborted) {
-      say(status, explain(error), "error");
+    let etag = base.etag;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const saved = await inventory.updateProduct({ product: { ...change, sku, etag }, updateMask: { paths } });
+        catalogue.shown.set(sku, saved);
+        fill(row, saved);
+        openEditor(row, saved);  // the editor shows what was saved, merged changes of others included
+        say(status, "Saved.", "ok");
+        return;
+      } catch (error) {
+        if (ConnectError.from(error).code !== Code.Aborted) {
+          say(status, explain(error), "error");
+          return;
+        }
+      }
+      const now = await inventory.getProduct({ sku });  // the etag moved: what moved it?
+      catalogue.shown.set(sku, now);
+      fill(row, now);
+      const theirs = paths.filter((field) => !sameField(now, base, field));
+      if (!theirs.length && attempt < 5) {
+        etag = now.etag;  // nothing this edit changes was touched: apply it to the product as it is now
+        continue;
+      }
+      openEditor(row, now);
+      say(status, `Not saved: someone changed its ${theirs.join(" and ") || "details"} while you edited it. `
+        + `It is now “${now.name}” at ${money(now.price)}; edit again from these values.`, "warn");
       return;
     }
-    const now = await inventory.getProduct({ sku });  // the edit lost a race: show what won
-    catalogue.shown.set(sku, now);
-    fill(row, now);
-    openEditor(row, now);
-    say(status, `Not saved: this product changed while you edited it. It is now “${now.name}” at ${money(now.price)}; `
-      + "edit again from these values.", "warn");
   } finally {
     button.disabled = false;
   }
