@@ -44,3 +44,15 @@ def test_a_malformed_declaration_is_refused_naming_the_service_and_key(tmp_path:
     with pytest.raises(topology.TopologyError) as refused:
         topology.load(declare(tmp_path, text), {})
     assert says in str(refused.value)
+
+
+def test_the_service_down_alert_watches_every_declared_service() -> None:
+    """deploy/prometheus/rules.yml is written by hand; a service added to services.toml without its
+    `absent(up{...})` term would page nobody when its last instance went (the `== 0` term sees only
+    services with a registered instance)."""
+    import yaml
+
+    rules = yaml.safe_load((Path(topology.DEFAULT_FILE).parents[1] / "deploy" / "prometheus" / "rules.yml").read_text())
+    [down] = [rule for group in rules["groups"] for rule in group["rules"] if rule.get("alert") == "ShopmeshServiceDown"]
+    watched = {name for name in settings.SERVICES if f'service="{name}"}})' in down["expr"]}
+    assert watched == set(settings.SERVICES), f"not watched by ShopmeshServiceDown: {set(settings.SERVICES) - watched}"
