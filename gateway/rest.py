@@ -10,19 +10,18 @@ order service answers NOT_FOUND for another user's order, with no extra lookup h
 Resources with an AIP-154 `etag` get HTTP's conditional requests from it, for every RPC alike: a
 reply carrying one has it as its `ETag` header; `If-Match` fills the request's etag (the
 resource's, in a body of one field), and the service's ABORTED for it is 412 Precondition
-Failed, as RFC 9110 says; `If-None-Match` on a GET that still matches is 304 Not Modified.
+Failed, as RFC 9110 says; `If-None-Match` on a GET that still matches is 304 Not Modified
+(the rules: gateway/conditional.py, which Connect's GET shares).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
 
-import grpc
 from google.protobuf.message import Message
 
-from gateway import errors
+from gateway import conditional, errors
 from gateway.auth import Need
 from gateway.endpoints import Match, Serve
 from gateway.errors import Failure
@@ -45,7 +44,6 @@ class Rest:
         fields = method.request_class.DESCRIPTOR.fields_by_name
         resumable, keyed = "resume_after" in fields, "request_id" in fields
         etag_in = etag_holder(method.request_class.DESCRIPTOR, route.body, route.http_method)
-        etag_out = "etag" in method.response_class.DESCRIPTOR.fields_by_name
 
         async def served(request: Request) -> Response:
             match: Match = request.state["match"]
@@ -62,7 +60,7 @@ class Rest:
                 raise Failure(400, str(error), violations=error.violations) from None
             if_match = request.headers.get("if-match") if etag_in is not None else None
             if if_match is not None:
-                _precondition(if_match, message if not etag_in else getattr(message, etag_in))
+                conditional.precondition(if_match, message if not etag_in else getattr(message, etag_in))
             if keyed:
                 _idempotency_key(request, message)
             if resumable:
@@ -74,15 +72,15 @@ class Rest:
             try:
                 answer = await self._upstream.unary(request, method, message, need, asked)
             except Failure as failure:
-                if if_match is not None and _failed_precondition(failure, if_match):
+                if if_match is not None and conditional.failed_precondition(failure, if_match):
                     failure.status = 412  # the precondition the client stated is false
                 raise
             headers = [(f"grpc-metadata-{k}", str(v)) for k, v in answer.headers if not k.endswith("-bin")]
             reply = method.response_class.FromString(answer.data)
-            tag = _entity_tag(reply) if etag_out else None
+            tag = conditional.entity_tag(reply) if method.etag_out else None
             if tag is not None:
                 headers.append(("etag", tag))
-                if request.method in ("GET", "HEAD") and _none_match(request.headers.get("if-none-match", ""), tag):
+                if request.method in ("GET", "HEAD") and conditional.none_match(request, tag):
                     return Response(304, b"", headers=headers)
             return Response(200, to_json(reply), headers=headers)
 
@@ -120,66 +118,6 @@ class Rest:
         # upstream stream too.
         return Response(200, content_type="text/event-stream", stream=events(), on_close=stream.cancel,
                         overflow=_resume_later)
-
-
-def _entity_tag(reply: Message) -> str | None:
-    """The reply's AIP-154 etag as an HTTP entity tag (quoted), if it has one that can be one."""
-    etag = reply.etag  # type: ignore[attr-defined]
-    return f'"{etag}"' if etag and '"' not in etag else None
-
-
-def _failed_precondition(failure: Failure, if_match: str) -> bool:
-    """Whether an upstream's refusal says the If-Match condition is false: the resource changed
-    (ABORTED), or, for `If-Match: *`, there is no resource at all."""
-    return failure.code is grpc.StatusCode.ABORTED or (
-        if_match.strip() == "*" and failure.code is grpc.StatusCode.NOT_FOUND)
-
-
-# One member of an If-Match / If-None-Match list (RFC 9110 8.8.3): an entity tag, whose quotes may hold
-# commas (`"a,b"` is one tag), or anything else up to the next comma, kept whole to be named as malformed.
-_LIST_MEMBER = re.compile(r'[ \t]*((?:W/)?"[^"]*"|[^,"]*?)[ \t]*(?:,|\Z)')
-
-
-def entity_tags(header: str) -> list[str]:
-    """The members of an `If-Match` / `If-None-Match` header, in order; a header that is not such a
-    list is one member (the whole value), which then fails the quoting check with its own text."""
-    tags, at = [], 0
-    while at < len(header):
-        member = _LIST_MEMBER.match(header, at)
-        if member is None:
-            return [header.strip()]
-        if member.group(1):
-            tags.append(member.group(1))
-        at = member.end()
-    return tags
-
-
-def _none_match(header: str, tag: str) -> bool:
-    """Whether `If-None-Match` names the current tag: `*`, or the same opaque tag, weak or not (the
-    weak comparison RFC 9110 13.1.2 asks for)."""
-    return any(t == "*" or t.removeprefix("W/") == tag for t in entity_tags(header))
-
-
-def _precondition(header: str, resource: Message) -> None:
-    """`If-Match: "etag"` into the resource's etag (RFC 9110 13.1.1); `*` asks only that it exists."""
-    tags = entity_tags(header)
-    problem = None
-    if tags == ["*"]:
-        return
-    if len(tags) != 1:
-        problem = "give one entity tag (the ETag of the product as read), or *"
-    elif tags[0].startswith("W/"):
-        raise Failure(412, "If-Match: a weak entity tag never matches (RFC 9110 section 13.1.1); "
-                           "send the ETag header as it came", code=grpc.StatusCode.FAILED_PRECONDITION)
-    elif tags[0] == '""':
-        raise Failure(412, 'If-Match: "" is no resource\'s entity tag', code=grpc.StatusCode.FAILED_PRECONDITION)
-    elif len(tags[0]) < 2 or tags[0][0] != '"' or tags[0][-1] != '"':
-        problem = f'must be an entity tag in double quotes, such as "v3", not {tags[0]!r}'
-    elif resource.etag and resource.etag != tags[0][1:-1]:  # type: ignore[attr-defined]
-        problem = f"is {tags[0]} but etag in the body is {resource.etag!r}; send one of them"  # type: ignore[attr-defined]
-    if problem is not None:
-        raise Failure(400, f"If-Match header {problem}", violations=[("If-Match", problem)])
-    resource.etag = tags[0][1:-1]  # type: ignore[attr-defined]
 
 
 def _idempotency_key(request: Request, message: Message) -> None:

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from gateway import conditional
 from gateway.auth import Need
 from gateway.errors import HTTP_STATUS, Failure
 from gateway.protojson import BadRequest, Reader, loads
@@ -220,12 +221,22 @@ class RpcProtocols:
         answer = await self._upstream.unary(request, method, message, need, asked)
         compress = self._compress_reply(request, wire)
         headers = header_pairs(answer.headers)
-        payload = answer.data if wire.codec == "proto" else to_json(method.response_class.FromString(answer.data))
+        cacheable = request.method in ("GET", "HEAD") and method.etag_out
+        reply = method.response_class.FromString(answer.data) if wire.codec == "json" or cacheable else None
+        payload = answer.data if reply is None or wire.codec == "proto" else to_json(reply)
         trailers = await answer.trailers()
         if wire.protocol == "connect":
             headers += [(f"trailer-{k}", v) for k, v in header_pairs(trailers)]
-            if compress and len(payload) >= COMPRESS_MIN_BYTES:
+            gzipped = compress and len(payload) >= COMPRESS_MIN_BYTES
+            if gzipped:
                 payload, headers = deflate(payload), [*headers, ("content-encoding", "gzip")]
+            # A Connect GET is a cacheable HTTP GET: its resource's etag is the ETag (weak when
+            # gzipped, for the bytes differ from the identity's), and a revalidation is a 304.
+            tag = conditional.entity_tag(reply) if cacheable and reply is not None else None
+            if tag is not None:
+                headers.append(("etag", f"W/{tag}" if gzipped else tag))
+                if conditional.none_match(request, tag):
+                    return Response(304, b"", headers=[(k, v) for k, v in headers if k != "content-encoding"])
             return Response(200, payload, wire.content_type, headers=headers)
         body = self._frame(wire, payload, compress) + self._trailer_frame(wire, grpc_status(_C.OK), trailers)
         if compress:

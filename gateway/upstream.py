@@ -89,6 +89,11 @@ class Method:
         return channel.unary_unary(self.path)
 
     @property
+    def etag_out(self) -> bool:
+        """Its reply is a resource with an AIP-154 etag (gateway/conditional.py)."""
+        return "etag" in self.response_class.DESCRIPTOR.fields_by_name
+
+    @property
     def connect_get(self) -> bool:
         """Served over a Connect GET too: a unary method the contracts mark NO_SIDE_EFFECTS."""
         level = self.descriptor.GetOptions().idempotency_level

@@ -107,6 +107,39 @@ def test_if_none_match_on_a_get_is_304_until_the_product_changes(api: Http) -> N
     assert status == 200 and body["available"] == "11"
 
 
+def test_a_connect_get_carries_the_etag_and_revalidates_to_304(api: Http) -> None:
+    """Connect's GET is a cacheable HTTP GET (what connect-es sends with useHttpGet): the same
+    conditional rules as REST, from the same etag; a gzipped body's tag is weak (its bytes differ)."""
+    import gzip
+    from urllib.parse import quote
+
+    sku = new_product(api)
+    path = f"{INVENTORY}/GetProduct?connect=v1&encoding=json&message={quote(json.dumps({'sku': sku}))}"
+
+    def get(**headers: str) -> tuple[int, dict[str, str], bytes]:
+        return http_call(api.address, "GET", path, b"", headers)
+
+    status, headers, body = get()
+    assert status == 200 and headers["etag"] == f'"{json.loads(body)["etag"]}"', (status, headers)
+    status, again, body = get(**{"if-none-match": headers["etag"]})
+    assert status == 304 and not body and again["etag"] == headers["etag"]
+    api.call("POST", f"/v1/products/{sku}:adjustStock", {"delta": "1", "reason": "restock"})
+    status, fresh, body = get(**{"if-none-match": headers["etag"]})
+    assert status == 200 and json.loads(body)["available"] == "11" and fresh["etag"] != headers["etag"]
+    # Gzipped (a name of 200 four-byte characters makes the reply worth compressing): the tag is
+    # weak, and revalidates too.
+    assert api.call("PATCH", f"/v1/products/{sku}", {"name": "\U0001F600" * 200})[0] == 200
+    status, packed, body = get(**{"accept-encoding": "gzip"})
+    assert status == 200 and packed.get("content-encoding") == "gzip", packed
+    assert packed["etag"] == f'W/"{json.loads(gzip.decompress(body))["etag"]}"', packed
+    assert get(**{"accept-encoding": "gzip", "if-none-match": packed["etag"]})[0] == 304
+    assert get(**{"if-none-match": packed["etag"]})[0] == 304  # weak comparison: the identity body matches too
+    # A POST is not a revalidation: the same call by POST answers in full whatever it sends.
+    status, _, product = connect_json(api.address, f"{INVENTORY}/GetProduct", {"sku": sku},
+                                      **{"if-none-match": packed["etag"]})
+    assert status == 200 and product["sku"] == sku
+
+
 def test_an_archived_product_is_refused_to_orders_hidden_from_lists_and_comes_back(api: Http) -> None:
     sku = new_product(api)
     status, _, archived = api.call("PATCH", f"/v1/products/{sku}", {"state": "ARCHIVED"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.rest import entity_tags
+from gateway.conditional import entity_tags
 
 
 @pytest.mark.parametrize(("header", "members"), [
