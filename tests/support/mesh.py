@@ -115,18 +115,18 @@ class Mesh:
         if name in self.metrics_ports:
             own[f"SHOPMESH_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
 
-        def limited() -> None:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
-
+        # The file limit through util-linux's prlimit, which sets it and execs the service (same pid),
+        # not a preexec_fn: that makes Python fork() instead of vfork(), and in this process, where
+        # gRPC runs, gRPC's fork handler restarts its poller in the child, whose epoll descriptor
+        # close_fds then closes: the child aborted before exec ("Epoll1Poller encountered
+        # epoll_wait error: Bad file descriptor", grpc/grpc#43055), seen once in CI.
+        limit = ["prlimit", f"--nofile={files}:{files}", "--"] if files is not None else []
         process = subprocess.Popen(
-            [sys.executable, "-m", service],
+            [*limit, sys.executable, "-m", service],
             cwd=ROOT,
             env=self.env(**own, **extra),
             stdout=open(log, "ab"),  # noqa: SIM115 - the child owns it
             stderr=subprocess.STDOUT,
-            preexec_fn=limited if files is not None else None,  # noqa: PLW1509 - no threads in the child yet
         )
         self.processes[name] = process
         if service == "gateway":
