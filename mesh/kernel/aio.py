@@ -4,6 +4,7 @@
   once its stock is held). It runs as its own task with its own deadline (downstream calls get
   the default call timeout, not what is left of an almost spent caller's), and its outcome is
   always read: the caller gets it if still there, else it is logged.
+  `unfinished` waits for all of them (shutdown, before the database closes).
 - `uncut`: one step (a database statement) run to its end even if the task awaiting it is
   cancelled meanwhile; the cancellation then goes on from there, at the step's boundary.
 - `first_set`: wait for any of several events, or a timeout, leaving no waiter task behind
@@ -51,6 +52,13 @@ async def finish_anyway(work: Coroutine[Any, Any, T], what: str) -> T:
     except asyncio.CancelledError:
         abandoned = True
         raise
+
+
+async def unfinished() -> None:
+    """Returns once every `finish_anyway` task has ended (a stopping process waits for them, bounded,
+    before it closes the database they write to)."""
+    while _running:
+        await asyncio.wait(set(_running))
 
 
 async def uncut(step: Awaitable[T]) -> T:

@@ -101,25 +101,33 @@ class Running:
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        """gRPC's graceful stop, but not waiting on what none of our handlers serves.
+        """gRPC's graceful stop, but not waiting on what none of our handlers serves, nor past the grace.
 
         Under load, about one SIGTERM in a hundred left gRPC's stop waiting the whole grace with no
         handler of ours running (the tasks dumped half-way showed none): gRPC core still counted a
         call that arrived as shutdown began and never reached Python. So once none of our calls or
-        streams has been in flight for QUIET seconds, whatever core still holds is cancelled."""
+        streams has been in flight for QUIET seconds, whatever core still holds is cancelled; and
+        so it is at the grace's end (plus half the stop margin) if gRPC's own stop has not ended."""
+        loop = asyncio.get_running_loop()
+        force_at = loop.time() + grace + lifecycle.STOP_MARGIN / 2
         stopping = asyncio.ensure_future(self.server.stop(grace))
         quiet_since = None
         while not stopping.done():
-            loop_time = asyncio.get_running_loop().time()
+            loop_time = loop.time()
             if self.calls.in_flight or self.streams.in_flight:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = loop_time
             elif loop_time - quiet_since >= QUIET:
                 logger.info("stopping: no call of ours in flight, yet gRPC waits on one; cancelling what it holds")
-                await self.server.stop(None)
+                break
+            if loop_time >= force_at:
+                logger.warning("stopping: the grace is over and gRPC still waits on %d calls and %d streams of "
+                               "ours; cancelling them", self.calls.in_flight, self.streams.in_flight)
                 break
             await asyncio.wait({stopping}, timeout=0.05)
+        if not stopping.done():
+            await self.server.stop(None)
         await stopping
 
     async def close(self) -> None:
@@ -250,6 +258,7 @@ def start_process(service: str) -> Settings:
         sys.exit(workers.supervise(service, settings))
     telemetry.setup(settings)
     metrics.setup(settings.metrics)
+    lifecycle.arm_watchdog()
     return settings
 
 

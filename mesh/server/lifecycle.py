@@ -7,19 +7,31 @@ On SIGTERM or SIGINT:
 2. `SHOPMESH_SHUTDOWN_DRAIN_SECONDS` pass so they can act on it (with Consul: until its check
    has seen it, then the instance deregisters);
 3. it stops accepting; calls and requests in flight get `SHOPMESH_SHUTDOWN_GRACE_SECONDS` to
-   finish, open streams end cleanly;
-4. it closes what it holds (database, channels, discovery) and the process exits 0.
+   finish, open streams end cleanly; what gRPC still holds at the grace's end is cancelled;
+4. work that must finish after its caller left (`mesh.kernel.aio.finish_anyway`: an order's
+   sale being stored) gets what is left of the budget, then it closes what it holds (database,
+   channels, discovery) and the process exits 0.
+
+From the end of the drain the process has `grace + EXIT_MARGIN` seconds, all told: each step
+gets what is left of that budget, a step that overruns it is given up on with what it waited
+for logged, and a watchdog ends a process that is still there at the budget's end (its threads'
+stacks logged first). So `terminationGracePeriodSeconds` = drain + grace + a margin always holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import Awaitable
 from typing import Protocol
 
 from mesh.client.discovery import Discovery
+from mesh.kernel import aio
 from mesh.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,7 +41,7 @@ class Stoppable(Protocol):
     not_ready_means: str  # what "not ready" is for this process, for the log line
 
     async def not_ready(self) -> None: ...
-    async def stop(self, grace: float) -> None: ...
+    async def stop(self, grace: float) -> None: ...  # returns by grace + STOP_MARGIN, whatever it held
     async def close(self) -> None: ...
 
 
@@ -41,33 +53,71 @@ async def until_signalled() -> None:
     await stop.wait()
 
 
-CLOSE_SECONDS = 10.0  # what closing (database, channels) may take once calls have stopped
-STEP_MARGIN = 5.0  # what a step may take past its own bound before it is given up on
+EXIT_MARGIN = 1.5  # seconds past drain + grace by which the process has exited, closing included
+STOP_MARGIN = 0.5  # seconds past the grace that stopping the calls may take (cancelling what is left)
+NOT_READY_SECONDS = 2.0  # what turning not ready (setting health, leaving Consul) may take
+WATCHDOG_SLACK = 0.3  # the watchdog fires this long after the budget: the steps' own bounds come first
 
 
 async def shut_down(target: Stoppable, settings: Settings, discovery: Discovery | None = None) -> None:
-    """The steps above, each bounded: a step that hangs is given up on, with the tasks still
-    waiting logged, so a stopping process always exits within drain + grace + a few seconds.
-    (An order process under load was seen to hang here twice in ~165 SIGTERMs, its event loop
-    idle; which step waited is what that log line will tell.)"""
+    """The steps above, within one budget. (An order process under load was seen to hang past its
+    grace twice in ~165 SIGTERMs, and once in a few thousand past grace + 5 s: whichever step
+    waited is what the log lines below name.)"""
     logger.info("shutting down: %s", target.not_ready_means)
-    await _bounded(target.not_ready(), STEP_MARGIN, "turning not ready")
+    loop = asyncio.get_running_loop()
+    await _bounded(target.not_ready(), NOT_READY_SECONDS, "turning not ready")
     if discovery is not None and settings.discovery == "consul":
         # Consul's gRPC check sees NOT_SERVING; then clients' blocking queries drop us (a moment
         # later), and only then do we leave the catalog and stop taking calls.
-        loop = asyncio.get_running_loop()
         started = loop.time()
         await discovery.wait_unhealthy(settings.consul_check_interval * 3 + 2)
         await asyncio.sleep(max(settings.shutdown_drain - (loop.time() - started), 0.5))
-        await _bounded(discovery.deregister(), STEP_MARGIN, "leaving Consul")
+        await _bounded(discovery.deregister(), NOT_READY_SECONDS, "leaving Consul")
     elif settings.shutdown_drain:
         await asyncio.sleep(settings.shutdown_drain)
-    await _bounded(target.stop(settings.shutdown_grace), settings.shutdown_grace + STEP_MARGIN,
+    budget_end = loop.time() + settings.shutdown_grace + EXIT_MARGIN
+    if _watchdog_armed:
+        watchdog(settings.shutdown_grace + EXIT_MARGIN + WATCHDOG_SLACK)
+
+    def left() -> float:
+        return max(budget_end - loop.time(), 0.1)
+
+    await _bounded(target.stop(settings.shutdown_grace), settings.shutdown_grace + STOP_MARGIN,
                    "stopping the calls in flight", tell_after=settings.shutdown_grace / 2)
-    await _bounded(target.close(), CLOSE_SECONDS, "closing")
+    await _bounded(aio.unfinished(), left(), "finishing what callers left behind")
+    await _bounded(target.close(), left(), "closing")
     if discovery is not None:
-        await _bounded(discovery.close(), STEP_MARGIN, "closing discovery")
+        await _bounded(discovery.close(), left(), "closing discovery")
     logger.info("stopped")
+
+
+_watchdog_armed = False
+
+
+def arm_watchdog() -> None:
+    """Called by a process's entry point (`bootstrap.start_process`): its shutdown ends the process
+    at the budget's end. (Never in a test's own process, where servers run in-process.)"""
+    global _watchdog_armed
+    _watchdog_armed = True
+
+
+def watchdog(seconds: float) -> None:
+    """A process still running `seconds` from now is ended (exit 0: it was asked to stop, and what
+    it had not finished is rolled back by its database as after a crash), its threads' stacks
+    logged first. A daemon thread: a process that exits in time takes it along."""
+
+    def expire() -> None:
+        logger.warning("shutdown: still running %g s after the drain, past its budget; exiting now. "
+                       "Threads:", seconds)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 async def _bounded(step: Awaitable[None], seconds: float, what: str, tell_after: float | None = None) -> None:
@@ -87,7 +137,7 @@ async def _bounded(step: Awaitable[None], seconds: float, what: str, tell_after:
     logger.warning("shutdown: %s took more than %g s; going on without it. Tasks still waiting:\n%s",
                    what, seconds, task_stacks())
     task.cancel()
-    await asyncio.wait({task}, timeout=1)
+    await asyncio.wait({task}, timeout=0.1)  # its cleanup, if quick; the budget goes on regardless
 
 
 def task_stacks() -> str:
