@@ -64,9 +64,10 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{ .Values.postgresql.auth.existingSecret | default (printf "%s-postgresql" (include "shopmesh.fullname" .)) }}
 {{- end }}
 
-{{/* The seconds a stopping pod may take: drain, grace, then closing and margins (mesh/server/lifecycle.py). */}}
+{{/* The seconds a stopping pod may take: turning not ready (2), the drain, the grace, then at most 1.8 to
+close and exit, the watchdog's bound (mesh/server/lifecycle.py); 5 covers both. */}}
 {{- define "shopmesh.terminationGrace" -}}
-{{ add (int .Values.shutdown.drainSeconds) (int .Values.shutdown.graceSeconds) 20 }}
+{{ add (int .Values.shutdown.drainSeconds) (int .Values.shutdown.graceSeconds) 5 }}
 {{- end }}
 
 {{/* Refusals of values that are each valid but do not work together. */}}
