@@ -55,6 +55,7 @@ async def until_signalled() -> None:
 
 EXIT_MARGIN = 1.5  # seconds past drain + grace by which the process has exited, closing included
 STOP_MARGIN = 0.5  # seconds past the grace that stopping the calls may take (cancelling what is left)
+CLOSE_RESERVE = 0.5  # of the budget, kept for closing: work left behind waits at most until then
 NOT_READY_SECONDS = 2.0  # what turning not ready (setting health, leaving Consul) may take
 WATCHDOG_SLACK = 0.3  # the watchdog fires this long after the budget: the steps' own bounds come first
 
@@ -79,12 +80,12 @@ async def shut_down(target: Stoppable, settings: Settings, discovery: Discovery 
     if _watchdog_armed:
         watchdog(settings.shutdown_grace + EXIT_MARGIN + WATCHDOG_SLACK)
 
-    def left() -> float:
-        return max(budget_end - loop.time(), 0.1)
+    def left(keep: float = 0.0) -> float:
+        return max(budget_end - keep - loop.time(), 0.1)
 
     await _bounded(target.stop(settings.shutdown_grace), settings.shutdown_grace + STOP_MARGIN,
                    "stopping the calls in flight", tell_after=settings.shutdown_grace / 2)
-    await _bounded(aio.unfinished(), left(), "finishing what callers left behind")
+    await _bounded(aio.unfinished(), left(keep=CLOSE_RESERVE), "finishing what callers left behind")
     await _bounded(target.close(), left(), "closing")
     if discovery is not None:
         await _bounded(discovery.close(), left(), "closing discovery")

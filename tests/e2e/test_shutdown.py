@@ -22,6 +22,7 @@ import pytest
 from generated.shop.common.v1 import money_pb2
 from generated.shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from generated.shop.order.v1 import order_pb2, order_pb2_grpc
+from mesh.server import lifecycle
 from tests.support.mesh import Mesh
 
 ROUNDS = int(os.environ.get("SHOPMESH_SIGTERM_ROUNDS", "200"))
@@ -104,5 +105,61 @@ async def test_sigterm_under_order_load_exits_zero_within_the_grace_every_time(t
         exits.sort()
         print(f"{ROUNDS} SIGTERMs under load: all exit 0; exit after SIGTERM p50 {exits[len(exits) // 2]:.2f}s, "
               f"max {exits[-1]:.2f}s; {len(acknowledged)} orders acknowledged, all stored")
+    finally:
+        mesh.stop_all()
+
+
+@pytest.mark.allow_log("finishing what callers left behind took more than")
+async def test_a_store_that_outlives_the_grace_does_not_hold_the_process_and_its_stock_comes_back(
+        tmp_path: Path) -> None:
+    """The budget, from the process's side: a sale whose order cannot be stored before the grace
+    ends (its store hangs) does not keep the process past grace + the exit margin, and the stock it
+    sold is not lost: the next order process's recovery returns it (no order stands for it)."""
+    grace = 1.0
+    mesh = Mesh(tmp_path)
+    try:
+        mesh.start("inventory")
+        mesh.start("notification")
+        process = mesh.start("order", SHOPMESH_FAULTS="order.storing=delay:60",
+                             SHOPMESH_SHUTDOWN_GRACE_SECONDS=str(grace))
+        async with grpc.aio.insecure_channel(mesh.address("inventory")) as channel:
+            inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+            sku = f"stuck-{uuid.uuid4().hex[:8]}"
+            await inventory.CreateProduct(inventory_pb2.CreateProductRequest(product=inventory_pb2.Product(
+                sku=sku, name="Stuck mug", available=5,
+                price=money_pb2.Money(currency_code="USD", minor_units=100))), timeout=10)
+            async with grpc.aio.insecure_channel(mesh.address("order")) as order_channel:
+                stuck = asyncio.ensure_future(order_pb2_grpc.OrderServiceStub(order_channel).CreateOrder(
+                    order_pb2.CreateOrderRequest(request_id=str(uuid.uuid4()), user_id="stuck",
+                                                 lines=[order_pb2.OrderLine(sku=sku, quantity=2)]), timeout=120))
+                for _ in range(100):  # until the sale is made and its store hangs
+                    sold = await inventory.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=5)
+                    if sold.sold == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert sold.sold == 2, sold
+                process.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                code = await asyncio.to_thread(process.wait, 30)
+                took = time.monotonic() - signalled
+                logged = mesh.logs["order"].read_text()
+                assert code == 0, logged[-6000:]
+                # Within the budget (closing included), with 0.3 s for the signal and the exit itself.
+                assert took < grace + lifecycle.EXIT_MARGIN + 0.3, \
+                    f"exited {took:.2f}s after SIGTERM with a {grace:g}s grace:\n{logged[-6000:]}"
+                assert "finishing what callers left behind took more than" in logged  # given up on, said
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stuck
+                assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+            mesh.processes.pop("order")
+            # The next instance (no fault; recovery looks at attempts older than 2 x its 1 s call timeout).
+            mesh.start("order", SHOPMESH_CALL_TIMEOUT_SECONDS="1", SHOPMESH_OUTBOX_INTERVAL_SECONDS="0.5")
+            for _ in range(200):
+                product = await inventory.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=5)
+                if product.available == 5:
+                    break
+                await asyncio.sleep(0.1)
+            assert (product.available, product.reserved, product.sold) == (5, 0, 0), product
+        print(f"a store hanging past the {grace:g}s grace: exit 0 after {took:.2f}s; its 2 units returned")
     finally:
         mesh.stop_all()
